@@ -1,0 +1,131 @@
+"""Files that survive crashes: atomic writes, and weights that never unpickle code.
+
+Every artifact is written to a temporary file in the destination folder, flushed to
+disk, then renamed over the final name, so a crash or a full disk leaves the previous
+version intact. Weights are safetensors; .pt/.pth files from users are read with
+torch.load(weights_only=True), which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ModelFileError
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success it is fsynced and renamed to
+    `final`, on any error it is removed and `final` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(final: str | Path, data: bytes) -> Path:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    return Path(final)
+
+
+def atomic_write_text(final: str | Path, text: str) -> Path:
+    return atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_weights(model, path: str | Path) -> Path:
+    """Save a model's state_dict as safetensors, atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(path, save(state))
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Read weights without unpickling code: safetensors, or torch.load(weights_only=True)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"weights file '{path}' does not exist")
+    data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load
+
+        try:
+            return load(data)
+        except Exception as exc:  # safetensors raises several types for corrupt headers
+            raise ModelFileError(f"'{path}' is not a valid safetensors file: {_first_line(exc)}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code, RuntimeError/EOFError for corrupt files
+        raise ModelFileError(
+            f"refused to load '{path}': not a plain weights file ({_first_line(exc)}); "
+            "save a state_dict or use .safetensors"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"'{path}' does not hold a state_dict of tensors")
+    return state
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load weights into `model`, naming every layer whose name or shape does not match."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if wrong_shape:
+        problems.append("shape mismatch: " + ", ".join(wrong_shape[:5]))
+    if missing:
+        problems.append("missing: " + ", ".join(missing[:5]))
+    if unexpected:
+        problems.append("unexpected: " + ", ".join(unexpected[:5]))
+    if problems:
+        raise ModelFileError(f"weights '{path}' do not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,558 @@
+"""Benchmark ONNX classifiers with ONNX Runtime: accuracy, latency, size and int8 proof.
+
+This module runs on edge devices, so it needs only onnxruntime and numpy: it never
+imports torch, and onnx (for validation, parameter counts and op counts) and tqdm
+(progress bar) are optional and imported only when used.
+
+Latency protocol: one cold run (reported as first_run_ms), `warmup` runs, then timed
+runs of one batch until both `runs` runs are done and `min_seconds` have passed. Only
+session.run is timed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ConfigError, DataError, ModelFileError, ProviderUnavailable
+from .recipe import BenchConfig
+
+SCHEMA = "edgekd.bench/1"
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "acl": "ACLExecutionProvider",
+    "armnn": "ArmNNExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+}
+_SHORT_NAMES = {ep: short for short, ep in PROVIDERS.items()}
+
+# How to get a provider that the installed onnxruntime lacks.
+_INSTALL_HINTS = {
+    "cuda": "install onnxruntime-gpu in place of onnxruntime "
+    "(pip uninstall onnxruntime && pip install onnxruntime-gpu)",
+    "tensorrt": "install onnxruntime-gpu in place of onnxruntime and TensorRT",
+    "openvino": "install onnxruntime-openvino in place of onnxruntime",
+    "dml": "install onnxruntime-directml in place of onnxruntime",
+    "qnn": "install onnxruntime-qnn in place of onnxruntime",
+}
+
+# Integer ops after ORT's graph optimisation: QDQ groups fused into these prove that
+# the model really runs int8 kernels (com.microsoft ops included, for example the NHWC
+# QLinearConv and NhwcMaxPool that the CPU provider emits).
+INT8_OPS = frozenset(
+    {
+        "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+        "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat", "QLinearReduceMean",
+        "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearWhere", "QGemm",
+        "QAttention", "NhwcMaxPool", "MatMulInteger", "ConvInteger",
+        "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+    }
+)
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+# CPU flags that speed up int8 inference (x86: /proc/cpuinfo "flags", Arm: "Features").
+INT8_CPU_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "dotprod", "i8mm")
+
+# ONNX tensor types this module can feed.
+_INPUT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+@dataclass
+class BenchRow:
+    """One model's results; to_dict() is the JSON form (schema edgekd.bench/1)."""
+
+    name: str
+    path: str
+    stage: str | None
+    arch: str | None
+    provider: str
+    providers_used: list
+    batch_size: int
+    input_shape: list
+    samples: int
+    top1: float | None
+    params: int | None
+    macs: int | None
+    file_bytes: int
+    latency_ms: dict
+    runs: int
+    warmup: int
+    throughput: float
+    session_ms: float
+    first_run_ms: float
+    op_counts: dict | None
+    int8_ops: int | None
+    qdq_nodes: int | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _onnx():
+    """The onnx module, or None when it is not installed (it is optional on devices)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return onnx
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+# -- model files and sessions --------------------------------------------------------
+
+
+def check_onnx_file(path) -> None:
+    """Raise ModelFileError unless `path` is a readable ONNX model."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"'{path}' does not exist; check the path")
+    if not path.is_file():
+        raise ModelFileError(f"'{path}' is not a file; pass the path of an .onnx model")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"'{path}' is not a valid ONNX model: the file is empty; re-export it")
+    onnx = _onnx()
+    if onnx is None:
+        return  # without onnx, make_session reports what ONNX Runtime cannot parse
+    try:
+        # A path (not a loaded proto) lets the checker handle models over 2 GB.
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:
+        raise ModelFileError(
+            f"'{path}' is not a valid ONNX model: {_first_line(exc)}; re-export it or pick another file"
+        ) from exc
+
+
+def _resolve_provider(provider: str) -> str:
+    if provider in PROVIDERS:
+        return PROVIDERS[provider]
+    if provider in PROVIDERS.values():
+        return provider
+    raise ConfigError(f"unknown provider '{provider}'; known: {', '.join(PROVIDERS)}")
+
+
+def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None):
+    """An InferenceSession on `provider` (a short name), which must really be the one used.
+
+    optimized_path: where ORT writes the optimised graph (used for the int8 op counts).
+    """
+    ep = _resolve_provider(provider)
+    available = ort.get_available_providers()
+    if ep not in available:
+        names = ", ".join(_SHORT_NAMES.get(p, p) for p in available)
+        hint = _INSTALL_HINTS.get(_SHORT_NAMES[ep], "install an onnxruntime build that includes it")
+        raise ProviderUnavailable(
+            f"execution provider '{provider}' ({ep}) is not in this onnxruntime {ort.__version__} "
+            f"(available: {names}); {hint}"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+        options.log_severity_level = 3  # ORT warns that NCHWc graphs are machine specific; known
+    # CPU stays in the list so ops the accelerator lacks still run.
+    providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT's exception classes share no common base but Exception
+        raise ModelFileError(
+            f"ONNX Runtime cannot load '{path}' with {provider}: {_first_line(exc)}; "
+            "re-export the model or try another provider"
+        ) from exc
+    used = session.get_providers()
+    if used[0] != ep:  # ORT falls back to CPU silently when a provider fails to start
+        raise ProviderUnavailable(
+            f"onnxruntime has {ep} but could not start it for '{path}' and fell back to {used[0]}; "
+            "check that the provider's drivers and libraries are installed"
+        )
+    return session
+
+
+def optimized_op_counts(path, provider: str = "cpu", threads: int = 0) -> dict | None:
+    """op_type -> count in the graph ORT actually runs; None without onnx or when the
+    provider compiles nodes that ORT cannot save (TensorRT, OpenVINO, ...)."""
+    onnx = _onnx()
+    if onnx is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        try:
+            make_session(path, provider, threads, optimized_path=optimized)
+        except ModelFileError:
+            return None
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+        return dict(Counter(node.op_type for node in graph.node))
+
+
+def count_params(path) -> int | None:
+    """Elements in the graph initializers; None without onnx."""
+    onnx = _onnx()
+    if onnx is None:
+        return None
+    graph = onnx.load(str(path), load_external_data=False).graph  # dims suffice, not the data
+    return int(sum(int(np.prod(init.dims)) for init in graph.initializer))
+
+
+# -- metadata and data ---------------------------------------------------------------
+
+
+def _meta_json(meta: dict, key: str):
+    if key not in meta:
+        return None
+    try:
+        return json.loads(meta[key])
+    except ValueError as exc:
+        raise ModelFileError(
+            f"model metadata {key} is not valid JSON ({meta[key][:40]!r}); re-export the model"
+        ) from exc
+
+
+def _meta_int(meta: dict, key: str) -> int | None:
+    if key not in meta:
+        return None
+    try:
+        return int(meta[key])
+    except ValueError as exc:
+        raise ModelFileError(
+            f"model metadata {key} is not an integer ({meta[key][:40]!r}); re-export the model"
+        ) from exc
+
+
+def load_eval_set(path):
+    """(x uint8 NCHW, y int64 or None, class_names or None) from an .npz file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"eval set '{path}' does not exist; check the path")
+    try:
+        with np.load(path, allow_pickle=False) as data:  # no pickles: never run code from a file
+            arrays = {key: data[key] for key in ("x", "y", "class_names") if key in data.files}
+    except Exception as exc:
+        raise DataError(
+            f"eval set '{path}' is not a readable .npz without pickled objects: {_first_line(exc)}; "
+            "save it with numpy.savez and plain arrays"
+        ) from exc
+    x = arrays.get("x")
+    if x is None:
+        raise DataError(f"eval set '{path}' has no array 'x'; save the images as x (uint8, N x C x H x W)")
+    if x.dtype != np.uint8 or x.ndim != 4 or len(x) == 0:
+        raise DataError(
+            f"eval set '{path}': x must be non-empty uint8 N x C x H x W, got {x.dtype} {list(x.shape)}; "
+            "save raw pixels 0-255"
+        )
+    y = arrays.get("y")
+    if y is not None:
+        if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
+            raise DataError(
+                f"eval set '{path}': y must be {len(x)} integer labels, got {y.dtype} {list(y.shape)}; "
+                "save one label per image"
+            )
+        y = y.astype(np.int64)
+    names = arrays.get("class_names")
+    return x, y, (None if names is None else [str(n) for n in names])
+
+
+def preprocess(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
+    """(x/255 - mean) / std per channel (axis 1), mean/std from the model's metadata;
+    models without them get x/255 only."""
+    x = x_uint8.astype(np.float32) / 255.0
+    channels = x.shape[1]
+    for key in ("edgekd.mean", "edgekd.std"):
+        values = _meta_json(meta, key)
+        if values is None:
+            continue
+        values = np.asarray(values, dtype=np.float32)
+        if values.ndim != 1 or len(values) not in (1, channels):
+            raise DataError(
+                f"model metadata {key} has {values.size} values but the images have {channels} channels; "
+                "use an eval set made for this model"
+            )
+        values = values.reshape(1, -1, *([1] * (x.ndim - 2)))
+        x = x - values if key == "edgekd.mean" else x / values
+    return x
+
+
+def _feed_shape(inp, batch: int, eval_shape, path) -> list:
+    """The input shape to run: fixed model dims, dynamic ones taken from the eval set."""
+    dims = inp.shape[1:]
+    if eval_shape is not None:
+        if len(eval_shape) != len(inp.shape) or any(
+            isinstance(d, int) and d != e for d, e in zip(dims, eval_shape[1:])
+        ):
+            raise DataError(
+                f"eval set images are {list(eval_shape[1:])} but '{path}' input '{inp.name}' expects "
+                f"{list(dims)}; use an eval set made for this model"
+            )
+        return [batch, *eval_shape[1:]]
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        raise ModelFileError(
+            f"'{path}' input '{inp.name}' has dynamic dims {list(dims)}; export it with a fixed input "
+            "size or pass an eval set to take the shape from"
+        )
+    return [batch, *dims]
+
+
+def _synthetic(shape: list, dtype) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+def measure_latency(session, feed: dict, *, warmup: int, runs: int, min_seconds: float):
+    """(timings_ms, first_run_ms): the cold first run, `warmup` untimed runs, then timed
+    runs until at least `runs` are done and `min_seconds` have passed."""
+
+    def timed_run() -> float:
+        start = time.perf_counter()
+        session.run(None, feed)
+        return (time.perf_counter() - start) * 1000.0
+
+    first_run_ms = timed_run()
+    for _ in range(warmup):
+        session.run(None, feed)
+    timings = []
+    start = time.perf_counter()
+    while len(timings) < runs or time.perf_counter() - start < min_seconds:
+        timings.append(timed_run())
+    return timings, first_run_ms
+
+
+def latency_stats(timings_ms) -> dict:
+    t = np.asarray(timings_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return {
+        "p50": float(p50), "p90": float(p90), "p99": float(p99),
+        "mean": float(t.mean()), "min": float(t.min()), "max": float(t.max()),
+    }
+
+
+def evaluate(session, x_float: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent of the model's first output (N, C) or (N, C, 1, 1)."""
+    if len(x_float) == 0 or len(y) != len(x_float):
+        raise DataError(f"evaluation needs one label per image, got {len(x_float)} images and {len(y)} labels")
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    step = fixed or batch_size
+    correct = 0
+    for start in range(0, len(x_float), step):
+        chunk = x_float[start : start + step]
+        n = len(chunk)
+        if fixed and n < fixed:  # a fixed batch dim: pad the last chunk, drop the padding's outputs
+            pad = np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        logits = session.run(None, {inp.name: chunk})[0]
+        predicted = logits.reshape(len(chunk), -1)[:n].argmax(axis=1)
+        correct += int((predicted == y[start : start + n]).sum())
+    return 100.0 * correct / len(x_float)
+
+
+def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y) -> BenchRow:
+    check_onnx_file(path)
+    start = time.perf_counter()
+    session = make_session(path, cfg.provider, cfg.threads)
+    session_ms = (time.perf_counter() - start) * 1000.0
+    meta = session.get_modelmeta().custom_metadata_map
+
+    inp = session.get_inputs()[0]
+    dtype = _INPUT_TYPES.get(inp.type)
+    if dtype is None:
+        raise ModelFileError(
+            f"'{path}' input '{inp.name}' is {inp.type}; only {', '.join(_INPUT_TYPES)} inputs can be benchmarked"
+        )
+    fixed_batch = isinstance(inp.shape[0], int) and inp.shape[0] > 0
+    batch = inp.shape[0] if fixed_batch else cfg.batch_size
+    shape = _feed_shape(inp, batch, None if eval_x is None else eval_x.shape, path)
+    # Real images only for float32 inputs (what edgekd exports); others get random data.
+    x = preprocess(eval_x, meta) if eval_x is not None and dtype == np.float32 else None
+    feed_x = _synthetic(shape, dtype) if x is None else np.resize(x[:batch], shape)
+
+    timings, first_run_ms = measure_latency(
+        session, {inp.name: feed_x}, warmup=cfg.warmup, runs=cfg.runs, min_seconds=cfg.min_seconds
+    )
+    stats = latency_stats(timings)
+    top1 = evaluate(session, x, eval_y) if x is not None and eval_y is not None else None
+
+    op_counts = optimized_op_counts(path, cfg.provider, cfg.threads)
+    params = _meta_int(meta, "edgekd.params")
+    return BenchRow(
+        name=path.stem,
+        path=str(path),
+        stage=meta.get("edgekd.stage"),
+        arch=meta.get("edgekd.arch"),
+        provider=cfg.provider,
+        providers_used=session.get_providers(),
+        batch_size=batch,
+        input_shape=shape,
+        samples=0 if top1 is None else len(eval_y),
+        top1=top1,
+        params=count_params(path) if params is None else params,
+        macs=_meta_int(meta, "edgekd.macs"),
+        file_bytes=path.stat().st_size,
+        latency_ms=stats,
+        runs=len(timings),
+        warmup=cfg.warmup,
+        throughput=batch / (stats["mean"] / 1000.0),
+        session_ms=session_ms,
+        first_run_ms=first_run_ms,
+        op_counts=op_counts,
+        int8_ops=None if op_counts is None else sum(c for op, c in op_counts.items() if op in INT8_OPS),
+        qdq_nodes=None if op_counts is None else sum(c for op, c in op_counts.items() if op in QDQ_OPS),
+    )
+
+
+def _progress(items: list, enabled: bool):
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional on devices
+        return items
+    return tqdm(items, desc="bench", unit="model")
+
+
+def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progress: bool = True) -> list:
+    """Benchmark each model; with eval_set (an .npz path) also top-1 accuracy, else
+    latency only, on the eval images or synthetic input."""
+    cfg = cfg or BenchConfig()
+    _resolve_provider(cfg.provider)  # a typo fails before any model is loaded
+    eval_x = eval_y = None
+    if eval_set is not None:
+        eval_x, eval_y, _ = load_eval_set(eval_set)
+    return [_bench_one(Path(p), cfg, eval_x, eval_y) for p in _progress(list(paths), progress)]
+
+
+def bench_run_dir(run_dir, cfg: BenchConfig | None = None, progress: bool = True) -> list:
+    """Benchmark every *.onnx in a run directory (teacher first), with run_dir/eval.npz
+    for accuracy when it exists."""
+    run_dir = Path(run_dir)
+    paths = sorted(run_dir.glob("*.onnx"), key=lambda p: (not p.name.startswith("teacher"), p.name))
+    if not paths:
+        raise ModelFileError(f"no .onnx files in '{run_dir}'; export models first or check the run directory")
+    eval_set = run_dir / "eval.npz"
+    return bench(paths, eval_set=eval_set if eval_set.is_file() else None, cfg=cfg, progress=progress)
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def _cpuinfo() -> dict:
+    """First value of each key in /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    info = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def machine_info() -> dict:
+    cpuinfo = _cpuinfo()
+    flags = set((cpuinfo.get("flags") or cpuinfo.get("Features") or "").split())
+    cpu = cpuinfo.get("model name") or cpuinfo.get("Hardware") or cpuinfo.get("Model") or platform.processor()
+    return {
+        "cpu": cpu or platform.machine(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "int8_cpu_flags": [f for f in INT8_CPU_FLAGS if f in flags],
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+    }
+
+
+def _edgekd_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("edgekd")
+    except metadata.PackageNotFoundError:  # running from a source checkout
+        return getattr(sys.modules.get(__package__), "__version__", None)
+
+
+def to_json(rows: list, extra: dict | None = None, *, cfg: BenchConfig | None = None) -> dict:
+    """The JSON report; `extra` entries are added at the top level."""
+    report = {
+        "schema": SCHEMA,
+        "edgekd_version": _edgekd_version(),
+        "machine": machine_info(),
+        "config": None if cfg is None else dataclasses.asdict(cfg),
+        "models": [row.to_dict() for row in rows],
+    }
+    report.update(extra or {})
+    return report
+
+
+def format_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= limit:
+            return f"{n / limit:.2f}{suffix}"
+    return str(n)
+
+
+def format_size(n: int) -> str:
+    return f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MB"
+
+
+def format_table(rows: list) -> str:
+    header = ["model", "stage", "provider", "batch", "top1 %", "params", "MACs", "size",
+              "p50 ms", "p90 ms", "p99 ms", "img/s"]
+    lines = [header]
+    for r in rows:
+        lines.append([
+            r.name, r.stage or "-", r.provider, str(r.batch_size),
+            "-" if r.top1 is None else f"{r.top1:.2f}",
+            format_count(r.params), format_count(r.macs), format_size(r.file_bytes),
+            f"{r.latency_ms['p50']:.3f}", f"{r.latency_ms['p90']:.3f}", f"{r.latency_ms['p99']:.3f}",
+            f"{r.throughput:.1f}",
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text_columns = 3  # model, stage and provider are left-aligned, numbers right-aligned
+    out = []
+    for line in lines:
+        cells = [c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        out.append("  ".join(cells).rstrip())
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

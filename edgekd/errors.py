@@ -1,0 +1,52 @@
+"""Errors that the CLI turns into one-line messages and distinct exit codes.
+
+Exit codes (documented in README):
+  0 ok, 2 bad input, 3 a validation or accuracy gate failed, 4 training diverged,
+  130 / 143 interrupted by SIGINT / SIGTERM.
+"""
+
+
+class EdgekdError(Exception):
+    """Base class: anything the user can act on. The message is one line."""
+
+    exit_code = 1
+
+
+class ConfigError(EdgekdError):
+    """A recipe, flag or argument is wrong."""
+
+    exit_code = 2
+
+
+class DataError(EdgekdError):
+    """A dataset is missing or malformed."""
+
+    exit_code = 2
+
+
+class ModelFileError(EdgekdError):
+    """A weights or ONNX file cannot be read safely."""
+
+    exit_code = 2
+
+
+class ProviderUnavailable(EdgekdError):
+    """An ONNX Runtime execution provider was asked for but is not installed."""
+
+    exit_code = 2
+
+
+class GateFailed(EdgekdError):
+    """A validation or accuracy gate failed (for example ONNX parity vs PyTorch)."""
+
+    exit_code = 3
+
+
+class ExportMismatch(GateFailed):
+    """ONNX outputs differ from PyTorch beyond the tolerance."""
+
+
+class TrainingDiverged(EdgekdError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 4

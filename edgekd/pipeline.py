@@ -1,0 +1,436 @@
+"""`edgekd compress`: the chain, one function per stage, in the order they run.
+
+    data -> teacher -> distill -> export -> quantize -> bench -> report
+
+Each stage writes its artifacts atomically into the run directory, then records itself
+as done in state/progress.json; `--resume` skips the stages recorded there and reloads
+their artifacts, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .artifacts import atomic_write_text
+from .errors import ConfigError, ModelFileError
+from .recipe import Recipe
+
+STAGES = ("data", "teacher", "distill", "export", "quantize", "bench", "report")
+
+# Artifact names inside a run directory
+RECIPE_FILE = "recipe.yaml"
+TEACHER_WEIGHTS = "teacher.safetensors"
+STUDENT_WEIGHTS = "student.safetensors"
+TEACHER_ONNX = "teacher.fp32.onnx"
+STUDENT_ONNX = "model.fp32.onnx"
+INT8_ONNX = "model.int8.onnx"
+EVAL_SET = "eval.npz"
+STATE_FILE = "state/progress.json"
+
+
+@dataclass
+class Run:
+    """What the stages share: the recipe, the run directory, data, models, and results."""
+
+    recipe: Recipe
+    run_dir: Path
+    progress: bool = True
+    log: Callable[[str], None] = print
+    stages: dict = field(default_factory=dict)  # stage name -> its report (plain data)
+    splits: object = None
+    tensors: dict = field(default_factory=dict)
+    teacher: object = None
+    student: object = None
+    report: dict | None = None
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+
+# --------------------------------------------------------------------------------------
+# The chain
+
+
+def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """Run every stage not yet done in `run_dir`; returns the final report (report.json)."""
+    run = Run(recipe=recipe, run_dir=Path(run_dir), progress=progress, log=log)
+    done = load_progress(run.run_dir) if resume else {}
+    preflight(run)  # bad data or model names fail here, before anything is written
+    log(f"run directory: {run.run_dir}")
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(run.path(RECIPE_FILE), recipe.to_yaml())
+        save_progress(run.run_dir, {})
+    seed_everything(recipe.seed)
+    for name, stage in (
+        ("data", stage_data),
+        ("teacher", stage_teacher),
+        ("distill", stage_distill),
+        ("export", stage_export),
+        ("quantize", stage_quantize),
+        ("bench", stage_bench),
+        ("report", stage_report),
+    ):
+        if name in done:
+            run.stages[name] = done[name]
+            log(f"[{name}] done in an earlier run; skipped")
+            continue
+        start = time.perf_counter()
+        log(f"[{name}] ...")
+        result = stage(run)
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        run.stages[name] = result
+        done[name] = result
+        save_progress(run.run_dir, done)
+    return run.report
+
+
+def preflight(run: Run) -> None:
+    """Load the data and build both architectures once, so that input errors surface
+    before the run directory is touched."""
+    _splits(run)
+    _build(run, run.recipe.teacher.arch, run.recipe.teacher.arch_args)
+    _build(run, run.recipe.distill.arch, run.recipe.distill.arch_args)
+    weights = run.recipe.teacher.weights
+    if weights is not None and not Path(weights).is_file():
+        raise ModelFileError(f"teacher.weights '{weights}' does not exist")
+    if weights is None and run.recipe.teacher.epochs == 0:
+        raise ConfigError("teacher.epochs is 0 and teacher.weights is not set: train the teacher or give its weights")
+
+
+def stage_data(run: Run) -> dict:
+    """Load and split the dataset; write the test split as the portable eval set."""
+    from .data import save_eval_set
+
+    splits = _splits(run)
+    save_eval_set(run.path(EVAL_SET), splits.test_x, splits.test_y, splits.spec)
+    spec = splits.spec
+    return {
+        "dataset": spec.name,
+        "source": spec.source,
+        "shape": [spec.channels, spec.height, spec.width],
+        "classes": spec.num_classes,
+        "train": len(splits.train_y),
+        "val": len(splits.val_y),
+        "test": len(splits.test_y),
+        "calib": len(splits.calib_y),
+    }
+
+
+def stage_teacher(run: Run) -> dict:
+    """Train the teacher, or load its weights (and fine-tune them when epochs > 0)."""
+    from .artifacts import load_weights, save_weights
+    from .train import accuracy, cross_entropy_step, fit
+
+    cfg = run.recipe.teacher
+    t = _tensors(run)
+    teacher = _build(run, cfg.arch, cfg.arch_args)
+    if cfg.weights is not None:
+        load_weights(teacher, cfg.weights)
+    result = {}
+    if cfg.epochs > 0:
+        fit_result = fit(teacher, cross_entropy_step(teacher), train_x=t["train_x"], train_y=t["train_y"],
+                         val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed,
+                         desc="teacher", progress=run.progress)
+        result.update(_fit_summary(fit_result))
+    save_weights(teacher, run.path(TEACHER_WEIGHTS))
+    run.teacher = teacher
+    result.update(_model_summary(run, teacher, cfg.arch))
+    result["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
+    result["weights"] = TEACHER_WEIGHTS
+    run.log(f"[teacher] {cfg.arch}: val top-1 {result['val_top1']:.2f}%")
+    return result
+
+
+def stage_distill(run: Run) -> dict:
+    """Hinton knowledge distillation from the frozen teacher into the student."""
+    from .artifacts import save_weights
+    from .distill import distill
+    from .train import accuracy
+
+    cfg = run.recipe.distill
+    t = _tensors(run)
+    teacher = _teacher(run)
+    student = _build(run, cfg.arch, cfg.arch_args)
+    fit_result = distill(student, teacher, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
+                         val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed, progress=run.progress)
+    save_weights(student, run.path(STUDENT_WEIGHTS))
+    run.student = student
+    result = {**_fit_summary(fit_result), **_model_summary(run, student, cfg.arch)}
+    result.update(val_top1=accuracy(student, t["val_x"], t["val_y"]), weights=STUDENT_WEIGHTS,
+                  temperature=cfg.temperature, alpha=cfg.alpha)
+    run.log(f"[distill] {cfg.arch}: val top-1 {result['val_top1']:.2f}%")
+    return result
+
+
+def stage_export(run: Run) -> dict:
+    """Teacher and student to fp32 ONNX, each checked against PyTorch."""
+    from .export import model_metadata, to_onnx
+
+    spec = _splits(run).spec
+    check_inputs = _tensors(run)["val_x"]
+    result = {}
+    for stage, model, arch, file in (
+        ("teacher", _teacher(run), run.recipe.teacher.arch, TEACHER_ONNX),
+        ("student", _student(run), run.recipe.distill.arch, STUDENT_ONNX),
+    ):
+        summary = run.stages[{"teacher": "teacher", "student": "distill"}[stage]]
+        metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=summary["params"], macs=summary["macs"])
+        report = to_onnx(model, run.path(file), input_shape=_input_shape(spec), metadata=metadata,
+                         cfg=run.recipe.export, check_inputs=check_inputs)
+        result[stage] = {"path": file, "max_abs_diff": {str(b): d for b, d in report.max_abs_diff.items()}}
+        run.log(f"[export] {file}: max |onnx - torch| = {max(report.max_abs_diff.values()):.2e}")
+    return result
+
+
+def stage_quantize(run: Run) -> dict:
+    """Post-training static int8 (QDQ) of the student with ONNX Runtime."""
+    import onnx
+
+    from .bench import evaluate, make_session, preprocess
+    from .quantize import ptq
+
+    cfg = run.recipe.quantize
+    if not cfg.enabled:
+        run.path(INT8_ONNX).unlink(missing_ok=True)  # a stale int8 model from --force must not be benched
+        return {"enabled": False}
+    splits = _splits(run)
+    fp32 = run.path(STUDENT_ONNX)
+    meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    meta["edgekd.stage"] = "int8"
+    calib = preprocess(splits.calib_x, meta)
+    report = ptq(fp32, run.path(INT8_ONNX), calib_images=calib, cfg=cfg, metadata=meta, progress=run.progress)
+    # val accuracy of the deployed int8 model, as ONNX Runtime runs it (not a simulation)
+    val_x = preprocess(splits.val_x, meta)
+    int8_val = evaluate(make_session(run.path(INT8_ONNX)), val_x, splits.val_y)
+    fp32_val = evaluate(make_session(fp32), val_x, splits.val_y)
+    run.log(f"[quantize] {INT8_ONNX}: val top-1 {int8_val:.2f}% (fp32 ONNX {fp32_val:.2f}%)")
+    return {
+        "path": INT8_ONNX,
+        "calibration": report.calibration,
+        "calib_samples": report.samples,
+        "format": f"QDQ {'U' if cfg.activation_type == 'uint8' else 'S'}8{'S' if cfg.weight_type == 'int8' else 'U'}8",
+        "per_channel": report.per_channel,
+        "val_top1_int8": int8_val,
+        "val_top1_fp32": fp32_val,
+    }
+
+
+def stage_bench(run: Run) -> dict:
+    """Latency and test accuracy of every ONNX model of the run on the configured provider."""
+    from .bench import bench_run_dir, to_json
+
+    rows = bench_run_dir(run.run_dir, run.recipe.bench, progress=run.progress)
+    bench_json = to_json(rows, cfg=run.recipe.bench)
+    atomic_write_text(run.path("state/bench.json"), json.dumps(bench_json, indent=2))
+    return {"models": [r.name for r in rows], "provider": run.recipe.bench.provider}
+
+
+def stage_report(run: Run) -> dict:
+    """report.json, report.md, results.csv and pareto.png."""
+    from .report import build_report, write_report
+
+    bench_json = json.loads(run.path("state/bench.json").read_text())
+    stages = {k: v for k, v in run.stages.items() if k != "report"}
+    run.report = build_report(recipe=run.recipe.to_dict(), stages=stages, bench_json=bench_json)
+    paths = write_report(run.report, run.run_dir)
+    return {"files": sorted(p.name for p in paths.values())}
+
+
+# --------------------------------------------------------------------------------------
+# Shared helpers: lazily loaded data and models, so a resumed run rebuilds only what the
+# remaining stages need.
+
+
+def _splits(run: Run):
+    if run.splits is None:
+        from .data import load_splits
+
+        run.splits = load_splits(run.recipe.data, seed=run.recipe.seed)
+    return run.splits
+
+
+def _tensors(run: Run) -> dict:
+    if not run.tensors:
+        import torch
+
+        from .train import to_tensor
+
+        s = _splits(run)
+        run.tensors = {
+            "train_x": to_tensor(s.train_x, s.spec.mean, s.spec.std),
+            "train_y": torch.from_numpy(s.train_y.astype(np.int64)),
+            "val_x": to_tensor(s.val_x, s.spec.mean, s.spec.std),
+            "val_y": torch.from_numpy(s.val_y.astype(np.int64)),
+        }
+    return run.tensors
+
+
+def _build(run: Run, arch: str, arch_args: dict):
+    from .models import build_model
+
+    spec = _splits(run).spec
+    return build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes, **arch_args)
+
+
+def _load_stage_model(run: Run, arch: str, arch_args: dict, weights: str):
+    from .artifacts import load_weights
+
+    path = run.path(weights)
+    if not path.is_file():
+        raise ModelFileError(f"'{path}' is missing; the run directory is incomplete, start a new run")
+    model = _build(run, arch, arch_args)
+    load_weights(model, path)
+    return model.eval()
+
+
+def _teacher(run: Run):
+    if run.teacher is None:
+        cfg = run.recipe.teacher
+        run.teacher = _load_stage_model(run, cfg.arch, cfg.arch_args, TEACHER_WEIGHTS)
+    return run.teacher
+
+
+def _student(run: Run):
+    if run.student is None:
+        cfg = run.recipe.distill
+        run.student = _load_stage_model(run, cfg.arch, cfg.arch_args, STUDENT_WEIGHTS)
+    return run.student
+
+
+def _input_shape(spec) -> tuple[int, int, int]:
+    return (spec.channels, spec.height, spec.width)
+
+
+def _model_summary(run: Run, model, arch: str) -> dict:
+    from .models import count_macs, count_params
+
+    return {"arch": arch, "params": count_params(model), "macs": count_macs(model, _input_shape(_splits(run).spec))}
+
+
+def _fit_summary(fit_result) -> dict:
+    return {
+        "epochs": fit_result.epochs,
+        "best_epoch": fit_result.best_epoch,
+        "train_seconds": round(fit_result.seconds, 3),
+        "images_per_second": round(fit_result.images_per_second, 1),
+    }
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------
+# Resume state
+
+
+def load_progress(run_dir: Path) -> dict:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"'{run_dir}' is not an edgekd run directory (no {STATE_FILE}); nothing to resume")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"resume state '{path}' is corrupt ({exc}); start a new run") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
+        raise ConfigError(f"resume state '{path}' is corrupt; start a new run")
+    unknown = [name for name in state["done"] if name not in STAGES]
+    if unknown:
+        raise ConfigError(f"resume state '{path}' names unknown stages {unknown}; start a new run")
+    return state["done"]
+
+
+def save_progress(run_dir: Path, done: dict) -> None:
+    atomic_write_text(Path(run_dir) / STATE_FILE, json.dumps({"done": done}, indent=2))
+
+
+# --------------------------------------------------------------------------------------
+# `edgekd export`: one model, outside the chain
+
+
+def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_args=None,
+               data_name="fashion-mnist-subset", data_path=None, int8=False, output=None, opset=17,
+               force=False, progress=True) -> dict:
+    """Export a run's stage, or a weights file plus an architecture, to ONNX (optionally int8).
+
+    Returns the path, the fp32 parity per batch size and, for int8, the argmax agreement
+    of the int8 model with PyTorch on val images.
+    """
+    import dataclasses
+    import tempfile
+
+    import torch
+
+    from .artifacts import load_weights
+    from .data import load_splits
+    from .export import model_metadata, to_onnx
+    from .models import build_model, count_macs, count_params
+    from .recipe import DataConfig, ExportConfig
+    from .train import to_tensor
+
+    precision = "int8" if int8 else "fp32"
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        recipe = Recipe.from_yaml(run_dir / RECIPE_FILE)
+        cfg = recipe.teacher if stage == "teacher" else recipe.distill
+        arch, arch_args = cfg.arch, cfg.arch_args
+        weights = run_dir / (TEACHER_WEIGHTS if stage == "teacher" else STUDENT_WEIGHTS)
+        data_cfg, seed, quant_cfg = recipe.data, recipe.seed, recipe.quantize
+        export_cfg = dataclasses.replace(recipe.export, opset=opset)
+        default_output = run_dir / "export" / f"{stage}.{precision}.onnx"
+    else:
+        from .recipe import QuantConfig
+
+        data_cfg, seed, quant_cfg = DataConfig(name=data_name, path=data_path), 0, QuantConfig()
+        export_cfg = ExportConfig(opset=opset)
+        stage = "student"
+        default_output = Path(weights).with_suffix(f".{precision}.onnx")
+    output = Path(output) if output else default_output
+    if output.exists() and not force:
+        raise ConfigError(f"'{output}' already exists; use --force to replace it or -o for another file")
+
+    splits = load_splits(data_cfg, seed=seed)
+    spec = splits.spec
+    model = build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes, **(arch_args or {}))
+    load_weights(model, weights)
+    model.eval()
+    input_shape = (spec.channels, spec.height, spec.width)
+    metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),
+                              macs=count_macs(model, input_shape))
+    val_x = to_tensor(splits.val_x, spec.mean, spec.std)
+    result = {"path": str(output)}
+    if not int8:
+        report = to_onnx(model, output, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x)
+        result["max_abs_diff"] = report.max_abs_diff
+        return result
+
+    from .bench import make_session
+    from .quantize import ptq
+
+    with tempfile.TemporaryDirectory(prefix="edgekd-export-") as work:
+        fp32 = Path(work) / "model.fp32.onnx"
+        report = to_onnx(model, fp32, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x)
+        calib = to_tensor(splits.calib_x, spec.mean, spec.std).numpy()
+        ptq(fp32, output, calib_images=calib, cfg=quant_cfg, metadata={**metadata, "edgekd.stage": "int8"},
+            progress=progress)
+    # int8 cannot match fp32 to 1e-4; what must hold is that it predicts the same classes
+    (logits,) = make_session(output).run(None, {"input": val_x.numpy()})
+    with torch.no_grad():
+        expected = model(val_x).argmax(1).numpy()
+    result["max_abs_diff"] = report.max_abs_diff
+    result["int8_top1_agreement"] = float((logits.argmax(1) == expected).mean() * 100)
+    result["agreement_samples"] = len(expected)
+    return result

@@ -1,0 +1,177 @@
+"""Run results -> report.json, report.md, results.csv, pareto.png and the terminal table.
+
+report.json follows schema edgekd.report/1: the `models` entries are exactly the rows of
+`edgekd bench --json` (schema edgekd.bench/1), so one parser reads both; `stages` holds
+what each stage measured (training history, parity, calibration), `speedup` the ratios.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from .artifacts import atomic_path, atomic_write_text
+from .bench import format_count as _count
+from .bench import format_size as _size
+
+SCHEMA = "edgekd.report/1"
+STAGE_LABELS = {"teacher": "teacher (fp32)", "student": "student (fp32)", "int8": "student (int8)"}
+CSV_COLUMNS = ("name", "stage", "top1", "params", "macs", "file_bytes", "provider", "batch_size",
+               "p50_ms", "p90_ms", "p99_ms", "throughput", "speedup_vs_teacher")
+
+
+def speedups(models: list[dict]) -> dict[str, float | None]:
+    """p50 speed-up of each model over the teacher (teacher p50 / model p50)."""
+    teacher = next((m for m in models if m.get("stage") == "teacher"), None)
+    out = {}
+    for m in models:
+        if teacher is None or not m["latency_ms"]["p50"]:
+            out[m["name"]] = None
+        else:
+            out[m["name"]] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
+    return out
+
+
+def build_report(*, recipe: dict, stages: dict, bench_json: dict) -> dict:
+    models = bench_json["models"]
+    return {
+        "schema": SCHEMA,
+        "edgekd_version": bench_json.get("edgekd_version"),
+        "recipe": recipe,
+        "machine": bench_json.get("machine"),
+        "bench_config": bench_json.get("config"),
+        "stages": stages,
+        "models": models,
+        "speedup_vs_teacher": speedups(models),
+    }
+
+
+def summary_table(report: dict) -> str:
+    """The one table `compress` prints: each model's accuracy, size, cost and speed."""
+    header = ["model", "top-1 %", "params", "MACs", "file", "p50 ms (b=1)", "speed-up"]
+    rows = [header]
+    for m in report["models"]:
+        speed = report["speedup_vs_teacher"].get(m["name"])
+        rows.append([
+            STAGE_LABELS.get(m.get("stage"), m["name"]),
+            "-" if m["top1"] is None else f"{m['top1']:.2f}",
+            _count(m["params"]),
+            _count(m["macs"]),
+            _size(m["file_bytes"]),
+            f"{m['latency_ms']['p50']:.3f}",
+            "-" if speed is None else f"{speed:.2f}x",
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    machine = report.get("machine") or {}
+    bench_cfg = report.get("bench_config") or {}
+    lines = [
+        f"# edgekd run: {report['recipe']['name']}",
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+        f"onnxruntime {machine.get('onnxruntime', '?')}, int8 CPU features: "
+        f"{', '.join(machine.get('int8_cpu_flags') or []) or 'none found'}.",
+        f"Latency: provider {bench_cfg.get('provider', '?')}, batch {bench_cfg.get('batch_size', '?')}, "
+        f"{bench_cfg.get('warmup', '?')} warm-up runs, then at least {bench_cfg.get('runs', '?')} runs "
+        f"and {bench_cfg.get('min_seconds', '?')} s. Top-1 on the test split (`eval.npz`).",
+        "",
+        "| model | top-1 % | params | MACs | file | p50 ms | p90 ms | p99 ms | speed-up | int8 ops |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in report["models"]:
+        speed = report["speedup_vs_teacher"].get(m["name"])
+        lat = m["latency_ms"]
+        top1 = "-" if m["top1"] is None else f"{m['top1']:.2f}"
+        lines.append(
+            f"| {m['name']} | {top1} | {_count(m['params'])} | "
+            f"{_count(m['macs'])} | {_size(m['file_bytes'])} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
+            f"{lat['p99']:.3f} | {'-' if speed is None else f'{speed:.2f}x'} | "
+            f"{'-' if m.get('int8_ops') is None else m['int8_ops']} |"
+        )
+    lines += ["", "## Stages", "", "| stage | seconds | details |", "|---|---:|---|"]
+    for name, stage in report["stages"].items():
+        details = ", ".join(f"{k}={_short(v)}" for k, v in stage.items() if k not in ("seconds", "epochs"))
+        lines.append(f"| {name} | {stage.get('seconds', 0):.1f} | {details} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(report: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for m in report["models"]:
+        lat = m["latency_ms"]
+        speed = report["speedup_vs_teacher"].get(m["name"])
+        writer.writerow([m["name"], m.get("stage"), m["top1"], m["params"], m["macs"], m["file_bytes"],
+                         m["provider"], m["batch_size"], lat["p50"], lat["p90"], lat["p99"],
+                         m["throughput"], speed])
+    return buffer.getvalue()
+
+
+def pareto_plot(report: dict, path: str | Path) -> Path | None:
+    """Accuracy vs p50 latency, one point per model, the Pareto front joined. Returns None
+    when matplotlib is not installed (it is optional on devices)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    points = [(m["latency_ms"]["p50"], m["top1"], m["name"]) for m in report["models"] if m["top1"] is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for latency, top1, name in points:
+        ax.scatter(latency, top1, s=40)
+        ax.annotate(name, (latency, top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front = pareto_front(points)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", linewidth=1, label="Pareto front")
+    ax.set_xlabel("p50 latency, batch 1 (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"edgekd: {report['recipe']['name']}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def pareto_front(points: list[tuple]) -> list[tuple]:
+    """Points (latency, accuracy, ...) not beaten on both axes, sorted by latency."""
+    front, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: (p[0], -p[1])):
+        if point[1] > best:
+            front.append(point)
+            best = point[1]
+    return front
+
+
+def write_report(report: dict, run_dir: str | Path) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    paths = {
+        "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
+        "markdown": atomic_write_text(run_dir / "report.md", markdown(report)),
+        "csv": atomic_write_text(run_dir / "results.csv", results_csv(report)),
+    }
+    plot = pareto_plot(report, run_dir / "pareto.png")
+    if plot is not None:
+        paths["pareto"] = plot
+    return paths
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return str(value)

@@ -1,0 +1,371 @@
+"""Tests for edgekd.bench on tiny ONNX models built here with onnx.helper."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from edgekd import bench
+from edgekd.errors import ConfigError, DataError, ModelFileError, ProviderUnavailable
+from edgekd.recipe import BenchConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = BenchConfig(warmup=1, runs=5, min_seconds=0.0, batch_size=4)
+CLASSES = 10
+
+
+def _save(graph, path, meta=None):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if meta:
+        helper.set_model_props(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def conv_net(path, batch="N", hw=(8, 8), conv_head=False, meta=None):
+    """Conv+Relu+GlobalAveragePool, then Flatten+Gemm -> (N, 10) or a 1x1 Conv -> (N, 10, 1, 1).
+    The weights are fixed, so every variant predicts the same classes."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    b = rng.standard_normal(8).astype(np.float32) * 0.1
+    g = rng.standard_normal((8, CLASSES)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+    ]
+    if conv_head:
+        inits.append(numpy_helper.from_array(g.T.reshape(CLASSES, 8, 1, 1).copy(), "G"))
+        nodes.append(helper.make_node("Conv", ["p", "G"], ["logits"]))
+        out_shape = [batch, CLASSES, 1, 1]
+    else:
+        inits += [numpy_helper.from_array(g, "G"), numpy_helper.from_array(np.zeros(CLASSES, np.float32), "GB")]
+        nodes += [helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "G", "GB"], ["logits"])]
+        out_shape = [batch, CLASSES]
+    graph = helper.make_graph(
+        nodes, "convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, *hw])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    return _save(graph, path, meta)
+
+
+def argmax_net(path, four_d=False, meta=None):
+    """1x2x2 image -> Flatten -> Gemm with identity weights: predicts the brightest pixel."""
+    inits = [numpy_helper.from_array(np.eye(4, dtype=np.float32), "I")]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "I"], ["y"])]
+    out_shape = ["N", 4]
+    if four_d:
+        inits.append(numpy_helper.from_array(np.array([0, 4, 1, 1], np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["y", "shape"], ["y4"]))
+        out_shape = ["N", 4, 1, 1]
+    graph = helper.make_graph(
+        nodes, "argmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    return _save(graph, path, meta)
+
+
+# Four 1x2x2 images whose brightest pixel is 0, 1, 2, 3; the last label is wrong -> 75 %.
+ARGMAX_X = np.array([[200, 0, 0, 0], [0, 255, 10, 0], [0, 0, 90, 3], [1, 2, 3, 4]], np.uint8).reshape(4, 1, 2, 2)
+ARGMAX_Y = np.array([0, 1, 2, 0], np.int64)
+
+
+class _Calibration(CalibrationDataReader):
+    def __init__(self, x):
+        self._batches = iter([{"x": x[i : i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zoo")
+    models = {
+        "fp32": conv_net(d / "fp32.onnx"),
+        "b1": conv_net(d / "b1.onnx", batch=1),
+        "b3": conv_net(d / "b3.onnx", batch=3),
+        "head4d": conv_net(d / "head4d.onnx", conv_head=True),
+    }
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(20, 3, 8, 8), dtype=np.uint8)
+    x_float = x.astype(np.float32) / 255
+    quantize_static(
+        str(models["fp32"]), str(d / "model.int8.onnx"), _Calibration(x_float[:8]),
+        quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )
+    models["int8"] = d / "model.int8.onnx"
+    # Labels are the fp32 model's own predictions, so it scores exactly 100 %.
+    session = ort.InferenceSession(str(models["fp32"]), providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x_float})[0].argmax(1)
+    np.savez(d / "eval.npz", x=x, y=y, class_names=np.array([f"c{i}" for i in range(CLASSES)]))
+    models["eval"] = d / "eval.npz"
+    return models
+
+
+def test_import_needs_no_torch_onnx_or_tqdm():
+    code = (
+        "import sys, edgekd.bench\n"
+        "loaded = [m for m in ('torch', 'torchvision', 'onnx', 'tqdm') if m in sys.modules]\n"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_bench_fp32_and_int8(zoo):
+    fp32, int8 = bench.bench([zoo["fp32"], zoo["int8"]], eval_set=zoo["eval"], cfg=CFG, progress=False)
+    assert fp32.name == "fp32" and int8.name == "model.int8"
+    assert fp32.top1 == 100.0 and fp32.samples == 20
+    assert int8.top1 >= 80.0
+    assert fp32.int8_ops == 0 and fp32.qdq_nodes == 0
+    assert int8.int8_ops > 0 and int8.op_counts["QLinearConv"] == 1
+    assert int8.qdq_nodes < sum(
+        n.op_type in bench.QDQ_OPS for n in onnx.load(str(zoo["int8"])).graph.node
+    )  # ORT fused the QDQ groups into int8 kernels
+    # Foreign models: no metadata, params counted from initializers (W, B, G, GB).
+    assert fp32.stage is None and fp32.arch is None and fp32.macs is None
+    assert fp32.params == 8 * 3 * 3 * 3 + 8 + 8 * CLASSES + CLASSES
+    for row in (fp32, int8):
+        lat = row.latency_ms
+        assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert lat["min"] <= lat["mean"] <= lat["max"]
+        assert row.runs >= CFG.runs and row.warmup == CFG.warmup
+        assert row.batch_size == 4 and row.input_shape == [4, 3, 8, 8]
+        assert row.throughput == pytest.approx(4 / (lat["mean"] / 1000))
+        assert row.session_ms > 0 and row.first_run_ms > 0
+        assert row.providers_used[0] == "CPUExecutionProvider"
+        assert row.file_bytes == Path(row.path).stat().st_size
+
+
+def test_fixed_batch_and_4d_logits(zoo):
+    rows = bench.bench([zoo["b1"], zoo["b3"], zoo["head4d"]], eval_set=zoo["eval"], cfg=CFG, progress=False)
+    # Fixed batch dims win over cfg.batch_size; accuracy runs in (padded) fixed batches.
+    assert [r.batch_size for r in rows] == [1, 3, 4]
+    assert [r.top1 for r in rows] == [100.0, 100.0, 100.0]
+
+
+def test_synthetic_input_without_eval_set(zoo):
+    (row,) = bench.bench([zoo["b1"]], cfg=CFG, progress=False)
+    assert row.top1 is None and row.samples == 0 and row.input_shape == [1, 3, 8, 8]
+
+
+def test_dynamic_hw_needs_eval_set_or_fixed_size(tmp_path, zoo):
+    path = conv_net(tmp_path / "dyn_hw.onnx", hw=("H", "W"))
+    with pytest.raises(ModelFileError, match="dynamic dims"):
+        bench.bench([path], cfg=CFG, progress=False)
+    (row,) = bench.bench([path], eval_set=zoo["eval"], cfg=CFG, progress=False)
+    assert row.input_shape == [4, 3, 8, 8] and row.top1 == 100.0
+
+
+def test_eval_set_shape_mismatch(tmp_path, zoo):
+    np.savez(tmp_path / "small.npz", x=np.zeros((2, 3, 4, 4), np.uint8), y=np.zeros(2, np.int64))
+    with pytest.raises(DataError, match="expects"):
+        bench.bench([zoo["fp32"]], eval_set=tmp_path / "small.npz", cfg=CFG, progress=False)
+
+
+def test_non_float_input_is_benched_with_synthetic_data(tmp_path, zoo):
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT), helper.make_node("Flatten", ["xf"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "u8",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 192])],
+    )
+    path = _save(graph, tmp_path / "u8.onnx")
+    (row,) = bench.bench([path], eval_set=zoo["eval"], cfg=CFG, progress=False)
+    assert row.top1 is None and row.samples == 0 and row.params == 0
+
+
+@pytest.mark.parametrize("four_d", [False, True])
+def test_evaluate_hand_computed(tmp_path, four_d):
+    path = argmax_net(tmp_path / "argmax.onnx", four_d=four_d)
+    session = bench.make_session(path)
+    x = bench.preprocess(ARGMAX_X, {})
+    assert bench.evaluate(session, x, ARGMAX_Y) == 75.0
+    assert bench.evaluate(session, x, ARGMAX_Y, batch_size=3) == 75.0  # a partial last batch
+    np.savez(tmp_path / "eval.npz", x=ARGMAX_X, y=ARGMAX_Y)
+    (row,) = bench.bench([path], eval_set=tmp_path / "eval.npz", cfg=CFG, progress=False)
+    assert row.top1 == 75.0 and row.samples == 4
+
+
+def test_preprocess_uses_metadata_mean_std():
+    x = np.array([[[[0, 255]], [[51, 102]]]], np.uint8)  # N=1, C=2, H=1, W=2
+    meta = {"edgekd.mean": "[0.5, 0.25]", "edgekd.std": "[0.5, 2.0]"}
+    expected = np.array([[[[-1.0, 1.0]], [[(0.2 - 0.25) / 2, (0.4 - 0.25) / 2]]]], np.float32)
+    out = bench.preprocess(x, meta)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(bench.preprocess(x, {}), x / 255.0, rtol=1e-6)
+    with pytest.raises(DataError, match="3 values"):
+        bench.preprocess(x, {"edgekd.mean": "[0.1, 0.2, 0.3]"})
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        bench.preprocess(x, {"edgekd.std": "[0.5,"})
+
+
+def test_edgekd_metadata_is_reported(tmp_path):
+    meta = {
+        "edgekd.version": "0.1.0", "edgekd.stage": "student", "edgekd.arch": "argmaxnet",
+        "edgekd.input_layout": "NCHW", "edgekd.mean": "[0.5]", "edgekd.std": "[0.25]",
+        "edgekd.class_names": json.dumps(["a", "b", "c", "d"]), "edgekd.params": "16", "edgekd.macs": "12345",
+    }
+    path = argmax_net(tmp_path / "student.onnx", meta=meta)
+    np.savez(tmp_path / "eval.npz", x=ARGMAX_X, y=ARGMAX_Y)
+    (row,) = bench.bench([path], eval_set=tmp_path / "eval.npz", cfg=CFG, progress=False)
+    assert (row.stage, row.arch, row.params, row.macs) == ("student", "argmaxnet", 16, 12345)
+    assert row.top1 == 75.0  # normalisation is monotonic, so the argmax is unchanged
+
+
+@pytest.mark.parametrize("content", ["random", "empty", "truncated"])
+def test_not_onnx_files(tmp_path, zoo, content):
+    data = {
+        "random": np.random.default_rng(0).bytes(1000),
+        "empty": b"",
+        "truncated": zoo["int8"].read_bytes()[:300],
+    }[content]
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(data)
+    with pytest.raises(ModelFileError, match="not a valid ONNX model") as info:
+        bench.check_onnx_file(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ModelFileError):
+        bench.bench([path], cfg=CFG, progress=False)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        bench.check_onnx_file(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match="not a file"):
+        bench.check_onnx_file(tmp_path)
+
+
+def test_without_onnx_installed(monkeypatch, tmp_path, zoo):
+    monkeypatch.setattr(bench, "_onnx", lambda: None)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(np.random.default_rng(0).bytes(1000))
+    bench.check_onnx_file(path)  # only ORT can tell now
+    with pytest.raises(ModelFileError, match="ONNX Runtime cannot load") as info:
+        bench.bench([path], cfg=CFG, progress=False)
+    assert "\n" not in str(info.value)
+    (row,) = bench.bench([zoo["fp32"]], eval_set=zoo["eval"], cfg=CFG, progress=False)
+    assert row.params is None and row.op_counts is None and row.int8_ops is None and row.top1 == 100.0
+
+
+def test_provider_errors(zoo):
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ProviderUnavailable, match="onnxruntime-gpu") as info:
+            bench.make_session(zoo["fp32"], "cuda")
+        assert re.search(r"available: [^)]*\bcpu\b", str(info.value))
+    with pytest.raises(ConfigError, match="known: cpu, cuda"):
+        bench.make_session(zoo["fp32"], "gpu")
+    with pytest.raises(ConfigError, match="unknown provider"):
+        bench.bench([zoo["fp32"]], cfg=BenchConfig(provider="gpu"), progress=False)
+
+
+def test_silent_fallback_is_an_error(zoo, monkeypatch):
+    # Pretend this onnxruntime lists OpenVINO: ORT then falls back to CPU silently.
+    listed = ort.get_available_providers() + ["OpenVINOExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    with pytest.warns(UserWarning), pytest.raises(ProviderUnavailable, match="fell back to CPUExecutionProvider"):
+        bench.make_session(zoo["fp32"], "openvino")
+
+
+class _SleepySession:
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, outputs, feed):
+        self.calls += 1
+        time.sleep(0.002)
+
+
+def test_measure_latency_protocol():
+    session = _SleepySession()
+    timings, first = bench.measure_latency(session, {}, warmup=3, runs=5, min_seconds=0.0)
+    assert len(timings) == 5 and session.calls == 1 + 3 + 5 and first >= 2.0
+    assert all(t >= 2.0 for t in timings)
+    session = _SleepySession()
+    start = time.perf_counter()
+    timings, _ = bench.measure_latency(session, {}, warmup=0, runs=2, min_seconds=0.1)
+    assert time.perf_counter() - start >= 0.1 and len(timings) > 2
+
+
+def test_load_eval_set(tmp_path):
+    good = tmp_path / "good.npz"
+    labels, names = np.array([0, 1, 2], np.int32), np.array(["a", "b", "c"])
+    np.savez(good, x=np.zeros((3, 1, 2, 2), np.uint8), y=labels, class_names=names)
+    x, y, names = bench.load_eval_set(good)
+    assert x.shape == (3, 1, 2, 2) and y.dtype == np.int64 and names == ["a", "b", "c"]
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 1, 2, 2), np.uint8))
+    assert bench.load_eval_set(tmp_path / "nolabels.npz")[1:] == (None, None)
+
+    bad = {
+        "noise.npz": None,
+        "nox.npz": {"y": np.zeros(3, np.int64)},
+        "float.npz": {"x": np.zeros((3, 1, 2, 2), np.float32)},
+        "flat.npz": {"x": np.zeros((3, 4), np.uint8)},
+        "ylen.npz": {"x": np.zeros((3, 1, 2, 2), np.uint8), "y": np.zeros(2, np.int64)},
+        "pickle.npz": {"x": np.zeros((3, 1, 2, 2), np.uint8), "class_names": np.array([{"a": 1}], dtype=object)},
+    }
+    for name, arrays in bad.items():
+        path = tmp_path / name
+        if arrays is None:
+            path.write_bytes(b"not a zip file at all")
+        else:
+            np.savez(path, **arrays)
+        with pytest.raises(DataError) as info:
+            bench.load_eval_set(path)
+        assert "\n" not in str(info.value), name
+    with pytest.raises(DataError, match="does not exist"):
+        bench.load_eval_set(tmp_path / "missing.npz")
+
+
+def test_bench_run_dir(tmp_path, zoo):
+    conv_net(tmp_path / "a_student.onnx", meta={"edgekd.stage": "student"})
+    conv_net(tmp_path / "teacher.onnx", meta={"edgekd.stage": "teacher"})
+    (tmp_path / "model.int8.onnx").write_bytes(zoo["int8"].read_bytes())
+    (tmp_path / "eval.npz").write_bytes(zoo["eval"].read_bytes())
+    rows = bench.bench_run_dir(tmp_path, cfg=CFG, progress=False)
+    assert [r.name for r in rows] == ["teacher", "a_student", "model.int8"]
+    assert [r.stage for r in rows] == ["teacher", "student", None]
+    assert all(r.samples == 20 for r in rows)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match="no .onnx files"):
+        bench.bench_run_dir(tmp_path / "empty")
+
+
+def test_to_json_and_table(zoo):
+    rows = bench.bench([zoo["fp32"], zoo["b1"]], cfg=CFG, progress=False)
+    report = json.loads(json.dumps(bench.to_json(rows, {"run": "r1"}, cfg=CFG)))
+    assert report["schema"] == bench.SCHEMA == "edgekd.bench/1" and report["run"] == "r1"
+    assert report["config"]["runs"] == CFG.runs
+    machine = report["machine"]
+    assert machine["onnxruntime"] == ort.__version__ and "CPUExecutionProvider" in machine["providers"]
+    assert machine["cores"] >= 1 and isinstance(machine["int8_cpu_flags"], list) and machine["cpu"]
+    for model in report["models"]:
+        for key in ("name", "stage", "top1", "params", "macs", "file_bytes", "provider", "batch_size"):
+            assert key in model
+        assert set(model["latency_ms"]) >= {"p50", "p90", "p99", "mean", "min", "max"}
+    table = bench.format_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert table[0].split()[:3] == ["model", "stage", "provider"]
+    assert table[2].startswith("fp32") and " - " in table[2]  # no stage, no top1, no MACs
+
+
+def test_machine_info_flags_are_from_the_known_list():
+    assert set(bench.machine_info()["int8_cpu_flags"]) <= set(bench.INT8_CPU_FLAGS)
