@@ -9,6 +9,7 @@ example's; the maximum absolute difference from PyTorch must stay within `atol`.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -101,8 +102,8 @@ def to_onnx(
         onnx.save(proto, str(tmp))
         report = ExportReport(path=str(path))
         report.max_abs_diff = parity(model, tmp, input_shape, cfg, check_inputs)
-        worst = max(report.max_abs_diff.values())
-        if worst > cfg.atol:
+        worst = max(report.max_abs_diff.values(), key=lambda d: math.inf if math.isnan(d) else d)
+        if not worst <= cfg.atol:  # written so that NaN fails too
             raise ExportMismatch(
                 f"ONNX output differs from PyTorch by {worst:.3g} (> atol {cfg.atol:g}) for {path}; "
                 "the model may use an operator the exporter mistranslates"
@@ -134,5 +135,7 @@ def parity(
         with torch.no_grad():
             expected = model(x).numpy()
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        if got.shape != expected.shape:  # broadcasting would hide it
+            raise ExportMismatch(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
         diffs[batch] = float(np.max(np.abs(got - expected)))
     return diffs

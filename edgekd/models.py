@@ -203,6 +203,8 @@ def _call(factory, arch: str, **kwargs) -> nn.Module:
 
 def _import_factory(spec: str) -> Callable:
     module_name, _, func_name = spec.partition(":")
+    if not module_name or module_name.startswith(".") or not func_name:
+        raise ConfigError(f"model '{spec}' must be 'package.module:function' (absolute module, a function name)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -136,7 +136,7 @@ class ExportConfig:
         _check(self.opset >= 13, "export.opset must be >= 13 (per-channel QDQ needs it)")
         _check(self.atol > 0, "export.atol must be positive")
         _check(
-            len(self.check_batch_sizes) > 0 and all(isinstance(b, int) and b > 0 for b in self.check_batch_sizes),
+            len(self.check_batch_sizes) > 0 and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in self.check_batch_sizes),
             "export.check_batch_sizes must be a list of positive integers",
         )
 
@@ -302,6 +302,11 @@ def _convert(hint, value, key: str, source: str):
             raise wrong()
         return value
     if expected is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong() from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong()
         return float(value)

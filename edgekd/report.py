@@ -138,7 +138,8 @@ def pareto_plot(report: dict, path: str | Path) -> Path | None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"edgekd: {report['recipe']['name']}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.2, y=0.2)  # room for the labels
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

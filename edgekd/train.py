@@ -125,7 +125,8 @@ def fit(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    result = FitResult(best_val_top1=accuracy(model, val_x, val_y), best_epoch=0)
+    # the first epoch always counts as the best so far: never hand back untrained weights
+    result = FitResult(best_val_top1=-math.inf, best_epoch=0)
     best_state = copy.deepcopy(model.state_dict())
     start = time.perf_counter()
     seen = 0
@@ -135,7 +136,7 @@ def fit(
             epoch_start = time.perf_counter()
             model.train()
             order = torch.randperm(len(train_x), generator=generator)
-            loss_sum, correct = 0.0, 0
+            loss_sum, correct, trained = 0.0, 0, 0
             for i in range(0, len(order), cfg.batch_size):
                 index = order[i : i + cfg.batch_size]
                 if len(index) < 2:  # batch norm cannot train on one sample
@@ -154,24 +155,27 @@ def fit(
                 scheduler.step()
                 loss_sum += loss.item() * len(index)
                 correct += int((logits.argmax(1) == labels).sum())
-                seen += len(index)
+                trained += len(index)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
             val_top1 = accuracy(model, val_x, val_y)
             result.epochs.append(
                 {
                     "epoch": epoch,
-                    "loss": loss_sum / max(1, len(order)),
-                    "train_top1": 100.0 * correct / max(1, len(order)),
+                    "loss": loss_sum / max(1, trained),
+                    "train_top1": 100.0 * correct / max(1, trained),
                     "val_top1": val_top1,
                     "seconds": time.perf_counter() - epoch_start,
                 }
             )
+            seen += trained
             if val_top1 > result.best_val_top1:
                 result.best_val_top1, result.best_epoch = val_top1, epoch
                 best_state = copy.deepcopy(model.state_dict())
     finally:
         bar.close()
+    if cfg.epochs == 0:
+        result.best_val_top1 = accuracy(model, val_x, val_y)
     model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start
     result.images_per_second = seen / result.seconds if result.seconds > 0 else 0.0

@@ -1,0 +1,100 @@
+"""Shared tiny fixtures for the edgekd unit tests.
+
+Everything here is sized for a busy 2-core CPU: 1x8x8 images, 3 classes, TinyCNN of
+width 4 (1,583 parameters). torch and onnx are imported inside the fixtures, so the test
+files that do not need them (test_data.py, test_bench.py) do not pay for the import.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+IN_CHANNELS = 1
+HW = 8
+NUM_CLASSES = 3
+INPUT_SHAPE = (IN_CHANNELS, HW, HW)
+CLASS_NAMES = ("ant", "bee", "cat")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The machine is shared: keep PyTorch to one intra-op thread when it is loaded."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def tiny_spec():
+    """A DataSpec for 1x8x8 grey images of 3 classes, normalized with mean 0.5, std 0.25."""
+    from edgekd.data import DataSpec
+
+    return DataSpec(
+        name="tiny", channels=IN_CHANNELS, height=HW, width=HW, num_classes=NUM_CLASSES,
+        class_names=CLASS_NAMES, mean=(0.5,), std=(0.25,), source="tests",
+    )
+
+
+@pytest.fixture
+def make_tiny_cnn():
+    """Factory: a TinyCNN of width 4 (1 -> 3 classes) with reproducible weights."""
+    import torch
+
+    from edgekd.models import build_model
+
+    def make(seed: int = 0, width: int = 4, num_classes: int = NUM_CLASSES, in_channels: int = IN_CHANNELS):
+        torch.manual_seed(seed)
+        return build_model("tinycnn", in_channels=in_channels, num_classes=num_classes, width=width)
+
+    return make
+
+
+@pytest.fixture
+def tiny_images():
+    """Factory: n float images of INPUT_SHAPE from a seeded normal distribution."""
+    import torch
+
+    def make(n: int, seed: int = 0):
+        return torch.randn(n, *INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory):
+    """A TinyCNN (width 4) exported once to fp32 ONNX with edgekd.export.to_onnx.
+
+    Returns (path, model). Conv output channels are 4, 8 and 16; the Gemm head is 16 -> 3.
+    """
+    import torch
+
+    from edgekd.export import to_onnx
+    from edgekd.models import build_model
+    from edgekd.recipe import ExportConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model("tinycnn", in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, width=4).eval()
+    path = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    to_onnx(model, path, input_shape=INPUT_SHAPE, metadata={"edgekd.stage": "student"},
+            cfg=ExportConfig(check_batch_sizes=[1, 3]))
+    return path, model
+
+
+@pytest.fixture
+def calib_images():
+    """40 float32 calibration images (preprocessed NCHW), fixed seed."""
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((40, *INPUT_SHAPE)).astype(np.float32)
+
+
+@pytest.fixture
+def canary(tmp_path):
+    """A file that a malicious payload would create; tests assert it never appears."""
+    path = tmp_path / "CANARY"
+    assert not path.exists()
+    return path

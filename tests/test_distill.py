@@ -1,0 +1,178 @@
+"""Tests for edgekd.distill: the Hinton KD loss by hand, and the frozen, cached teacher."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from edgekd.distill import distill, kd_loss, kd_step
+from edgekd.recipe import DistillConfig
+
+
+def softmax(values, t=1.0):
+    exps = [math.exp(v / t) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+# -- kd_loss by hand ---------------------------------------------------------------------------
+
+
+def test_kd_loss_one_sample_by_hand():
+    s, t, y = [1.0, 2.0, 0.0], [2.0, 0.0, 1.0], 1
+    # T = 2: s/T = [0.5, 1, 0], t/T = [1, 0, 0.5]; both exp-sums are e^1 + e^0.5 + e^0 = 5.3670
+    #   p_s = [1.6487, 2.7183, 1] / 5.3670 = [0.30720, 0.50648, 0.18632]
+    #   p_t = [2.7183, 1, 1.6487] / 5.3670 = [0.50648, 0.18632, 0.30720]
+    # KL(p_t || p_s) = sum p_t * (t - s) / T  (the log partition functions are equal and cancel)
+    #   = 0.50648 * 0.5 + 0.18632 * (-1) + 0.30720 * 0.5 = 0.22051
+    # CE = -log(e^2 / (e^1 + e^2 + e^0)) = -log(7.3891 / 11.1073) = 0.40761
+    # loss = (1 - 0.5) * 0.40761 + 0.5 * 2^2 * 0.22051 = 0.20380 + 0.44103 = 0.64483
+    p_s, p_t = softmax(s, 2.0), softmax(t, 2.0)
+    ce = -math.log(softmax(s)[y])
+    expected = 0.5 * ce + 0.5 * 4 * kl(p_t, p_s)
+    assert expected == pytest.approx(0.64483, abs=1e-4)
+    got = kd_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), temperature=2.0, alpha=0.5)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_two_samples_is_the_batch_mean_by_hand():
+    s = [[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]
+    t = [[2.0, 0.0, 1.0], [3.0, 0.0, 0.0]]
+    y = [1, 0]
+    # sample 1: CE 0.40761, KL 0.22051 (see the test above)
+    # sample 2: p_s = [1/3, 1/3, 1/3]; t/T = [1.5, 0, 0] -> p_t = [4.4817, 1, 1] / 6.4817 = [0.69144, 0.15428, 0.15428]
+    #   KL = 0.69144 * log(0.69144 * 3) + 2 * 0.15428 * log(0.15428 * 3) = 0.50448 - 0.23769 = 0.26679
+    #   CE = -log(1/3) = 1.09861
+    # batch means: CE (0.40761 + 1.09861) / 2 = 0.75311, KL (0.22051 + 0.26679) / 2 = 0.24365
+    # loss = 0.5 * 0.75311 + 0.5 * 4 * 0.24365 = 0.37655 + 0.48730 = 0.86386
+    ces = [-math.log(softmax(si)[yi]) for si, yi in zip(s, y)]
+    kls = [kl(softmax(ti, 2.0), softmax(si, 2.0)) for si, ti in zip(s, t)]
+    expected = 0.5 * sum(ces) / 2 + 0.5 * 4 * sum(kls) / 2
+    assert expected == pytest.approx(0.86386, abs=1e-4)
+    got = kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), temperature=2.0, alpha=0.5)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_alpha_zero_is_plain_cross_entropy():
+    s = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]])
+    t = torch.tensor([[9.0, -9.0, 0.0], [0.0, 5.0, 0.0]])  # the teacher must not matter
+    y = torch.tensor([1, 2])
+    # CE by hand: sample 1 0.40761; sample 2 -log(e^3 / (e^0.5 + e^-1 + e^3)) = 0.08263; mean 0.24512
+    by_hand = (-math.log(softmax([1.0, 2.0, 0.0])[1]) - math.log(softmax([0.5, -1.0, 3.0])[2])) / 2
+    got = kd_loss(s, t, y, temperature=4.0, alpha=0.0)
+    assert got.item() == pytest.approx(by_hand, rel=1e-5)
+    assert got.item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_identical_logits_give_zero_kl(temperature):
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.3, 0.3, -2.0]])
+    y = torch.tensor([0, 2])
+    only_kl = kd_loss(logits, logits.clone(), y, temperature=temperature, alpha=1.0)
+    assert abs(only_kl.item()) < 1e-6
+    # with alpha 0.5 only the CE half remains
+    half = kd_loss(logits, logits.clone(), y, temperature=temperature, alpha=0.5)
+    assert half.item() == pytest.approx(0.5 * F.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_kl_term_is_scaled_by_t_squared():
+    s, t, y = torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([1])
+    for temperature in (1.0, 2.0, 3.0):
+        expected = temperature**2 * kl(softmax([2.0, 0.0, 1.0], temperature), softmax([1.0, 2.0, 0.0], temperature))
+        got = kd_loss(s, t, y, temperature=temperature, alpha=1.0)
+        assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_gradient_flows_to_student_only():
+    s = torch.tensor([[1.0, 2.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[2.0, 0.0, 1.0]], requires_grad=True)
+    kd_loss(s, t.detach(), torch.tensor([1]), temperature=2.0, alpha=0.5).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+    # softmax gradients sum to zero over classes
+    assert abs(s.grad.sum().item()) < 1e-6
+
+
+# -- distill() -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kd_data(tiny_images):
+    g = torch.Generator().manual_seed(1)
+    return {
+        "train_x": tiny_images(24, seed=0),
+        "train_y": torch.randint(0, 3, (24,), generator=g),
+        "val_x": tiny_images(8, seed=1),
+        "val_y": torch.randint(0, 3, (8,), generator=g),
+    }
+
+
+def watch(teacher):
+    """Record each teacher forward: batch size, train mode and grad mode."""
+    calls = []
+
+    def hook(module, inputs, _output):
+        calls.append({"n": len(inputs[0]), "training": module.training, "grad": torch.is_grad_enabled()})
+
+    teacher.register_forward_hook(hook)
+    return calls
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_distill_leaves_the_teacher_untouched(make_tiny_cnn, kd_data, augment):
+    teacher, student = make_tiny_cnn(seed=0).train(), make_tiny_cnn(seed=1)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}  # params and BN buffers
+    cfg = DistillConfig(epochs=2, batch_size=8, lr=0.01, augment=augment)
+    result = distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    assert len(result.epochs) == 2
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    for p in teacher.parameters():
+        assert p.requires_grad is False and p.grad is None
+    assert teacher.training is False
+    # while the student was trained: every one of its parameters received a gradient
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_teacher_logits_are_cached_without_augmentation(make_tiny_cnn, kd_data):
+    teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
+    calls = watch(teacher)
+    cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=False)
+    distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    # one predict() over the 24 training images (predict batches by 1024), none per step
+    assert calls == [{"n": 24, "training": False, "grad": False}]
+
+
+def test_teacher_runs_per_step_with_augmentation(make_tiny_cnn, kd_data):
+    teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
+    calls = watch(teacher)
+    cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=True)
+    distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    # augmented images differ every step: 24 / 8 = 3 steps per epoch * 3 epochs = 9 calls of 8 images,
+    # all in eval mode and without autograd
+    assert calls == [{"n": 8, "training": False, "grad": False}] * 9
+
+
+def test_kd_step_uses_cached_logits_by_index(make_tiny_cnn, tiny_images):
+    student = make_tiny_cnn(seed=1)
+
+    def no_teacher(_images):
+        raise AssertionError("the teacher must not run when logits are cached")
+
+    cached = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [1.0, 1.0, 5.0], [3.0, 0.0, 0.0]])
+    cfg = DistillConfig(temperature=2.0, alpha=0.7)
+    step = kd_step(student, no_teacher, cfg, cached)
+    images, labels, index = tiny_images(2, seed=4), torch.tensor([0, 2]), torch.tensor([3, 1])
+    loss, logits = step(images, labels, index)
+    assert logits.shape == (2, 3)
+    expected = kd_loss(logits, cached[[3, 1]], labels, temperature=2.0, alpha=0.7)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    wrong_rows = kd_loss(logits, cached[[0, 1]], labels, temperature=2.0, alpha=0.7)
+    assert loss.item() != pytest.approx(wrong_rows.item(), rel=1e-6)

@@ -1,0 +1,208 @@
+"""Tests for edgekd.quantize: QDQ int8 from ONNX Runtime, per-channel weights, calibration."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from edgekd import quantize
+from edgekd.export import INPUT_NAME, OUTPUT_NAME
+from edgekd.quantize import ArrayCalibrationReader, QuantReport, ptq
+from edgekd.recipe import QuantConfig
+
+# TinyCNN width 4: three convs with 4, 8 and 16 output channels, a Gemm head 16 -> 3
+CONV_OUT_CHANNELS = [4, 8, 16]
+
+
+def initializers(proto):
+    return {i.name: i for i in proto.graph.initializer}
+
+
+def producer(proto, name):
+    return next((n for n in proto.graph.node if name in n.output), None)
+
+
+def conv_weight_dq(proto):
+    """For each Conv, the DequantizeLinear node feeding its weight input."""
+    nodes = []
+    for conv in (n for n in proto.graph.node if n.op_type == "Conv"):
+        dq = producer(proto, conv.input[1])
+        assert dq is not None and dq.op_type == "DequantizeLinear", conv.name
+        nodes.append(dq)
+    return nodes
+
+
+def activation_quantizers(proto):
+    """QuantizeLinear nodes on activations (not on initializers)."""
+    inits = initializers(proto)
+    return [n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+
+
+def quantized(tmp_path, tiny_onnx, calib_images, name="int8.onnx", **cfg):
+    fp32, _ = tiny_onnx
+    out = tmp_path / name
+    report = ptq(fp32, out, calib_images=calib_images, cfg=QuantConfig(**cfg), progress=False,
+                 metadata={"edgekd.stage": "int8"})
+    return out, report
+
+
+@pytest.mark.parametrize(
+    "activation_type, zp_type",
+    [("uint8", TensorProto.UINT8), ("int8", TensorProto.INT8)],
+)
+def test_ptq_writes_per_channel_qdq(tmp_path, tiny_onnx, calib_images, activation_type, zp_type):
+    path, report = quantized(tmp_path, tiny_onnx, calib_images, activation_type=activation_type)
+    assert isinstance(report, QuantReport)
+    assert report.path == str(path) and report.samples == 40 and report.calibration == "minmax"
+    assert report.activation_type == activation_type and report.weight_type == "int8" and report.per_channel
+    onnx.checker.check_model(str(path), full_check=True)
+    assert os.listdir(tmp_path) == ["int8.onnx"]  # no temporary files beside it
+
+    proto = onnx.load(str(path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Conv") == 3
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
+    inits = initializers(proto)
+
+    # per-channel int8 weights: a 1-D scale of length out_channels, along axis 0
+    dqs = conv_weight_dq(proto)
+    lengths = []
+    for dq in dqs:
+        weight, scale, zero_point = (inits[name] for name in dq.input)
+        assert weight.data_type == TensorProto.INT8
+        assert list(scale.dims) == [weight.dims[0]]
+        assert zero_point.data_type == TensorProto.INT8
+        assert not numpy_helper.to_array(zero_point).any()  # symmetric int8 weights
+        axis = [a.i for a in dq.attribute if a.name == "axis"]
+        assert axis in ([], [0])  # 0 is also the default
+        lengths.append(scale.dims[0])
+    assert sorted(lengths) == CONV_OUT_CHANNELS
+
+    # activations: uint8 or int8 zero points, one scalar scale each; the graph input is one of them
+    acts = activation_quantizers(proto)
+    assert INPUT_NAME in [q.input[0] for q in acts]
+    for q in acts:
+        scale, zero_point = inits[q.input[1]], inits[q.input[2]]
+        assert list(scale.dims) == [] and zero_point.data_type == zp_type, q.name
+
+
+def test_int8_model_runs_and_tracks_fp32(tmp_path, tiny_onnx, calib_images):
+    fp32_path, model = tiny_onnx
+    path, _ = quantized(tmp_path, tiny_onnx, calib_images)
+    x = calib_images[:8]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (8, 3) and np.isfinite(got).all()
+    # int8 is an approximation: within 10 % of the fp32 logits' range on the calibration data
+    assert np.abs(got - expected).max() <= 0.1 * (expected.max() - expected.min())
+
+
+def test_per_tensor_weights_when_per_channel_is_off(tmp_path, tiny_onnx, calib_images):
+    path, report = quantized(tmp_path, tiny_onnx, calib_images, per_channel=False)
+    assert report.per_channel is False
+    proto = onnx.load(str(path))
+    inits = initializers(proto)
+    for dq in conv_weight_dq(proto):
+        assert list(inits[dq.input[1]].dims) == []  # one scalar scale for the whole tensor
+
+
+def test_uint8_weights(tmp_path, tiny_onnx, calib_images):
+    path, _ = quantized(tmp_path, tiny_onnx, calib_images, weight_type="uint8")
+    proto = onnx.load(str(path))
+    inits = initializers(proto)
+    assert {inits[dq.input[0]].data_type for dq in conv_weight_dq(proto)} == {TensorProto.UINT8}
+
+
+def test_metadata_is_written(tmp_path, tiny_onnx, calib_images):
+    path, _ = quantized(tmp_path, tiny_onnx, calib_images)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["edgekd.stage"] == "int8"
+
+
+def test_failed_quantization_keeps_previous_file(tmp_path, tiny_onnx, calib_images, monkeypatch):
+    import onnxruntime.quantization as ortq
+
+    out = tmp_path / "int8.onnx"
+    out.write_bytes(b"previous int8 model")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("calibration crashed")
+
+    monkeypatch.setattr(ortq, "quantize_static", broken)
+    with pytest.raises(RuntimeError, match="calibration crashed"):
+        ptq(tiny_onnx[0], out, calib_images=calib_images, cfg=QuantConfig(), progress=False)
+    assert out.read_bytes() == b"previous int8 model"
+    assert os.listdir(tmp_path) == ["int8.onnx"]
+
+
+# -- calibration -----------------------------------------------------------------------------------
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def update(self, n):
+        self.n += n
+
+
+def test_calibration_reader_protocol():
+    images = np.arange(10 * 2, dtype=np.float64).reshape(10, 1, 1, 2)
+    progress = Counter()
+    reader = ArrayCalibrationReader(images, "input", batch_size=4, progress=progress)
+    batches = []
+    while (item := reader.get_next()) is not None:
+        assert set(item) == {"input"}
+        batches.append(item["input"])
+    # 10 images in batches of 4: 4, 4, 2, then None (and None again)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert reader.get_next() is None
+    assert all(b.dtype == np.float32 and b.flags["C_CONTIGUOUS"] for b in batches)
+    assert np.array_equal(np.concatenate(batches), images.astype(np.float32))
+    assert progress.n == 10
+    reader.rewind()
+    first = reader.get_next()
+    assert np.array_equal(first["input"], images[:4].astype(np.float32))
+
+
+def scales(path):
+    proto = onnx.load(str(path))
+    return {name: numpy_helper.to_array(t) for name, t in initializers(proto).items()
+            if name.endswith("_scale") or name.endswith("_zero_point")}
+
+
+def test_calibration_batch_size_does_not_change_minmax_scales(tmp_path, tiny_onnx, calib_images, monkeypatch):
+    seen = []
+
+    def reader_with(batch_size):
+        class Reader(ArrayCalibrationReader):
+            def __init__(self, images, input_name, progress=None, **_):
+                super().__init__(images, input_name, batch_size=batch_size, progress=progress)
+
+            def get_next(self):
+                item = super().get_next()
+                if item is not None:
+                    seen.append((batch_size, len(item[self.input_name])))
+                return item
+
+        return Reader
+
+    results = {}
+    for batch_size in (8, 32):
+        monkeypatch.setattr(quantize, "ArrayCalibrationReader", reader_with(batch_size))
+        path, _ = quantized(tmp_path, tiny_onnx, calib_images, name=f"b{batch_size}.onnx")
+        results[batch_size] = scales(path)
+    # 40 images: 5 batches of 8; or 32 + 8
+    assert [n for b, n in seen if b == 8] == [8] * 5
+    assert [n for b, n in seen if b == 32] == [32, 8]
+    assert set(results[8]) == set(results[32]) and len(results[8]) > 0
+    for name in results[8]:
+        assert np.array_equal(results[8][name], results[32][name]), name
