@@ -45,7 +45,7 @@ def main() -> int:
     shrink = student["file_bytes"] / int8["file_bytes"]
     checks = {
         f"wall time <= {MAX_SECONDS:.0f} s": (wall <= MAX_SECONDS, f"{wall:.1f} s"),
-        f"int8 top-1 within {MAX_DROP_POINTS} points of the teacher": (drop <= MAX_DROP_POINTS, f"{drop:+.2f} points below"),
+        f"int8 top-1 within {MAX_DROP_POINTS} points of the teacher": (drop <= MAX_DROP_POINTS, f"int8 {int8['top1']:.2f} vs teacher {teacher['top1']:.2f} ({-drop:+.2f} points)"),
         f"model.int8.onnx >= {MIN_SHRINK:.0f}x smaller than model.fp32.onnx": (shrink >= MIN_SHRINK, f"{shrink:.2f}x"),
     }
     result = {
