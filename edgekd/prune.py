@@ -1,0 +1,188 @@
+"""Structured channel pruning that physically removes channels.
+
+Torch-Pruning's dependency graph finds every layer coupled to a channel (residual adds,
+concatenations, depthwise and grouped convolutions, batch norms, squeeze-and-excitation
+gates) and removes the channel from all of them, so convolution, linear and batch-norm
+shapes shrink and with them MACs, parameters and the ONNX file.
+
+Pruned models are saved without pickling modules: the per-layer shapes go to a JSON-able
+dict (`layer_shapes`), the weights to safetensors, and `rebuild` resizes a freshly built
+architecture to those shapes before the weights are loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .models import count_macs
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+
+
+def make_importance(name: str):
+    import torch_pruning as tp
+
+    factories: dict[str, Callable] = {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "bn_scale": tp.importance.BNScaleImportance,
+        "taylor": tp.importance.TaylorImportance,
+        "random": tp.importance.RandomImportance,
+    }
+    if name not in factories:
+        raise ConfigError(f"unknown pruning importance '{name}'; available: {', '.join(IMPORTANCES)}")
+    return factories[name]()
+
+
+def default_protected(model: nn.Module) -> list[str]:
+    """The first convolution (it sees the raw image) and the last linear layer (its outputs
+    are the classes) are never pruned unless the user asks."""
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return convs[:1] + linears[-1:]
+
+
+def prune_channels(
+    model: nn.Module,
+    *,
+    input_shape: tuple[int, int, int],
+    ratio: float,
+    importance: str = "l1",
+    global_pruning: bool = False,
+    round_to: int | None = 8,
+    protect: list[str] | tuple = (),
+    steps: int = 1,
+    loss_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    target_macs: int | None = None,
+) -> nn.Module:
+    """Remove `ratio` of the prunable channels from `model` (in place) in `steps` steps.
+
+    target_macs: stop at the first step whose model has at most this many MACs (then
+    `ratio` is the most that may be removed, and `steps` the resolution of the search).
+    protect: module names kept whole, in addition to default_protected(model).
+    loss_batch: (images, labels) for gradient-based importance ('taylor').
+    after_step(step): called after each step, for fine-tuning between steps.
+    """
+    import torch_pruning as tp
+
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"prune ratio must be between 0 and 1, got {ratio}")
+    if importance == "taylor" and loss_batch is None:
+        raise ConfigError("importance 'taylor' needs a batch of training images to compute gradients")
+    modules = dict(model.named_modules())
+    missing = [name for name in protect if name not in modules]
+    if missing:
+        raise ConfigError(f"prune.protect names unknown layers: {', '.join(missing)}")
+    ignored = [modules[name] for name in {*default_protected(model), *protect}]
+    example = torch.zeros(1, *input_shape)
+    model.eval()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=make_importance(importance),
+            global_pruning=global_pruning,
+            pruning_ratio=ratio,
+            iterative_steps=steps,
+            ignored_layers=ignored,
+            round_to=round_to,
+        )
+    except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
+        raise ConfigError(f"cannot build the pruning dependency graph: {_first_line(exc)}") from exc
+    for step in range(steps):
+        if importance == "taylor":
+            images, labels = loss_batch
+            model.zero_grad()
+            nn.functional.cross_entropy(model(images), labels).backward()
+        try:
+            pruner.step()
+        except Exception as exc:
+            layer = _layer_in(str(exc), modules)
+            where = f" at layer '{layer}'" if layer else ""
+            raise ConfigError(f"pruning failed{where}: {_first_line(exc)}; protect that layer with prune.protect") from exc
+        model.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step + 1)
+        if target_macs is not None and count_macs(model, input_shape) <= target_macs:
+            break
+    return model
+
+
+def channel_table(model: nn.Module) -> dict[str, int]:
+    """Output channels (or features) of every conv and linear layer, by module name."""
+    table = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            table[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            table[name] = m.out_features
+    return table
+
+
+# -- saving and reloading without pickled modules ----------------------------------------
+
+
+def layer_shapes(model: nn.Module) -> dict[str, dict]:
+    """Plain-data description of every resizable layer (JSON-serializable)."""
+    shapes = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            shapes[name] = {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            shapes[name] = {"type": "Linear", "in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.BatchNorm2d):
+            shapes[name] = {"type": "BatchNorm2d", "features": m.num_features}
+    return shapes
+
+
+def rebuild(model: nn.Module, shapes: dict[str, dict]) -> nn.Module:
+    """Resize a freshly built `model` (same architecture) to the pruned `shapes`, in place;
+    load the pruned weights afterwards with artifacts.load_weights."""
+    modules = dict(model.named_modules())
+    for name, shape in shapes.items():
+        m = modules.get(name)
+        if m is None or type(m).__name__ != shape.get("type"):
+            raise ConfigError(f"pruned shapes do not fit the architecture: layer '{name}' is "
+                              f"{type(m).__name__ if m is not None else 'missing'}, expected {shape.get('type')}")
+        if isinstance(m, nn.Conv2d):
+            m.in_channels, m.out_channels, m.groups = shape["in"], shape["out"], shape["groups"]
+            _resize(m, "weight", (m.out_channels, m.in_channels // m.groups, *m.kernel_size))
+            _resize(m, "bias", (m.out_channels,))
+        elif isinstance(m, nn.Linear):
+            m.in_features, m.out_features = shape["in"], shape["out"]
+            _resize(m, "weight", (m.out_features, m.in_features))
+            _resize(m, "bias", (m.out_features,))
+        elif isinstance(m, nn.BatchNorm2d):
+            m.num_features = shape["features"]
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                _resize(m, attr, (m.num_features,))
+    return model
+
+
+def _resize(module: nn.Module, attr: str, shape: tuple) -> None:
+    current = getattr(module, attr, None)
+    if current is None:
+        return
+    replacement = torch.zeros(shape, dtype=current.dtype)
+    if isinstance(current, nn.Parameter):
+        setattr(module, attr, nn.Parameter(replacement, requires_grad=current.requires_grad))
+    else:
+        module.register_buffer(attr, replacement)
+
+
+def _layer_in(message: str, modules: dict) -> str | None:
+    """The first module name that appears in an error message, to point the user at it."""
+    for name in sorted(modules, key=len, reverse=True):
+        if name and name in message:
+            return name
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
