@@ -1,14 +1,16 @@
 """Files that survive crashes: atomic writes, and weights that never unpickle code.
 
 Every artifact is written to a temporary file in the destination folder, flushed to
-disk, then renamed over the final name, so a crash or a full disk leaves the previous
-version intact. Weights are safetensors; .pt/.pth files from users are read with
-torch.load(weights_only=True), which refuses pickled code.
+disk, then renamed over the final name, so a crash, a second Ctrl-C or a full disk leaves
+the previous version intact. Weights are safetensors; .pt/.pth files from users and the
+per-epoch training checkpoints are read with torch.load(weights_only=True), which refuses
+pickled code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -33,6 +35,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC and exc.filename in (None, str(tmp_path)):
+            # name the file the user knows, not the temporary one (which is removed below)
+            raise OSError(errno.ENOSPC, exc.strerror or "No space left on device", str(final)) from exc
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -124,6 +131,56 @@ def load_weights(model, path: str | Path) -> None:
     if problems:
         raise ModelFileError(f"weights '{path}' do not fit the model: " + "; ".join(problems))
     model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------
+# Training checkpoints (state/<stage>.ckpt): plain data only
+
+CHECKPOINT_FORMAT = "edgekd.checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """torch.save `state` (plain dicts, lists, numbers, strings and tensors) atomically.
+
+    A failure midway (a crash, Ctrl-C, a full disk) leaves the previous checkpoint as it
+    was and no temporary file behind. A full disk is raised as OSError(ENOSPC) that names
+    the checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC and path.is_file():
+            raise OSError(errno.ENOSPC, f"{exc.strerror} (the previous checkpoint is kept)", str(path)) from exc
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by save_checkpoint, refusing anything but plain data."""
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, OSError, ...
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else _first_line(exc).split(". ")[0]
+        raise ModelFileError(f"checkpoint '{path}' is corrupt or unreadable ({reason}); start a new run") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"'{path}' is not an edgekd checkpoint ({CHECKPOINT_FORMAT}); start a new run")
+    return state
+
+
+def remove_temp_files(folder: str | Path) -> None:
+    """Remove temporary files that atomic_path left behind when a process was killed
+    between writing and cleaning up (e.g. SIGKILL)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _first_line(exc: Exception) -> str:

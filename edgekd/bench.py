@@ -1,8 +1,9 @@
 """Benchmark ONNX classifiers with ONNX Runtime: accuracy, latency, size and int8 proof.
 
 This module runs on edge devices, so it needs only onnxruntime and numpy: it never
-imports torch, and onnx (for validation, parameter counts and op counts) and tqdm
-(progress bar) are optional and imported only when used.
+imports torch, and onnx (for onnx.checker, parameter counts and op counts) and tqdm
+(progress bar) are optional and imported only when used. Every model file is checked
+before ONNX Runtime opens it (check_onnx_file), with or without onnx.
 
 Latency protocol: one cold run (reported as first_run_ms), `warmup` runs, then timed
 runs of one batch until both `runs` runs are done and `min_seconds` have passed. Only
@@ -25,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from . import onnxfile
 from .errors import ConfigError, DataError, ModelFileError, ProviderUnavailable
+from .onnxfile import _first_line, check_onnx_file
 from .recipe import BenchConfig
 
 SCHEMA = "edgekd.bench/1"
@@ -115,42 +118,7 @@ class BenchRow:
         return dataclasses.asdict(self)
 
 
-def _onnx():
-    """The onnx module, or None when it is not installed (it is optional on devices)."""
-    try:
-        import onnx
-    except ImportError:
-        return None
-    return onnx
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
-# -- model files and sessions --------------------------------------------------------
-
-
-def check_onnx_file(path) -> None:
-    """Raise ModelFileError unless `path` is a readable ONNX model."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"'{path}' does not exist; check the path")
-    if not path.is_file():
-        raise ModelFileError(f"'{path}' is not a file; pass the path of an .onnx model")
-    if path.stat().st_size == 0:
-        raise ModelFileError(f"'{path}' is not a valid ONNX model: the file is empty; re-export it")
-    onnx = _onnx()
-    if onnx is None:
-        return  # without onnx, make_session reports what ONNX Runtime cannot parse
-    try:
-        # A path (not a loaded proto) lets the checker handle models over 2 GB.
-        onnx.checker.check_model(str(path), full_check=False)
-    except Exception as exc:
-        raise ModelFileError(
-            f"'{path}' is not a valid ONNX model: {_first_line(exc)}; re-export it or pick another file"
-        ) from exc
+# -- sessions ------------------------------------------------------------------------
 
 
 def _resolve_provider(provider: str) -> str:
@@ -161,10 +129,13 @@ def _resolve_provider(provider: str) -> str:
     raise ConfigError(f"unknown provider '{provider}'; known: {', '.join(PROVIDERS)}")
 
 
-def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None):
+def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None, check: bool = True):
     """An InferenceSession on `provider` (a short name), which must really be the one used.
 
+    Every session edgekd creates on a model file comes from here, and the file passes
+    check_onnx_file first (external data inside the model's folder, onnx.checker).
     optimized_path: where ORT writes the optimised graph (used for the int8 op counts).
+    check: False only right after check_onnx_file(path) has passed, to skip repeating it.
     """
     ep = _resolve_provider(provider)
     available = ort.get_available_providers()
@@ -175,6 +146,8 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
             f"execution provider '{provider}' ({ep}) is not in this onnxruntime {ort.__version__} "
             f"(available: {names}); {hint}"
         )
+    if check:
+        check_onnx_file(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
@@ -200,16 +173,19 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
     return session
 
 
-def optimized_op_counts(path, provider: str = "cpu", threads: int = 0) -> dict | None:
+def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check: bool = True) -> dict | None:
     """op_type -> count in the graph ORT actually runs; None without onnx or when the
-    provider compiles nodes that ORT cannot save (TensorRT, OpenVINO, ...)."""
-    onnx = _onnx()
+    provider compiles nodes that ORT cannot save (TensorRT, OpenVINO, ...).
+    check: as for make_session."""
+    onnx = onnxfile._onnx()
     if onnx is None:
         return None
+    if check:
+        check_onnx_file(path)  # here, so that a bad file is an error, not "no op counts"
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         try:
-            make_session(path, provider, threads, optimized_path=optimized)
+            make_session(path, provider, threads, optimized_path=optimized, check=False)
         except ModelFileError:
             return None
         graph = onnx.load(str(optimized), load_external_data=False).graph
@@ -218,7 +194,7 @@ def optimized_op_counts(path, provider: str = "cpu", threads: int = 0) -> dict |
 
 def count_params(path) -> int | None:
     """Elements in the graph initializers; None without onnx."""
-    onnx = _onnx()
+    onnx = onnxfile._onnx()
     if onnx is None:
         return None
     graph = onnx.load(str(path), load_external_data=False).graph  # dims suffice, not the data
@@ -253,8 +229,10 @@ def _meta_int(meta: dict, key: str) -> int | None:
 def load_eval_set(path):
     """(x uint8 NCHW, y int64 or None, class_names or None) from an .npz file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"eval set '{path}' does not exist; check the path")
+    if not path.is_file():  # a folder, or a FIFO that would block the reader
+        raise DataError(f"eval set '{path}' is not a regular file; pass an .npz file")
     try:
         with np.load(path, allow_pickle=False) as data:  # no pickles: never run code from a file
             arrays = {key: data[key] for key in ("x", "y", "class_names") if key in data.files}
@@ -383,9 +361,11 @@ def evaluate(session, x_float: np.ndarray, y: np.ndarray, batch_size: int = 256)
 
 
 def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y) -> BenchRow:
+    """One model. Checked again here, just before its sessions (out of session_ms): a
+    long benchmark of several models leaves time for a file to change after bench()'s check."""
     check_onnx_file(path)
     start = time.perf_counter()
-    session = make_session(path, cfg.provider, cfg.threads)
+    session = make_session(path, cfg.provider, cfg.threads, check=False)
     session_ms = (time.perf_counter() - start) * 1000.0
     meta = session.get_modelmeta().custom_metadata_map
 
@@ -408,7 +388,7 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y) -> BenchRow:
     stats = latency_stats(timings)
     top1 = evaluate(session, x, eval_y) if x is not None and eval_y is not None else None
 
-    op_counts = optimized_op_counts(path, cfg.provider, cfg.threads)
+    op_counts = optimized_op_counts(path, cfg.provider, cfg.threads, check=False)
     params = _meta_int(meta, "edgekd.params")
     return BenchRow(
         name=path.stem,
@@ -451,10 +431,13 @@ def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progres
     latency only, on the eval images or synthetic input."""
     cfg = cfg or BenchConfig()
     _resolve_provider(cfg.provider)  # a typo fails before any model is loaded
+    paths = [Path(p) for p in paths]
+    for path in paths:  # every file, before any session: a bad third model fails at once
+        check_onnx_file(path)
     eval_x = eval_y = None
     if eval_set is not None:
         eval_x, eval_y, _ = load_eval_set(eval_set)
-    return [_bench_one(Path(p), cfg, eval_x, eval_y) for p in _progress(list(paths), progress)]
+    return [_bench_one(p, cfg, eval_x, eval_y) for p in _progress(paths, progress)]
 
 
 def bench_run_dir(run_dir, cfg: BenchConfig | None = None, progress: bool = True) -> list:

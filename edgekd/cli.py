@@ -8,6 +8,7 @@ device that has only onnxruntime, numpy and click.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -19,13 +20,17 @@ import click
 
 from . import __version__
 from .errors import ConfigError, EdgekdError
+from .recipe import parse_yaml_mapping
 
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 EXIT_TERMINATED = 143  # SIGTERM
 
 
-class Terminated(Exception):
-    """Raised from the SIGTERM handler so that `finally` blocks and atomic writes clean up."""
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so that `finally` blocks and atomic writes clean up.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way up
+    (e.g. around reading a file) turns a termination into some other error."""
 
 
 def _on_sigterm(_signum, _frame):
@@ -42,13 +47,13 @@ class EdgekdGroup(click.Group):
         except EdgekdError as exc:
             _fail(exc, exc.exit_code, debug or _debug(ctx))
         except KeyboardInterrupt:
-            click.echo("\nedgekd: interrupted; completed stages are kept (resume with --resume RUN_DIR)", err=True)
+            click.echo(f"\nedgekd: interrupted; {_kept(ctx)}", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except Terminated:
-            click.echo("edgekd: terminated; completed stages are kept (resume with --resume RUN_DIR)", err=True)
+            click.echo(f"edgekd: terminated; {_kept(ctx)}", err=True)
             sys.exit(EXIT_TERMINATED)
         except OSError as exc:  # disk full, permission denied, ...: the user can act on these
-            _fail(exc, 1, debug or _debug(ctx), prefix="")
+            _fail(exc, 1, debug or _debug(ctx), prefix="", hint=_resume_hint(ctx) if exc.errno == errno.ENOSPC else "")
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # a bug: say so, point at --debug
@@ -59,11 +64,31 @@ def _debug(ctx) -> bool:
     return bool(ctx.obj and ctx.obj.get("debug"))
 
 
+def _run_dir(ctx) -> str | None:
+    """The run directory of `edgekd compress` once it is known (None for export, bench)."""
+    return ctx.obj.get("run_dir") if ctx.obj else None
+
+
+def _kept(ctx) -> str:
+    if _run_dir(ctx) is None:
+        return "nothing was left half-written"
+    return f"completed stages and epochs are kept (continue with: edgekd compress --resume {_run_dir(ctx)})"
+
+
+def _resume_hint(ctx) -> str:
+    if _run_dir(ctx) is None:
+        return "; free some space and try again"
+    return f"; free some space, then continue with: edgekd compress --resume {_run_dir(ctx)}"
+
+
 def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", hint: str = ""):
     if debug:
         traceback.print_exc()
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, OSError) and not prefix:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" while writing '{exc.filename}'" if exc.filename else ""
+        message = f"disk full{where}: {exc.strerror or 'No space left on device'}"
+    elif isinstance(exc, OSError) and not prefix:
         message = f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": ")
     elif not isinstance(exc, EdgekdError):
         message = f"{type(exc).__name__}: {message}"
@@ -83,8 +108,9 @@ def main(ctx, debug):
     export    one model (a run's stage, or weights + architecture) to ONNX, fp32 or int8
     bench     latency and accuracy of ONNX models on an ONNX Runtime provider
 
-    Exit codes: 0 ok, 2 bad input, 3 a validation or accuracy gate failed,
-    4 training diverged, 130/143 interrupted (SIGINT/SIGTERM).
+    Exit codes: 0 ok, 1 internal error or a file system error such as a full disk,
+    2 bad input, 3 a validation or accuracy gate failed, 4 training diverged,
+    130/143 interrupted (SIGINT/SIGTERM).
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -108,10 +134,14 @@ def main(ctx, debug):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Run directory. Default: runs/NAME, or runs/NAME-2, -3... if taken.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this directory from its last completed stage (uses its recipe.yaml).")
+              help="Continue the run in this directory from its last completed stage and, within a training "
+                   "stage, from its last completed epoch (uses its recipe.yaml).")
+@click.option("--deterministic", is_flag=True,
+              help="Use deterministic PyTorch algorithms only (sets the recipe's deterministic: true), so that "
+                   "reruns and resumed runs give the same weights.")
 @click.option("--force", is_flag=True, help="Reuse an existing --out directory, replacing its artifacts.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, force, quiet):
+def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, deterministic, force, quiet):
     """Distill, quantize, export and benchmark, from a RECIPE (YAML).
 
     With no RECIPE, runs the built-in default: a ResNet-8 teacher distilled into a
@@ -122,9 +152,12 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     from .recipe import Recipe
 
     if resume_dir is not None:
-        if recipe or overrides or data_name or data_path or seed is not None or name or out_dir or force:
+        if (recipe or overrides or data_name or data_path or seed is not None or name or out_dir or force
+                or deterministic):
             raise ConfigError("--resume takes the run's own recipe.yaml; give no recipe, --set or other run options")
         run_dir = Path(resume_dir)
+        if not (run_dir / "recipe.yaml").is_file():
+            raise ConfigError(f"'{run_dir}' is not an edgekd run directory (no recipe.yaml); nothing to resume")
         resolved = Recipe.from_yaml(run_dir / "recipe.yaml")
     else:
         extra = list(overrides)
@@ -136,8 +169,12 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
             extra.append(f"seed={seed}")
         if name:
             extra.append(f"name={json.dumps(name)}")
+        if deterministic:
+            extra.append("deterministic=true")
         resolved = Recipe.from_yaml(recipe, extra) if recipe else Recipe.default(extra)
         run_dir = _new_run_dir(resolved.name, out_dir, force)
+    ctx = click.get_current_context()
+    ctx.obj["run_dir"] = str(run_dir)  # for the resume hint after Ctrl-C, SIGTERM or a full disk
 
     from .pipeline import compress as run_compress
 
@@ -208,7 +245,7 @@ def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_pa
     if weights is not None and not arch:
         raise ConfigError("--weights needs --arch NAME (the architecture the weights belong to)")
     result = export_one(
-        run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=_yaml_mapping(arch_args, "--arch-args"),
+        run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=parse_yaml_mapping(arch_args, "--arch-args", "a mapping such as '{width: 24}'"),
         data_name=data_name, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
         progress=not quiet,
     )
@@ -218,20 +255,6 @@ def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_pa
         click.echo(f"int8 vs PyTorch argmax agreement on {result['agreement_samples']} val images: "
                    f"{result['int8_top1_agreement']:.2f}%")
     click.echo(f"wrote {result['path']}")
-
-
-def _yaml_mapping(text: str, option: str) -> dict:
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{option}: not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{option} must be a mapping such as '{{width: 24}}', got {text!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ expected, where it looked and how to get it.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -289,38 +290,64 @@ _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 
 
 def read_idx(path) -> np.ndarray:
-    """Parse one IDX file (raw or .gz): 2 zero bytes, a dtype code, ndim, big-endian dims, data."""
+    """Parse one IDX file (raw or .gz): 2 zero bytes, a dtype code, ndim, big-endian dims, data.
+
+    Never reads more than the header promises: a .gz that expands beyond it (a gzip
+    bomb, or a corrupt file) stops at one byte past that size.
+    """
     path = Path(path)
-    data = _read_bytes(path)
     fix = "replace it with an intact copy (reinstall the package or download it again)"
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path} is not an IDX file: bad magic number (expected 0x0000 then dtype and ndim); {fix}")
-    code, ndim = data[2], data[3]
-    if code not in _IDX_DTYPES:
-        raise DataError(f"{path} has unknown IDX dtype code 0x{code:02x} (expected one of 08 09 0b 0c 0d 0e); {fix}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than its {header}-byte IDX header; {fix}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[code])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        raise DataError(
-            f"{path} is truncated or corrupt: its header says shape {tuple(dims)} ({expected} bytes) "
-            f"but the file has {len(data)} bytes; {fix}"
-        )
-    # astype to native byte order also copies out of the read-only bytes buffer.
-    return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def _read_bytes(path: Path) -> bytes:
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+                raise DataError(
+                    f"{path} is not an IDX file: bad magic number (expected 0x0000 then dtype and ndim); {fix}"
+                )
+            code, ndim = magic[2], magic[3]
+            if code not in _IDX_DTYPES:
+                raise DataError(
+                    f"{path} has unknown IDX dtype code 0x{code:02x} (expected one of 08 09 0b 0c 0d 0e); {fix}"
+                )
+            header = 4 + 4 * ndim
+            dim_bytes = f.read(4 * ndim)
+            if len(dim_bytes) < 4 * ndim:
+                raise DataError(
+                    f"{path} is truncated: {4 + len(dim_bytes)} bytes, shorter than its {header}-byte IDX header; {fix}"
+                )
+            dims = struct.unpack(f">{ndim}I", dim_bytes)
+            dtype = np.dtype(_IDX_DTYPES[code])
+            expected = math.prod(dims) * dtype.itemsize  # Python ints: a forged header cannot overflow
+            if path.suffix != ".gz":  # the size is known: compare before reading anything more
+                size = os.fstat(f.fileno()).st_size
+                if size != header + expected:
+                    raise DataError(
+                        f"{path} is truncated or corrupt: its header says shape {tuple(dims)} "
+                        f"({header + expected} bytes) but the file has {size} bytes; {fix}"
+                    )
+            body = _read_at_most(f, expected + 1)
     except (OSError, EOFError, zlib.error) as exc:  # EOFError: a truncated .gz
         raise DataError(f"cannot read {path}: {_one_line(exc)}; replace it with an intact copy") from exc
+    if len(body) != expected:
+        found = f"{header + len(body)} bytes" if len(body) < expected else "more"
+        raise DataError(
+            f"{path} is truncated or corrupt: its header says shape {tuple(dims)} ({header + expected} bytes) "
+            f"but the file has {found}; {fix}"
+        )
+    # astype to native byte order also copies out of the read buffer.
+    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_at_most(f, limit: int) -> bytearray:
+    """Up to `limit` bytes of `f`, read in chunks: memory grows with what the file really
+    holds, never with what a forged header claims."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = f.read(min(limit - len(out), 1 << 20))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def _find_idx_file(folder: Path, stem: str) -> Path | None:
@@ -521,6 +548,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _unpickle_dict(file: Path) -> dict:
+    if file.exists() and not file.is_file():  # a FIFO or device would block or never end
+        raise DataError(f"{file} is not a regular file; the CIFAR folder must hold the batch files themselves")
     try:
         with open(file, "rb") as f:
             obj = _RestrictedUnpickler(f, file).load()
@@ -624,7 +653,10 @@ def _list_images(split_dir: Path, class_names: tuple[str, ...], layout: str) -> 
         if class_dir.name not in class_names:
             raise DataError(f"{class_dir} is a class that {split_dir.parent / 'train'} lacks; expected {layout}")
         label = class_names.index(class_dir.name)
-        found += [(f, label) for f in sorted(class_dir.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+        # is_file: regular files (or links to them) only; a FIFO named x.png would block the reader
+        found += [
+            (f, label) for f in sorted(class_dir.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES and f.is_file()
+        ]
     if not found:
         raise DataError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) under {split_dir}; expected {layout}")
     return found

@@ -61,8 +61,16 @@ def distill(
     cfg: DistillConfig,
     seed: int = 0,
     progress: bool = True,
+    checkpoint=None,
+    resume: bool = False,
+    log=None,
 ) -> FitResult:
-    """Train `student` in place from the frozen `teacher`; returns the fit history."""
+    """Train `student` in place from the frozen `teacher`; returns the fit history.
+
+    `checkpoint`, `resume` and `log` are passed to train.fit (a checkpoint per epoch, and
+    continuing from it); the teacher is not in the checkpoint, it is the teacher stage's
+    weights file.
+    """
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -70,5 +78,5 @@ def distill(
     step = kd_step(student, teacher, cfg, cached)
     return fit(
         student, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
-        cfg=cfg, seed=seed, desc="distill", progress=progress,
+        cfg=cfg, seed=seed, desc="distill", progress=progress, checkpoint=checkpoint, resume=resume, log=log,
     )

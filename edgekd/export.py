@@ -122,6 +122,12 @@ def parity(
     """Max absolute difference between ONNX Runtime and PyTorch at each check batch size."""
     import onnxruntime as ort
 
+    from .bench import check_onnx_file
+
+    # to_onnx wrote this file a moment ago, inline (no external data), after a full
+    # onnx.checker pass; checked again because parity() accepts any path and the check
+    # costs milliseconds: no ONNX Runtime session in edgekd skips check_onnx_file.
+    check_onnx_file(onnx_path)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

@@ -4,12 +4,20 @@
 
 Each stage writes its artifacts atomically into the run directory, then records itself
 as done in state/progress.json; `--resume` skips the stages recorded there and reloads
-their artifacts, so an interrupted run continues where it stopped.
+their artifacts, so an interrupted run continues where it stopped. The two training
+stages also save a checkpoint at the end of every epoch (state/teacher.ckpt,
+state/distill.ckpt), so a resumed run continues from the epoch after the last saved one;
+a stage's checkpoint is removed once the stage is recorded as done (its weights file is
+then the artifact). progress.json also keeps the global torch RNG state after each stage,
+so that a resumed run initializes the student exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .artifacts import atomic_write_text
+from .artifacts import atomic_write_text, load_checkpoint, remove_temp_files
 from .errors import ConfigError, ModelFileError
 from .recipe import Recipe
 
@@ -33,6 +41,7 @@ STUDENT_ONNX = "model.fp32.onnx"
 INT8_ONNX = "model.int8.onnx"
 EVAL_SET = "eval.npz"
 STATE_FILE = "state/progress.json"
+CHECKPOINTS = {"teacher": "state/teacher.ckpt", "distill": "state/distill.ckpt"}  # per-epoch training state
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Run:
 
     recipe: Recipe
     run_dir: Path
+    resume: bool = False  # continue training stages from their checkpoints
     progress: bool = True
     log: Callable[[str], None] = print
     stages: dict = field(default_factory=dict)  # stage name -> its report (plain data)
@@ -60,16 +70,40 @@ class Run:
 
 def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
-    """Run every stage not yet done in `run_dir`; returns the final report (report.json)."""
-    run = Run(recipe=recipe, run_dir=Path(run_dir), progress=progress, log=log)
-    done = load_progress(run.run_dir) if resume else {}
+    """Run every stage not yet done in `run_dir`; returns the final report (report.json).
+
+    With resume=True, stages recorded in state/progress.json are skipped and a training
+    stage with a checkpoint continues after its last saved epoch. A corrupt progress file
+    or checkpoint is an error before anything is written, never a silent restart.
+    """
+    run = Run(recipe=recipe, run_dir=Path(run_dir), resume=resume, progress=progress, log=log)
+    state = load_progress(run.run_dir) if resume else {"done": {}}
+    done = state["done"]
+    if resume:
+        if state.get("torch_rng") is not None:
+            _check_torch_rng(state["torch_rng"], run.path(STATE_FILE))
+        for name, file in CHECKPOINTS.items():
+            if name not in done and run.path(file).is_file():
+                load_checkpoint(run.path(file))  # unreadable: refuse now, not after the stages before it
     preflight(run)  # bad data or model names fail here, before anything is written
     log(f"run directory: {run.run_dir}")
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(run.path("state"))  # left by a process killed mid-write (SIGKILL)
     if not resume:
         atomic_write_text(run.path(RECIPE_FILE), recipe.to_yaml())
         save_progress(run.run_dir, {})
-    seed_everything(recipe.seed)
+        for file in CHECKPOINTS.values():  # a --force run must not continue an old run's training
+            run.path(file).unlink(missing_ok=True)
+    with deterministic_mode(recipe.deterministic):
+        seed_everything(recipe.seed)
+        if state.get("torch_rng") is not None:
+            _set_torch_rng(state["torch_rng"], run.path(STATE_FILE))
+        _run_stages(run, done)
+    return run.report
+
+
+def _run_stages(run: Run, done: dict) -> None:
+    log = run.log
     for name, stage in (
         ("data", stage_data),
         ("teacher", stage_teacher),
@@ -82,6 +116,7 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, progr
         if name in done:
             run.stages[name] = done[name]
             log(f"[{name}] done in an earlier run; skipped")
+            _remove_checkpoint(run, name)  # left if the run stopped between the two steps below
             continue
         start = time.perf_counter()
         log(f"[{name}] ...")
@@ -89,8 +124,13 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, progr
         result["seconds"] = round(time.perf_counter() - start, 3)
         run.stages[name] = result
         done[name] = result
-        save_progress(run.run_dir, done)
-    return run.report
+        save_progress(run.run_dir, done, torch_rng=_get_torch_rng())
+        _remove_checkpoint(run, name)
+
+
+def _remove_checkpoint(run: Run, name: str) -> None:
+    if name in CHECKPOINTS:
+        run.path(CHECKPOINTS[name]).unlink(missing_ok=True)
 
 
 def preflight(run: Run) -> None:
@@ -139,7 +179,8 @@ def stage_teacher(run: Run) -> dict:
     if cfg.epochs > 0:
         fit_result = fit(teacher, cross_entropy_step(teacher), train_x=t["train_x"], train_y=t["train_y"],
                          val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed,
-                         desc="teacher", progress=run.progress)
+                         desc="teacher", progress=run.progress, checkpoint=run.path(CHECKPOINTS["teacher"]),
+                         resume=run.resume, log=run.log)
         result.update(_fit_summary(fit_result))
     save_weights(teacher, run.path(TEACHER_WEIGHTS))
     run.teacher = teacher
@@ -161,7 +202,8 @@ def stage_distill(run: Run) -> dict:
     teacher = _teacher(run)
     student = _build(run, cfg.arch, cfg.arch_args)
     fit_result = distill(student, teacher, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
-                         val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed, progress=run.progress)
+                         val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed, progress=run.progress,
+                         checkpoint=run.path(CHECKPOINTS["distill"]), resume=run.resume, log=run.log)
     save_weights(student, run.path(STUDENT_WEIGHTS))
     run.student = student
     result = {**_fit_summary(fit_result), **_model_summary(run, student, cfg.arch)}
@@ -282,12 +324,17 @@ def _build(run: Run, arch: str, arch_args: dict):
 
 
 def _load_stage_model(run: Run, arch: str, arch_args: dict, weights: str):
+    import torch
+
     from .artifacts import load_weights
 
     path = run.path(weights)
     if not path.is_file():
         raise ModelFileError(f"'{path}' is missing; the run directory is incomplete, start a new run")
-    model = _build(run, arch, arch_args)
+    # the initial weights are overwritten: leave the global RNG as it was, so that a resumed
+    # run builds the student from the same RNG state as an uninterrupted one
+    with torch.random.fork_rng(devices=[]):
+        model = _build(run, arch, arch_args)
     load_weights(model, path)
     return model.eval()
 
@@ -326,6 +373,9 @@ def _fit_summary(fit_result) -> dict:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch. Training draws data order and augmentation from its
+    own torch.Generator seeded with the same seed (train.fit); there are no DataLoader
+    workers to seed, because batches are sliced from in-memory tensors in this process."""
     import torch
 
     random.seed(seed)
@@ -333,28 +383,78 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool):
+    """With `enabled`, PyTorch uses deterministic algorithms only (an op without one is an
+    error, not a silent difference) for the duration of the block; the previous setting is
+    restored afterwards. CUBLAS_WORKSPACE_CONFIG is what cuBLAS needs for deterministic
+    results on CUDA (set only if the user has not set it)."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _get_torch_rng() -> str:
+    import torch
+
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")
+
+
+def _check_torch_rng(text, path: Path) -> None:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        _set_torch_rng(text, path)
+
+
+def _set_torch_rng(text, path: Path) -> None:
+    import torch
+
+    try:
+        raw = base64.b64decode(text, validate=True)
+        torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"resume state '{path}' is corrupt (bad torch_rng); start a new run") from exc
+
+
 # --------------------------------------------------------------------------------------
 # Resume state
 
 
 def load_progress(run_dir: Path) -> dict:
+    """The resume state: {"done": {stage: report}, "torch_rng": base64 or absent}."""
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"'{run_dir}' is not an edgekd run directory (no {STATE_FILE}); nothing to resume")
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"resume state '{path}' is corrupt ({exc}); start a new run") from exc
-    if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"resume state '{path}' is corrupt ({reason}); start a new run") from exc
+    if (not isinstance(state, dict) or not isinstance(state.get("done"), dict)
+            or not all(isinstance(v, dict) for v in state["done"].values())
+            or not isinstance(state.get("torch_rng", ""), str)):
         raise ConfigError(f"resume state '{path}' is corrupt; start a new run")
     unknown = [name for name in state["done"] if name not in STAGES]
     if unknown:
         raise ConfigError(f"resume state '{path}' names unknown stages {unknown}; start a new run")
-    return state["done"]
+    return state
 
 
-def save_progress(run_dir: Path, done: dict) -> None:
-    atomic_write_text(Path(run_dir) / STATE_FILE, json.dumps({"done": done}, indent=2))
+def save_progress(run_dir: Path, done: dict, torch_rng: str | None = None) -> None:
+    state = {"done": done}
+    if torch_rng is not None:
+        state["torch_rng"] = torch_rng
+    atomic_write_text(Path(run_dir) / STATE_FILE, json.dumps(state, indent=2))
 
 
 # --------------------------------------------------------------------------------------

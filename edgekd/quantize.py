@@ -69,8 +69,13 @@ def ptq(
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from tqdm.auto import tqdm
 
+    from .bench import check_onnx_file
     from .export import INPUT_NAME, set_metadata
 
+    # ORT's pre-processing and calibration open sessions on fp32_path (and onnx.load
+    # reads its external data): it must pass the same check as a benched model. Usually
+    # edgekd has just written it; on --resume or from the API it is whatever is on disk.
+    check_onnx_file(fp32_path)
     start = time.perf_counter()
     methods = {
         "minmax": CalibrationMethod.MinMax,

@@ -162,8 +162,14 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Recipe:
+    """The whole run. `seed` drives data splits, initialization, data order and
+    augmentation; `deterministic` also makes PyTorch use deterministic algorithms only
+    (torch.use_deterministic_algorithms), so that a rerun, or a run resumed from a
+    checkpoint, ends with the same weights on the same machine and thread count."""
+
     name: str = "default"
     seed: int = 0
+    deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -191,7 +197,7 @@ class Recipe:
         from importlib.resources import files
 
         text = (files("edgekd") / "recipes" / DEFAULT_RECIPE).read_text()
-        raw = _parse_yaml(text, "edgekd/recipes/" + DEFAULT_RECIPE)
+        raw = parse_yaml_mapping(text, "edgekd/recipes/" + DEFAULT_RECIPE)
         for item in overrides:
             apply_override(raw, item)
         return cls.from_dict(raw, "edgekd/recipes/" + DEFAULT_RECIPE)
@@ -213,10 +219,11 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read recipe '{path}': {exc}") from exc
-    return _parse_yaml(text, str(path))
+    return parse_yaml_mapping(text, str(path))
 
 
-def _parse_yaml(text: str, source: str) -> dict:
+def parse_yaml_mapping(text: str, source: str, expected: str = "a mapping of stage names to settings") -> dict:
+    """YAML text that must hold a mapping (empty text gives {}); errors name `source`."""
     import yaml
 
     try:
@@ -227,7 +234,7 @@ def _parse_yaml(text: str, source: str) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source} must be a mapping of stage names to settings, got {type(raw).__name__}")
+        raise ConfigError(f"{source} must be {expected}, got {type(raw).__name__}")
     return raw
 
 

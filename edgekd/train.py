@@ -10,16 +10,19 @@ per-sample data such as precomputed teacher logits.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import TrainingDiverged
+from .errors import ModelFileError, TrainingDiverged
 from .recipe import TrainConfig
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -105,14 +108,26 @@ def fit(
     seed: int = 0,
     desc: str = "train",
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train `model` in place with `step_fn`; keep the weights of the best val epoch.
 
     The schedule is one-cycle: linear warm-up over the first 10% of steps, then cosine
     decay to zero, which converges well in the few epochs a CPU run can afford.
+
+    With `checkpoint` (a file path), the whole training state is saved there atomically
+    at the end of every epoch (see `_checkpoint_state`); with `resume=True` and that file
+    present, training continues from the epoch after the saved one and ends with the same
+    weights as an uninterrupted run (CPU, deterministic algorithms, same thread count).
+    No checkpoint is written for an epoch whose loss or weights are not finite.
     """
     from tqdm.auto import tqdm
 
+    # Data order and augmentation draw only from this generator (batches are sliced from
+    # in-memory tensors: no DataLoader, no worker processes), so its state plus the
+    # global torch RNG (dropout, if a model has any) is all the randomness to checkpoint.
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
@@ -124,15 +139,32 @@ def fit(
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
+    # lr_factor is a plain function, so LambdaLR.state_dict() holds only numbers and lists
+    # (its lr_lambdas entry is None): the checkpoint stays loadable with weights_only=True.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     # the first epoch always counts as the best so far: never hand back untrained weights
     result = FitResult(best_val_top1=-math.inf, best_epoch=0)
     best_state = copy.deepcopy(model.state_dict())
+    identity = _identity(cfg, desc, seed, len(train_x), len(val_x))
+    first_epoch, seen, seconds_before = 1, 0, 0.0
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        saved = _restore(Path(checkpoint), identity, cfg, model, optimizer, scheduler, generator)
+        first_epoch = saved["epoch"] + 1
+        best_state = saved["best"]["state"]
+        result.best_val_top1, result.best_epoch = float(saved["best"]["val_top1"]), int(saved["best"]["epoch"])
+        result.epochs = list(saved["history"])
+        seen, seconds_before = int(saved["seen"]), float(saved["seconds"])
+        if log is not None:
+            log(f"[{desc}] resuming after epoch {saved['epoch']} of {cfg.epochs} from {checkpoint}")
+            if saved.get("threads") != torch.get_num_threads():
+                log(f"[{desc}] note: the checkpoint was written with {saved.get('threads')} torch threads, now "
+                    f"{torch.get_num_threads()}; the final weights may differ in the last bits from an "
+                    "uninterrupted run")
     start = time.perf_counter()
-    seen = 0
-    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=(first_epoch - 1) * steps_per_epoch, desc=desc, unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
             order = torch.randperm(len(train_x), generator=generator)
@@ -146,9 +178,7 @@ def fit(
                     images = augment_batch(images, generator)
                 loss, logits = step_fn(images, labels, index)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"{desc}: loss became {loss.item()} at epoch {epoch}; lower {desc}.lr (now {cfg.lr})"
-                    )
+                    raise _diverged(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -158,6 +188,8 @@ def fit(
                 trained += len(index)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+            if not _all_finite(model):  # a finite loss can still leave inf/NaN weights behind
+                raise _diverged(desc, "weights became non-finite", epoch, cfg, checkpoint)
             val_top1 = accuracy(model, val_x, val_y)
             result.epochs.append(
                 {
@@ -172,14 +204,99 @@ def fit(
             if val_top1 > result.best_val_top1:
                 result.best_val_top1, result.best_epoch = val_top1, epoch
                 best_state = copy.deepcopy(model.state_dict())
+            if checkpoint is not None:
+                from .artifacts import save_checkpoint
+
+                save_checkpoint(checkpoint, _checkpoint_state(
+                    identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
+                    seconds_before + time.perf_counter() - start,
+                ))
     finally:
         bar.close()
     if cfg.epochs == 0:
         result.best_val_top1 = accuracy(model, val_x, val_y)
     model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
+    result.seconds = seconds_before + time.perf_counter() - start
     result.images_per_second = seen / result.seconds if result.seconds > 0 else 0.0
     return result
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: everything fit needs to continue exactly where an epoch ended, as plain
+# data (dicts, lists, numbers, strings, tensors) that torch.load(weights_only=True) reads.
+
+
+def _identity(cfg: TrainConfig, desc: str, seed: int, train_size: int, val_size: int) -> dict:
+    """What a checkpoint must have been written for: the same stage, training config
+    (epochs, lr, batch size, ... fix the schedule), seed and data sizes."""
+    config = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return {"stage": desc, "config": config, "seed": seed, "train_size": train_size, "val_size": val_size}
+
+
+def _checkpoint_state(identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
+                      seconds) -> dict:
+    from .artifacts import CHECKPOINT_FORMAT
+
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "identity": identity,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),  # data order and augmentation
+        "torch_rng": torch.get_rng_state(),  # the global CPU RNG (dropout, if any)
+        "best": {"state": best_state, "val_top1": result.best_val_top1, "epoch": result.best_epoch},
+        "history": list(result.epochs),
+        "seen": seen,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _restore(path: Path, identity: dict, cfg: TrainConfig, model, optimizer, scheduler, generator) -> dict:
+    """Load a checkpoint into model, optimizer, scheduler and generator; any mismatch is a
+    ModelFileError that names the file (a checkpoint is never silently ignored)."""
+    from .artifacts import _first_line, load_checkpoint
+
+    saved = load_checkpoint(path)
+    if saved.get("identity") != identity:
+        raise ModelFileError(
+            f"checkpoint '{path}' was written for a different {identity['stage']} setup "
+            "(recipe, seed or data changed); start a new run"
+        )
+    try:
+        epoch, best, history = saved["epoch"], saved["best"], saved["history"]
+        if not (isinstance(epoch, int) and 1 <= epoch <= cfg.epochs and isinstance(history, list)
+                and len(history) == epoch and isinstance(best, dict) and isinstance(best.get("state"), dict)):
+            raise ValueError("epoch, history or best-so-far entries are inconsistent")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        model_keys = set(model.state_dict())
+        if set(best["state"]) != model_keys:
+            raise ValueError("best-so-far weights do not fit the model")
+        int(saved["seen"]), float(saved["seconds"]), float(best["val_top1"]), int(best["epoch"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ModelFileError(
+            f"checkpoint '{path}' does not fit this run ({_first_line(exc)}); start a new run"
+        ) from exc
+    return saved
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+def _diverged(desc: str, what: str, epoch: int, cfg: TrainConfig, checkpoint) -> TrainingDiverged:
+    kept = ""
+    if checkpoint is not None and epoch > 1 and Path(checkpoint).is_file():
+        kept = f"; the checkpoint of epoch {epoch - 1} is kept in {checkpoint}"
+    return TrainingDiverged(
+        f"{desc}: {what} at epoch {epoch}{kept}; start a new run with a lower {desc}.lr (now {cfg.lr})"
+    )
 
 
 def cross_entropy_step(model: nn.Module) -> StepFn:

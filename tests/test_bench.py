@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from edgekd import bench
+from edgekd import bench, onnxfile
 from edgekd.errors import ConfigError, DataError, ModelFileError, ProviderUnavailable
 from edgekd.recipe import BenchConfig
 
@@ -255,10 +255,14 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_without_onnx_installed(monkeypatch, tmp_path, zoo):
-    monkeypatch.setattr(bench, "_onnx", lambda: None)
+    monkeypatch.setattr(onnxfile, "_onnx", lambda: None)
     path = tmp_path / "bad.onnx"
     path.write_bytes(np.random.default_rng(0).bytes(1000))
-    bench.check_onnx_file(path)  # only ORT can tell now
+    # edgekd's own protobuf reader (for external data) refuses what is not protobuf at all
+    with pytest.raises(ModelFileError, match="not a valid ONNX model"):
+        bench.check_onnx_file(path)
+    path.write_bytes(b"\x08\x01")  # a ModelProto with ir_version 1 and nothing else
+    bench.check_onnx_file(path)  # well-formed protobuf, no external data: only ORT can tell now
     with pytest.raises(ModelFileError, match="ONNX Runtime cannot load") as info:
         bench.bench([path], cfg=CFG, progress=False)
     assert "\n" not in str(info.value)

@@ -107,6 +107,7 @@ def test_unknown_nested_key_lists_known_keys_of_that_section(tmp_path):
         ("distill:\n  lr: false\n", "distill.lr", "False (bool)"),  # bool is not a float
         ("distill:\n  augment: 1\n", "distill.augment", "1 (int)"),  # int is not a bool
         ("seed: [1]\n", "seed", "[1] (list)"),
+        ("deterministic: 1\n", "deterministic", "1 (int)"),  # int is not a bool
         ("teacher:\n  arch_args: [1, 2]\n", "teacher.arch_args", "(list)"),
         ("export:\n  check_batch_sizes: 7\n", "export.check_batch_sizes", "7 (int)"),
         ("teacher: 5\n", "teacher", "int"),  # a section that is not a mapping
@@ -328,6 +329,7 @@ def test_to_yaml_from_yaml_round_trip(tmp_path, overrides):
 
 def test_to_dict_is_plain_data():
     d = Recipe.default().to_dict()
-    assert set(d) == {"name", "seed", "data", "teacher", "distill", "quantize", "export", "bench"}
+    assert set(d) == {"name", "seed", "deterministic", "data", "teacher", "distill", "quantize", "export", "bench"}
+    assert d["deterministic"] is False
     assert d["teacher"]["arch"] == "resnet8"
     assert "_stage" not in d["teacher"]
