@@ -1,6 +1,6 @@
 """`edgekd compress`: the chain, one function per stage, in the order they run.
 
-    data -> teacher -> distill -> export -> quantize -> bench -> report
+    data -> teacher -> distill -> prune (optional) -> export -> quantize -> bench -> report
 
 Each stage writes its artifacts atomically into the run directory, then records itself
 as done in state/progress.json; `--resume` skips the stages recorded there and reloads
@@ -30,12 +30,14 @@ from .artifacts import atomic_write_text, load_checkpoint, remove_temp_files
 from .errors import ConfigError, ModelFileError
 from .recipe import Recipe
 
-STAGES = ("data", "teacher", "distill", "export", "quantize", "bench", "report")
+STAGES = ("data", "teacher", "distill", "prune", "export", "quantize", "bench", "report")
 
 # Artifact names inside a run directory
 RECIPE_FILE = "recipe.yaml"
 TEACHER_WEIGHTS = "teacher.safetensors"
 STUDENT_WEIGHTS = "student.safetensors"
+PRUNED_WEIGHTS = "pruned.safetensors"
+PRUNED_SHAPES = "pruned.shapes.json"  # layer shapes as plain data: no pickled modules
 TEACHER_ONNX = "teacher.fp32.onnx"
 STUDENT_ONNX = "model.fp32.onnx"
 INT8_ONNX = "model.int8.onnx"
@@ -108,6 +110,7 @@ def _run_stages(run: Run, done: dict) -> None:
         ("data", stage_data),
         ("teacher", stage_teacher),
         ("distill", stage_distill),
+        ("prune", stage_prune),
         ("export", stage_export),
         ("quantize", stage_quantize),
         ("bench", stage_bench),
@@ -213,6 +216,51 @@ def stage_distill(run: Run) -> dict:
     return result
 
 
+def stage_prune(run: Run) -> dict:
+    """Remove channels from the student, fine-tuning it with KD from the teacher after each step."""
+    import dataclasses
+
+    from .artifacts import save_weights
+    from .distill import distill
+    from .models import count_macs, count_params
+    from .prune import channel_table, layer_shapes, prune_channels
+    from .train import accuracy
+
+    cfg = run.recipe.prune
+    if not cfg.enabled:
+        for name in (PRUNED_WEIGHTS, PRUNED_SHAPES):  # stale files of an earlier --force run
+            run.path(name).unlink(missing_ok=True)
+        return {"enabled": False}
+    t = _tensors(run)
+    teacher, student = _teacher(run), _student(run)
+    shape = _input_shape(_splits(run).spec)
+    before = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
+    finetune = dataclasses.replace(run.recipe.distill, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                   weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, augment=cfg.augment)
+    history = []
+
+    def finetune_step(step: int) -> None:
+        if finetune.epochs == 0:
+            return
+        result = distill(student, teacher, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
+                         val_y=t["val_y"], cfg=finetune, seed=run.recipe.seed + step, progress=run.progress)
+        history.append({"step": step, "macs": count_macs(student, shape), "val_top1": result.best_val_top1})
+
+    batch = (t["train_x"][: cfg.batch_size], t["train_y"][: cfg.batch_size])  # gradients for 'taylor'
+    prune_channels(student, input_shape=shape, ratio=cfg.ratio, importance=cfg.importance,
+                   global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect,
+                   steps=cfg.steps, loss_batch=batch, after_step=finetune_step)
+    atomic_write_text(run.path(PRUNED_SHAPES), json.dumps(layer_shapes(student), indent=1))
+    save_weights(student, run.path(PRUNED_WEIGHTS))
+    run.student = student
+    after = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
+    val_top1 = accuracy(student, t["val_x"], t["val_y"])
+    run.log(f"[prune] MACs {before['macs']:,} -> {after['macs']:,}, params {before['params']:,} -> "
+            f"{after['params']:,}, val top-1 {val_top1:.2f}%")
+    return {"enabled": True, "before": before, "after": after, "steps": history, "val_top1": val_top1,
+            "params": after["params"], "macs": after["macs"], "weights": PRUNED_WEIGHTS, "shapes": PRUNED_SHAPES}
+
+
 def stage_export(run: Run) -> dict:
     """Teacher and student to fp32 ONNX, each checked against PyTorch."""
     from .export import model_metadata, to_onnx
@@ -224,7 +272,7 @@ def stage_export(run: Run) -> dict:
         ("teacher", _teacher(run), run.recipe.teacher.arch, TEACHER_ONNX),
         ("student", _student(run), run.recipe.distill.arch, STUDENT_ONNX),
     ):
-        summary = run.stages[{"teacher": "teacher", "student": "distill"}[stage]]
+        summary = run.stages["teacher"] if stage == "teacher" else _student_summary(run)
         metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=summary["params"], macs=summary["macs"])
         report = to_onnx(model, run.path(file), input_shape=_input_shape(spec), metadata=metadata,
                          cfg=run.recipe.export, check_inputs=check_inputs)
@@ -323,7 +371,8 @@ def _build(run: Run, arch: str, arch_args: dict):
     return build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes, **arch_args)
 
 
-def _load_stage_model(run: Run, arch: str, arch_args: dict, weights: str):
+def _load_stage_model(run: Run, arch: str, arch_args: dict, weights: str, shapes: str | None = None):
+    """A stage's model from its weights file; `shapes`: the pruned layer shapes to rebuild first."""
     import torch
 
     from .artifacts import load_weights
@@ -335,6 +384,13 @@ def _load_stage_model(run: Run, arch: str, arch_args: dict, weights: str):
     # run builds the student from the same RNG state as an uninterrupted one
     with torch.random.fork_rng(devices=[]):
         model = _build(run, arch, arch_args)
+    if shapes is not None:
+        from .prune import rebuild
+
+        try:
+            rebuild(model, json.loads(run.path(shapes).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"cannot read pruned shapes '{run.path(shapes)}': {exc}; start a new run") from exc
     load_weights(model, path)
     return model.eval()
 
@@ -347,10 +403,22 @@ def _teacher(run: Run):
 
 
 def _student(run: Run):
+    """The student as the last stage left it: pruned when pruning ran, else distilled."""
     if run.student is None:
         cfg = run.recipe.distill
-        run.student = _load_stage_model(run, cfg.arch, cfg.arch_args, STUDENT_WEIGHTS)
+        if _pruned(run):
+            run.student = _load_stage_model(run, cfg.arch, cfg.arch_args, PRUNED_WEIGHTS, shapes=PRUNED_SHAPES)
+        else:
+            run.student = _load_stage_model(run, cfg.arch, cfg.arch_args, STUDENT_WEIGHTS)
     return run.student
+
+
+def _pruned(run: Run) -> bool:
+    return bool(run.stages.get("prune", {}).get("enabled"))
+
+
+def _student_summary(run: Run) -> dict:
+    return run.stages["prune"] if _pruned(run) else run.stages["distill"]
 
 
 def _input_shape(spec) -> tuple[int, int, int]:
@@ -505,6 +573,11 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     splits = load_splits(data_cfg, seed=seed)
     spec = splits.spec
     model = build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes, **(arch_args or {}))
+    if run_dir is not None and stage == "student" and (run_dir / PRUNED_SHAPES).is_file():
+        from .prune import rebuild  # the run pruned its student: export the pruned model
+
+        rebuild(model, json.loads((run_dir / PRUNED_SHAPES).read_text()))
+        weights = run_dir / PRUNED_WEIGHTS
     load_weights(model, weights)
     model.eval()
     input_shape = (spec.channels, spec.height, spec.width)

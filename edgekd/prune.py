@@ -19,8 +19,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .models import count_macs
-
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+from .recipe import PRUNE_IMPORTANCES as IMPORTANCES
 
 
 def make_importance(name: str):

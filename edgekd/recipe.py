@@ -95,6 +95,41 @@ class DistillConfig(TrainConfig):
         _check(0.0 <= self.alpha <= 1.0, "distill.alpha must be between 0 and 1")
 
 
+PRUNE_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+
+
+@dataclass(frozen=True)
+class PruneConfig(TrainConfig):
+    """Structured channel pruning of the distilled student (off by default).
+
+    `steps` rounds of: remove a share of the channels, then `epochs` of KD fine-tuning
+    from the teacher (temperature and alpha from distill). The first convolution and the
+    classifier are protected, plus the layers named in `protect`.
+    """
+
+    enabled: bool = False
+    ratio: float = 0.5  # share of channels removed from each prunable layer (all steps together)
+    importance: str = "l1"
+    global_pruning: bool = False
+    round_to: int = 8  # channel counts stay multiples of this, so kernels stay fast
+    protect: list = field(default_factory=list)
+    steps: int = 1
+    epochs: int = 2
+    lr: float = 0.001
+    _stage = "prune"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(0.0 < self.ratio < 1.0, "prune.ratio must be between 0 and 1")
+        _check(
+            self.importance in PRUNE_IMPORTANCES,
+            f"unknown prune.importance '{self.importance}'; available: {', '.join(PRUNE_IMPORTANCES)}",
+        )
+        _check(self.round_to >= 1, "prune.round_to must be >= 1")
+        _check(self.steps >= 1, "prune.steps must be >= 1")
+        _check(all(isinstance(p, str) for p in self.protect), "prune.protect must be a list of layer names")
+
+
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("int8", "uint8")
 
@@ -173,6 +208,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantConfig = field(default_factory=QuantConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)

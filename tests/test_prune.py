@@ -116,3 +116,36 @@ def test_bad_arguments_are_config_errors():
         prune_channels(make("resnet20"), input_shape=INPUT, ratio=0.5, protect=["nope"])
     with pytest.raises(ConfigError, match="does not fit|do not fit"):
         rebuild(make("resnet20"), {"fc": {"type": "Conv2d", "in": 1, "out": 1, "groups": 1}})
+
+
+def test_compress_with_pruning_stage(tmp_path):
+    """distill -> prune -> export -> quantize -> bench from one recipe."""
+    import onnx
+
+    from edgekd.pipeline import compress, export_one
+    from edgekd.recipe import Recipe
+
+    recipe = Recipe.from_dict({
+        "name": "prune",
+        "data": {"limit_train": 600, "limit_test": 100, "calib_size": 32},
+        "teacher": {"arch": "tinycnn", "arch_args": {"width": 16}, "epochs": 1, "batch_size": 32, "augment": False},
+        "distill": {"arch": "tinycnn", "arch_args": {"width": 16}, "epochs": 1, "batch_size": 32, "augment": False},
+        "prune": {"enabled": True, "ratio": 0.5, "round_to": 4, "steps": 2, "epochs": 1, "batch_size": 32},
+        "bench": {"warmup": 1, "runs": 5, "min_seconds": 0.0},
+    })
+    run_dir = tmp_path / "run"
+    report = compress(recipe, run_dir, progress=False, log=lambda line: None)
+    pruned = report["stages"]["prune"]
+    assert pruned["enabled"] and len(pruned["steps"]) == 2  # a KD fine-tune after each step
+    assert pruned["after"]["macs"] < 0.5 * pruned["before"]["macs"]
+    # width 16 -> 8 on the inner layers: channel counts halved and multiples of round_to
+    assert pruned["before"]["channels"]["features.2.0"] == 32
+    assert pruned["after"]["channels"]["features.2.0"] == 16
+    # the exported student is the pruned one
+    meta = {p.key: p.value for p in onnx.load(str(run_dir / "model.fp32.onnx")).metadata_props}
+    assert int(meta["edgekd.params"]) == pruned["params"]
+    models = {m["stage"]: m for m in report["models"]}
+    assert models["student"]["params"] == pruned["params"] and models["int8"]["int8_ops"] > 0
+    # `edgekd export RUN_DIR` rebuilds the pruned student from its plain-data shapes
+    result = export_one(run_dir=run_dir, output=tmp_path / "again.onnx", progress=False)
+    assert max(result["max_abs_diff"].values()) <= 1e-4

@@ -329,7 +329,16 @@ def test_to_yaml_from_yaml_round_trip(tmp_path, overrides):
 
 def test_to_dict_is_plain_data():
     d = Recipe.default().to_dict()
-    assert set(d) == {"name", "seed", "deterministic", "data", "teacher", "distill", "quantize", "export", "bench"}
+    assert set(d) == {"name", "seed", "deterministic", "data", "teacher", "distill", "prune", "quantize", "export", "bench"}
     assert d["deterministic"] is False
     assert d["teacher"]["arch"] == "resnet8"
     assert "_stage" not in d["teacher"]
+
+
+def test_prune_section_is_validated():
+    recipe = Recipe.from_dict({"prune": {"enabled": True, "ratio": 0.3, "protect": ["layers.0.conv1"]}})
+    assert recipe.prune.enabled and recipe.prune.ratio == 0.3 and recipe.prune.protect == ["layers.0.conv1"]
+    with pytest.raises(ConfigError, match="unknown prune.importance 'l3'; available: l1, l2, bn_scale"):
+        Recipe.from_dict({"prune": {"importance": "l3"}})
+    with pytest.raises(ConfigError, match="prune.ratio must be between 0 and 1"):
+        Recipe.from_dict({"prune": {"ratio": 1.0}})
