@@ -14,11 +14,7 @@ so that a resumed run initializes the student exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +25,8 @@ import numpy as np
 from .artifacts import atomic_write_text, load_checkpoint, remove_temp_files
 from .errors import ConfigError, ModelFileError
 from .recipe import Recipe
+from .runstate import (STATE_FILE, _check_torch_rng, _get_torch_rng, _set_torch_rng, deterministic_mode,
+                       load_progress, save_progress, seed_everything)
 
 STAGES = ("data", "teacher", "distill", "prune", "export", "quantize", "bench", "report")
 
@@ -42,7 +40,6 @@ TEACHER_ONNX = "teacher.fp32.onnx"
 STUDENT_ONNX = "model.fp32.onnx"
 INT8_ONNX = "model.int8.onnx"
 EVAL_SET = "eval.npz"
-STATE_FILE = "state/progress.json"
 CHECKPOINTS = {"teacher": "state/teacher.ckpt", "distill": "state/distill.ckpt"}  # per-epoch training state
 
 
@@ -79,7 +76,7 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, progr
     or checkpoint is an error before anything is written, never a silent restart.
     """
     run = Run(recipe=recipe, run_dir=Path(run_dir), resume=resume, progress=progress, log=log)
-    state = load_progress(run.run_dir) if resume else {"done": {}}
+    state = load_progress(run.run_dir, STAGES) if resume else {"done": {}}
     done = state["done"]
     if resume:
         if state.get("torch_rng") is not None:
@@ -438,91 +435,6 @@ def _fit_summary(fit_result) -> dict:
         "train_seconds": round(fit_result.seconds, 3),
         "images_per_second": round(fit_result.images_per_second, 1),
     }
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch. Training draws data order and augmentation from its
-    own torch.Generator seeded with the same seed (train.fit); there are no DataLoader
-    workers to seed, because batches are sliced from in-memory tensors in this process."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def deterministic_mode(enabled: bool):
-    """With `enabled`, PyTorch uses deterministic algorithms only (an op without one is an
-    error, not a silent difference) for the duration of the block; the previous setting is
-    restored afterwards. CUBLAS_WORKSPACE_CONFIG is what cuBLAS needs for deterministic
-    results on CUDA (set only if the user has not set it)."""
-    if not enabled:
-        yield
-        return
-    import torch
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-def _get_torch_rng() -> str:
-    import torch
-
-    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")
-
-
-def _check_torch_rng(text, path: Path) -> None:
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        _set_torch_rng(text, path)
-
-
-def _set_torch_rng(text, path: Path) -> None:
-    import torch
-
-    try:
-        raw = base64.b64decode(text, validate=True)
-        torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"resume state '{path}' is corrupt (bad torch_rng); start a new run") from exc
-
-
-# --------------------------------------------------------------------------------------
-# Resume state
-
-
-def load_progress(run_dir: Path) -> dict:
-    """The resume state: {"done": {stage: report}, "torch_rng": base64 or absent}."""
-    path = Path(run_dir) / STATE_FILE
-    if not path.is_file():
-        raise ConfigError(f"'{run_dir}' is not an edgekd run directory (no {STATE_FILE}); nothing to resume")
-    try:
-        state = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"resume state '{path}' is corrupt ({reason}); start a new run") from exc
-    if (not isinstance(state, dict) or not isinstance(state.get("done"), dict)
-            or not all(isinstance(v, dict) for v in state["done"].values())
-            or not isinstance(state.get("torch_rng", ""), str)):
-        raise ConfigError(f"resume state '{path}' is corrupt; start a new run")
-    unknown = [name for name in state["done"] if name not in STAGES]
-    if unknown:
-        raise ConfigError(f"resume state '{path}' names unknown stages {unknown}; start a new run")
-    return state
-
-
-def save_progress(run_dir: Path, done: dict, torch_rng: str | None = None) -> None:
-    state = {"done": done}
-    if torch_rng is not None:
-        state["torch_rng"] = torch_rng
-    atomic_write_text(Path(run_dir) / STATE_FILE, json.dumps(state, indent=2))
 
 
 # --------------------------------------------------------------------------------------
