@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import onnxfile
+from .benchfmt import format_count, format_size, format_table  # noqa: F401  (re-exported)
 from .errors import ConfigError, DataError, ModelFileError, ProviderUnavailable
 from .onnxfile import _first_line, check_onnx_file
 from .recipe import BenchConfig
@@ -58,7 +59,15 @@ _INSTALL_HINTS = {
     "openvino": "install onnxruntime-openvino in place of onnxruntime",
     "dml": "install onnxruntime-directml in place of onnxruntime",
     "qnn": "install onnxruntime-qnn in place of onnxruntime",
+    "coreml": "use the onnxruntime wheel for macOS, which includes it (macOS only)",
+    "nnapi": "use the onnxruntime-android package (Android only)",
+    "xnnpack": "use the onnxruntime-android package or build onnxruntime with --use_xnnpack",
+    "dnnl": "build onnxruntime from source with --use_dnnl",
+    "acl": "build onnxruntime from source with --use_acl (Arm Compute Library)",
+    "armnn": "build onnxruntime from source with --use_armnn",
+    "migraphx": "build onnxruntime from source with --use_migraphx (AMD ROCm)",
 }
+_GENERIC_HINT = "install an onnxruntime build that includes it"
 
 # Integer ops after ORT's graph optimisation: QDQ groups fused into these prove that
 # the model really runs int8 kernels (com.microsoft ops included, for example the NHWC
@@ -113,6 +122,11 @@ class BenchRow:
     op_counts: dict | None
     int8_ops: int | None
     qdq_nodes: int | None
+    threads: int = 0  # intra-op threads asked for; 0: ONNX Runtime's default
+    low_confidence: list = dataclasses.field(default_factory=list)  # reasons, see low_confidence()
+    rss_before_bytes: int | None = None  # see memory_probe()
+    rss_peak_bytes: int | None = None
+    rss_delta_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,6 +143,19 @@ def _resolve_provider(provider: str) -> str:
     raise ConfigError(f"unknown provider '{provider}'; known: {', '.join(PROVIDERS)}")
 
 
+def provider_list() -> list[dict]:
+    """The providers of the installed onnxruntime, then the known ones it lacks with
+    how to get them: dicts with short (None for providers edgekd has no short name
+    for; --provider then takes the ORT name), ort_name, available, hint."""
+    available = ort.get_available_providers()
+    out = [{"short": _SHORT_NAMES.get(ep), "ort_name": ep, "available": True, "hint": None} for ep in available]
+    for short, ep in PROVIDERS.items():
+        if ep not in available:
+            out.append({"short": short, "ort_name": ep, "available": False,
+                        "hint": _INSTALL_HINTS.get(short, _GENERIC_HINT)})
+    return out
+
+
 def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None, check: bool = True):
     """An InferenceSession on `provider` (a short name), which must really be the one used.
 
@@ -141,7 +168,7 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
     available = ort.get_available_providers()
     if ep not in available:
         names = ", ".join(_SHORT_NAMES.get(p, p) for p in available)
-        hint = _INSTALL_HINTS.get(_SHORT_NAMES[ep], "install an onnxruntime build that includes it")
+        hint = _INSTALL_HINTS.get(_SHORT_NAMES[ep], _GENERIC_HINT)
         raise ProviderUnavailable(
             f"execution provider '{provider}' ({ep}) is not in this onnxruntime {ort.__version__} "
             f"(available: {names}); {hint}"
@@ -340,6 +367,90 @@ def latency_stats(timings_ms) -> dict:
     }
 
 
+# A percentile needs far more runs than 1 / (1 - p) to be stable. edgekd flags a p90
+# from fewer than 64 timed runs and a p99 from fewer than 662 (the query counts MLPerf
+# Inference's early-stopping rule needs at least for these percentiles).
+MIN_RUNS_P90 = 64
+MIN_RUNS_P99 = 662
+MAX_CV = 0.5  # standard deviation / mean of the timed runs
+MAX_TAIL = 3.0  # p99 / p50
+
+
+def low_confidence(timings_ms, stats: dict | None = None) -> list[str]:
+    """Reasons not to trust a result's percentiles (empty when there are none): too few
+    timed runs for p90 (< 64) or p99 (< 662), a coefficient of variation above 0.5 (a
+    busy or throttling machine), or a p99 above 3x the p50 (a long tail of stalls)."""
+    t = np.asarray(timings_ms, dtype=np.float64)
+    stats = stats or latency_stats(t)
+    reasons = []
+    if len(t) < MIN_RUNS_P90:
+        reasons.append(f"p90 from {len(t)} runs (needs >= {MIN_RUNS_P90})")
+    if len(t) < MIN_RUNS_P99:
+        reasons.append(f"p99 from {len(t)} runs (needs >= {MIN_RUNS_P99})")
+    mean = float(t.mean())
+    cv = float(t.std()) / mean if mean > 0 else 0.0
+    if cv > MAX_CV:
+        reasons.append(f"noisy: coefficient of variation {cv:.2f} > {MAX_CV}")
+    if stats["p50"] > 0 and stats["p99"] > MAX_TAIL * stats["p50"]:
+        reasons.append(f"long tail: p99 is {stats['p99'] / stats['p50']:.1f}x p50 (> {MAX_TAIL:g}x)")
+    return reasons
+
+
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class MemoryProbe:
+    """Resident memory of this process around one result (Linux; None elsewhere).
+
+    before: VmRSS just before the session is created. peak: the highest RSS from then
+    on through the timed runs: the kernel's high-water mark VmHWM, reset at start by
+    writing 5 to /proc/self/clear_refs; where that reset is refused, the largest of
+    VmRSS samples after session creation, after the cold run and after the timed runs.
+    delta = peak - before: what the session and its runs added (memory that earlier
+    models freed may be reused, so it can underestimate a model measured later).
+    """
+
+    def __init__(self):
+        self.before = self.peak = None
+        self._hwm_reset = False
+
+    def start(self):
+        kb = _proc_status_kb("VmRSS")
+        if kb is None:
+            return
+        self.before = self.peak = kb * 1024
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._hwm_reset = True
+        except OSError:
+            self._hwm_reset = False
+
+    def sample(self):
+        kb = _proc_status_kb("VmRSS")
+        if kb is not None and self.peak is not None:
+            self.peak = max(self.peak, kb * 1024)
+
+    def finish(self) -> tuple:
+        """(before, peak, delta) in bytes, or Nones."""
+        if self.before is None:
+            return None, None, None
+        self.sample()
+        if self._hwm_reset:
+            hwm = _proc_status_kb("VmHWM")
+            if hwm is not None:
+                self.peak = max(self.peak, hwm * 1024)
+        return self.before, self.peak, self.peak - self.before
+
+
 def evaluate(session, x_float: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy in percent of the model's first output (N, C) or (N, C, 1, 1)."""
     if len(x_float) == 0 or len(y) != len(x_float):
@@ -360,13 +471,17 @@ def evaluate(session, x_float: np.ndarray, y: np.ndarray, batch_size: int = 256)
     return 100.0 * correct / len(x_float)
 
 
-def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y) -> BenchRow:
+def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, op_cache: dict | None = None) -> BenchRow:
     """One model. Checked again here, just before its sessions (out of session_ms): a
-    long benchmark of several models leaves time for a file to change after bench()'s check."""
+    long benchmark of several models leaves time for a file to change after bench()'s check.
+    op_cache: path -> op counts, so that a sweep over batch sizes and threads counts once."""
     check_onnx_file(path)
+    memory = MemoryProbe()
+    memory.start()
     start = time.perf_counter()
     session = make_session(path, cfg.provider, cfg.threads, check=False)
     session_ms = (time.perf_counter() - start) * 1000.0
+    memory.sample()
     meta = session.get_modelmeta().custom_metadata_map
 
     inp = session.get_inputs()[0]
@@ -386,9 +501,13 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y) -> BenchRow:
         session, {inp.name: feed_x}, warmup=cfg.warmup, runs=cfg.runs, min_seconds=cfg.min_seconds
     )
     stats = latency_stats(timings)
+    rss_before, rss_peak, rss_delta = memory.finish()  # before accuracy: it holds the whole eval set
     top1 = evaluate(session, x, eval_y) if x is not None and eval_y is not None else None
 
-    op_counts = optimized_op_counts(path, cfg.provider, cfg.threads, check=False)
+    op_cache = {} if op_cache is None else op_cache
+    if path not in op_cache:
+        op_cache[path] = optimized_op_counts(path, cfg.provider, cfg.threads, check=False)
+    op_counts = op_cache[path]
     params = _meta_int(meta, "edgekd.params")
     return BenchRow(
         name=path.stem,
@@ -413,6 +532,11 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y) -> BenchRow:
         op_counts=op_counts,
         int8_ops=None if op_counts is None else sum(c for op, c in op_counts.items() if op in INT8_OPS),
         qdq_nodes=None if op_counts is None else sum(c for op, c in op_counts.items() if op in QDQ_OPS),
+        threads=cfg.threads,
+        low_confidence=low_confidence(timings, stats),
+        rss_before_bytes=rss_before,
+        rss_peak_bytes=rss_peak,
+        rss_delta_bytes=rss_delta,
     )
 
 
@@ -423,24 +547,44 @@ def _progress(items: list, enabled: bool):
         from tqdm import tqdm
     except ImportError:  # tqdm is optional on devices
         return items
-    return tqdm(items, desc="bench", unit="model")
+    return tqdm(items, desc="bench", unit="result")
 
 
-def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progress: bool = True) -> list:
+def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progress: bool = True,
+          batch_sizes: list | None = None, threads: list | None = None) -> list:
     """Benchmark each model; with eval_set (an .npz path) also top-1 accuracy, else
-    latency only, on the eval images or synthetic input."""
+    latency only, on the eval images or synthetic input.
+
+    batch_sizes, threads: sweep these instead of cfg.batch_size / cfg.threads; one row
+    per (model, batch size, threads), in that order. A model with a fixed batch dim
+    gets one row per thread count."""
     cfg = cfg or BenchConfig()
     _resolve_provider(cfg.provider)  # a typo fails before any model is loaded
+    configs = [
+        dataclasses.replace(cfg, batch_size=b, threads=t)  # BenchConfig validates each
+        for b in (batch_sizes or [cfg.batch_size])
+        for t in (threads or [cfg.threads])
+    ]
     paths = [Path(p) for p in paths]
     for path in paths:  # every file, before any session: a bad third model fails at once
         check_onnx_file(path)
     eval_x = eval_y = None
     if eval_set is not None:
         eval_x, eval_y, _ = load_eval_set(eval_set)
-    return [_bench_one(p, cfg, eval_x, eval_y) for p in _progress(paths, progress)]
+    rows, done, fixed_batch, op_cache = [], set(), {}, {}  # fixed_batch: path -> its fixed batch
+    for path, run_cfg in _progress([(p, c) for p in paths for c in configs], progress):
+        if (path, fixed_batch.get(path), run_cfg.threads) in done:
+            continue  # a fixed batch dim: another batch size would repeat a row
+        row = _bench_one(path, run_cfg, eval_x, eval_y, op_cache)
+        if row.batch_size != run_cfg.batch_size:  # the model's batch dim is fixed
+            fixed_batch[path] = row.batch_size
+        if (path, row.batch_size, row.threads) not in done:
+            done.add((path, row.batch_size, row.threads))
+            rows.append(row)
+    return rows
 
 
-def bench_run_dir(run_dir, cfg: BenchConfig | None = None, progress: bool = True) -> list:
+def bench_run_dir(run_dir, cfg: BenchConfig | None = None, progress: bool = True, **sweep) -> list:
     """Benchmark every *.onnx in a run directory (teacher first), with run_dir/eval.npz
     for accuracy when it exists."""
     run_dir = Path(run_dir)
@@ -448,7 +592,7 @@ def bench_run_dir(run_dir, cfg: BenchConfig | None = None, progress: bool = True
     if not paths:
         raise ModelFileError(f"no .onnx files in '{run_dir}'; export models first or check the run directory")
     eval_set = run_dir / "eval.npz"
-    return bench(paths, eval_set=eval_set if eval_set.is_file() else None, cfg=cfg, progress=progress)
+    return bench(paths, eval_set=eval_set if eval_set.is_file() else None, cfg=cfg, progress=progress, **sweep)
 
 
 # -- reporting -----------------------------------------------------------------------
@@ -504,38 +648,3 @@ def to_json(rows: list, extra: dict | None = None, *, cfg: BenchConfig | None = 
     }
     report.update(extra or {})
     return report
-
-
-def format_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if n >= limit:
-            return f"{n / limit:.2f}{suffix}"
-    return str(n)
-
-
-def format_size(n: int) -> str:
-    return f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MB"
-
-
-def format_table(rows: list) -> str:
-    header = ["model", "stage", "provider", "batch", "top1 %", "params", "MACs", "size",
-              "p50 ms", "p90 ms", "p99 ms", "img/s"]
-    lines = [header]
-    for r in rows:
-        lines.append([
-            r.name, r.stage or "-", r.provider, str(r.batch_size),
-            "-" if r.top1 is None else f"{r.top1:.2f}",
-            format_count(r.params), format_count(r.macs), format_size(r.file_bytes),
-            f"{r.latency_ms['p50']:.3f}", f"{r.latency_ms['p90']:.3f}", f"{r.latency_ms['p99']:.3f}",
-            f"{r.throughput:.1f}",
-        ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text_columns = 3  # model, stage and provider are left-aligned, numbers right-aligned
-    out = []
-    for line in lines:
-        cells = [c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
-        out.append("  ".join(cells).rstrip())
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)

@@ -50,3 +50,7 @@ class TrainingDiverged(EdgekdError):
     """The loss became NaN or infinite."""
 
     exit_code = 4
+
+
+class AccuracyBudgetExceeded(GateFailed):
+    """int8 loses more top-1 than quantize.max_drop, even with its most sensitive nodes in float."""

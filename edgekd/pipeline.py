@@ -279,11 +279,14 @@ def stage_export(run: Run) -> dict:
 
 
 def stage_quantize(run: Run) -> dict:
-    """Post-training static int8 (QDQ) of the student with ONNX Runtime."""
+    """Post-training static int8 (QDQ) of the student with ONNX Runtime, within the accuracy
+    budget (quantize.max_drop): if int8 loses more val top-1 than that, its most sensitive
+    nodes are kept in float (edgekd.quant_budget); if that is not enough the run fails with
+    exit code 3, after writing state/quantize-budget.json."""
     import onnx
 
     from .bench import evaluate, make_session, preprocess
-    from .quantize import ptq
+    from .quantize import detect_machine, format_name, ptq
 
     cfg = run.recipe.quantize
     if not cfg.enabled:
@@ -294,21 +297,84 @@ def stage_quantize(run: Run) -> dict:
     meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     meta["edgekd.stage"] = "int8"
     calib = preprocess(splits.calib_x, meta)
-    report = ptq(fp32, run.path(INT8_ONNX), calib_images=calib, cfg=cfg, metadata=meta, progress=run.progress)
+    machine = detect_machine()
+    report = ptq(fp32, run.path(INT8_ONNX), calib_images=calib, cfg=cfg, metadata=meta, progress=run.progress,
+                 machine=machine)
+    settings = report.settings
+    run.log(f"[quantize] target {settings['target']} (from {settings['target_from']}): {format_name(settings)}, "
+            f"reduce_range {settings['reduce_range']}, per_channel {settings['per_channel']}"
+            + (f"; set in the recipe: {', '.join(settings['overrides'])}" if settings["overrides"] else ""))
     # val accuracy of the deployed int8 model, as ONNX Runtime runs it (not a simulation)
     val_x = preprocess(splits.val_x, meta)
-    int8_val = evaluate(make_session(run.path(INT8_ONNX)), val_x, splits.val_y)
-    fp32_val = evaluate(make_session(fp32), val_x, splits.val_y)
+
+    def val_top1(path) -> float:
+        return evaluate(make_session(path), val_x, splits.val_y)
+
+    int8_val = val_top1(run.path(INT8_ONNX))
+    fp32_val = val_top1(fp32)
     run.log(f"[quantize] {INT8_ONNX}: val top-1 {int8_val:.2f}% (fp32 ONNX {fp32_val:.2f}%)")
-    return {
+    result = {
         "path": INT8_ONNX,
+        "target": settings["target"],
+        "settings": {k: settings[k] for k in ("target_from", "activation_type", "weight_type", "reduce_range",
+                                              "per_channel", "overrides")},
         "calibration": report.calibration,
         "calib_samples": report.samples,
-        "format": f"QDQ {'U' if cfg.activation_type == 'uint8' else 'S'}8{'S' if cfg.weight_type == 'int8' else 'U'}8",
+        "calib_batch_size": cfg.calib_batch_size,
+        "format": format_name(settings),
         "per_channel": report.per_channel,
+        "float_nodes": list(report.excluded_nodes),
         "val_top1_int8": int8_val,
         "val_top1_fp32": fp32_val,
+        "max_drop": cfg.max_drop,
     }
+    if cfg.max_drop is not None and fp32_val - int8_val > cfg.max_drop:
+        result.update(_quantize_budget(run, cfg, calib=calib, meta=meta, machine=machine, evaluate=val_top1,
+                                       fp32_val=fp32_val, int8_val=int8_val, partial=result))
+    return result
+
+
+def _quantize_budget(run: Run, cfg, *, calib, meta, machine, evaluate, fp32_val, int8_val, partial) -> dict:
+    """The budget search; its result goes to state/quantize-budget.json whether it succeeds or not."""
+    from .errors import AccuracyBudgetExceeded
+    from .quant_budget import search
+
+    run.log(f"[quantize] int8 loses {fp32_val - int8_val:.2f} points of val top-1, more than quantize.max_drop "
+            f"{cfg.max_drop}: keeping the most sensitive nodes in float")
+    import shutil
+    import tempfile
+
+    from .quant_budget import quick_p50_ms
+
+    with tempfile.TemporaryDirectory(prefix="edgekd-budget-") as work:
+        all_int8 = Path(work) / "all-int8.onnx"  # to price the float nodes in latency afterwards
+        shutil.copyfile(run.path(INT8_ONNX), all_int8)
+        budget = search(run.path(STUDENT_ONNX), run.path(INT8_ONNX), calib_images=calib, cfg=cfg, evaluate=evaluate,
+                        fp32_top1=fp32_val, int8_top1=int8_val, metadata=meta, machine=machine, log=run.log)
+        latency = None
+        if budget.met:
+            p50 = quick_p50_ms([run.path(STUDENT_ONNX), all_int8, run.path(INT8_ONNX)], calib[0])
+            latency = dict(zip(("fp32", "int8_all_quantized", "int8_with_float_nodes"), p50))
+            run.log(f"[quantize] rough p50 (batch 1): fp32 {p50[0]:.3f} ms, all int8 {p50[1]:.3f} ms, "
+                    f"with the float nodes {p50[2]:.3f} ms")
+    summary = {"met": budget.met, "kept_float": budget.excluded, "val_top1_int8": budget.final_top1,
+               "drop": budget.drop, "steps": budget.steps, "sensitivity": budget.sensitivity,
+               "max_excluded": budget.max_excluded, "seconds": budget.seconds,
+               "val_top1_int8_all_quantized": int8_val, "rough_p50_ms": latency}
+    record = {**partial, "budget": summary}
+    if budget.met:
+        record.update(val_top1_int8=budget.final_top1, float_nodes=list(partial["float_nodes"]) + budget.excluded)
+    atomic_write_text(run.path("state/quantize-budget.json"), json.dumps(record, indent=2))
+    if not budget.met:
+        run.path(INT8_ONNX).unlink(missing_ok=True)  # it failed the gate: nothing to bench or deploy
+        raise AccuracyBudgetExceeded(
+            f"int8 loses {budget.drop:.2f} points of val top-1 (fp32 {fp32_val:.2f}%, int8 {budget.final_top1:.2f}%) "
+            f"even with {len(budget.excluded)} node(s) kept in float ({', '.join(budget.excluded) or 'none'}); "
+            f"quantize.max_drop is {cfg.max_drop}. See {run.path('state/quantize-budget.json')}; raise the budget, "
+            f"set quantize.max_drop: null, or quantize.enabled: false. {STUDENT_ONNX} is kept")
+    run.log(f"[quantize] within budget with {len(budget.excluded)} node(s) in float: val top-1 "
+            f"{budget.final_top1:.2f}% (drop {budget.drop:.2f})")
+    return {"val_top1_int8": budget.final_top1, "float_nodes": record["float_nodes"], "budget": summary}
 
 
 def stage_bench(run: Run) -> dict:
@@ -318,7 +384,24 @@ def stage_bench(run: Run) -> dict:
     rows = bench_run_dir(run.run_dir, run.recipe.bench, progress=run.progress)
     bench_json = to_json(rows, cfg=run.recipe.bench)
     atomic_write_text(run.path("state/bench.json"), json.dumps(bench_json, indent=2))
-    return {"models": [r.name for r in rows], "provider": run.recipe.bench.provider}
+    warnings = int8_speed_warnings(rows)
+    for line in warnings:
+        run.log(f"[bench] warning: {line}")
+    return {"models": [r.name for r in rows], "provider": run.recipe.bench.provider, "warnings": warnings}
+
+
+def int8_speed_warnings(rows) -> list[str]:
+    """A warning when the int8 model's median latency is not below the fp32 student's."""
+    by_name = {Path(r.path).name: r for r in rows}
+    fp32, int8 = by_name.get(STUDENT_ONNX), by_name.get(INT8_ONNX)
+    if fp32 is None or int8 is None:
+        return []
+    f, i = fp32.latency_ms["p50"], int8.latency_ms["p50"]
+    if i < f:
+        return []
+    return [f"{INT8_ONNX} is not faster than {STUDENT_ONNX} on {int8.provider}: p50 {i:.3f} ms vs {f:.3f} ms "
+            f"({int8.int8_ops if int8.int8_ops is not None else '?'} int8 kernels); check quantize.target and "
+            f"activation_type for this CPU (S8S8 QDQ convolutions can be slower than fp32 on x86)"]
 
 
 def stage_report(run: Run) -> dict:

@@ -132,31 +132,52 @@ class PruneConfig(TrainConfig):
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("int8", "uint8")
+QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "cuda")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """Post-training static int8 through ONNX Runtime, QDQ format.
 
-    On x86 uint8 activations with int8 weights (U8S8) are the default: measured on this
-    project's AVX-512 VNNI machine, S8S8 QDQ convolutions ran slower than fp32.
+    `target` picks the defaults of activation_type / weight_type / reduce_range /
+    per_channel (see edgekd.quantize.TARGET_PRESETS; 'auto' reads the CPU flags). A field
+    left at None takes the target's value; a field set in the recipe always wins.
+    `exclude_nodes` / `exclude_op_types` stay float. `max_drop`: the accuracy budget in
+    top-1 points on the val split (None: no budget); when int8 loses more, the most
+    sensitive nodes are kept in float one by one until it fits, else the run fails (exit 3).
     """
 
     enabled: bool = True
+    target: str = "auto"
     calibration: str = "minmax"
-    per_channel: bool = True
-    activation_type: str = "uint8"
-    weight_type: str = "int8"
-    reduce_range: bool = False
+    calib_batch_size: int = 32
+    per_channel: Optional[bool] = None
+    activation_type: Optional[str] = None
+    weight_type: Optional[str] = None
+    reduce_range: Optional[bool] = None
+    exclude_nodes: list = field(default_factory=list)
+    exclude_op_types: list = field(default_factory=list)
+    max_drop: Optional[float] = 1.0
 
     def __post_init__(self):
+        _check(
+            self.target in QUANT_TARGETS,
+            f"unknown quantize.target '{self.target}'; available: {', '.join(QUANT_TARGETS)}",
+        )
         _check(
             self.calibration in CALIBRATION_METHODS,
             f"unknown quantize.calibration '{self.calibration}'; available: {', '.join(CALIBRATION_METHODS)}",
         )
+        _check(self.calib_batch_size > 0, "quantize.calib_batch_size must be positive")
         for key in ("activation_type", "weight_type"):
             value = getattr(self, key)
-            _check(value in INT8_TYPES, f"quantize.{key} must be one of {', '.join(INT8_TYPES)}, got '{value}'")
+            _check(value is None or value in INT8_TYPES,
+                   f"quantize.{key} must be one of {', '.join(INT8_TYPES)}, got '{value}'")
+        for key in ("exclude_nodes", "exclude_op_types"):
+            _check(all(isinstance(v, str) and v for v in getattr(self, key)),
+                   f"quantize.{key} must be a list of names")
+        _check(self.max_drop is None or self.max_drop == self.max_drop,  # not NaN
+               "quantize.max_drop must be a number of top-1 points or null")
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from .artifacts import atomic_path, atomic_write_text
-from .bench import format_count as _count
-from .bench import format_size as _size
+from .benchfmt import format_count as _count
+from .benchfmt import format_size as _size
 
 SCHEMA = "edgekd.report/1"
 STAGE_LABELS = {"teacher": "teacher (fp32)", "student": "student (fp32)", "int8": "student (int8)"}
@@ -116,8 +116,17 @@ def results_csv(report: dict) -> str:
 
 
 def pareto_plot(report: dict, path: str | Path) -> Path | None:
-    """Accuracy vs p50 latency, one point per model, the Pareto front joined. Returns None
-    when matplotlib is not installed (it is optional on devices)."""
+    """Accuracy vs p50 latency of a run's models (report.json), the Pareto front joined.
+    Returns None when matplotlib is not installed (it is optional on devices)."""
+    return pareto_plot_models(report["models"], path, title=f"edgekd: {report['recipe']['name']}",
+                              xlabel="p50 latency, batch 1 (ms)")
+
+
+def pareto_plot_models(models: list[dict], path: str | Path, *, title: str = "edgekd bench",
+                       xlabel: str | None = None) -> Path | None:
+    """Accuracy vs p50 latency, one point per model entry (schema edgekd.bench/1), the
+    Pareto front joined. Entries of a batch/threads sweep are labelled "name b8 t2".
+    Returns None without matplotlib or without any entry that has a top-1."""
     try:
         import matplotlib
 
@@ -125,18 +134,26 @@ def pareto_plot(report: dict, path: str | Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    points = [(m["latency_ms"]["p50"], m["top1"], m["name"]) for m in report["models"] if m["top1"] is not None]
+    sweep = len({(m.get("batch_size"), m.get("threads")) for m in models}) > 1
+    points = [
+        (m["latency_ms"]["p50"], m["top1"],
+         f"{m['name']} b{m.get('batch_size')} t{m.get('threads')}" if sweep else m["name"])
+        for m in models if m.get("top1") is not None
+    ]
     if not points:
         return None
+    if xlabel is None:
+        batches = sorted({m.get("batch_size") for m in models})
+        xlabel = f"p50 latency, batch {batches[0]} (ms)" if len(batches) == 1 else "p50 latency per batch (ms)"
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for latency, top1, name in points:
         ax.scatter(latency, top1, s=40)
         ax.annotate(name, (latency, top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
     front = pareto_front(points)
     ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", linewidth=1, label="Pareto front")
-    ax.set_xlabel("p50 latency, batch 1 (ms)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"edgekd: {report['recipe']['name']}")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.margins(x=0.2, y=0.2)  # room for the labels
     ax.legend(loc="best", fontsize=8)

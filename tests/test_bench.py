@@ -366,9 +366,11 @@ def test_to_json_and_table(zoo):
             assert key in model
         assert set(model["latency_ms"]) >= {"p50", "p90", "p99", "mean", "min", "max"}
     table = bench.format_table(rows).splitlines()
-    assert len(table) == 2 + len(rows)
+    assert len(table) == 2 + 2 * len(rows)  # header, rule, rows, one legend line per flagged row
     assert table[0].split()[:3] == ["model", "stage", "provider"]
     assert table[2].startswith("fp32") and " - " in table[2]  # no stage, no top1, no MACs
+    assert re.search(r" \d+\.\d{3}\* ", table[2])  # p50 marked: 5 runs are too few for p90/p99
+    assert table[4].startswith("* fp32 (batch 4, threads default): low confidence: p90 from 5 runs")
 
 
 def test_machine_info_flags_are_from_the_known_list():

@@ -206,3 +206,138 @@ def test_calibration_batch_size_does_not_change_minmax_scales(tmp_path, tiny_onn
     assert set(results[8]) == set(results[32]) and len(results[8]) > 0
     for name in results[8]:
         assert np.array_equal(results[8][name], results[32][name]), name
+
+
+def test_calib_batch_size_option_reaches_the_reader(tmp_path, tiny_onnx, calib_images, monkeypatch):
+    sizes = []
+    original = ArrayCalibrationReader.get_next
+
+    def spy(self):
+        item = original(self)
+        if item is not None:
+            sizes.append(len(item[self.input_name]))
+        return item
+
+    monkeypatch.setattr(ArrayCalibrationReader, "get_next", spy)
+    a, _ = quantized(tmp_path, tiny_onnx, calib_images, name="a.onnx", calib_batch_size=16)
+    assert sizes == [16, 16, 8]
+    sizes.clear()
+    b, _ = quantized(tmp_path, tiny_onnx, calib_images, name="b.onnx", calib_batch_size=40)
+    assert sizes == [40]
+    # minmax calibration does not depend on how the images are batched
+    sa, sb = scales(a), scales(b)
+    assert set(sa) == set(sb) and all(np.array_equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(Exception, match="calib_batch_size must be positive"):
+        QuantConfig(calib_batch_size=0)
+
+
+# -- target presets -------------------------------------------------------------------------------
+
+VNNI = {"arch": "x86_64", "flags": ["sse4_2", "avx2", "avx512f", "avx512_vnni"]}
+AVXVNNI = {"arch": "x86_64", "flags": ["avx2", "avx_vnni"]}
+AVX2 = {"arch": "x86_64", "flags": ["sse4_2", "avx2", "fma"]}
+ARM = {"arch": "aarch64", "flags": ["fp", "asimd", "asimddp"]}
+OLD_X86 = {"arch": "x86_64", "flags": ["sse4_2"]}
+
+
+@pytest.mark.parametrize(
+    "target, machine, expected",
+    [
+        ("auto", VNNI, ("x86-vnni", "uint8", "int8", False, True)),
+        ("auto", AVXVNNI, ("x86-vnni", "uint8", "int8", False, True)),
+        ("auto", AVX2, ("x86-avx2", "uint8", "int8", True, True)),
+        ("auto", ARM, ("arm64", "int8", "int8", False, True)),
+        ("auto", OLD_X86, ("x86-avx2", "uint8", "int8", True, True)),
+        ("x86-vnni", ARM, ("x86-vnni", "uint8", "int8", False, True)),  # an explicit target ignores the CPU
+        ("x86-avx2", VNNI, ("x86-avx2", "uint8", "int8", True, True)),
+        ("arm64", VNNI, ("arm64", "int8", "int8", False, True)),
+        ("cuda", AVX2, ("cuda", "int8", "int8", False, True)),
+    ],
+)
+def test_target_presets(target, machine, expected):
+    s = quantize.resolve_quant_settings(QuantConfig(target=target), machine)
+    assert (s["target"], s["activation_type"], s["weight_type"], s["reduce_range"], s["per_channel"]) == expected
+    assert s["target_from"] == ("cpu flags" if target == "auto" else "recipe")
+    assert s["overrides"] == []
+
+
+def test_explicit_fields_override_the_preset():
+    cfg = QuantConfig(target="cuda", activation_type="uint8", reduce_range=True, per_channel=False)
+    s = quantize.resolve_quant_settings(cfg, VNNI)
+    assert (s["activation_type"], s["weight_type"], s["reduce_range"], s["per_channel"]) == ("uint8", "int8", True, False)
+    assert s["overrides"] == ["activation_type", "reduce_range", "per_channel"]
+    # False is a value, not "unset": it overrides avx2's reduce_range=True
+    s = quantize.resolve_quant_settings(QuantConfig(reduce_range=False), AVX2)
+    assert s["target"] == "x86-avx2" and s["reduce_range"] is False and s["overrides"] == ["reduce_range"]
+    assert quantize.format_name(quantize.resolve_quant_settings(QuantConfig(), ARM)) == "QDQ S8S8"
+
+
+def test_recipe_reads_target_and_overrides():
+    from edgekd.errors import ConfigError
+    from edgekd.recipe import Recipe
+
+    r = Recipe.from_dict({"quantize": {"target": "arm64", "weight_type": "int8", "exclude_op_types": ["Gemm"],
+                                       "max_drop": None}})
+    assert r.quantize.target == "arm64" and r.quantize.weight_type == "int8" and r.quantize.activation_type is None
+    assert r.quantize.max_drop is None and r.quantize.exclude_op_types == ["Gemm"]
+    with pytest.raises(ConfigError, match="unknown quantize.target 'tpu'"):
+        Recipe.from_dict({"quantize": {"target": "tpu"}})
+    assert Recipe.default().quantize.target == "auto" and Recipe.default().quantize.activation_type is None
+
+
+def test_ptq_uses_the_preset_of_the_machine(tmp_path, tiny_onnx, calib_images):
+    out = tmp_path / "arm.onnx"
+    report = ptq(tiny_onnx[0], out, calib_images=calib_images, cfg=QuantConfig(), progress=False, machine=ARM)
+    assert report.target == "arm64" and report.activation_type == "int8" and report.settings["target_from"] == "cpu flags"
+    zps = {initializers(onnx.load(str(out)))[q.input[2]].data_type for q in activation_quantizers(onnx.load(str(out)))}
+    assert zps == {TensorProto.INT8}
+    report = ptq(tiny_onnx[0], out, calib_images=calib_images, cfg=QuantConfig(), progress=False, machine=AVX2)
+    assert report.target == "x86-avx2" and report.reduce_range is True and report.activation_type == "uint8"
+
+
+# -- nodes kept in float ---------------------------------------------------------------------------
+
+CONV2 = "/features/features.2/features.2.0/Conv"
+
+
+def optimized_ops(path, tmp_path):
+    """Op types per node of the model as ONNX Runtime runs it (after its graph optimizations)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_excluded_nodes_stay_float(tmp_path, tiny_onnx, calib_images):
+    path, report = quantized(tmp_path, tiny_onnx, calib_images, exclude_nodes=[CONV2], exclude_op_types=["Gemm"])
+    assert report.excluded_nodes == [CONV2, "/fc/Gemm"]
+    proto = onnx.load(str(path))
+    inits = initializers(proto)
+    ops = [n.op_type for n in proto.graph.node]
+    nodes = {n.name: n for n in proto.graph.node}
+    assert ops.count("Conv") == 3 and ops.count("Gemm") == 1
+    # the excluded Conv and the Gemm read float initializers; the two other convs int8 ones
+    for name in (CONV2, "/fc/Gemm"):
+        weight = nodes[name].input[1]
+        assert weight in inits and inits[weight].data_type == TensorProto.FLOAT, name
+    others = [n for n in proto.graph.node if n.op_type == "Conv" and n.name != CONV2]
+    assert all(producer(proto, n.input[1]).op_type == "DequantizeLinear" for n in others)
+    # and ONNX Runtime runs it that way: 2 QLinearConv, not 3 (its WeightBiasQuantization would
+    # re-quantize a float Conv between DQ and Q)
+    ops = optimized_ops(path, tmp_path)
+    assert ops.count("QLinearConv") == 2 and "QGemm" not in ops
+    assert sum(op in ("Conv", "FusedConv") for op in ops) == 1 and "Gemm" in ops
+    x = calib_images[:4]
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})
+    with torch.no_grad():
+        expected = tiny_onnx[1](torch.from_numpy(x)).numpy()
+    assert np.abs(got - expected).max() <= 0.1 * (expected.max() - expected.min())
+
+
+def test_unknown_excluded_node_is_a_config_error(tmp_path, tiny_onnx, calib_images):
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no node named 'conv9'.*/fc/Gemm"):
+        quantized(tmp_path, tiny_onnx, calib_images, exclude_nodes=["conv9"])
+    assert not (tmp_path / "int8.onnx").exists()
