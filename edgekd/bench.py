@@ -110,6 +110,7 @@ class BenchRow:
     input_shape: list
     samples: int
     top1: float | None
+    top5: float | None  # None without labels or with fewer than 5 classes
     params: int | None
     macs: int | None
     file_bytes: int
@@ -453,12 +454,25 @@ class MemoryProbe:
 
 def evaluate(session, x_float: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy in percent of the model's first output (N, C) or (N, C, 1, 1)."""
+    return topk_accuracy(predict(session, x_float, y, batch_size), y, 1)
+
+
+def topk_accuracy(logits: np.ndarray, y: np.ndarray, k: int) -> float | None:
+    """Percent of rows whose label is among the k largest logits; None with fewer than k classes."""
+    if logits.shape[1] < k:
+        return None
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k > 1 else logits.argmax(axis=1)[:, None]
+    return 100.0 * float((top == y[:, None]).any(axis=1).mean())
+
+
+def predict(session, x_float: np.ndarray, y: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits (N, C) of the model's first output for every image, batched."""
     if len(x_float) == 0 or len(y) != len(x_float):
         raise DataError(f"evaluation needs one label per image, got {len(x_float)} images and {len(y)} labels")
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
     step = fixed or batch_size
-    correct = 0
+    outputs = []
     for start in range(0, len(x_float), step):
         chunk = x_float[start : start + step]
         n = len(chunk)
@@ -466,9 +480,8 @@ def evaluate(session, x_float: np.ndarray, y: np.ndarray, batch_size: int = 256)
             pad = np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
         logits = session.run(None, {inp.name: chunk})[0]
-        predicted = logits.reshape(len(chunk), -1)[:n].argmax(axis=1)
-        correct += int((predicted == y[start : start + n]).sum())
-    return 100.0 * correct / len(x_float)
+        outputs.append(logits.reshape(len(chunk), -1)[:n])
+    return np.concatenate(outputs)
 
 
 def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, op_cache: dict | None = None) -> BenchRow:
@@ -502,7 +515,10 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, op_cache: dict | No
     )
     stats = latency_stats(timings)
     rss_before, rss_peak, rss_delta = memory.finish()  # before accuracy: it holds the whole eval set
-    top1 = evaluate(session, x, eval_y) if x is not None and eval_y is not None else None
+    top1 = top5 = None
+    if x is not None and eval_y is not None:
+        logits = predict(session, x, eval_y)
+        top1, top5 = topk_accuracy(logits, eval_y, 1), topk_accuracy(logits, eval_y, 5)
 
     op_cache = {} if op_cache is None else op_cache
     if path not in op_cache:
@@ -520,6 +536,7 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, op_cache: dict | No
         input_shape=shape,
         samples=0 if top1 is None else len(eval_y),
         top1=top1,
+        top5=top5,
         params=count_params(path) if params is None else params,
         macs=_meta_int(meta, "edgekd.macs"),
         file_bytes=path.stat().st_size,

@@ -375,3 +375,16 @@ def test_to_json_and_table(zoo):
 
 def test_machine_info_flags_are_from_the_known_list():
     assert set(bench.machine_info()["int8_cpu_flags"]) <= set(bench.INT8_CPU_FLAGS)
+
+
+def test_topk_accuracy_by_hand():
+    # 3 samples, 6 classes; labels 0, 5, 2
+    logits = np.array([
+        [9, 1, 2, 3, 4, 5],   # label 0 is the top-1
+        [9, 8, 7, 6, 5, 0],   # label 5 is the smallest: outside the top-5
+        [1, 9, 8, 2, 3, 4],   # label 2 is second: top-5 but not top-1
+    ], dtype=np.float32)
+    y = np.array([0, 5, 2])
+    assert bench.topk_accuracy(logits, y, 1) == pytest.approx(100 / 3)
+    assert bench.topk_accuracy(logits, y, 5) == pytest.approx(200 / 3)
+    assert bench.topk_accuracy(logits[:, :4], y, 5) is None  # fewer classes than k
