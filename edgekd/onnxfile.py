@@ -328,25 +328,29 @@ def _wire_fields(buf, start: int, end: int, depth: int):
         number, wire = key >> 3, key & 7
         if number == 0:
             raise _WireError(f"field number 0 at byte {pos}")
-        value = None
-        if wire == 0:
-            value, pos = _wire_varint(buf, pos, end)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length, pos = _wire_varint(buf, pos, end)
-            value = (pos, pos + length)
-            pos += length
-        elif wire == 3:
-            pos = _wire_skip_group(buf, pos, end, number, depth + 1)
-            continue
-        else:  # 4 (end group) without a start, 6 and 7 do not exist
-            raise _WireError(f"unexpected wire type {wire} at byte {pos}")
+        value, pos = _wire_value(buf, pos, end, number, wire, depth)
+        if wire == 3:
+            continue  # a group was skipped: nothing to yield
         if pos > end:
             raise _WireError("truncated field")
         yield number, wire, value
+
+
+def _wire_value(buf, pos: int, end: int, number: int, wire: int, depth: int):
+    """(value, position after it) of one field's payload; see _wire_fields for the value."""
+    if wire == 0:
+        return _wire_varint(buf, pos, end)
+    if wire == 1:
+        return None, pos + 8
+    if wire == 5:
+        return None, pos + 4
+    if wire == 2:
+        length, pos = _wire_varint(buf, pos, end)
+        return (pos, pos + length), pos + length
+    if wire == 3:
+        return None, _wire_skip_group(buf, pos, end, number, depth + 1)
+    # 4 (end group) without a start; 6 and 7 do not exist
+    raise _WireError(f"unexpected wire type {wire} at byte {pos}")
 
 
 def _wire_skip_group(buf, pos: int, end: int, number: int, depth: int) -> int:
@@ -360,17 +364,5 @@ def _wire_skip_group(buf, pos: int, end: int, number: int, depth: int) -> int:
             if inner != number:
                 raise _WireError(f"group {number} closed by end tag {inner}")
             return pos
-        if wire == 0:
-            _, pos = _wire_varint(buf, pos, end)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length, pos = _wire_varint(buf, pos, end)
-            pos += length
-        elif wire == 3:
-            pos = _wire_skip_group(buf, pos, end, inner, depth + 1)
-        else:
-            raise _WireError(f"unexpected wire type {wire} at byte {pos}")
+        _, pos = _wire_value(buf, pos, end, inner, wire, depth)
     raise _WireError(f"group {number} is not closed")

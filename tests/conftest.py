@@ -98,3 +98,15 @@ def canary(tmp_path):
     path = tmp_path / "CANARY"
     assert not path.exists()
     return path
+
+
+@pytest.fixture
+def separable():
+    """2-D points, label 1 when x0 + x1 > 0, with a margin of 0.5 around the boundary."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 2, generator=g) * 2
+    x = x[(x.sum(1)).abs() > 0.5][:192]
+    y = (x.sum(1) > 0).long()
+    return {"train_x": x[:128], "train_y": y[:128], "val_x": x[128:], "val_y": y[128:]}

@@ -299,13 +299,6 @@ def test_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(recipe_file, tmp_pa
 # -- a crash, a second Ctrl-C or a full disk while a checkpoint is written --------------------------
 
 
-@pytest.fixture
-def separable():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 2, generator=g) * 2
-    x = x[(x.sum(1)).abs() > 0.5][:192]
-    y = (x.sum(1) > 0).long()
-    return {"train_x": x[:128], "train_y": y[:128], "val_x": x[128:], "val_y": y[128:]}
 
 
 FIT_CFG = TrainConfig(epochs=3, batch_size=16, lr=0.05, weight_decay=1e-3, augment=False)

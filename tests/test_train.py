@@ -180,14 +180,6 @@ def test_make_optimizer_no_decay_on_biases_and_norms(name, cls):
 # -- fit -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def separable():
-    """2-D points, label 1 when x0 + x1 > 0, with a margin of 0.5 around the boundary."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 2, generator=g) * 2
-    x = x[(x.sum(1)).abs() > 0.5][:192]
-    y = (x.sum(1) > 0).long()
-    return {"train_x": x[:128], "train_y": y[:128], "val_x": x[128:], "val_y": y[128:]}
 
 
 def linear_model(seed=0):
