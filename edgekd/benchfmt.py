@@ -48,12 +48,48 @@ def _threads(m: dict) -> str:
     return "-" if t is None else ("default" if t == 0 else str(t))
 
 
+def _has_reference(models: list) -> bool:
+    return any(m.get("reference") for m in models)
+
+
+def _reference_cells(m: dict) -> list:
+    """'agree %' and 'max |diff|' against the reference model ('-' without one)."""
+    ref = m.get("reference")
+    if not ref:
+        return ["-", "-"]
+    return [f"{ref['argmax_match']:.2f}", f"{ref['max_abs_diff']:.3g}"]
+
+
+def provider_nodes_text(m: dict) -> str:
+    """'CPUExecutionProvider=12' style: nodes per provider, from the profiled run."""
+    nodes = m.get("provider_nodes") or {}
+    return "; ".join(f"{ep}={n}" for ep, n in nodes.items())
+
+
+def _legend(models: list) -> str:
+    """Lines under a table: reference models, where nodes fell back to the CPU, notes."""
+    lines = []
+    for m in models:
+        where = f"{m['name']} (batch {m['batch_size']}, threads {_threads(m)})"
+        ref = m.get("reference")
+        if ref:
+            lines.append(f"{m['name']}: compared with {ref['path']} on {ref['samples']} {ref['inputs']} inputs")
+        if m.get("fallback_nodes"):
+            lines.append(f"{where}: {m['fallback_nodes']} of {sum(m['provider_nodes'].values())} nodes fell back "
+                         f"to the CPU provider ({provider_nodes_text(m)})")
+        lines += [f"{m['name']}: {note}" for note in m.get("notes") or []]
+    return "\n".join(dict.fromkeys(lines))  # a sweep repeats a model's lines
+
+
 def format_table(rows: list) -> str:
     """The terminal table; a '*' after p50 marks a low-confidence result (reasons in
-    the legend below the table and in the JSON's low_confidence)."""
+    the legend below the table and in the JSON's low_confidence). With a reference
+    model: its argmax agreement and max abs difference; notes (why accuracy was not
+    measured, nodes that fell back to the CPU) under the table."""
     models = [_as_dict(r) for r in rows]
+    with_ref = _has_reference(models)
     header = ["model", "stage", "provider", "batch", "threads", "top1 %", "params", "MACs", "size",
-              "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS"]
+              "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS"] + (["agree %", "max |diff|"] if with_ref else [])
     lines = [header]
     flagged = []
     for m in models:
@@ -68,28 +104,35 @@ def format_table(rows: list) -> str:
             f"{lat['p50']:.3f}" + (LOW_CONFIDENCE_MARK if low else ""),
             f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{m['throughput']:.1f}",
             format_size(m.get("rss_peak_bytes")),
-        ])
+        ] + (_reference_cells(m) if with_ref else []))
     text = _align(lines, text_columns=3)
     for m in flagged:
         text += (f"\n{LOW_CONFIDENCE_MARK} {m['name']} (batch {m['batch_size']}, threads {_threads(m)}): "
                  f"low confidence: {'; '.join(m['low_confidence'])}")
-    return text
+    legend = _legend(models)
+    return text + ("\n" + legend if legend else "")
 
 
 CSV_COLUMNS = ("name", "stage", "provider", "batch_size", "threads", "top1", "samples", "params", "macs",
                "file_bytes", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "runs",
                "throughput", "session_ms", "first_run_ms", "rss_before_bytes", "rss_peak_bytes",
-               "rss_delta_bytes", "int8_ops", "qdq_nodes", "low_confidence")
+               "rss_delta_bytes", "int8_ops", "qdq_nodes", "low_confidence", "warmup", "inter_threads",
+               "provider_nodes", "fallback_nodes", "reference", "ref_argmax_match", "ref_max_abs_diff",
+               "ref_samples", "ref_inputs", "input_source", "notes")
 
 
 def to_csv(rows: list) -> str:
-    """One line per result; low_confidence reasons joined with '; ' (empty when none)."""
+    """One line per result; low_confidence reasons and notes joined with '; ' (empty when
+    none), provider_nodes as 'PROVIDER=n; ...', the reference's fields as ref_*."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for m in (_as_dict(r) for r in rows):
         lat = m["latency_ms"]
-        values = {**m, **{f"{k}_ms": v for k, v in lat.items()}, "low_confidence": "; ".join(m.get("low_confidence") or [])}
+        ref = m.get("reference") or {}
+        values = {**m, **{f"{k}_ms": v for k, v in lat.items()}, "low_confidence": "; ".join(m.get("low_confidence") or []),
+                  "provider_nodes": provider_nodes_text(m), "notes": "; ".join(m.get("notes") or []),
+                  "reference": ref.get("path"), **{f"ref_{k}": v for k, v in ref.items() if k != "path"}}
         writer.writerow(["" if values.get(c) is None else values.get(c) for c in CSV_COLUMNS])
     return buffer.getvalue()
 
@@ -104,26 +147,35 @@ def to_markdown(rows: list, machine: dict | None = None, config: dict | None = N
             f"{', '.join(machine.get('int8_cpu_flags') or []) or 'none found'}.",
         ]
     if config:
+        warmup = f"{config.get('warmup', '?')} warm-up runs"
+        if config.get("warmup_seconds"):
+            warmup += f" and {config['warmup_seconds']} s"
         lines += [
-            f"Latency: {config.get('warmup', '?')} warm-up runs, then at least {config.get('runs', '?')} runs "
+            f"Latency: {warmup}, then at least {config.get('runs', '?')} runs "
             f"and {config.get('min_seconds', '?')} s per result.",
         ]
+    models = [_as_dict(r) for r in rows]
+    with_ref = _has_reference(models)
     lines += [
         "",
         "| model | provider | batch | threads | top-1 % | params | size | p50 ms | p90 ms | p99 ms | img/s "
-        "| peak RSS | low confidence |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| peak RSS | nodes per provider |" + (" agree % | max \\|diff\\| |" if with_ref else "") + " low confidence |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if with_ref else "") + "---|",
     ]
-    for m in (_as_dict(r) for r in rows):
+    for m in models:
         lat = m["latency_ms"]
         top1 = "-" if m.get("top1") is None else f"{m['top1']:.2f}"
         low = "; ".join(m.get("low_confidence") or []) or "-"
+        ref = (" " + " | ".join(_reference_cells(m)) + " |") if with_ref else ""
         lines.append(
             f"| {m['name']} | {m['provider']} | {m['batch_size']} | {_threads(m)} | {top1} | "
             f"{format_count(m.get('params'))} | {format_size(m.get('file_bytes'))} | {lat['p50']:.3f} | "
             f"{lat['p90']:.3f} | {lat['p99']:.3f} | {m['throughput']:.1f} | "
-            f"{format_size(m.get('rss_peak_bytes'))} | {low} |"
+            f"{format_size(m.get('rss_peak_bytes'))} | {provider_nodes_text(m) or '-'} |{ref} {low} |"
         )
+    legend = _legend(models)
+    if legend:
+        lines += [""] + [f"- {line}" for line in legend.splitlines()]
     return "\n".join(lines) + "\n"
 
 

@@ -300,6 +300,8 @@ def _load_bench_json(path) -> dict:
 @click.option("--batch-size", "-b", default="1", show_default=True, callback=_int_list,
               help="Batch size for latency; a comma list (1,8) benches each.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs before timing.")
+@click.option("--warmup-seconds", type=float, default=0.0, show_default=True,
+              help="Warm up for at least this long too (both --warmup runs and this time).")
 @click.option("--runs", type=int, default=200, show_default=True, help="Minimum number of timed runs.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Minimum total timed duration.")
 @click.option("--threads", default="0", show_default=True, callback=_int_list,
@@ -314,8 +316,18 @@ def _load_bench_json(path) -> dict:
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False), metavar="A.json B.json",
               help="Compare two JSON reports (ratios B/A) instead of benching.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--inter-threads", type=int, default=0, show_default=True,
+              help="Inter-op threads; > 0 runs the graph in ONNX Runtime's parallel execution mode.")
+@click.option("--intra-spinning", type=click.Choice(["on", "off"]), default=None,
+              help="session.intra_op.allow_spinning (default: ONNX Runtime's, on).")
+@click.option("--inter-spinning", type=click.Choice(["on", "off"]), default=None,
+              help="session.inter_op.allow_spinning (default: ONNX Runtime's, on).")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="Reference model (e.g. the fp32 one): argmax agreement and max abs difference of the "
+                   "outputs, on --data or synthetic input. A run directory compares int8 with fp32 by itself.")
 def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
-          csv_out, md_out, plot, list_providers, compare, quiet):
+          csv_out, md_out, plot, list_providers, compare, quiet, warmup_seconds, inter_threads, intra_spinning,
+          inter_spinning, reference):
     """Latency (p50/p90/p99 after warm-up, throughput), peak memory and top-1 of ONNX MODELS.
 
     MODELS are .onnx files or one run directory (then every model in it is benched on
@@ -350,21 +362,21 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     if not models:
         raise click.UsageError("give .onnx MODELS or a run directory (or --list-providers, --compare A B)")
 
+    spin = {"on": True, "off": False, None: None}
     cfg = BenchConfig(provider=provider, batch_size=batch_size[0], warmup=warmup, runs=runs,
-                      min_seconds=min_seconds, threads=threads[0])
+                      min_seconds=min_seconds, threads=threads[0], warmup_seconds=warmup_seconds,
+                      inter_threads=inter_threads, intra_spinning=spin[intra_spinning],
+                      inter_spinning=spin[inter_spinning])
     sweep = {"batch_sizes": batch_size, "threads": threads}
     dirs = [m for m in models if Path(m).is_dir()]
     if dirs:
         if len(models) != 1:
             raise ConfigError("give either one run directory or .onnx files, not both")
-        run_dir = Path(dirs[0])
-        if eval_set is None:
-            rows = bench_mod.bench_run_dir(run_dir, cfg, progress=not quiet, **sweep)
-        else:
-            rows = bench_mod.bench(sorted(run_dir.glob("*.onnx")), eval_set=eval_set, cfg=cfg,
-                                   progress=not quiet, **sweep)
+        rows = bench_mod.bench_run_dir(Path(dirs[0]), cfg, progress=not quiet, eval_set=eval_set,
+                                       reference=reference, **sweep)
     else:
-        rows = bench_mod.bench(list(models), eval_set=eval_set, cfg=cfg, progress=not quiet, **sweep)
+        rows = bench_mod.bench(list(models), eval_set=eval_set, cfg=cfg, progress=not quiet,
+                               reference=reference, **sweep)
     report = bench_mod.to_json(rows, {"sweep": sweep}, cfg=cfg)
     if json_out:
         _write_output(json_out, json.dumps(report, indent=2) + "\n")

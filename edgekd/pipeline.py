@@ -93,6 +93,8 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, progr
         save_progress(run.run_dir, {})
         for file in CHECKPOINTS.values():  # a --force run must not continue an old run's training
             run.path(file).unlink(missing_ok=True)
+        for name in CHECKPOINTS:
+            _remove_checkpoint(run, name)
     with deterministic_mode(recipe.deterministic):
         seed_everything(recipe.seed)
         if state.get("torch_rng") is not None:
@@ -131,6 +133,15 @@ def _run_stages(run: Run, done: dict) -> None:
 def _remove_checkpoint(run: Run, name: str) -> None:
     if name in CHECKPOINTS:
         run.path(CHECKPOINTS[name]).unlink(missing_ok=True)
+    for extra in _extra_checkpoints(run, name):
+        extra.unlink(missing_ok=True)
+
+
+def _extra_checkpoints(run: Run, name: str) -> list[Path]:
+    """Per-epoch checkpoints of schemes with several trainings in one stage: transfer
+    learning's head phase (state/teacher.head.ckpt), born-again generations
+    (state/distill.gen<k>.ckpt)."""
+    return sorted(run.path("state").glob(f"{name}.*.ckpt"))
 
 
 def preflight(run: Run) -> None:
@@ -142,8 +153,42 @@ def preflight(run: Run) -> None:
     weights = run.recipe.teacher.weights
     if weights is not None and not Path(weights).is_file():
         raise ModelFileError(f"teacher.weights '{weights}' does not exist")
-    if weights is None and run.recipe.teacher.epochs == 0:
+    transfer = run.recipe.teacher.transfer
+    if transfer is not None:
+        if weights is not None:
+            raise ConfigError("set teacher.weights or teacher.transfer.pretrained, not both")
+        if not Path(transfer.pretrained).is_file():
+            raise ModelFileError(f"teacher.transfer.pretrained '{transfer.pretrained}' does not exist")
+        if transfer.head_epochs == 0 and run.recipe.teacher.epochs == 0:
+            raise ConfigError("teacher.transfer.head_epochs and teacher.epochs are both 0: nothing trains the new head")
+    if weights is None and transfer is None and run.recipe.teacher.epochs == 0:
         raise ConfigError("teacher.epochs is 0 and teacher.weights is not set: train the teacher or give its weights")
+    _check_distill_knowledge(run)
+
+
+def _check_distill_knowledge(run: Run) -> None:
+    """Extra teachers build and their weights exist; every layer that distill.terms names
+    exists in the student and the (first) teacher. For the schemes that learn from the
+    teacher stage (offline, and born-again's first generation) only."""
+    from .kd_losses import check_layer
+    from .recipe import extra_teacher_configs
+
+    cfg = run.recipe.distill
+    if not _learns_from_teacher_stage(cfg):
+        return
+    for i, extra in enumerate(extra_teacher_configs(cfg), start=1):
+        _build(run, extra.arch, extra.arch_args)
+        if extra.weights is not None and not Path(extra.weights).is_file():
+            raise ModelFileError(f"distill.extra_teachers[{i - 1}].weights '{extra.weights}' does not exist")
+    if not cfg.terms:
+        return
+    student = _build(run, cfg.arch, cfg.arch_args)
+    teacher = _build(run, run.recipe.teacher.arch, run.recipe.teacher.arch_args)
+    archs = {"student": cfg.arch, "teacher": run.recipe.teacher.arch}
+    for i, term in enumerate(cfg.terms):
+        for side, model in (("student", student), ("teacher", teacher)):
+            for name in term[side] or [None]:  # None: the classifier's input (rkd's default)
+                check_layer(model, name, what=f"distill.terms[{i}] ({term['kind']}) {side} {archs[side]}")
 
 
 def stage_data(run: Run) -> dict:
@@ -176,7 +221,15 @@ def stage_teacher(run: Run) -> dict:
     if cfg.weights is not None:
         load_weights(teacher, cfg.weights)
     result = {}
-    if cfg.epochs > 0:
+    if cfg.transfer is not None:  # pretrained backbone, new head: head-only phase, then fine-tuning
+        from .transfer import transfer
+
+        phases = transfer(teacher, cfg=cfg, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
+                          val_y=t["val_y"], seed=run.recipe.seed, progress=run.progress,
+                          checkpoint_dir=run.path("state"), resume=run.resume, log=run.log)
+        result.update(_fit_summary(phases.pop("fit")))
+        result.update(phases)
+    elif cfg.epochs > 0:
         fit_result = fit(teacher, cross_entropy_step(teacher), train_x=t["train_x"], train_y=t["train_y"],
                          val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed,
                          desc="teacher", progress=run.progress, checkpoint=run.path(CHECKPOINTS["teacher"]),
@@ -188,7 +241,56 @@ def stage_teacher(run: Run) -> dict:
     result["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
     result["weights"] = TEACHER_WEIGHTS
     run.log(f"[teacher] {cfg.arch}: val top-1 {result['val_top1']:.2f}%")
+    if run.recipe.distill.extra_teachers and _learns_from_teacher_stage(run.recipe.distill):
+        result["extra_teachers"] = _stage_extra_teachers(run)
     return result
+
+
+def _learns_from_teacher_stage(cfg) -> bool:
+    """Offline KD and born-again's first generation use the teacher(s) of the teacher stage."""
+    return cfg.scheme in ("offline", "born-again")
+
+
+def _extra_teacher_file(i: int) -> str:
+    return f"teacher.extra{i}.safetensors"
+
+
+def _stage_extra_teachers(run: Run) -> list[dict]:
+    """Multi-teacher KD: train or load each of distill.extra_teachers like the main teacher,
+    with its own per-epoch checkpoint (state/teacher.extra<i>.ckpt, so --resume continues
+    it) and weights file (teacher.extra<i>.safetensors)."""
+    from .artifacts import load_weights, save_weights
+    from .recipe import extra_teacher_configs
+    from .train import accuracy, cross_entropy_step, fit
+
+    t = _tensors(run)
+    summaries = []
+    for i, cfg in enumerate(extra_teacher_configs(run.recipe.distill), start=1):
+        model = _build(run, cfg.arch, cfg.arch_args)
+        if cfg.weights is not None:
+            load_weights(model, cfg.weights)
+        summary = {}
+        if cfg.epochs > 0:
+            fit_result = fit(model, cross_entropy_step(model), train_x=t["train_x"], train_y=t["train_y"],
+                             val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed + i,
+                             desc=f"teacher.extra{i}", progress=run.progress,
+                             checkpoint=run.path(f"state/teacher.extra{i}.ckpt"), resume=run.resume, log=run.log)
+            summary.update(_fit_summary(fit_result))
+        save_weights(model, run.path(_extra_teacher_file(i)))
+        summary.update(_model_summary(run, model, cfg.arch))
+        summary.update(val_top1=accuracy(model, t["val_x"], t["val_y"]), weights=_extra_teacher_file(i))
+        run.log(f"[teacher] extra teacher {i} {cfg.arch}: val top-1 {summary['val_top1']:.2f}%")
+        summaries.append(summary)
+    return summaries
+
+
+def _teachers(run: Run) -> list:
+    """The main teacher, then the extra teachers (multi-teacher KD) from their weights files."""
+    from .recipe import extra_teacher_configs
+
+    extras = [_load_stage_model(run, cfg.arch, cfg.arch_args, _extra_teacher_file(i))
+              for i, cfg in enumerate(extra_teacher_configs(run.recipe.distill), start=1)]
+    return [_teacher(run), *extras]
 
 
 def stage_distill(run: Run) -> dict:
@@ -198,29 +300,74 @@ def stage_distill(run: Run) -> dict:
     from .train import accuracy
 
     cfg = run.recipe.distill
+    if cfg.scheme != "offline":  # online, born-again, ema: edgekd.schemes; offline continues below
+        return _distill_scheme(run)
     t = _tensors(run)
-    teacher = _teacher(run)
+    teachers = _teachers(run)  # the teacher, plus distill.extra_teachers (multi-teacher KD)
     student = _build(run, cfg.arch, cfg.arch_args)
-    fit_result = distill(student, teacher, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
+    fit_result = distill(student, teachers, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
                          val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed, progress=run.progress,
                          checkpoint=run.path(CHECKPOINTS["distill"]), resume=run.resume, log=run.log)
     save_weights(student, run.path(STUDENT_WEIGHTS))
     run.student = student
     result = {**_fit_summary(fit_result), **_model_summary(run, student, cfg.arch)}
     result.update(val_top1=accuracy(student, t["val_x"], t["val_y"]), weights=STUDENT_WEIGHTS,
-                  temperature=cfg.temperature, alpha=cfg.alpha)
+                  temperature=cfg.temperature, alpha=cfg.alpha, teachers=len(teachers),
+                  terms=[term["kind"] for term in cfg.terms])
     run.log(f"[distill] {cfg.arch}: val top-1 {result['val_top1']:.2f}%")
     return result
 
 
+def _distill_scheme(run: Run) -> dict:
+    """distill.scheme online / born-again / ema (edgekd.schemes). The teacher stage still
+    runs for every scheme (its row in the report is the reference); online and ema do not
+    use it. The model the scheme picks on val (best peer, best generation, student or EMA)
+    is the student that continues down the chain."""
+    import torch
+
+    from . import schemes
+    from .artifacts import save_weights
+    from .train import accuracy
+
+    cfg = run.recipe.distill
+    t = _tensors(run)
+    data = {key: t[key] for key in ("train_x", "train_y", "val_x", "val_y")}
+    common = {"cfg": cfg, "seed": run.recipe.seed, "progress": run.progress, "resume": run.resume, "log": run.log}
+    if cfg.scheme == "online":
+        peers = [_build(run, cfg.arch, cfg.arch_args) for _ in range(cfg.peers)]  # each its own initialization
+        outcome = schemes.mutual_learning(peers, **data, **common, checkpoint=run.path(CHECKPOINTS["distill"]))
+    elif cfg.scheme == "born-again":
+        def fresh_student(generation: int):
+            # seeded per generation and outside the global RNG: a resumed run rebuilds the same one
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(run.recipe.seed * 1000 + generation)
+                return _build(run, cfg.arch, cfg.arch_args)
+
+        outcome = schemes.born_again(_build(run, cfg.arch, cfg.arch_args), _teachers(run), make_student=fresh_student,
+                                     **data, **common, checkpoint_dir=run.path("state"))
+    else:
+        outcome = schemes.ema_self_distill(_build(run, cfg.arch, cfg.arch_args), **data, **common,
+                                           checkpoint=run.path(CHECKPOINTS["distill"]))
+    student = outcome.student
+    save_weights(student, run.path(STUDENT_WEIGHTS))
+    run.student = student
+    result = {**_fit_summary(outcome.fit), **_model_summary(run, student, cfg.arch), **outcome.details}
+    result.update(val_top1=accuracy(student, t["val_x"], t["val_y"]), weights=STUDENT_WEIGHTS,
+                  temperature=cfg.temperature, alpha=cfg.alpha)
+    run.log(f"[distill] {cfg.scheme}: {cfg.arch} val top-1 {result['val_top1']:.2f}%")
+    return result
+
+
 def stage_prune(run: Run) -> dict:
-    """Remove channels from the student, fine-tuning it with KD from the teacher after each step."""
+    """Remove channels from the student, fine-tuning it with KD from the teacher after each
+    step (or once at the end): to a share of the channels, a MACs count, or a measured
+    latency (prune.target_latency_ms / target_speedup, edgekd.prune_latency)."""
     import dataclasses
 
     from .artifacts import save_weights
     from .distill import distill
     from .models import count_macs, count_params
-    from .prune import channel_table, layer_shapes, prune_channels
+    from .prune import channel_table, layer_shapes, prune_channels, sparsity_train
     from .train import accuracy
 
     cfg = run.recipe.prune
@@ -232,6 +379,11 @@ def stage_prune(run: Run) -> dict:
     teacher, student = _teacher(run), _student(run)
     shape = _input_shape(_splits(run).spec)
     before = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
+    extra = {}
+    if cfg.sparsity > 0 and cfg.sparsity_epochs > 0:  # network slimming: push unneeded BN scales to zero
+        slim = sparsity_train(student, **t, penalty=cfg.sparsity, seed=run.recipe.seed, progress=run.progress,
+                              cfg=dataclasses.replace(cfg, epochs=cfg.sparsity_epochs))
+        extra["sparsity"] = {"penalty": cfg.sparsity, "epochs": cfg.sparsity_epochs, "val_top1": slim.best_val_top1}
     finetune = dataclasses.replace(run.recipe.distill, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                    weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, augment=cfg.augment)
     history = []
@@ -243,10 +395,17 @@ def stage_prune(run: Run) -> dict:
                          val_y=t["val_y"], cfg=finetune, seed=run.recipe.seed + step, progress=run.progress)
         history.append({"step": step, "macs": count_macs(student, shape), "val_top1": result.best_val_top1})
 
+    each_step = cfg.finetune == "step"
     batch = (t["train_x"][: cfg.batch_size], t["train_y"][: cfg.batch_size])  # gradients for 'taylor'
-    prune_channels(student, input_shape=shape, ratio=cfg.ratio, importance=cfg.importance,
-                   global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect,
-                   steps=cfg.steps, loss_batch=batch, after_step=finetune_step)
+    if cfg.latency_targeted:
+        extra["latency"] = _prune_to_latency(run, student, shape, batch, finetune_step).to_dict()
+    else:
+        prune_channels(student, input_shape=shape, ratio=cfg.ratio, importance=cfg.importance,
+                       global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect,
+                       steps=cfg.steps, loss_batch=batch, after_step=finetune_step if each_step else None,
+                       target_macs=cfg.target_macs)
+        if not each_step:
+            finetune_step(cfg.steps)
     atomic_write_text(run.path(PRUNED_SHAPES), json.dumps(layer_shapes(student), indent=1))
     save_weights(student, run.path(PRUNED_WEIGHTS))
     run.student = student
@@ -255,7 +414,31 @@ def stage_prune(run: Run) -> dict:
     run.log(f"[prune] MACs {before['macs']:,} -> {after['macs']:,}, params {before['params']:,} -> "
             f"{after['params']:,}, val top-1 {val_top1:.2f}%")
     return {"enabled": True, "before": before, "after": after, "steps": history, "val_top1": val_top1,
-            "params": after["params"], "macs": after["macs"], "weights": PRUNED_WEIGHTS, "shapes": PRUNED_SHAPES}
+            "params": after["params"], "macs": after["macs"], "weights": PRUNED_WEIGHTS, "shapes": PRUNED_SHAPES,
+            **extra}
+
+
+def _prune_to_latency(run: Run, student, shape, loss_batch, finetune):
+    """Latency-targeted pruning of the prune stage: candidates timed in the deployed format
+    (int8 when the quantize stage is on) on bench.provider, batch 1, bench.threads. A
+    target not reached is a warning, not an error: the most-pruned model goes on."""
+    from .bench import session_settings
+    from .prune_latency import LatencyTarget, prune_to_latency
+    from .train import to_tensor
+
+    cfg, spec = run.recipe.prune, _splits(run).spec
+    # 128 calibration images: a candidate is only timed, and quantizing it must stay cheap
+    calib = to_tensor(_splits(run).calib_x[:128], spec.mean, spec.std).numpy()
+    _, result = prune_to_latency(
+        student, input_shape=shape, calib_images=calib,
+        target=LatencyTarget(latency_ms=cfg.target_latency_ms, speedup=cfg.target_speedup),
+        max_ratio=cfg.ratio, step_ratio=cfg.latency_step, importance=cfg.importance,
+        global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect, loss_batch=loss_batch,
+        int8=run.recipe.quantize.enabled, quant_cfg=run.recipe.quantize, provider=run.recipe.bench.provider,
+        threads=run.recipe.bench.threads, session_options=session_settings(run.recipe.bench),
+        rounds=cfg.latency_rounds, max_macs=cfg.target_macs,
+        finetune=finetune, finetune_each_step=cfg.finetune == "step", log=run.log)
+    return result
 
 
 def stage_export(run: Run) -> dict:
@@ -298,6 +481,8 @@ def stage_quantize(run: Run) -> dict:
     meta["edgekd.stage"] = "int8"
     calib = preprocess(splits.calib_x, meta)
     machine = detect_machine()
+    if cfg.method == "qat":
+        return _quantize_qat(run, cfg, meta=meta, machine=machine)
     report = ptq(fp32, run.path(INT8_ONNX), calib_images=calib, cfg=cfg, metadata=meta, progress=run.progress,
                  machine=machine)
     settings = report.settings
@@ -314,6 +499,7 @@ def stage_quantize(run: Run) -> dict:
     fp32_val = val_top1(fp32)
     run.log(f"[quantize] {INT8_ONNX}: val top-1 {int8_val:.2f}% (fp32 ONNX {fp32_val:.2f}%)")
     result = {
+        "method": "ptq",
         "path": INT8_ONNX,
         "target": settings["target"],
         "settings": {k: settings[k] for k in ("target_from", "activation_type", "weight_type", "reduce_range",
@@ -332,6 +518,54 @@ def stage_quantize(run: Run) -> dict:
         result.update(_quantize_budget(run, cfg, calib=calib, meta=meta, machine=machine, evaluate=val_top1,
                                        fp32_val=fp32_val, int8_val=int8_val, partial=result))
     return result
+
+
+def _quantize_qat(run: Run, cfg, *, meta, machine) -> dict:
+    """Quantization-aware KD fine-tuning of the student (edgekd.qat), exported as QDQ ONNX.
+    The accuracy budget is checked on the deployed model (ONNX Runtime, val split); there is
+    no float-node search for QAT: beyond quantize.max_drop the run fails with exit code 3."""
+    from .bench import evaluate, make_session, preprocess
+    from .errors import AccuracyBudgetExceeded
+    from .qat import prepare_qat, qat
+    from .qat_onnx import export_qdq
+    from .quantize import format_name, resolve_quant_settings
+    from .train import to_tensor
+
+    settings = resolve_quant_settings(cfg, machine)
+    splits, t = _splits(run), _tensors(run)
+    spec = splits.spec
+    qmodel = prepare_qat(_student(run), activation_type=settings["activation_type"],
+                         reduce_range=settings["reduce_range"])
+    result = qat(qmodel, _teacher(run), train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
+                 val_y=t["val_y"], cfg=cfg.qat, temperature=run.recipe.distill.temperature,
+                 alpha=run.recipe.distill.alpha, calib_images=to_tensor(splits.calib_x, spec.mean, spec.std),
+                 seed=run.recipe.seed, progress=run.progress, log=run.log)
+    export_qdq(qmodel, run.path(INT8_ONNX), input_shape=_input_shape(spec), metadata=meta,
+               opset=run.recipe.export.opset)
+    val_x = preprocess(splits.val_x, meta)
+    int8_val = evaluate(make_session(run.path(INT8_ONNX)), val_x, splits.val_y)
+    fp32_val = evaluate(make_session(run.path(STUDENT_ONNX)), val_x, splits.val_y)
+    name = format_name(settings) + " (QAT)"
+    run.log(f"[quantize] QAT {result.total_steps} steps ({result.observe_steps} observing ranges), target "
+            f"{settings['target']}: {name}; {INT8_ONNX}: val top-1 {int8_val:.2f}% (fake-quant PyTorch "
+            f"{result.val_top1:.2f}%, fp32 ONNX {fp32_val:.2f}%)")
+    record = {
+        "method": "qat", "path": INT8_ONNX, "target": settings["target"], "format": name,
+        "settings": {k: settings[k] for k in ("target_from", "activation_type", "weight_type", "reduce_range",
+                                              "per_channel", "overrides")},
+        "qat": {**_fit_summary(result.fit), "steps": result.total_steps, "observe_steps": result.observe_steps,
+                "activation_quantizers": result.activation_quantizers, "seconds": round(result.seconds, 3)},
+        "val_top1_int8": int8_val, "val_top1_fake_quant": result.val_top1, "val_top1_fp32": fp32_val,
+        "max_drop": cfg.max_drop, "float_nodes": [],
+    }
+    if cfg.max_drop is not None and fp32_val - int8_val > cfg.max_drop:
+        atomic_write_text(run.path("state/quantize-budget.json"), json.dumps(record, indent=2))
+        run.path(INT8_ONNX).unlink(missing_ok=True)
+        raise AccuracyBudgetExceeded(
+            f"QAT int8 loses {fp32_val - int8_val:.2f} points of val top-1 (fp32 {fp32_val:.2f}%, int8 "
+            f"{int8_val:.2f}%); quantize.max_drop is {cfg.max_drop}. See {run.path('state/quantize-budget.json')}; "
+            f"train longer (quantize.qat.epochs), raise the budget, or use quantize.method: ptq. {STUDENT_ONNX} is kept")
+    return record
 
 
 def _quantize_budget(run: Run, cfg, *, calib, meta, machine, evaluate, fp32_val, int8_val, partial) -> dict:

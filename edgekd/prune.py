@@ -58,6 +58,7 @@ def prune_channels(
     loss_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
     target_macs: int | None = None,
+    stop: Callable[[int], bool] | None = None,
 ) -> nn.Module:
     """Remove `ratio` of the prunable channels from `model` (in place) in `steps` steps.
 
@@ -66,6 +67,7 @@ def prune_channels(
     protect: module names kept whole, in addition to default_protected(model).
     loss_batch: (images, labels) for gradient-based importance ('taylor').
     after_step(step): called after each step, for fine-tuning between steps.
+    stop(step): called after after_step; True ends the pruning (latency targets use it).
     """
     import torch_pruning as tp
 
@@ -109,7 +111,30 @@ def prune_channels(
             after_step(step + 1)
         if target_macs is not None and count_macs(model, input_shape) <= target_macs:
             break
+        if stop is not None and stop(step + 1):
+            break
     return model
+
+
+def sparsity_train(model: nn.Module, *, train_x, train_y, val_x, val_y, penalty: float, cfg, seed: int = 0,
+                   progress: bool = True):
+    """Network slimming (Liu et al. 2017): train with cross-entropy plus `penalty` times the
+    L1 norm of every batch-norm scale, so that the channels the model can do without end
+    with scales near zero and importance 'bn_scale' removes them first. `cfg`: a
+    TrainConfig (epochs, lr, ...). Returns train.fit's FitResult."""
+    from .train import cross_entropy_step, fit
+
+    scales = [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.weight is not None]
+    if not scales:
+        raise ConfigError("prune.sparsity needs batch-norm layers: the model has none")
+    base = cross_entropy_step(model)
+
+    def step(images, labels, index):
+        loss, logits = base(images, labels, index)
+        return loss + penalty * sum(s.abs().sum() for s in scales), logits
+
+    return fit(model, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed,
+               desc="sparsity", progress=progress)
 
 
 def channel_table(model: nn.Module) -> dict[str, int]:

@@ -27,8 +27,12 @@ from .recipe import QuantConfig
 
 # Defaults per deployment target (as Optimum's AutoQuantizationConfig presets do).
 TARGET_PRESETS = {
-    # VNNI (AVX-512 VNNI / AVX-VNNI): U8S8 runs on the int8 dot-product instructions; measured
-    # on this project's VNNI machine S8S8 QDQ convolutions ran slower than fp32, U8S8 ~2x faster
+    # VNNI (AVX-512 VNNI / AVX-VNNI): U8S8 runs on the int8 dot-product instructions. Measured
+    # (benchmarks/results/int8-speed-resnet20.md: ResNet-20, 28x28, batch 1, 1 thread, Xeon with
+    # AVX-512 VNNI, onnxruntime 1.32): QDQ U8S8 per-channel 1.64x faster than fp32 in edgekd's
+    # bench, every U8S8 variant (QOperator, per-tensor, reduce_range) 1.6-1.85x alike, S8S8 QDQ
+    # 0.41x (12 of 21 convs left float). No option reached the issue's 2x: the int8 convs are
+    # ~1.7x faster, and the 9 residual Adds fp32 fuses into its convs run as QLinearAdd (12%)
     "x86-vnni": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False, "per_channel": True},
     # AVX2 without VNNI: U8S8 can saturate (vpmaddubsw); ONNX Runtime's docs advise reduce_range (7-bit weights)
     "x86-avx2": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": True, "per_channel": True},
@@ -230,6 +234,44 @@ def keep_float(proto, names: list | tuple, prepared) -> None:
         proto.graph.initializer.remove(init)
 
 
+def shorten_names(proto) -> None:
+    """Short names for what only the file needs to name (in place): the Q/DQ nodes and the
+    initializers that only Q/DQ nodes read (int8 weights, scales, zero points), and no
+    value_info (shapes ONNX Runtime infers again). ORT's quantizer names each of them after a
+    tensor ('/layers/layers.0/conv2/Conv_output_0_DequantizeLinear_Output', ...): for ResNet-20
+    the int8 file went from 331,104 to 309,642 bytes (fp32/int8 3.31x -> 3.54x; see
+    benchmarks/results/int8-speed-resnet20.md). Activation tensor names and the other nodes'
+    names stay: the accuracy budget matches them against the fp32 model."""
+    graph = proto.graph
+    del graph.value_info[:]
+    taken = {n.name for n in graph.node} | {t for n in graph.node for t in (*n.input, *n.output)}
+    taken |= {i.name for i in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
+    counter = iter(range(10**9))
+
+    def fresh(prefix: str) -> str:
+        while (name := f"{prefix}{next(counter)}") in taken:
+            pass
+        taken.add(name)
+        return name
+
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    for node in qdq:
+        node.name = fresh("q" if node.op_type == "QuantizeLinear" else "dq")
+    readers: dict[str, set] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, set()).add(node.op_type)
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    renamed = {}
+    for init in graph.initializer:
+        if init.name not in keep and readers.get(init.name) and readers[init.name] <= {"QuantizeLinear", "DequantizeLinear"}:
+            renamed[init.name] = init.name = fresh("w")
+    for node in qdq:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+
+
 def onnx_node_copy(node, input: str, output: str):
     """A copy of a one-output node (a Relu or a Clip of the fp32 model) from `input` to `output`."""
     import onnx
@@ -297,6 +339,7 @@ def ptq(
                 )
                 proto = onnx.load(str(tmp))
                 keep_float(proto, excluded, onnx.load(str(prepared)))
+                shorten_names(proto)
                 set_metadata(proto, dict(metadata or {}))
                 onnx.checker.check_model(proto, full_check=True)
                 onnx.save(proto, str(tmp))

@@ -70,12 +70,30 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """Transfer learning for the teacher (edgekd.transfer): load `pretrained` except its
+    classifier head, train a new head with the backbone frozen for `head_epochs` at
+    teacher.lr, then fine-tune everything for teacher.epochs at `finetune_lr`
+    (None: teacher.lr / 10)."""
+
+    pretrained: str = ""
+    head_epochs: int = 3
+    finetune_lr: Optional[float] = None
+
+    def __post_init__(self):
+        _check(bool(self.pretrained), "teacher.transfer.pretrained must name a weights file")
+        _check(self.head_epochs >= 0, f"teacher.transfer.head_epochs must be >= 0, got {self.head_epochs}")
+        _check(self.finetune_lr is None or self.finetune_lr > 0, "teacher.transfer.finetune_lr must be positive")
+
+
+@dataclass(frozen=True)
 class TeacherConfig(TrainConfig):
     """The teacher: trained here (epochs > 0) or loaded from weights (then epochs may be 0)."""
 
     arch: str = "resnet20"
     arch_args: dict = field(default_factory=dict)
     weights: Optional[str] = None
+    transfer: Optional[TransferConfig] = None  # start from pretrained weights, new head (edgekd.transfer)
     _stage = "teacher"
 
 
@@ -86,16 +104,105 @@ class DistillConfig(TrainConfig):
     arch: str = "tinycnn"
     arch_args: dict = field(default_factory=dict)
     temperature: float = 4.0
-    alpha: float = 0.9
+    alpha: float = 0.9  # weight of the KD (response) term; CE on labels gets 1 - alpha
+    # what else is transferred (edgekd.kd_losses), added with weights: feature- and relation-based
+    # terms, e.g. [{kind: fitnet, student: features.4, teacher: layers.2, weight: 1.0}]; see DISTILL_TERMS
+    terms: list = field(default_factory=list)
+    # multi-teacher KD: more teachers, each a `teacher:` section (trained in the teacher stage,
+    # or loaded from `weights`); the student matches the average of all teachers' softened outputs
+    extra_teachers: list = field(default_factory=list)
+    # how teacher and student train (edgekd.schemes): offline, online (mutual learning of
+    # `peers` students), born-again (`generations`), ema (teacher = EMA of the student)
+    scheme: str = "offline"
+    peers: int = 2
+    generations: int = 2
+    ema_decay: float = 0.999
     _stage = "distill"
 
     def __post_init__(self):
         super().__post_init__()
         _check(self.temperature > 0, "distill.temperature must be positive")
         _check(0.0 <= self.alpha <= 1.0, "distill.alpha must be between 0 and 1")
+        object.__setattr__(self, "terms", [_distill_term(t, i) for i, t in enumerate(_listed(self.terms, "terms"))])
+        extra_teacher_configs(self)  # validates each entry
+        _check(self.scheme in DISTILL_SCHEMES,
+               f"unknown distill.scheme '{self.scheme}'; available: {', '.join(DISTILL_SCHEMES)}")
+        _check(self.peers >= 2, f"distill.peers must be >= 2 (mutual learning needs a cohort), got {self.peers}")
+        _check(self.generations >= 1, f"distill.generations must be >= 1, got {self.generations}")
+        _check(0.0 < self.ema_decay < 1.0, f"distill.ema_decay must be between 0 and 1, got {self.ema_decay}")
+
+
+DISTILL_SCHEMES = ("offline", "online", "born-again", "ema")
+
+# distill.terms: each kind's keys and defaults (weights as in the papers' reference code);
+# student/teacher: a layer name or a list of them, paired in order (rkd: null = the input
+# of the classifier, i.e. the penultimate features)
+DISTILL_TERMS = {
+    "fitnet": {"student": None, "teacher": None, "weight": 1.0},
+    "at": {"student": None, "teacher": None, "weight": 1000.0, "p": 2.0},
+    "sp": {"student": None, "teacher": None, "weight": 3000.0},
+    "rkd": {"student": None, "teacher": None, "distance": 25.0, "angle": 50.0},
+}
+
+
+def _listed(value, key: str) -> list:
+    _check(isinstance(value, list), f"distill.{key} must be a list")
+    return value
+
+
+def _distill_term(raw, index: int) -> dict:
+    """One distill.terms entry, checked, with its defaults filled in and layers as lists."""
+    where = f"distill.terms[{index}]"
+    _check(isinstance(raw, dict) and "kind" in raw, f"{where} must be a mapping with a 'kind'")
+    kind = raw["kind"]
+    _check(kind in DISTILL_TERMS, f"unknown {where}.kind '{kind}'; available: {', '.join(DISTILL_TERMS)}")
+    known = DISTILL_TERMS[kind]
+    unknown = [k for k in raw if k != "kind" and k not in known]
+    _check(not unknown, f"unknown key '{where}.{unknown[0] if unknown else ''}' for kind {kind}; known: {', '.join(known)}")
+    term = {"kind": kind, **known, **{k: v for k, v in raw.items() if k != "kind"}}
+    for key in ("weight", "p", "distance", "angle"):
+        if key in term:
+            value = term[key]
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"),
+                   f"{where}.{key} must be a number >= 0, got {value!r}")
+            term[key] = float(value)
+    _check(term.get("weight", 1.0) > 0 and term.get("p", 1.0) > 0, f"{where}: weight and p must be positive")
+    _check(kind != "rkd" or term["distance"] + term["angle"] > 0, f"{where}: distance and angle are both 0")
+    for side in ("student", "teacher"):
+        value = term[side]
+        if isinstance(value, str):
+            value = [value]
+        _check(value is not None or kind == "rkd", f"{where} ({kind}) needs '{side}': a layer name or a list of them")
+        _check(value is None or (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)),
+               f"{where}.{side} must be a layer name or a non-empty list of layer names")
+        term[side] = value
+    _check((term["student"] is None) == (term["teacher"] is None)
+           and (term["student"] is None or len(term["student"]) == len(term["teacher"])),
+           f"{where}: student and teacher must name as many layers each ({term['student']} vs {term['teacher']})")
+    _check(kind != "rkd" or term["student"] is None or len(term["student"]) == 1,
+           f"{where}: rkd takes one layer per side (the embedding)")
+    return term
+
+
+def extra_teacher_configs(cfg: DistillConfig) -> list:
+    """distill.extra_teachers as TeacherConfigs (their keys are those of the teacher section)."""
+    configs = []
+    for i, raw in enumerate(_listed(cfg.extra_teachers, "extra_teachers")):
+        where = f"distill.extra_teachers[{i}]"
+        _check(isinstance(raw, dict), f"{where} must be a mapping like the teacher section")
+        _check(raw.get("transfer") is None, f"{where}.transfer is not supported; give trained weights instead")
+        try:
+            teacher = _build(TeacherConfig, raw, where + ".", "the recipe")
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(" (in the recipe)", "").replace(" in the recipe", "")) from None
+        _check(teacher.weights is not None or teacher.epochs > 0,
+               f"{where}: epochs is 0 and weights is not set: train it or give its weights")
+        configs.append(teacher)
+    return configs
 
 
 PRUNE_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+PRUNE_FINETUNE = ("step", "end")
 
 
 @dataclass(frozen=True)
@@ -104,7 +211,16 @@ class PruneConfig(TrainConfig):
 
     `steps` rounds of: remove a share of the channels, then `epochs` of KD fine-tuning
     from the teacher (temperature and alpha from distill). The first convolution and the
-    classifier are protected, plus the layers named in `protect`.
+    classifier are protected, plus the layers named in `protect`. `target_macs`: stop at
+    the first step at or below it (`ratio` is then the most removed).
+
+    Latency target (edgekd.prune_latency): with `target_latency_ms` (absolute p50) and/or
+    `target_speedup` (over the unpruned model timed in the same loop), `latency_step` of
+    the channels go per step, at most `ratio` in all, and each candidate is exported
+    (int8 when quantize is on) and timed on bench.provider at batch 1 with bench.threads,
+    until it meets the target. `finetune`: 'step' (KD after every step) or 'end' (once).
+    `sparsity` > 0: network slimming, `sparsity_epochs` of training with that L1 penalty
+    on the batch-norm scales before pruning (for importance 'bn_scale').
     """
 
     enabled: bool = False
@@ -116,11 +232,33 @@ class PruneConfig(TrainConfig):
     steps: int = 1
     epochs: int = 2
     lr: float = 0.001
+    finetune: str = "step"
+    target_macs: Optional[int] = None
+    target_latency_ms: Optional[float] = None
+    target_speedup: Optional[float] = None
+    latency_step: float = 0.05
+    latency_rounds: int = 20  # interleaved timing rounds per candidate (10 runs of each model per round)
+    sparsity: float = 0.0
+    sparsity_epochs: int = 0
     _stage = "prune"
+
+    @property
+    def latency_targeted(self) -> bool:
+        return self.target_latency_ms is not None or self.target_speedup is not None
 
     def __post_init__(self):
         super().__post_init__()
         _check(0.0 < self.ratio < 1.0, "prune.ratio must be between 0 and 1")
+        _check(self.finetune in PRUNE_FINETUNE,
+               f"unknown prune.finetune '{self.finetune}'; available: {', '.join(PRUNE_FINETUNE)}")
+        _check(self.target_macs is None or self.target_macs > 0, "prune.target_macs must be positive")
+        _check(self.target_latency_ms is None or self.target_latency_ms > 0, "prune.target_latency_ms must be positive")
+        _check(self.target_speedup is None or self.target_speedup > 0, "prune.target_speedup must be positive")
+        _check(0.0 < self.latency_step <= self.ratio,
+               f"prune.latency_step must be between 0 and prune.ratio ({self.ratio}), got {self.latency_step}")
+        _check(self.latency_rounds >= 1, "prune.latency_rounds must be >= 1")
+        _check(self.sparsity >= 0, "prune.sparsity must be >= 0")
+        _check(self.sparsity_epochs >= 0, "prune.sparsity_epochs must be >= 0")
         _check(
             self.importance in PRUNE_IMPORTANCES,
             f"unknown prune.importance '{self.importance}'; available: {', '.join(PRUNE_IMPORTANCES)}",
@@ -133,6 +271,26 @@ class PruneConfig(TrainConfig):
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("int8", "uint8")
 QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "cuda")
+QUANT_METHODS = ("ptq", "qat")
+
+
+@dataclass(frozen=True)
+class QatConfig(TrainConfig):
+    """Quantization-aware KD fine-tuning (quantize.method: qat), see edgekd.qat.
+
+    `observe_fraction`: share of the steps during which the activation ranges follow a
+    moving average of each batch's min/max; after that they are frozen. A short fine-tune
+    from the distilled student: low lr, teacher logits cached (augment off)."""
+
+    epochs: int = 2
+    lr: float = 0.0005
+    augment: bool = False
+    observe_fraction: float = 0.5
+    _stage = "quantize.qat"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(0.0 <= self.observe_fraction <= 1.0, "quantize.qat.observe_fraction must be between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -145,9 +303,14 @@ class QuantConfig:
     `exclude_nodes` / `exclude_op_types` stay float. `max_drop`: the accuracy budget in
     top-1 points on the val split (None: no budget); when int8 loses more, the most
     sensitive nodes are kept in float one by one until it fits, else the run fails (exit 3).
+    `method: qat` fine-tunes with fake quantization instead (settings in `qat`; the
+    activation type comes from the target as above; calibration, per_channel, weight_type,
+    reduce_range and the exclude lists are PTQ-only; max_drop is checked, with no search).
     """
 
     enabled: bool = True
+    method: str = "ptq"
+    qat: QatConfig = field(default_factory=QatConfig)
     target: str = "auto"
     calibration: str = "minmax"
     calib_batch_size: int = 32
@@ -178,6 +341,13 @@ class QuantConfig:
                    f"quantize.{key} must be a list of names")
         _check(self.max_drop is None or self.max_drop == self.max_drop,  # not NaN
                "quantize.max_drop must be a number of top-1 points or null")
+        _check(self.method in QUANT_METHODS,
+               f"unknown quantize.method '{self.method}'; available: {', '.join(QUANT_METHODS)}")
+        if self.method == "qat":  # QAT's scheme is fixed: per-channel symmetric int8 weights, nothing float
+            _check(self.per_channel in (None, True) and self.weight_type in (None, "int8"),
+                   "quantize.method qat uses per-channel int8 weights; remove quantize.per_channel / weight_type")
+            _check(not self.exclude_nodes and not self.exclude_op_types,
+                   "quantize.exclude_nodes / exclude_op_types are for method ptq; QAT quantizes every layer")
 
 
 @dataclass(frozen=True)
@@ -199,7 +369,8 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Latency protocol: warm-up runs, then timed runs (at least `runs` and `min_seconds`)."""
+    """Latency protocol: warm-up (at least `warmup` runs and `warmup_seconds`), then timed
+    runs (at least `runs` and `min_seconds`); ONNX Runtime thread and spinning options."""
 
     provider: str = "cpu"
     batch_size: int = 1
@@ -207,6 +378,10 @@ class BenchConfig:
     runs: int = 100
     min_seconds: float = 1.0
     threads: int = 0  # 0: ONNX Runtime's default
+    warmup_seconds: float = 0.0
+    inter_threads: int = 0  # > 0: parallel execution mode with this many inter-op threads
+    intra_spinning: Optional[bool] = None  # session.intra_op.allow_spinning; None: ORT's default (on)
+    inter_spinning: Optional[bool] = None  # session.inter_op.allow_spinning
 
     def __post_init__(self):
         _check(self.batch_size > 0, "bench.batch_size must be positive")
@@ -214,6 +389,8 @@ class BenchConfig:
         _check(self.runs > 0, "bench.runs must be positive")
         _check(self.min_seconds >= 0, "bench.min_seconds must be >= 0")
         _check(self.threads >= 0, "bench.threads must be >= 0")
+        _check(self.warmup_seconds >= 0, "bench.warmup_seconds must be >= 0")
+        _check(self.inter_threads >= 0, "bench.inter_threads must be >= 0")
 
 
 @dataclass(frozen=True)

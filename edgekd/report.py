@@ -95,11 +95,54 @@ def markdown(report: dict) -> str:
             f"{lat['p99']:.3f} | {'-' if speed is None else f'{speed:.2f}x'} | "
             f"{'-' if m.get('int8_ops') is None else m['int8_ops']} |"
         )
+    for m in report["models"]:  # edgekd bench compares the int8 model with the fp32 one
+        ref = m.get("reference")
+        if ref:
+            lines += ["", f"{m['name']} vs {Path(ref['path']).name}: argmax agreement {ref['argmax_match']:.2f}% "
+                          f"on {ref['samples']} {ref['inputs']} inputs, max abs difference of the outputs "
+                          f"{ref['max_abs_diff']:.4g}."]
     lines += ["", "## Stages", "", "| stage | seconds | details |", "|---|---:|---|"]
     for name, stage in report["stages"].items():
-        details = ", ".join(f"{k}={_short(v)}" for k, v in stage.items() if k not in ("seconds", "epochs"))
+        shown_below = PRUNE_DETAILS if name == "prune" else ()
+        details = ", ".join(f"{k}={_short(v)}" for k, v in stage.items()
+                            if k not in ("seconds", "epochs", *shown_below))
         lines.append(f"| {name} | {stage.get('seconds', 0):.1f} | {details} |")
+    lines += pruning_section(report["stages"].get("prune") or {})
+    lines += scheme_section(report["stages"])
     return "\n".join(lines) + "\n"
+
+
+PRUNE_DETAILS = ("before", "after", "steps", "latency")  # tables of their own in report.md
+
+
+def pruning_section(prune: dict) -> list[str]:
+    """report.md lines for the prune stage: parameters, MACs and channels per layer before and
+    after, the KD fine-tuning history, and each latency-targeted step's measured p50."""
+    if not prune.get("enabled"):
+        return []
+    before, after = prune["before"], prune["after"]
+    lines = ["", "## Pruning", "",
+             f"Parameters {_count(before['params'])} -> {_count(after['params'])}, MACs {_count(before['macs'])} -> "
+             f"{_count(after['macs'])} ({before['macs'] / max(after['macs'], 1):.2f}x fewer), val top-1 after "
+             f"fine-tuning {prune['val_top1']:.2f}%.", ""]
+    latency = prune.get("latency")
+    if latency:
+        final = latency["final"]
+        lines += [f"Latency target: {latency['target']} ({latency['format']} ONNX, timed against the unpruned model "
+                  f"in one interleaved loop): {'met' if latency['met'] else 'NOT met'}. {latency['message']}.", "",
+                  "| step | share removed | MACs | params | p50 ms | unpruned p50 ms | speed-up |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for st in latency["steps"]:
+            lines.append(f"| {st['step']} | {st['removed']:.2f} | {_count(st['macs'])} | {_count(st['params'])} | "
+                         f"{st['p50_ms']:.3f} | {st['reference_p50_ms']:.3f} | {st['speedup']:.2f}x |")
+        lines += [f"| final (after fine-tuning) | | {_count(final['macs'])} | {_count(final['params'])} | "
+                  f"{final['p50_ms']:.3f} | {final['reference_p50_ms']:.3f} | {final['speedup']:.2f}x |", ""]
+    if prune.get("steps"):
+        lines += ["| KD fine-tune after step | MACs | val top-1 % |", "|---:|---:|---:|",
+                  *[f"| {h['step']} | {_count(h['macs'])} | {h['val_top1']:.2f} |" for h in prune["steps"]], ""]
+    lines += ["| layer | channels before | after |", "|---|---:|---:|",
+              *[f"| {name} | {n} | {after['channels'].get(name, '-')} |" for name, n in before["channels"].items()]]
+    return lines
 
 
 def results_csv(report: dict) -> str:
@@ -193,3 +236,30 @@ def _short(value) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def scheme_section(stages: dict) -> list[str]:
+    """report.md lines for a transfer-learning teacher and a non-offline distill scheme:
+    the val top-1 of each phase, peer, generation, or of the student and its EMA."""
+    lines = []
+    teacher, distill = stages.get("teacher") or {}, stages.get("distill") or {}
+    if "val_top1_head" in teacher:
+        lines += ["", "## Transfer learning (teacher)", "",
+                  f"Pretrained `{teacher['transfer']['pretrained']}`, new head `{teacher['transfer']['head']}`. "
+                  f"Val top-1: {teacher['val_top1_pretrained_backbone']:.2f}% with the untrained head, "
+                  f"{teacher['val_top1_head']:.2f}% after the head-only phase, {teacher['val_top1_finetune']:.2f}% "
+                  f"after fine-tuning every layer (lr {teacher['finetune_lr']:g})."]
+    scheme = distill.get("scheme")
+    if scheme == "online":
+        peers = ", ".join(f"peer {k}: {v:.2f}%" for k, v in enumerate(distill["peers_val_top1"]))
+        lines += ["", "## Distillation scheme: online (mutual learning)", "",
+                  f"Val top-1 {peers}; peer {distill['best_peer']} continues."]
+    elif scheme == "born-again":
+        gens = ", ".join(f"generation {g['generation']}: {g['val_top1']:.2f}%" for g in distill["generations"])
+        lines += ["", "## Distillation scheme: born-again", "",
+                  f"Val top-1 {gens}; generation {distill['best_generation']} continues."]
+    elif scheme == "ema":
+        lines += ["", "## Distillation scheme: EMA teacher", "",
+                  f"Val top-1 student {distill['student_val_top1']:.2f}%, EMA (decay {distill['ema_decay']}) "
+                  f"{distill['ema_val_top1']:.2f}%; the {distill['continues']} continues."]
+    return lines

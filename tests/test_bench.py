@@ -300,13 +300,23 @@ class _SleepySession:
 
 def test_measure_latency_protocol():
     session = _SleepySession()
-    timings, first = bench.measure_latency(session, {}, warmup=3, runs=5, min_seconds=0.0)
-    assert len(timings) == 5 and session.calls == 1 + 3 + 5 and first >= 2.0
+    timings, first, warmup = bench.measure_latency(session, {}, warmup=3, runs=5, min_seconds=0.0)
+    assert len(timings) == 5 and session.calls == 1 + 3 + 5 and first >= 2.0 and warmup == 3
     assert all(t >= 2.0 for t in timings)
     session = _SleepySession()
     start = time.perf_counter()
-    timings, _ = bench.measure_latency(session, {}, warmup=0, runs=2, min_seconds=0.1)
+    timings, _, _ = bench.measure_latency(session, {}, warmup=0, runs=2, min_seconds=0.1)
     assert time.perf_counter() - start >= 0.1 and len(timings) > 2
+
+
+def test_warmup_by_seconds():
+    """Warm-up lasts at least `warmup` runs and `warmup_seconds`: 0.05 s of 2 ms runs is
+    more than the 3 runs asked for, and none of them is timed."""
+    session = _SleepySession()
+    start = time.perf_counter()
+    timings, _, warmup = bench.measure_latency(session, {}, warmup=3, runs=4, min_seconds=0.0, warmup_seconds=0.05)
+    assert time.perf_counter() - start >= 0.05 + 4 * 0.002
+    assert 3 < warmup <= 0.05 / 0.002 + 1 and len(timings) == 4 and session.calls == 1 + warmup + 4
 
 
 def test_load_eval_set(tmp_path):
@@ -366,7 +376,10 @@ def test_to_json_and_table(zoo):
             assert key in model
         assert set(model["latency_ms"]) >= {"p50", "p90", "p99", "mean", "min", "max"}
     table = bench.format_table(rows).splitlines()
-    assert len(table) == 2 + 2 * len(rows)  # header, rule, rows, one legend line per flagged row
+    # header, rule, rows, one legend line per flagged row, then one note per model
+    assert len(table) == 2 + 3 * len(rows)
+    assert table[-2:] == ["fp32: synthetic input (no eval set): accuracy not measured",
+                          "b1: synthetic input (no eval set): accuracy not measured"]
     assert table[0].split()[:3] == ["model", "stage", "provider"]
     assert table[2].startswith("fp32") and " - " in table[2]  # no stage, no top1, no MACs
     assert re.search(r" \d+\.\d{3}\* ", table[2])  # p50 marked: 5 runs are too few for p90/p99
@@ -388,3 +401,124 @@ def test_topk_accuracy_by_hand():
     assert bench.topk_accuracy(logits, y, 1) == pytest.approx(100 / 3)
     assert bench.topk_accuracy(logits, y, 5) == pytest.approx(200 / 3)
     assert bench.topk_accuracy(logits[:, :4], y, 5) is None  # fewer classes than k
+
+
+# -- agreement with a reference model ---------------------------------------------------
+
+
+def biased_argmax_net(path, bias):
+    """argmax_net plus a constant bias per class: outputs = pixels / 255 + bias."""
+    inits = [numpy_helper.from_array(np.eye(4, dtype=np.float32), "I"),
+             numpy_helper.from_array(np.asarray(bias, np.float32), "C")]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "I", "C"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "argmax_biased",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def test_agreement_by_hand():
+    out = np.array([[0.1, 0.9], [0.8, 0.2], [0.5, 0.6]], np.float32)
+    ref = np.array([[0.2, 0.7], [0.1, 0.3], [0.5, 0.6]], np.float32)
+    got = bench.agreement(out, ref)
+    assert got["argmax_match"] == pytest.approx(200 / 3) and got["samples"] == 3  # row 1 flips
+    assert got["max_abs_diff"] == pytest.approx(0.7, abs=1e-6)  # |0.8 - 0.1|
+    with pytest.raises(ModelFileError, match="same output"):
+        bench.agreement(out, ref[:, :1])
+
+
+def test_reference_with_a_known_constant_and_a_flipped_argmax(tmp_path):
+    """On ARGMAX_X / 255: a reference that adds 0.25 to every output agrees on every argmax
+    and differs by exactly 0.25; one that adds 0.9 to class 3 flips images 0 (0.78 < 0.9)
+    and 2 (0.35 < 0.91) but not 1 (1.0 > 0.9) nor 3 (already class 3): 50 %, max diff 0.9."""
+    model = argmax_net(tmp_path / "model.onnx")
+    shifted = biased_argmax_net(tmp_path / "shifted.onnx", [0.25] * 4)
+    flipped = biased_argmax_net(tmp_path / "flipped.onnx", [0, 0, 0, 0.9])
+    np.savez(tmp_path / "eval.npz", x=ARGMAX_X, y=ARGMAX_Y)
+    for reference, match, diff in ((shifted, 100.0, 0.25), (flipped, 50.0, 0.9)):
+        (row,) = bench.bench([model], eval_set=tmp_path / "eval.npz", cfg=CFG, progress=False, reference=reference)
+        assert row.reference == {"path": str(reference), "argmax_match": match,
+                                 "max_abs_diff": pytest.approx(diff, abs=1e-6), "samples": 4, "inputs": "eval"}
+        assert row.top1 == 75.0  # the model's own accuracy is unchanged
+    # Without an eval set: 64 synthetic inputs; a constant shift still changes no argmax.
+    (row,) = bench.bench([model], cfg=CFG, progress=False, reference=shifted)
+    assert row.reference["inputs"] == "synthetic" and row.reference["samples"] == bench.SYNTHETIC_AGREEMENT_SAMPLES
+    assert row.reference["argmax_match"] == 100.0 and row.reference["max_abs_diff"] == pytest.approx(0.25, abs=1e-6)
+
+
+def test_reference_must_take_the_same_input_and_give_the_same_output(tmp_path, zoo):
+    model = argmax_net(tmp_path / "model.onnx")
+    np.savez(tmp_path / "eval.npz", x=ARGMAX_X, y=ARGMAX_Y)
+    # a 4-D (N, 4, 1, 1) reference output is flattened like the model's: it agrees fully
+    (row,) = bench.bench([model], eval_set=tmp_path / "eval.npz", cfg=CFG, progress=False,
+                         reference=argmax_net(tmp_path / "four_d.onnx", four_d=True))
+    assert row.reference["argmax_match"] == 100.0 and row.reference["max_abs_diff"] == 0.0
+    pool = helper.make_graph(  # the zoo's 3 x 8 x 8 input, but 3 outputs (channel means), not 10
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])], "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    with pytest.raises(ModelFileError, match="outputs are"):
+        bench.bench([zoo["fp32"]], eval_set=zoo["eval"], cfg=CFG, progress=False, reference=_save(pool, tmp_path / "p.onnx"))
+    with pytest.raises(DataError, match="expects"):  # a 3 x 8 x 8 reference cannot take these 1 x 2 x 2 images
+        bench.bench([model], eval_set=tmp_path / "eval.npz", cfg=CFG, progress=False, reference=zoo["fp32"])
+    with pytest.raises(ModelFileError, match="reference"):  # nor synthetic 1 x 2 x 2 input
+        bench.bench([model], cfg=CFG, progress=False, reference=zoo["b1"])
+
+
+def test_run_dir_compares_int8_with_fp32(tmp_path):
+    argmax_net(tmp_path / "model.fp32.onnx")
+    biased_argmax_net(tmp_path / "model.int8.onnx", [0, 0, 0, 0.9])  # stands in for an int8 model
+    argmax_net(tmp_path / "teacher.fp32.onnx")
+    np.savez(tmp_path / "eval.npz", x=ARGMAX_X, y=ARGMAX_Y)
+    rows = bench.bench_run_dir(tmp_path, CFG, progress=False)
+    assert [r.name for r in rows] == ["teacher.fp32", "model.fp32", "model.int8"]
+    assert rows[0].reference is None and rows[1].reference is None
+    assert rows[2].reference["path"] == str(tmp_path / "model.fp32.onnx") and rows[2].reference["argmax_match"] == 50.0
+    assert bench.run_dir_references([tmp_path / "a.int8.onnx"]) == {}  # no fp32 partner
+
+
+# -- protocol options and where nodes ran ------------------------------------------------
+
+
+def test_provider_nodes_on_cpu_equal_the_optimized_graph(zoo):
+    rows = bench.bench([zoo["fp32"], zoo["int8"], zoo["head4d"]], cfg=CFG, progress=False)
+    for row in rows:
+        assert row.provider_nodes == {"CPUExecutionProvider": sum(row.op_counts.values())}
+        assert row.fallback_nodes == 0
+    assert rows[1].int8_ops > 0  # the int8 graph: its fused int8 kernels are counted as nodes too
+
+
+def test_provider_node_counts_from_a_hand_made_profile(tmp_path):
+    events = [
+        {"cat": "Session", "name": "model_run", "args": {}},
+        {"cat": "Node", "name": "conv_fence_before", "args": {"provider": "CUDAExecutionProvider"}},
+        {"cat": "Node", "name": "conv_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},
+        {"cat": "Node", "name": "relu_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},
+        {"cat": "Node", "name": "nms_kernel_time", "args": {"provider": "CPUExecutionProvider"}},
+        {"cat": "Node", "name": "conv_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},  # 2nd run
+    ]
+    (tmp_path / "p.json").write_text(json.dumps(events))
+    assert bench.provider_node_counts(tmp_path / "p.json") == {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 1}
+    assert bench.provider_node_counts(tmp_path / "missing.json") == {}
+
+
+def test_thread_and_spinning_options_reach_the_session(zoo):
+    session = bench.make_session(zoo["fp32"], "cpu", 1, inter_threads=2, intra_spinning=False, inter_spinning=True)
+    options = session.get_session_options()
+    assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL and options.inter_op_num_threads == 2
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "1"
+    default = bench.make_session(zoo["fp32"], "cpu").get_session_options()
+    assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    with pytest.raises(Exception):  # not set: ONNX Runtime's own default applies
+        default.get_session_config_entry("session.intra_op.allow_spinning")
+    cfg = BenchConfig(warmup=1, runs=3, min_seconds=0.0, inter_threads=2, intra_spinning=False)
+    (row,) = bench.bench([zoo["fp32"]], cfg=cfg, progress=False)
+    assert row.inter_threads == 2
+    with pytest.raises(ConfigError, match="inter_threads"):
+        BenchConfig(inter_threads=-1)

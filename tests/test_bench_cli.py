@@ -100,7 +100,7 @@ class _FakeSession:
 
 
 def test_low_confidence_from_a_fake_session():
-    timings, _ = bench.measure_latency(_FakeSession(), {}, warmup=0, runs=100, min_seconds=0.0)
+    timings, _, _ = bench.measure_latency(_FakeSession(), {}, warmup=0, runs=100, min_seconds=0.0)
     reasons = bench.low_confidence(timings)
     assert any(r.startswith("p99 from 100 runs") for r in reasons)
     assert any(r.startswith("long tail") for r in reasons)  # 2 stalls in 100 runs reach p99
@@ -114,7 +114,8 @@ def test_low_confidence_in_rows_json_and_table(three):
     assert model["runs"] == 3 and model["low_confidence"][:2] == [
         "p90 from 3 runs (needs >= 64)", "p99 from 3 runs (needs >= 662)"]
     table = _cli(paths[0], *FAST).output.splitlines()
-    assert table[-1].startswith("* plain (batch 1, threads default): low confidence: p90 from 3 runs")
+    assert table[-2].startswith("* plain (batch 1, threads default): low confidence: p90 from 3 runs")
+    assert table[-1] == "plain: synthetic input (no eval set): accuracy not measured"
 
 
 # -- 3. output files ---------------------------------------------------------------------
@@ -306,3 +307,60 @@ def test_bench_runs_without_torch(tmp_path):
     (row,) = json.loads(result.stdout)["models"]
     assert row["top1"] == 75.0 and row["params"] is None  # no onnx: no parameter count
     assert row["name"] == model.stem and row["rss_peak_bytes"] > 0
+
+
+# -- 7. --reference and the protocol flags ---------------------------------------------------
+
+
+def test_reference_in_every_output(three, tmp_path):
+    """normed vs plain, the same net after mean 0.5 / std 0.25: outputs (x - 0.5) / 0.25 =
+    4x - 2 vs x, so the argmax agrees everywhere and the largest difference |3x - 2| is
+    at the dark pixels, x = 0: 2."""
+    d, (plain, _, normed) = three
+    out = {k: tmp_path / f"out.{k}" for k in ("csv", "md", "json")}
+    result = _cli(normed, "--data", d / "eval.npz", "--reference", plain, *FAST, "--csv", out["csv"],
+                  "--md", out["md"], "--json-out", out["json"])
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads(out["json"].read_text())["models"]
+    assert model["reference"]["path"] == str(plain) and model["reference"]["argmax_match"] == 100.0
+    assert model["reference"]["max_abs_diff"] == pytest.approx(2.0, abs=1e-6) and model["reference"]["samples"] == 4
+    header, line = result.output.splitlines()[:3:2]
+    assert header.split()[-4:] == ["agree", "%", "max", "|diff|"] and line.split()[-2:] == ["100.00", "2"]
+    assert f"normed: compared with {plain} on 4 eval inputs" in result.output
+    (row,) = csv.DictReader(io.StringIO(out["csv"].read_text()))
+    assert row["reference"] == str(plain) and float(row["ref_argmax_match"]) == 100.0 and row["ref_inputs"] == "eval"
+    assert row["provider_nodes"] == f"CPUExecutionProvider={sum(model['op_counts'].values())}"
+    md = out["md"].read_text()
+    assert "| agree % | max \\|diff\\| |" in md and "| 100.00 | 2 |" in md
+
+
+def test_protocol_flags(three):
+    d, paths = three
+    result = _cli(paths[0], "--json", "--warmup", "2", "--warmup-seconds", "0.05", "--runs", "3", "--min-seconds", "0", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["models"][0]["warmup"] > 2  # 0.05 s of warm-up is many runs of this tiny net
+    assert report["config"]["warmup_seconds"] == 0.05
+    result = _cli(paths[0], "--json", "--inter-threads", "2", "--intra-spinning", "off", "--inter-spinning", "on", *FAST)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["models"][0]["inter_threads"] == 2 and report["models"][0]["warmup"] == 0
+    assert report["config"]["intra_spinning"] is False and report["config"]["inter_spinning"] is True
+    bad = CliRunner().invoke(main, ["bench", str(paths[0]), "--intra-spinning", "maybe"])
+    assert bad.exit_code == 2 and "maybe" in bad.output
+    bad = CliRunner().invoke(main, ["bench", str(paths[0]), "--inter-threads", "-1", *FAST])
+    assert bad.exit_code == 2 and "inter_threads must be >= 0" in bad.output
+
+
+def test_run_report_states_the_int8_agreement(tmp_path):
+    """report.md (compress) gets one line per model that bench compared with a reference."""
+    from edgekd.report import build_report, markdown
+
+    argmax_net(tmp_path / "model.fp32.onnx")
+    argmax_net(tmp_path / "model.int8.onnx", four_d=True)  # stands in for the int8 model: the same argmax
+    np.savez(tmp_path / "eval.npz", x=ARGMAX_X, y=ARGMAX_Y)
+    rows = bench.bench_run_dir(tmp_path, CFG, progress=False)
+    report = build_report(recipe={"name": "r"}, stages={}, bench_json=bench.to_json(rows, cfg=CFG))
+    lines = [line for line in markdown(report).splitlines() if " vs " in line]
+    assert lines == ["model.int8 vs model.fp32.onnx: argmax agreement 100.00% on 4 eval inputs, "
+                     "max abs difference of the outputs 0."]

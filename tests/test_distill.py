@@ -176,3 +176,108 @@ def test_kd_step_uses_cached_logits_by_index(make_tiny_cnn, tiny_images):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     wrong_rows = kd_loss(logits, cached[[0, 1]], labels, temperature=2.0, alpha=0.7)
     assert loss.item() != pytest.approx(wrong_rows.item(), rel=1e-6)
+
+
+# -- knowledge kinds: feature and relation terms, several teachers --------------------------------
+
+FITNET = {"kind": "fitnet", "student": "features.4", "teacher": "features.4"}  # 16 -> 32 channels: a regressor
+AT = {"kind": "at", "student": ["features.2", "features.4"], "teacher": ["features.2", "features.4"]}
+
+
+def no_hooks_left(model):
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_feature_terms_and_two_teachers_leave_the_teachers_untouched(make_tiny_cnn, kd_data, augment):
+    teachers = [make_tiny_cnn(seed=0, width=8).train(), make_tiny_cnn(seed=2).train()]
+    student = make_tiny_cnn(seed=1)
+    before = [{k: v.clone() for k, v in t.state_dict().items()} for t in teachers]
+    student_keys = set(student.state_dict())
+    terms = [FITNET, AT, {"kind": "rkd"}, {"kind": "sp", "student": "features.4", "teacher": "features.4"}]
+    cfg = DistillConfig(epochs=2, batch_size=8, lr=0.01, augment=augment, terms=terms)
+    result = distill(student, teachers, cfg=cfg, progress=False, **kd_data)
+    assert len(result.epochs) == 2 and all(math.isfinite(e["loss"]) for e in result.epochs)
+    for teacher, saved in zip(teachers, before):
+        for key, value in teacher.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+        assert teacher.training is False
+        assert all(p.requires_grad is False and p.grad is None for p in teacher.parameters())
+        assert no_hooks_left(teacher)
+    assert all(p.grad is not None for p in student.parameters())
+    # the regressor trained alongside, but the student is only the student, without hooks
+    assert set(student.state_dict()) == student_keys and no_hooks_left(student)
+
+
+def test_regressors_are_trained_and_checkpointed_but_not_exported(make_tiny_cnn, kd_data, tmp_path):
+    import onnx
+
+    from edgekd.artifacts import load_checkpoint
+    from edgekd.export import to_onnx
+    from edgekd.recipe import ExportConfig
+
+    teacher, student = make_tiny_cnn(seed=0, width=8), make_tiny_cnn(seed=1)
+    cfg = DistillConfig(epochs=1, batch_size=8, lr=0.01, augment=False, alpha=0.0, terms=[FITNET])
+    distill(student, teacher, cfg=cfg, progress=False, checkpoint=tmp_path / "distill.ckpt", **kd_data)
+    saved = load_checkpoint(tmp_path / "distill.ckpt")["model"]
+    # fit() trained student + regressor: a 1x1 conv from 16 to 32 channels, saved with the student
+    assert saved["regressors.0.weight"].shape == (32, 16, 1, 1)
+    assert {k[len("student."):] for k in saved if k.startswith("student.")} == set(student.state_dict())
+    # the regressor moved from its seeded initialization: it was in the optimizer
+    torch.manual_seed(0)
+    initial = torch.nn.Conv2d(16, 32, 1).weight
+    assert not torch.allclose(saved["regressors.0.weight"], initial)
+    path = to_onnx(student.eval(), tmp_path / "student.onnx", input_shape=(1, 8, 8), metadata={},
+                   cfg=ExportConfig(check_batch_sizes=[2]), check_inputs=kd_data["val_x"]).path
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3  # TinyCNN's three convolutions; no regressor
+
+
+def test_feature_targets_are_cached_without_augmentation(make_tiny_cnn, kd_data):
+    teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
+    calls = watch(teacher)
+    cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=False, terms=[AT])
+    cache = {}
+    distill(student, teacher, cfg=cfg, progress=False, teacher_cache=cache, **kd_data)
+    # one probe image (to size the cache), then one pass over the 24 training images; none per step
+    assert calls == [{"n": 1, "training": False, "grad": False}, {"n": 24, "training": False, "grad": False}]
+    # only the attention maps are kept for AT: (24, H, W) per layer, not the feature maps
+    assert cache[("at", "features.2", 2.0)].shape == (24, 4, 4) and cache[("logits", 0)].shape == (24, 3)
+    calls.clear()
+    distill(make_tiny_cnn(seed=3), teacher, cfg=cfg, progress=False, teacher_cache=cache, **kd_data)
+    assert calls == [{"n": 1, "training": False, "grad": False}]  # reused: only the sizing probe ran
+
+
+def test_feature_terms_run_the_teacher_per_step_with_augmentation(make_tiny_cnn, kd_data):
+    teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
+    calls = watch(teacher)
+    cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=True, terms=[AT])
+    distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    assert calls == [{"n": 8, "training": False, "grad": False}] * 9
+
+
+def test_alpha_zero_without_terms_never_runs_the_teacher(make_tiny_cnn, kd_data):
+    teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
+    calls = watch(teacher)
+    distill(student, teacher, cfg=DistillConfig(epochs=1, batch_size=8, alpha=0.0), progress=False, **kd_data)
+    assert calls == []
+
+
+def test_knowledge_step_adds_the_weighted_terms(make_tiny_cnn, kd_data):
+    """The loss of one step is soft-target KD plus weight * term, computed here by hand."""
+    from edgekd.distill import _TeacherTargets, knowledge_step
+    from edgekd.kd_losses import Capture, Term, at_loss, kd_loss
+
+    teacher, student = make_tiny_cnn(seed=0).eval(), make_tiny_cnn(seed=1).eval()
+    terms = [Term.from_config({"kind": "at", "student": ["features.4"], "teacher": ["features.2"],
+                               "weight": 10.0, "p": 2.0})]
+    s_cap, t_cap = Capture(student, ["features.4"]), Capture(teacher, ["features.2"])
+    cfg = DistillConfig(temperature=2.0, alpha=0.7)
+    step = knowledge_step(student, [teacher], terms, cfg, _TeacherTargets([teacher], terms, t_cap, 2.0), s_cap)
+    images, labels = kd_data["train_x"][:4], kd_data["train_y"][:4]
+    loss, logits = step(images, labels, torch.arange(4))
+    with torch.no_grad():
+        t_logits, t_feat = teacher(images), teacher.features[:3](images)
+    s_feat = student.features(images)
+    expected = kd_loss(logits, t_logits, labels, temperature=2.0, alpha=0.7) + 10.0 * at_loss(s_feat, t_feat)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -101,6 +101,18 @@ def test_each_importance_prunes(importance):
     assert model(batch[0]).shape == (8, 10)
 
 
+def test_target_macs_stops_at_the_first_step_at_or_below_it():
+    model = make("resnet20")
+    macs = count_macs(model, INPUT)
+    steps = []
+    prune_channels(model, input_shape=INPUT, ratio=0.8, steps=8, round_to=None, target_macs=int(0.6 * macs),
+                   after_step=steps.append)
+    # 0.1 of the channels per step: about 0.9^2 = 0.81, 0.64, 0.49 of the MACs after steps 1-3
+    assert count_macs(model, INPUT) <= 0.6 * macs
+    assert count_macs(model, INPUT) > 0.3 * macs  # stopped long before ratio 0.8 (0.04 of the MACs)
+    assert steps == [1, 2, 3]
+
+
 def test_protected_layer_keeps_its_channels():
     model = make("concat_se")
     prune_channels(model, input_shape=INPUT, ratio=0.5, protect=["branch_a.0"], round_to=None)

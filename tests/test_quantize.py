@@ -174,9 +174,13 @@ def test_calibration_reader_protocol():
 
 
 def scales(path):
+    """Each Q/DQ node's scale and zero point, keyed by the node's output tensor (initializer
+    names are shortened by quantize.shorten_names, output tensor names are not)."""
     proto = onnx.load(str(path))
-    return {name: numpy_helper.to_array(t) for name, t in initializers(proto).items()
-            if name.endswith("_scale") or name.endswith("_zero_point")}
+    inits = initializers(proto)
+    return {(n.output[0], role): numpy_helper.to_array(inits[name]) for n in proto.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            for role, name in zip(("scale", "zero_point"), n.input[1:3]) if name in inits}
 
 
 def test_calibration_batch_size_does_not_change_minmax_scales(tmp_path, tiny_onnx, calib_images, monkeypatch):
@@ -341,3 +345,20 @@ def test_unknown_excluded_node_is_a_config_error(tmp_path, tiny_onnx, calib_imag
     with pytest.raises(ConfigError, match="no node named 'conv9'.*/fc/Gemm"):
         quantized(tmp_path, tiny_onnx, calib_images, exclude_nodes=["conv9"])
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_short_names_make_a_smaller_file_that_computes_the_same(tmp_path, tiny_onnx, calib_images, monkeypatch):
+    short, _ = quantized(tmp_path, tiny_onnx, calib_images, name="short.onnx")
+    monkeypatch.setattr(quantize, "shorten_names", lambda proto: None)
+    long, _ = quantized(tmp_path, tiny_onnx, calib_images, name="long.onnx")
+    assert os.path.getsize(short) < os.path.getsize(long)
+    a, b = onnx.load(str(short)), onnx.load(str(long))
+    assert len(a.graph.value_info) == 0
+    # Q/DQ nodes and the initializers only they read are renamed; activation tensors keep their names
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    assert {o for n in a.graph.node for o in n.output} == {o for n in b.graph.node for o in n.output}
+    assert all(len(n.name) <= 6 for n in a.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
+    x = calib_images[:8]
+    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
+           for p in (short, long)]
+    assert np.array_equal(run[0], run[1])

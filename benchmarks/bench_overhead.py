@@ -1,0 +1,167 @@
+"""edgekd bench's p50 vs a bare `session.run` loop on the same model and settings.
+
+    python benchmarks/bench_overhead.py [--run-dir DIR] [--reps 21] [--runs 3000] [--threads 1]
+
+Each repetition measures both on a fresh session: edgekd through edgekd.bench.bench()
+(the code path of `edgekd bench`), and a loop of `perf_counter(); session.run();
+perf_counter()` on an InferenceSession made with the same options (all graph
+optimizations, the same intra-op threads, the same input: the first eval image,
+preprocessed from the model's metadata), with the same warm-up and number of runs. The
+order alternates per repetition (AB, BA, ...) so that drift of a shared machine hits both;
+the result is the median over repetitions of the per-repetition ratio edgekd p50 / bare
+p50. Target: within 3 % (0.97 <= ratio <= 1.03). The models are the default run's model.int8.onnx
+and model.fp32.onnx (`edgekd compress --out DIR` makes one; the default DIR is made when
+missing). Writes benchmarks/results/bench-overhead.md and .json; exits 1 if the target is
+missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edgekd import bench  # noqa: E402  (after the path: runs from a source checkout)
+from edgekd.recipe import BenchConfig  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+TOLERANCE = 0.03  # |edgekd p50 / bare p50 - 1|
+
+
+def bare_p50(path: Path, x: np.ndarray, *, threads: int, warmup: int, runs: int) -> float:
+    """p50 in ms of a plain timed loop around session.run, nothing else."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    session.run(None, feed)  # the cold run, also out of edgekd's statistics
+    for _ in range(warmup):
+        session.run(None, feed)
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return float(np.percentile(timings, 50))
+
+
+def edgekd_p50(path: Path, eval_set: Path, cfg: BenchConfig) -> float:
+    (row,) = bench.bench([path], eval_set=eval_set, cfg=cfg, progress=False)
+    assert row.runs == cfg.runs and row.input_source == "eval"
+    return row.latency_ms["p50"]
+
+
+def first_image(path: Path, eval_set: Path) -> np.ndarray:
+    """What edgekd feeds at batch 1: the first eval image, preprocessed with the model's mean/std."""
+    x, _, _ = bench.load_eval_set(eval_set)
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    return np.ascontiguousarray(bench.preprocess(x[:1], meta))
+
+
+def measure(path: Path, eval_set: Path, args) -> dict:
+    cfg = BenchConfig(batch_size=1, warmup=args.warmup, runs=args.runs, min_seconds=0.0, threads=args.threads)
+    x = first_image(path, eval_set)
+    reps = []
+    for i in range(args.reps):
+        order = ("edgekd", "bare") if i % 2 == 0 else ("bare", "edgekd")
+        rep = {}
+        for side in order:
+            if side == "edgekd":
+                rep["edgekd"] = edgekd_p50(path, eval_set, cfg)
+            else:
+                rep["bare"] = bare_p50(path, x, threads=args.threads, warmup=args.warmup, runs=args.runs)
+        rep["ratio"] = rep["edgekd"] / rep["bare"]
+        reps.append(rep)
+        print(f"{path.name} rep {i + 1}/{args.reps}: edgekd {rep['edgekd']:.4f} ms, bare {rep['bare']:.4f} ms, "
+              f"ratio {rep['ratio']:.4f}", flush=True)
+    ratio = statistics.median(r["ratio"] for r in reps)
+    return {
+        "model": path.name,
+        "edgekd_p50_ms_median": statistics.median(r["edgekd"] for r in reps),
+        "bare_p50_ms_median": statistics.median(r["bare"] for r in reps),
+        "ratio_median": ratio,
+        "ratio_min": min(r["ratio"] for r in reps),
+        "ratio_max": max(r["ratio"] for r in reps),
+        "within_target": abs(ratio - 1) <= TOLERANCE,
+        "reps": reps,
+    }
+
+
+def markdown(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        "# edgekd bench overhead vs a bare session.run loop",
+        "",
+        f"Command: `{result['command']}` (wall time {result['wall_seconds']:.0f} s).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, onnxruntime {m['onnxruntime']}. "
+        f"Load average (1 min) {result['load_average'][0]:.1f} at the start and {result['load_average'][1]:.1f} at "
+        "the end: other jobs shared the CPU; the interleaved order and the per-repetition ratio are there to "
+        "cancel that drift.",
+        f"Settings on both sides: CPU provider, batch 1, intra-op threads {s['threads']}, {s['warmup']} warm-up "
+        f"runs after the cold run, {s['runs']} timed runs, a fresh session per repetition, {s['reps']} repetitions "
+        "in alternating order; input: the first eval image of the run's eval.npz.",
+        "",
+        f"Target: edgekd's p50 within {100 * TOLERANCE:.0f} % of the bare loop's "
+        f"(median ratio between {1 - TOLERANCE:.2f} and {1 + TOLERANCE:.2f}).",
+        "",
+        "| model | edgekd p50 ms (median) | bare p50 ms (median) | ratio edgekd/bare (median) | min | max | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["models"]:
+        lines.append(
+            f"| {r['model']} | {r['edgekd_p50_ms_median']:.4f} | {r['bare_p50_ms_median']:.4f} | "
+            f"{r['ratio_median']:.4f} | {r['ratio_min']:.4f} | {r['ratio_max']:.4f} | "
+            f"{'met' if r['within_target'] else 'MISSED'} |"
+        )
+    lines += ["", "Per-repetition values are in bench-overhead.json.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/bench-overhead",
+                        help="a default run (made with `edgekd compress --out` when it has no model.int8.onnx)")
+    parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--runs", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads on both sides (0: ORT default)")
+    args = parser.parse_args()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "model.int8.onnx").is_file():
+        subprocess.run([sys.executable, "-m", "edgekd", "compress", "--out", str(run_dir), "--force", "--quiet"],
+                       check=True)
+    eval_set = run_dir / "eval.npz"
+    models = [measure(run_dir / name, eval_set, args) for name in ("model.int8.onnx", "model.fp32.onnx")]
+    result = {
+        "command": "python " + " ".join(["benchmarks/bench_overhead.py", *sys.argv[1:]]),
+        "wall_seconds": time.perf_counter() - start,
+        "machine": bench.machine_info(),
+        "load_average": [load_start, os.getloadavg()[0]],
+        "settings": {"reps": args.reps, "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
+                     "batch_size": 1, "provider": "cpu"},
+        "tolerance": TOLERANCE,
+        "models": models,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench-overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "bench-overhead.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0 if all(m["within_target"] for m in models) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
