@@ -99,9 +99,17 @@ def run_scheme(name: str, seed: int, teacher, data: dict, epochs: int) -> dict:
             **outcome.details, **extra}
 
 
-def write_results(results: dict) -> None:
+def write_all(budgets: dict) -> None:
+    """distill-schemes.json ({"budgets": {epochs: results}}) and .md, one section per epoch budget."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distill-schemes.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "distill-schemes.json").write_text(json.dumps({"budgets": budgets}, indent=2) + "\n")
+    md = ["# Distillation schemes on Fashion-MNIST (DML, born-again, EMA)", ""]
+    for _, results in sorted(budgets.items(), key=lambda item: int(item[0])):
+        md += budget_markdown(results)
+    (RESULTS / "distill-schemes.md").write_text("\n".join(md))
+
+
+def budget_markdown(results: dict) -> list[str]:
     baselines = {}
     kinds_file = RESULTS / "distill-kinds.json"
     if kinds_file.is_file():
@@ -115,7 +123,7 @@ def write_results(results: dict) -> None:
         kinds_alone.get("summary", {}).get("mean") if kinds_alone.get("epochs") == results["epochs"] else None)
     t, m = results["teacher"], results["machine"]
     md = [
-        "# Distillation schemes on Fashion-MNIST (DML, born-again, EMA)",
+        f"## {results['epochs']} student epochs",
         "",
         "Written by `benchmarks/distill_schemes.py`, which reuses `benchmarks/distill_kinds.py`: full "
         "Fashion-MNIST (54,000 train / 6,000 val / 10,000 test), the same teacher, student, epochs and "
@@ -141,6 +149,16 @@ def write_results(results: dict) -> None:
         seconds = sum(r["seconds"] for r in row["runs"]) / len(row["runs"])
         md.append(f"| {name} | {settings or '-'} | {results['epochs']} | {s['mean']:.2f} ± {s['std']:.2f} | {delta} | "
                   f"{s['n']} | {seconds:.0f} |")
+    scored = {n: r["summary"]["mean"] for n, r in results["schemes"].items() if n != "alone"}
+    if alone is not None and scored:
+        best = max(scored, key=scored.get)
+        md += ["", f"Best scheme: {best}, {scored[best] - alone:+.2f} points mean top-1 against 'alone' at "
+               f"{results['epochs']} epochs ({'better' if scored[best] > alone else 'NOT better'} than the student "
+               "trained alone at this budget)."]
+    if any(row.get("epochs") != results["epochs"] for row in baselines.values()):
+        md += ["", "The distill-kinds.json rows shown for reference were trained for another number of epochs "
+               "(and temperature); 'vs alone' is left empty for them: compare the schemes with this table's own "
+               "'alone' row."]
     md += ["", "Per run:", ""]
     for name, row in results["schemes"].items():
         for r in row["runs"]:
@@ -173,7 +191,7 @@ def write_results(results: dict) -> None:
         "shared the CPU during the run, so seconds are indicative only.",
         "",
     ]
-    (RESULTS / "distill-schemes.md").write_text("\n".join(md))
+    return md
 
 
 def main() -> int:
@@ -183,6 +201,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2, help="student epochs (as distill-kinds.json's rows)")
     parser.add_argument("--teacher-epochs", type=int, default=4)
     parser.add_argument("--work", default="/tmp/edgekd-distill-kinds", help="where distill_kinds.py keeps the teacher")
+    parser.add_argument("--kd-temperature", type=float, help="born-again and ema: KD temperature (default 4)")
+    parser.add_argument("--kd-alpha", type=float, help="born-again and ema: KD weight alpha (default 0.9 / 0.5)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = [n for n in args.schemes.split(",") if n]
@@ -193,10 +213,17 @@ def main() -> int:
     start = time.perf_counter()
     data = kinds.load_data()
     teacher, teacher_info = kinds.trained_teacher(data, Path(args.work), args.teacher_epochs)
+    if args.kd_temperature is not None or args.kd_alpha is not None:  # born-again and ema's KD settings
+        for name in ("born-again", "ema"):
+            SCHEMES[name].update({k: v for k, v in (("temperature", args.kd_temperature), ("alpha", args.kd_alpha))
+                                  if v is not None})
     results_file = RESULTS / "distill-schemes.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {"schemes": {}, "commands": []}
-    if results.get("teacher") not in (None, teacher_info) or results.get("epochs") not in (None, args.epochs):
-        results = {"schemes": {}, "commands": []}  # rows of another teacher or epoch count do not mix
+    saved = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    budgets = saved.get("budgets", {str(saved["epochs"]): saved} if "epochs" in saved else {})
+    if any(b.get("teacher") != teacher_info for b in budgets.values()):
+        budgets = {}  # rows of another teacher do not mix
+    # one table per epoch budget; seeds of the same scheme and settings are kept
+    results = budgets.setdefault(str(args.epochs), {"schemes": {}, "commands": []})
     results.update(teacher=teacher_info, machine=machine_info(), epochs=args.epochs,
                    student={**kinds.STUDENT, "params": count_params(kinds.build(kinds.STUDENT, data))})
     command = {"command": "python benchmarks/distill_schemes.py " + " ".join(sys.argv[1:]), "schemes": names,
@@ -216,9 +243,9 @@ def main() -> int:
             # after every run: an interrupted invocation leaves the seeds it finished, marked as such
             results["schemes"][name] = {"settings": settings, "runs": runs, "summary": kinds.summarize(runs)}
             command["wall_seconds"] = round(time.perf_counter() - start, 1)
-            write_results(results)
+            write_all(budgets)
     command["finished"] = True
-    write_results(results)
+    write_all(budgets)
     return 0
 
 

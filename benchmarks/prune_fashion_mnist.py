@@ -59,8 +59,10 @@ def main() -> int:
     parser.add_argument("--limit-train", type=int, default=None, help="smoke tests only: fewer training images")
     parser.add_argument("--save-student", default=None, help="write the trained unpruned student here (.safetensors)")
     parser.add_argument("--student", default=None, help="load a trained unpruned student (.safetensors); no training")
+    parser.add_argument("--train-threads", type=int, default=1,
+                        help="torch threads for training (1 when other jobs share the cores)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # 2 cores shared with other jobs
+    torch.set_num_threads(args.train_threads)
     torch.manual_seed(0)
     wall = time.perf_counter()
     timings = {}

@@ -294,7 +294,8 @@ def _teachers(run: Run) -> list:
 
 
 def stage_distill(run: Run) -> dict:
-    """Hinton knowledge distillation from the frozen teacher into the student."""
+    """Knowledge distillation from the frozen teacher(s) into the student: Hinton KD plus
+    the feature and relation terms of distill.terms (edgekd.distill)."""
     from .artifacts import save_weights
     from .distill import distill
     from .train import accuracy
