@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .models import count_macs
+from .models import count_macs, count_params
 from .recipe import PRUNE_IMPORTANCES as IMPORTANCES
 
 
@@ -58,12 +58,14 @@ def prune_channels(
     loss_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
     target_macs: int | None = None,
+    target_params: int | None = None,
     stop: Callable[[int], bool] | None = None,
 ) -> nn.Module:
     """Remove `ratio` of the prunable channels from `model` (in place) in `steps` steps.
 
     target_macs: stop at the first step whose model has at most this many MACs (then
     `ratio` is the most that may be removed, and `steps` the resolution of the search).
+    target_params: the same with the parameter count (with both, the first step meeting both).
     protect: module names kept whole, in addition to default_protected(model).
     loss_batch: (images, labels) for gradient-based importance ('taylor').
     after_step(step): called after each step, for fine-tuning between steps.
@@ -109,7 +111,9 @@ def prune_channels(
         model.zero_grad(set_to_none=True)
         if after_step is not None:
             after_step(step + 1)
-        if target_macs is not None and count_macs(model, input_shape) <= target_macs:
+        macs_met = target_macs is None or count_macs(model, input_shape) <= target_macs
+        params_met = target_params is None or count_params(model) <= target_params
+        if (target_macs is not None or target_params is not None) and macs_met and params_met:
             break
         if stop is not None and stop(step + 1):
             break

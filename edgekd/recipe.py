@@ -211,8 +211,8 @@ class PruneConfig(TrainConfig):
 
     `steps` rounds of: remove a share of the channels, then `epochs` of KD fine-tuning
     from the teacher (temperature and alpha from distill). The first convolution and the
-    classifier are protected, plus the layers named in `protect`. `target_macs`: stop at
-    the first step at or below it (`ratio` is then the most removed).
+    classifier are protected, plus the layers named in `protect`. `target_macs` and/or
+    `target_params`: stop at the first step at or below them (`ratio` is then the most removed).
 
     Latency target (edgekd.prune_latency): with `target_latency_ms` (absolute p50) and/or
     `target_speedup` (over the unpruned model timed in the same loop), `latency_step` of
@@ -234,6 +234,7 @@ class PruneConfig(TrainConfig):
     lr: float = 0.001
     finetune: str = "step"
     target_macs: Optional[int] = None
+    target_params: Optional[int] = None
     target_latency_ms: Optional[float] = None
     target_speedup: Optional[float] = None
     latency_step: float = 0.05
@@ -252,6 +253,7 @@ class PruneConfig(TrainConfig):
         _check(self.finetune in PRUNE_FINETUNE,
                f"unknown prune.finetune '{self.finetune}'; available: {', '.join(PRUNE_FINETUNE)}")
         _check(self.target_macs is None or self.target_macs > 0, "prune.target_macs must be positive")
+        _check(self.target_params is None or self.target_params > 0, "prune.target_params must be positive")
         _check(self.target_latency_ms is None or self.target_latency_ms > 0, "prune.target_latency_ms must be positive")
         _check(self.target_speedup is None or self.target_speedup > 0, "prune.target_speedup must be positive")
         _check(0.0 < self.latency_step <= self.ratio,

@@ -56,7 +56,7 @@ def stage_prune(run: Run) -> dict:
         prune_channels(student, input_shape=shape, ratio=cfg.ratio, importance=cfg.importance,
                        global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect,
                        steps=cfg.steps, loss_batch=batch, after_step=finetune_step if each_step else None,
-                       target_macs=cfg.target_macs)
+                       target_macs=cfg.target_macs, target_params=cfg.target_params)
         if not each_step:
             finetune_step(cfg.steps)
     atomic_write_text(run.path(PRUNED_SHAPES), json.dumps(layer_shapes(student), indent=1))

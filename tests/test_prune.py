@@ -113,6 +113,18 @@ def test_target_macs_stops_at_the_first_step_at_or_below_it():
     assert steps == [1, 2, 3]
 
 
+def test_target_params_stops_at_the_first_step_at_or_below_it():
+    model = make("mobilenetv2")
+    params = count_params(model)
+    steps = []
+    prune_channels(model, input_shape=INPUT, ratio=0.8, steps=8, round_to=None, target_params=int(0.7 * params),
+                   after_step=steps.append)
+    assert count_params(model) <= 0.7 * params
+    assert count_params(model) > 0.2 * params  # stopped long before ratio 0.8
+    assert len(steps) < 8
+    assert model(torch.zeros(2, *INPUT)).shape == (2, 10)
+
+
 def test_protected_layer_keeps_its_channels():
     model = make("concat_se")
     prune_channels(model, input_shape=INPUT, ratio=0.5, protect=["branch_a.0"], round_to=None)
