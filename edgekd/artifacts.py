@@ -113,14 +113,20 @@ def load_state_dict(path: str | Path) -> dict:
 def load_weights(model, path: str | Path) -> None:
     """Load weights into `model`, naming every layer whose name or shape does not match."""
     state = load_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    problems = state_dict_mismatches(state, model.state_dict())
+    if problems:
+        raise ModelFileError(f"weights '{path}' do not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+def state_dict_mismatches(state: dict, own: dict, ignore=lambda key: False) -> list[str]:
+    """Why `state` does not load into a model whose state_dict is `own`: shape mismatches,
+    missing and unexpected keys (the first five of each, by layer name), as phrases for a
+    one-line error; empty when it fits. Keys for which ignore(key) is true may be missing."""
+    missing = [k for k in own if not ignore(k) and k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong_shape = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
+    wrong_shape = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                   for k in own if k in state and state[k].shape != own[k].shape]
     problems = []
     if wrong_shape:
         problems.append("shape mismatch: " + ", ".join(wrong_shape[:5]))
@@ -128,9 +134,7 @@ def load_weights(model, path: str | Path) -> None:
         problems.append("missing: " + ", ".join(missing[:5]))
     if unexpected:
         problems.append("unexpected: " + ", ".join(unexpected[:5]))
-    if problems:
-        raise ModelFileError(f"weights '{path}' do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state)
+    return problems
 
 
 # --------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def load_backbone(model: nn.Module, path: str | Path, *, log=None) -> dict:
     first convolution pretrained on RGB while the data is grey gets the sum of its three
     input-channel kernels (what the RGB network computes on a grey image copied to R, G, B).
     """
-    from .artifacts import load_state_dict
+    from .artifacts import load_state_dict, state_dict_mismatches
 
     state = load_state_dict(path)
     head = find_head(model)
@@ -63,17 +63,7 @@ def load_backbone(model: nn.Module, path: str | Path, *, log=None) -> dict:
     if first_conv in pretrained and _grey_from_rgb(pretrained[first_conv], own.get(first_conv)):
         pretrained[first_conv] = pretrained[first_conv].sum(dim=1, keepdim=True)
         adapted.append(first_conv)
-    missing = [k for k in own if not is_head(k) and k not in pretrained]
-    unexpected = [k for k in pretrained if k not in own]
-    wrong = [f"{k} (file {tuple(pretrained[k].shape)}, model {tuple(own[k].shape)})"
-             for k in own if k in pretrained and pretrained[k].shape != own[k].shape]
-    problems = []
-    if wrong:
-        problems.append("shape mismatch: " + ", ".join(wrong[:5]))
-    if missing:
-        problems.append("missing: " + ", ".join(missing[:5]))
-    if unexpected:
-        problems.append("unexpected: " + ", ".join(unexpected[:5]))
+    problems = state_dict_mismatches(pretrained, own, ignore=is_head)
     if problems:
         raise ModelFileError(f"pretrained weights '{path}' do not fit the backbone: " + "; ".join(problems))
     model.load_state_dict(pretrained, strict=False)  # strict=False: only the head's keys are left out
