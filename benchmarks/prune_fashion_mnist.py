@@ -161,6 +161,7 @@ def main() -> int:
     timings["total"] = time.perf_counter() - wall
     result = {
         "command": "python benchmarks/prune_fashion_mnist.py " + " ".join(sys.argv[1:]),
+        "train_threads": args.train_threads,
         "machine": machine_info(), "quantize_machine": machine, "note": "other jobs shared the 2 CPU cores",
         "arch": args.arch, "arch_args": arch_args, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
         "seconds": timings, "unpruned": before, "pruned": after, "latency_pruning": latency.to_dict(),
@@ -189,7 +190,8 @@ def markdown(result, rows, checks, args, after_prune_top1) -> str:
         f"Command: `{result['command']}`",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, int8 CPU features {', '.join(m['int8_cpu_flags']) or 'none'}, "
-        f"onnxruntime {m['onnxruntime']}; other jobs shared the 2 cores (training on 1 thread). Wall time "
+        f"onnxruntime {m['onnxruntime']}; other jobs may have shared the 2 cores (training on "
+        f"{result.get('train_threads', 1)} torch thread(s)). Wall time "
         f"{s['total']:.0f} s: train {s['train']:.0f} s, latency-targeted pruning {s['prune_loop']:.0f} s, "
         f"KD fine-tune {s['kd_finetune']:.0f} s, bench {s['bench']:.0f} s.",
         "",
