@@ -153,10 +153,12 @@ def write_results(results: dict) -> None:
     rows = results["kinds"]
     teacher = results["teacher"]
 
-    def group(key: str) -> str:  # rows of another student width are keyed 'kind@w<width>'
-        return key.partition("@")[2]
+    def group(key: str) -> tuple:
+        """A row is compared with the 'alone' row of the same student width (rows of another
+        width are keyed 'kind@w<width>') and the same number of epochs."""
+        return key.partition("@")[2], rows[key]["epochs"]
 
-    alone = {group(k): r["summary"]["mean"] for k, r in rows.items() if k.partition("@")[0] == "alone"}
+    alone = {group(k): r["summary"]["mean"] for k, r in rows.items() if k.partition("@")[0].partition("-")[0] == "alone"}
     md = [
         "# Distillation kinds on Fashion-MNIST",
         "",
@@ -178,6 +180,8 @@ def write_results(results: dict) -> None:
         s = row["summary"]
         base = alone.get(group(kind))
         delta = "" if base is None or kind.startswith("alone") else f"{s['mean'] - base:+.2f}"
+        if base is None and not kind.startswith("alone"):
+            delta = "(no alone row)"
         student = row.get("student", results["student"])
         student = f"{student['arch']} w{student['arch_args'].get('width')} ({student['params']:,})"
         terms = ", ".join(t["kind"] for t in row["terms"]) or "-"
@@ -195,7 +199,9 @@ def write_results(results: dict) -> None:
         best = max(distilled, key=distilled.get)
         gain = distilled[best] - base
         verdict = "met" if gain >= 0.5 else "NOT met"
-        md.append(f"Target (best distilled student >= alone + 0.5 points mean top-1){' for ' + name if name else ''}: "
+        width, epochs = name
+        where = f"{width or 'w' + str(results['student']['arch_args'].get('width'))}, {epochs} epochs"
+        md.append(f"Target (best distilled student >= alone + 0.5 points mean top-1), {where}: "
                   f"**{verdict}** - best kind '{best}' {distilled[best]:.2f}% vs alone {base:.2f}% ({gain:+.2f} points).")
         md.append("")
     for note in results.get("notes", []):
