@@ -37,11 +37,19 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
             temperature: float, alpha: float) -> torch.Tensor:
     """Hinton KD, averaged over the batch:
     (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))."""
-    soft_student = F.log_softmax(student_logits / temperature, dim=1)
-    soft_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
-    kl = F.kl_div(soft_student, soft_teacher, reduction="batchmean", log_target=True)
     ce = F.cross_entropy(student_logits, labels)
-    return (1.0 - alpha) * ce + alpha * temperature**2 * kl
+    return (1.0 - alpha) * ce + alpha * soft_kl(teacher_logits, student_logits, temperature)
+
+
+def soft_kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(target / T) || softmax(logits / T)), batch mean, times T^2 (which keeps the
+    soft-target gradients on the scale of the hard ones as T changes).
+
+    The target is detached: it is a teacher's (or, in mutual learning, another peer's) output,
+    and only `logits` learn from this term."""
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    log_q = F.log_softmax(target_logits.detach() / temperature, dim=1)
+    return temperature**2 * F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
 
 
 def averaged_soft_targets(teacher_logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:

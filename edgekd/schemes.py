@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .kd_losses import soft_kl
 from .recipe import DistillConfig
 from .train import FitResult, accuracy, fit
 
@@ -36,16 +37,6 @@ class SchemeResult:
 
 # --------------------------------------------------------------------------------------
 # Online: deep mutual learning
-
-
-def soft_kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(target / T) || softmax(logits / T)), batch mean, times T^2 (as in Hinton KD).
-
-    The target is detached: a peer is only pushed towards the others, never the reverse
-    through this term."""
-    log_p = F.log_softmax(logits / temperature, dim=1)
-    log_q = F.log_softmax(target_logits.detach() / temperature, dim=1)
-    return temperature**2 * F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
 
 
 def mutual_losses(peer_logits: list[torch.Tensor], labels: torch.Tensor, *, temperature: float,
