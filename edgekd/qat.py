@@ -388,10 +388,11 @@ def qat(qmodel: nn.Module, teacher: nn.Module, *, train_x, train_y, val_x, val_y
 
     `cfg` is a recipe.QatConfig (epochs, lr, ... and observe_fraction: the share of steps
     during which the activation ranges keep following a moving average; frozen after).
-    The loss is distill.kd_loss with the distill stage's temperature and alpha."""
+    The loss is distill.kd_step's Hinton KD with the distill stage's temperature and alpha."""
     import math
 
-    from .distill import kd_loss
+    from .distill import kd_step
+    from .recipe import DistillConfig
     from .train import accuracy, fit, predict
 
     start = time.perf_counter()
@@ -404,17 +405,13 @@ def qat(qmodel: nn.Module, teacher: nn.Module, *, train_x, train_y, val_x, val_y
     observe_steps = int(round(cfg.observe_fraction * total_steps))
     steps = [0]
 
+    kd = kd_step(qmodel, teacher, DistillConfig(temperature=temperature, alpha=alpha), cached)
+
     def step(images, labels, index):
         if steps[0] == observe_steps:
             set_observing(qmodel, False)
         steps[0] += 1
-        if cached is not None:
-            teacher_logits = cached[index]
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(images)
-        logits = qmodel(images)
-        return kd_loss(logits, teacher_logits, labels, temperature=temperature, alpha=alpha), logits
+        return kd(images, labels, index)
 
     if observe_steps == 0:
         set_observing(qmodel, False)
