@@ -1,26 +1,47 @@
-"""What knowledge to distil: the same student trained alone and with each kind, full Fashion-MNIST.
+"""Distillation in all its kinds on the full Fashion-MNIST: one student, alone and with each.
 
-    python benchmarks/distill_kinds.py [--kinds alone,kd,fitnet,kd+fitnet,at,rkd,sp] [--seeds 0,1,2]
-                                       [--epochs 3] [--alpha 0.5] [--temperature 2]
-                                       [--teacher-epochs 4] [--work /tmp/edgekd-distill-kinds]
+    python benchmarks/distill_kinds.py [--kinds alone,kd,fitnet,...] [--seeds 0,1,2] [--epochs 10]
+        [--student-width 8] [--alpha 0.9] [--temperature 4] [--tag TAG]
+        [--teacher-arch resnet20] [--teacher-epochs 15] [--no-teacher-augment] [--teacher-threads 2]
+        [--work /tmp/edgekd-distill-kinds]
 
-One teacher (ResNet-8) is trained once on the 54,000 training images (6,000 held out for
-validation) and saved in --work; a later invocation reuses it, so kinds can be added to
-the table without retraining it. Then the same small student (TinyCNN, width 4) is
-trained for --epochs with each kind of knowledge, from the same initialization per seed,
-and evaluated on the 10,000 test images. Every run uses one torch thread.
+One teacher is trained once on the 54,000 training images (6,000 held out for validation)
+and saved in --work; later invocations reuse it. Then the same small student (TinyCNN)
+is trained for --epochs with each kind of knowledge and each scheme, from the same
+initialization per seed (torch.manual_seed(1000 + seed)), and evaluated on the 10,000 test
+images. Every student run uses one torch thread, so two invocations can share 2 cores.
 
-Results go to benchmarks/results/distill-kinds.json, keyed by kind (rows of an earlier
-run are kept, so another script or a later --kinds run appends rows), and the Markdown
-table distill-kinds.md is rebuilt from all rows (two invocations with different --kinds may
-run at the same time: each merges its rows into the file as it is when it writes). Target (issue #3): the best distilled
-student beats the student alone by at least 0.5 points mean top-1.
+    alone       cross-entropy on the labels, no teacher: the baseline
+    kd          Hinton KD from the teacher (--alpha, --temperature)
+    fitnet      FitNets hint on the last stage's features (1x1 regressor), labels
+    kd+fitnet   both
+    at          attention transfer on the last two stages, labels
+    rkd         relational KD (distance and angle) on the penultimate embeddings, labels
+    sp          similarity-preserving KD on the last stage, labels
+    dml         deep mutual learning: 2 peers of the student, no teacher (T 1, alpha 0.5
+                as Zhang et al.); the best peer on val is the student
+    born-again  generation 1 = the 'kd' row's training, generation 2 = a fresh student
+                distilled from generation 1 (KD only); the best generation on val
+    ema         KD from an exponential moving average of the student itself, no teacher
+
+The feature and relation terms use the weights of the papers' reference code (FitNet 1,
+AT 1000, RKD 25/50, SP 3000), untuned. Teacher outputs (and the features the terms read)
+are computed once and shared by every seed and kind: the inputs are not augmented.
+
+Results: benchmarks/results/distill-kinds.json, one row per kind (keyed 'kind[-TAG][@wWIDTH]'),
+and the Markdown table distill-kinds.md rebuilt from all rows. A row's seeds that an earlier
+invocation with the same settings finished are kept and not rerun; two invocations with
+different kinds may run at the same time (each merges its rows into the file as it is when
+it writes). Rows of another teacher are not mixed in: a new teacher starts a new file.
+Target (issue #3): the best distilled student beats the student alone by at least 0.5
+points mean top-1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,6 +52,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgekd import distill as distill_module  # noqa: E402
 from edgekd.artifacts import load_weights, save_weights  # noqa: E402
 from edgekd.bench import machine_info  # noqa: E402
 from edgekd.data import load_splits  # noqa: E402
@@ -39,25 +61,46 @@ from edgekd.recipe import DataConfig, DistillConfig, TeacherConfig  # noqa: E402
 from edgekd.train import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-TEACHER = {"arch": "resnet8", "arch_args": {}}
-STUDENT = {"arch": "tinycnn", "arch_args": {"width": 4}}
+RESULTS_JSON = RESULTS / "distill-kinds.json"
+STUDENT_ARCH = "tinycnn"
+# Student layers the terms read: TinyCNN features.2 / features.4 (the last two stages,
+# 2w x 14x14 and 4w x 7x7); the teacher's are the ends of its last two stages (teacher_layers).
+KINDS = ("alone", "kd", "fitnet", "kd+fitnet", "at", "rkd", "sp", "dml", "born-again", "ema")
+WITH_KD = {"kd", "kd+fitnet", "born-again"}  # the kinds whose loss has the KD term (--alpha)
 
-# Each kind: whether it has the KD (response) term (weight --alpha; without it, CE on labels only) and the
-# feature/relation terms, with the weights of the papers' reference code (AT 1000, RKD
-# 25/50, SP 3000). Layers: TinyCNN features.2 / features.4 (8x14x14 / 16x7x7) against
-# ResNet-8 layers.1 / layers.2 (32x14x14 / 64x7x7), i.e. the last two stages of each.
-KINDS = {
-    "alone": {"kd": False, "terms": []},
-    "kd": {"kd": True, "terms": []},
-    "fitnet": {"kd": False, "terms": [{"kind": "fitnet", "student": "features.4", "teacher": "layers.2", "weight": 1.0}]},
-    "at": {"kd": False, "terms": [{"kind": "at", "student": ["features.2", "features.4"],
-                                    "teacher": ["layers.1", "layers.2"], "weight": 1000.0}]},
-    "rkd": {"kd": False, "terms": [{"kind": "rkd", "distance": 25.0, "angle": 50.0}]},
-    "sp": {"kd": False, "terms": [{"kind": "sp", "student": "features.4", "teacher": "layers.2", "weight": 3000.0}]},
-    "kd+fitnet": {"kd": True, "terms": [{"kind": "fitnet", "student": "features.4", "teacher": "layers.2",
-                                           "weight": 1.0}]},
-}
-KINDS = {k: KINDS[k] for k in ("alone", "kd", "fitnet", "kd+fitnet", "at", "rkd", "sp")}  # shared caches adjacent
+
+def teacher_layers(teacher) -> tuple[str, str]:
+    """The modules that end a CIFAR ResNet's second and third stages (layers.{2n-1}, layers.{3n-1})."""
+    per_stage = len(teacher.layers) // 3
+    return f"layers.{2 * per_stage - 1}", f"layers.{3 * per_stage - 1}"
+
+
+def terms_of(kind: str, teacher) -> list[dict]:
+    mid, last = teacher_layers(teacher)
+    fitnet = {"kind": "fitnet", "student": "features.4", "teacher": last, "weight": 1.0}
+    return {
+        "fitnet": [fitnet],
+        "kd+fitnet": [fitnet],
+        "at": [{"kind": "at", "student": ["features.2", "features.4"], "teacher": [mid, last], "weight": 1000.0}],
+        "rkd": [{"kind": "rkd", "distance": 25.0, "angle": 50.0}],
+        "sp": [{"kind": "sp", "student": "features.4", "teacher": last, "weight": 3000.0}],
+    }.get(kind, [])
+
+
+def settings_of(kind: str, args, teacher) -> dict:
+    """Everything about a row's training that is not the seed: equal settings -> reusable seeds."""
+    soft = kind in WITH_KD or kind == "ema"  # the kinds with a softened-output term (--temperature)
+    settings = {"epochs": args.epochs, "augment_views": args.augment_views, "width": args.student_width,
+                "batch_size": 128, "lr": 0.01,
+                "alpha": args.alpha if kind in WITH_KD else 0.0, "temperature": args.temperature if soft else 4.0,
+                "terms": terms_of(kind, teacher)}
+    if kind == "dml":
+        settings.update(scheme="online", peers=2, temperature=1.0, alpha=0.5)
+    elif kind == "born-again":
+        settings.update(scheme="born-again", generations=2)
+    elif kind == "ema":
+        settings.update(scheme="ema", ema_decay=0.999, alpha=0.5)
+    return settings
 
 
 def load_data():
@@ -75,27 +118,45 @@ def load_data():
     }
 
 
-def build(spec: dict, data: dict):
-    return build_model(spec["arch"], in_channels=data["channels"], num_classes=data["classes"], **spec["arch_args"])
+def augmented_pool(data: dict, views: int) -> dict:
+    """`views` fixed random crop + flip copies of the training images (edgekd.train.augment_batch,
+    seed 0), labels repeated: the student trains on them for epochs / views passes, i.e. as many
+    steps as --epochs over the plain images. Fixed views let the teacher's outputs be computed
+    once for every kind and seed (an augmented run would otherwise run the teacher at each step),
+    and the student sees the teacher's outputs on inputs other than the 54,000 it was trained on."""
+    from edgekd.train import augment_batch
+
+    generator = torch.Generator().manual_seed(0)
+    views_x = [augment_batch(data["train_x"], generator) for _ in range(views)]
+    return {**data, "train_x": torch.cat(views_x), "train_y": data["train_y"].repeat(views)}
 
 
-def trained_teacher(data: dict, work: Path, epochs: int):
-    """The teacher from --work, trained there first if it is not there yet."""
+def build(arch: str, data: dict, **arch_args):
+    return build_model(arch, in_channels=data["channels"], num_classes=data["classes"], **arch_args)
+
+
+def trained_teacher(data: dict, args):
+    """The teacher from --work, trained there first (with --teacher-threads) if it is not there."""
+    work = Path(args.work)
     weights, info_file = work / "teacher.safetensors", work / "teacher.json"
-    teacher = build(TEACHER, data)
     if weights.is_file() and info_file.is_file():
         info = json.loads(info_file.read_text())
+        teacher = build(info["arch"], data, **info.get("arch_args", {}))
         load_weights(teacher, weights)
         print(f"teacher reused from {weights} (trained by: {info['command']})", flush=True)
         return teacher.eval(), info
     torch.manual_seed(0)
-    teacher = build(TEACHER, data)
-    cfg = TeacherConfig(arch=TEACHER["arch"], epochs=epochs, batch_size=128, lr=0.003, augment=False)
+    teacher = build(args.teacher_arch, data)
+    cfg = TeacherConfig(arch=args.teacher_arch, epochs=args.teacher_epochs, batch_size=128, lr=0.003,
+                        augment=args.teacher_augment)
     train = {k: data[k] for k in ("train_x", "train_y", "val_x", "val_y")}
     start = time.perf_counter()
-    result = fit(teacher, cross_entropy_step(teacher), cfg=cfg, seed=0, desc="teacher", progress=False, **train)
+    torch.set_num_threads(args.teacher_threads)
+    result = fit(teacher, cross_entropy_step(teacher), cfg=cfg, seed=0, desc="teacher", progress=True, **train)
+    torch.set_num_threads(1)
     info = {
-        **TEACHER, "epochs": epochs, "params": count_params(teacher),
+        "arch": args.teacher_arch, "arch_args": {}, "epochs": args.teacher_epochs, "augment": args.teacher_augment,
+        "threads": args.teacher_threads, "params": count_params(teacher),
         "val_top1": result.best_val_top1, "test_top1": accuracy(teacher, data["test_x"], data["test_y"]),
         "train_seconds": round(time.perf_counter() - start, 1),
         "command": "python benchmarks/distill_kinds.py " + " ".join(sys.argv[1:]),
@@ -107,24 +168,48 @@ def trained_teacher(data: dict, work: Path, epochs: int):
     return teacher.eval(), info
 
 
-def run_kind(kind: str, seed: int, teacher, data: dict, args, teacher_cache: dict) -> dict:
+def run_kind(kind: str, seed: int, settings: dict, teacher, data: dict, teacher_cache: dict) -> dict:
+    """Train the student of one seed with one kind; its test top-1 and what the scheme measured."""
+    from edgekd import schemes
     from edgekd.distill import distill
 
-    spec = KINDS[kind]
-    torch.manual_seed(1000 + seed)  # the same student initialization for every kind
-    student = build(STUDENT, data)
-    cfg = DistillConfig(arch=STUDENT["arch"], arch_args=STUDENT["arch_args"], epochs=args.epochs, batch_size=128,
-                        lr=0.01, augment=False, temperature=args.temperature, alpha=args.alpha if spec["kd"] else 0.0,
-                        terms=spec["terms"])
+    cfg_fields = {k: v for k, v in settings.items() if k not in ("width", "augment_views", "epochs")}
+    views = settings["augment_views"]
+    cfg = DistillConfig(arch=STUDENT_ARCH, arch_args={"width": settings["width"]}, augment=False,
+                        epochs=settings["epochs"] // views if views else settings["epochs"], **cfg_fields)
     train = {k: data[k] for k in ("train_x", "train_y", "val_x", "val_y")}
+    test = (data["test_x"], data["test_y"])
+
+    def student(init_seed: int):
+        torch.manual_seed(init_seed)
+        return build(STUDENT_ARCH, data, width=settings["width"])
+
+    first = student(1000 + seed)  # the same initialization for every kind
     start = time.perf_counter()
-    # teacher outputs are cached once (inputs are not augmented) and shared by every seed and kind
-    result = distill(student, teacher, cfg=cfg, seed=seed, progress=False, teacher_cache=teacher_cache, **train)
-    return {
-        "seed": seed, "test_top1": accuracy(student, data["test_x"], data["test_y"]),
-        "val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    extra: dict = {}
+    if kind == "dml":
+        peers = [first, student(2000 + seed)]
+        outcome = schemes.mutual_learning(peers, **train, cfg=cfg, seed=seed, progress=False)
+        final, extra = outcome.student, {**outcome.details, "peers_test_top1": [accuracy(p, *test) for p in peers]}
+    elif kind == "born-again":
+        generations = [first]
+
+        def fresh(k):
+            generations.append(student(1000 + seed + 100 * k))
+            return generations[-1]
+
+        outcome = schemes.born_again(first, teacher, make_student=fresh, **train, cfg=cfg, seed=seed,
+                                     progress=False, teacher_cache=teacher_cache)
+        final = outcome.student
+        extra = {**outcome.details, "generations_test_top1": [accuracy(g, *test) for g in generations]}
+    elif kind == "ema":
+        outcome = schemes.ema_self_distill(first, **train, cfg=cfg, seed=seed, progress=False)
+        final, extra = outcome.student, outcome.details
+    else:  # offline: alone (alpha 0, no terms: plain cross-entropy) and the teacher's kinds
+        distill(first, teacher, cfg=cfg, seed=seed, progress=False, teacher_cache=teacher_cache, **train)
+        final = first
+    return {"seed": seed, "test_top1": accuracy(final, *test), "val_top1": accuracy(final, data["val_x"], data["val_y"]),
+            "seconds": round(time.perf_counter() - start, 1), **extra}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -133,107 +218,132 @@ def summarize(runs: list[dict]) -> dict:
             "n": len(values)}
 
 
-def write_results(results: dict) -> None:
+def merge_and_write(results: dict, mine: dict) -> None:
+    """Write `results` with the rows of this invocation (`mine`) merged into the file as it is
+    now: another invocation may have added or extended rows since this one started."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results_file = RESULTS / "distill-kinds.json"
-    if results_file.is_file():  # rows another invocation wrote meanwhile
-        on_disk = json.loads(results_file.read_text())
+    if RESULTS_JSON.is_file():
+        on_disk = json.loads(RESULTS_JSON.read_text())
         if on_disk.get("teacher") == results["teacher"]:
-            results["kinds"] = {**on_disk.get("kinds", {}), **results["kinds"]}
-            seen = {c["command"] for c in results["commands"]}
-            results["commands"] = [c for c in on_disk.get("commands", []) if c["command"] not in seen] + results["commands"]
+            results["rows"] = on_disk.get("rows", {})
+            mine_commands = {c["command"] for c in results["commands"]}
+            results["commands"] = [c for c in on_disk.get("commands", []) if c["command"] not in mine_commands] + [
+                c for c in results["commands"] if c["command"] in mine_commands]
             results["notes"] = list(dict.fromkeys(on_disk.get("notes", []) + results.get("notes", [])))
-    def rank(key: str):
-        kind = key.partition("@")[0].partition("-")[0]
-        return key.partition("@")[2], list(KINDS).index(kind) if kind in KINDS else len(KINDS), key
+    results["rows"].update(mine)
+    results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: row_order(kv[0])))
+    tmp = RESULTS_JSON.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, RESULTS_JSON)
+    (RESULTS / "distill-kinds.md").write_text(markdown(results))
 
-    order = sorted(results["kinds"], key=rank)
-    results["kinds"] = {k: results["kinds"][k] for k in order}
-    (RESULTS / "distill-kinds.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = results["kinds"]
-    teacher = results["teacher"]
 
-    def group(key: str) -> tuple:
-        """A row is compared with the 'alone' row of the same student width (rows of another
-        width are keyed 'kind@w<width>') and the same number of epochs."""
-        return key.partition("@")[2], rows[key]["epochs"]
+def base_kind(key: str) -> str:
+    name = key.partition("@")[0]
+    return next((k for k in sorted(KINDS, key=len, reverse=True) if name == k or name.startswith(k + "-")), name)
 
-    alone = {group(k): r["summary"]["mean"] for k, r in rows.items() if k.partition("@")[0].partition("-")[0] == "alone"}
+
+def row_order(key: str):
+    kind = base_kind(key)
+    return key.partition("@")[2], KINDS.index(kind) if kind in KINDS else len(KINDS), key
+
+
+def markdown(results: dict) -> str:
+    rows, teacher, machine = results["rows"], results["teacher"], results["machine"]
+
+    def group(key: str) -> tuple:  # a row is compared with the 'alone' row of the same width, epochs and data
+        st = rows[key]["settings"]
+        return st["width"], st["epochs"], st.get("augment_views", 0)
+
+    alone = {group(k): r["summary"]["mean"] for k, r in rows.items() if base_kind(k) == "alone"}
     md = [
-        "# Distillation kinds on Fashion-MNIST",
+        "# Distillation kinds and schemes on Fashion-MNIST",
         "",
-        "Written by `benchmarks/distill_kinds.py`. Full Fashion-MNIST: 54,000 train / 6,000 val "
-        "(split seed 0) / 10,000 test images.",
+        "Written by `benchmarks/distill_kinds.py` (its docstring describes each kind). Full Fashion-MNIST: "
+        "54,000 train / 6,000 val (split seed 0) / 10,000 test images; test top-1 of the student each run keeps "
+        "(the best epoch on val; for DML the best peer, for born-again the best generation).",
         "",
-        f"Teacher: {teacher['arch']} ({teacher['params']:,} params), {teacher['epochs']} epochs, "
-        f"test top-1 **{teacher['test_top1']:.2f}%** (val {teacher['val_top1']:.2f}%), trained in "
-        f"{teacher['train_seconds']} s by `{teacher['command']}`.",
+        f"Teacher: {teacher['arch']} ({teacher['params']:,} params), {teacher['epochs']} epochs"
+        f"{' with random crop + flip' if teacher.get('augment') else ''}, test top-1 **{teacher['test_top1']:.2f}%** "
+        f"(val {teacher['val_top1']:.2f}%), trained in {teacher['train_seconds']} s with {teacher.get('threads', 1)} "
+        f"thread(s) by `{teacher['command']}`.",
         "",
-        f"Student: {results['student']['arch']} {results['student']['arch_args']} "
-        f"({results['student']['params']:,} params) unless the row says otherwise, the same initialization per "
-        "seed for every kind.",
+        "Student: TinyCNN of the row's width (three conv-BN-ReLU layers, widths w, 2w, 4w), AdamW lr 0.01, "
+        "one-cycle schedule, batch 128, the same initialization per seed for every kind. Epochs count passes "
+        "over 54,000 images: 'on K views' rows train on K fixed random crop + flip copies of the training "
+        "images (epochs / K passes over the copies, the same number of steps), the other rows on the plain images.",
         "",
-        "| kind | student | alpha | T | terms | epochs | test top-1 % (mean ± std) | vs alone | seeds | s per run |",
+        "| kind | student | alpha | T | terms / scheme | epochs | test top-1 % (mean ± std) | vs alone | seeds | s per run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, row in rows.items():
-        s = row["summary"]
-        base = alone.get(group(kind))
-        delta = "" if base is None or kind.startswith("alone") else f"{s['mean'] - base:+.2f}"
-        if base is None and not kind.startswith("alone"):
-            delta = "(no alone row)"
-        student = row.get("student", results["student"])
-        student = f"{student['arch']} w{student['arch_args'].get('width')} ({student['params']:,})"
-        terms = ", ".join(t["kind"] for t in row["terms"]) or "-"
+    for key, row in rows.items():
+        st, s = row["settings"], row["summary"]
+        base = alone.get(group(key))
+        delta = "" if base_kind(key) == "alone" else ("(no alone row)" if base is None else f"{s['mean'] - base:+.2f}")
+        how = ", ".join(t["kind"] for t in st["terms"]) or "-"
+        if "scheme" in st:
+            how = {"online": lambda: f"online, {st['peers']} peers",
+                   "born-again": lambda: f"born-again, {st['generations']} generations",
+                   "ema": lambda: f"ema, decay {st['ema_decay']}"}[st["scheme"]]()
+        alpha, temperature = (st["alpha"], st["temperature"]) if st["alpha"] > 0 else (0.0, "-")
         seconds = statistics.mean(r["seconds"] for r in row["runs"])
-        temperature = row["temperature"] if row["alpha"] > 0 else "-"  # no KD term: T plays no part
-        md.append(f"| {kind} | {student} | {row['alpha']} | {temperature} | {terms} | {row['epochs']} | "
-                  f"{s['mean']:.2f} ± {s['std']:.2f} | "
-                  f"{delta} | {s['n']} | {seconds:.0f} |")
-    md += ["", "Per-kind settings and every run (seed, val and test top-1, seconds) are in distill-kinds.json.", ""]
-    for name, base in alone.items():
+        md.append(f"| {key} | w{st['width']} ({row['student_params']:,}) | {alpha} | {temperature} | {how} | "
+                  f"{st['epochs']}{' on ' + str(st['augment_views']) + ' views' if st.get('augment_views') else ''} | "
+                  f"{s['mean']:.2f} ± {s['std']:.2f} | {delta} | {s['n']} | {seconds:.0f} |")
+    md += ["", "Every run (seed, val and test top-1, seconds, each peer's / generation's accuracy) is in "
+           "distill-kinds.json.", ""]
+    for (width, epochs, views), base in sorted(alone.items()):
         distilled = {k: r["summary"]["mean"] for k, r in rows.items()
-                     if group(k) == name and not k.startswith("alone")}
+                     if group(k) == (width, epochs, views) and base_kind(k) != "alone" and r["summary"]["n"] >= 3}
         if not distilled:
             continue
         best = max(distilled, key=distilled.get)
         gain = distilled[best] - base
-        verdict = "met" if gain >= 0.5 else "NOT met"
-        width, epochs = name
-        where = f"{width or 'w' + str(results['student']['arch_args'].get('width'))}, {epochs} epochs"
-        md.append(f"Target (best distilled student >= alone + 0.5 points mean top-1), {where}: "
-                  f"**{verdict}** - best kind '{best}' {distilled[best]:.2f}% vs alone {base:.2f}% ({gain:+.2f} points).")
-        md.append("")
+        data_kind = f"{views} augmented views" if views else "the plain training images"
+        md += [f"Target (best distilled student >= alone + 0.5 points mean top-1, 3 seeds), width {width}, "
+               f"{epochs} epochs on {data_kind}: **{'met' if gain >= 0.5 else 'NOT met'}** - best '{best}' "
+               f"{distilled[best]:.2f} ± {rows[best]['summary']['std']:.2f}% vs alone {base:.2f}% ({gain:+.2f} points).", ""]
     for note in results.get("notes", []):
-        md.append(note)
-        md.append("")
+        md += [note, ""]
     md += [
         "Commands (rows are merged from these invocations, newest last):",
         "",
-        *[f"- `{c['command']}` ({c['wall_seconds']} s wall, kinds {', '.join(c['kinds'])})" for c in results["commands"]],
+        *[f"- `{c['command']}` ({c['wall_seconds']} s wall, kinds {', '.join(c['kinds'])}"
+          + ("" if c.get("finished", True) else "; stopped early: its rows have the seeds it finished") + ")"
+          for c in results["commands"]],
         "",
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['os']}; "
-        "torch with 1 thread. Other jobs shared the CPU during the run, so seconds are indicative only.",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}; torch {torch.__version__}, one "
+        "thread per student run. Seconds per run include computing the teacher's cached outputs once per invocation "
+        "and waiting for the CPU when two invocations ran side by side.",
         "",
     ]
-    (RESULTS / "distill-kinds.md").write_text("\n".join(md))
+    return "\n".join(md)
 
 
 def main() -> int:
+    global RESULTS, RESULTS_JSON
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, from: {', '.join(KINDS)}")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=3, help="student epochs")
-    parser.add_argument("--student-width", type=int, default=4, help="other widths get rows keyed 'kind@w<width>'")
+    parser.add_argument("--epochs", type=int, default=10, help="student epochs (per peer / generation)")
+    parser.add_argument("--student-width", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term in the kinds that have it")
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--augment-views", type=int, default=0,
+                        help="train every student on this many fixed augmented copies of the training images "
+                             "(--epochs must be a multiple); 0: the plain images")
     parser.add_argument("--tag", default="", help="rows keyed 'kind-TAG' (other settings of the same kind)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the KD term in the kinds that have it")
-    parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--note", action="append", default=[], help="a line for the results file (repeatable)")
-    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--note", action="append", default=[], help="a paragraph for the results file (repeatable)")
+    parser.add_argument("--teacher-arch", default="resnet20", help="a zoo architecture (CIFAR ResNet)")
+    parser.add_argument("--teacher-epochs", type=int, default=15)
+    parser.add_argument("--teacher-augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="random crop + flip while training the teacher")
+    parser.add_argument("--teacher-threads", type=int, default=2, help="torch threads for training the teacher")
     parser.add_argument("--work", default="/tmp/edgekd-distill-kinds", help="where the teacher is kept")
-    parser.add_argument("--fresh", action="store_true", help="start a new results file instead of adding rows")
+    parser.add_argument("--results", default=str(RESULTS), help="where distill-kinds.json and .md go")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # the machine is shared; see the note in the results
+    RESULTS, RESULTS_JSON = Path(args.results), Path(args.results) / "distill-kinds.json"
+    torch.set_num_threads(1)  # two invocations can share 2 cores
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -241,36 +351,48 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     data = load_data()
-    teacher, teacher_info = trained_teacher(data, Path(args.work), args.teacher_epochs)
+    teacher, teacher_info = trained_teacher(data, args)
     if not kinds:
         return 0
-    results_file = RESULTS / "distill-kinds.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() and not args.fresh else {
-        "kinds": {}, "commands": []}
-    if results.get("teacher") not in (None, teacher_info):
-        print("note: a different teacher produced the existing rows; starting a new results file", flush=True)
-        results = {"kinds": {}, "commands": []}
-    results["notes"] = list(dict.fromkeys(results.get("notes", []) + args.note))
-    default_width = STUDENT["arch_args"]["width"]
-    results.update(teacher=teacher_info, machine=machine_info())
-    results.setdefault("student", {**STUDENT, "params": count_params(build(STUDENT, data))})
-    STUDENT["arch_args"] = {"width": args.student_width}
-    student_info = {**STUDENT, "params": count_params(build(STUDENT, data))}
-    suffix = "" if args.student_width == default_width else f"@w{args.student_width}"
-    teacher_cache = {}
+    if args.augment_views:
+        if args.epochs % args.augment_views:
+            parser.error("--epochs must be a multiple of --augment-views")
+        data = augmented_pool(data, args.augment_views)
+        distill_module.TEACHER_CACHE_BYTES = 8 << 30  # the pool's teacher features: cached, not recomputed
+    saved = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
+    if saved.get("teacher") != teacher_info:
+        if saved:
+            print("note: another teacher produced the existing rows; starting a new results file", flush=True)
+        saved = {}
+    results = {"teacher": teacher_info, "machine": machine_info(), "rows": saved.get("rows", {}),
+               "commands": saved.get("commands", []), "notes": list(dict.fromkeys(saved.get("notes", []) + args.note))}
+    command = {"command": "python benchmarks/distill_kinds.py " + " ".join(sys.argv[1:]), "kinds": kinds,
+               "wall_seconds": 0.0, "finished": False}
+    results["commands"] = [c for c in results["commands"] if c["command"] != command["command"]] + [command]
+    mine: dict = {}  # the rows this invocation writes
+    params = count_params(build(STUDENT_ARCH, data, width=args.student_width))
+    suffix = f"{'-aug' + str(args.augment_views) if args.augment_views else ''}{'-' + args.tag if args.tag else ''}" \
+             f"@w{args.student_width}"
+    teacher_cache: dict = {}
     for kind in kinds:
-        runs = []
+        key = kind + suffix
+        settings = settings_of(kind, args, teacher)
+        earlier = results["rows"].get(key, {})
+        runs = list(earlier.get("runs", [])) if earlier.get("settings") == settings else []
         for seed in seeds:
-            run = run_kind(kind, seed, teacher, data, args, teacher_cache)
+            if any(r["seed"] == seed for r in runs):  # an earlier invocation finished it: kept
+                continue
+            run = run_kind(kind, seed, settings, teacher, data, teacher_cache)
             runs.append(run)
-            print(f"{kind} seed {seed}: test top-1 {run['test_top1']:.2f}% ({run['seconds']} s)", flush=True)
-        results["kinds"][kind + (f"-{args.tag}" if args.tag else "") + suffix] = {
-            "alpha": args.alpha if KINDS[kind]["kd"] else 0.0, "temperature": args.temperature, "student": student_info,
-            "terms": KINDS[kind]["terms"], "epochs": args.epochs, "runs": runs, "summary": summarize(runs)}
-        write_results(results)  # after every kind: a partial table survives an interrupted run
-    results["commands"].append({"command": "python benchmarks/distill_kinds.py " + " ".join(sys.argv[1:]),
-                                "kinds": kinds, "wall_seconds": round(time.perf_counter() - start, 1)})
-    write_results(results)
+            print(f"{key} seed {seed}: test top-1 {run['test_top1']:.2f}% ({run['seconds']} s)", flush=True)
+            # after every run: an interrupted invocation leaves the seeds it finished
+            mine[key] = {"settings": settings, "student_params": params, "runs": runs,
+                                    "summary": summarize(runs)}
+            command["wall_seconds"] = round(time.perf_counter() - start, 1)
+            merge_and_write(results, mine)
+    command["finished"] = True
+    command["wall_seconds"] = round(time.perf_counter() - start, 1)
+    merge_and_write(results, mine)
     return 0
 
 

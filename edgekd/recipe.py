@@ -130,6 +130,10 @@ class DistillConfig(TrainConfig):
         _check(self.peers >= 2, f"distill.peers must be >= 2 (mutual learning needs a cohort), got {self.peers}")
         _check(self.generations >= 1, f"distill.generations must be >= 1, got {self.generations}")
         _check(0.0 < self.ema_decay < 1.0, f"distill.ema_decay must be between 0 and 1, got {self.ema_decay}")
+        for key in ("terms", "extra_teachers"):  # these schemes have no teacher to read them from
+            _check(not (getattr(self, key) and self.scheme in ("online", "ema")),
+                   f"distill.{key} needs the teacher, and distill.scheme '{self.scheme}' trains without one; "
+                   f"remove distill.{key} or use scheme offline or born-again")
 
 
 DISTILL_SCHEMES = ("offline", "online", "born-again", "ema")
@@ -424,7 +428,8 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple = ()) -> "Recipe":
         raw = read_yaml(path)
-        for item in overrides:
+        resolve_file_paths(raw, Path(path).parent)
+        for item in overrides:  # paths given on the command line stay relative to the current folder
             apply_override(raw, item)
         return cls.from_dict(raw, str(path))
 
@@ -445,6 +450,28 @@ class Recipe:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def resolve_file_paths(raw: dict, recipe_dir: Path) -> None:
+    """A recipe names files (data.path, teacher.weights, teacher.transfer.pretrained,
+    distill.extra_teachers[i].weights) relative to its own folder, so that it runs from any
+    current folder; a relative path that is not there keeps meaning the current folder's."""
+
+    def fix(section, key):
+        if not isinstance(section, dict) or not isinstance(section.get(key), str):
+            return
+        value = Path(section[key]).expanduser()
+        if not value.is_absolute() and (recipe_dir / value).exists():
+            section[key] = str((recipe_dir / value).resolve())
+
+    fix(raw.get("data"), "path")
+    teacher = raw.get("teacher")
+    fix(teacher, "weights")
+    fix(teacher.get("transfer") if isinstance(teacher, dict) else None, "pretrained")
+    distill = raw.get("distill")
+    extra = distill.get("extra_teachers") if isinstance(distill, dict) else None
+    for entry in extra if isinstance(extra, list) else []:
+        fix(entry, "weights")
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -97,13 +97,14 @@ def mutual_learning(peers: list[nn.Module], *, train_x, train_y, val_x, val_y, c
 
 def born_again(student: nn.Module, teacher, *, make_student, train_x, train_y, val_x, val_y,
                cfg: DistillConfig, seed: int = 0, progress: bool = True, checkpoint_dir=None,
-               resume: bool = False, log=None) -> SchemeResult:
+               resume: bool = False, log=None, teacher_cache: dict | None = None) -> SchemeResult:
     """Generation 1 is `student` distilled from `teacher` (a module, or a list for
     multi-teacher KD, with cfg.terms), or trained on labels alone when teacher is None;
     generation k+1 is `make_student(k + 1)`, a freshly initialized copy, distilled from
     generation k with Hinton KD only (cfg.terms name the teacher's layers, which a student
     generation does not have). The best generation by val top-1 is returned (the first of
-    equals).
+    equals). `teacher_cache`: passed to distill() for generation 1 (the teacher's cached
+    outputs, shared with other runs of the same teacher and train_x).
 
     `checkpoint_dir`: each generation keeps its own per-epoch checkpoint there
     (distill.gen<k>.ckpt) until the stage is done, so a resumed run restores finished
@@ -127,8 +128,9 @@ def born_again(student: nn.Module, teacher, *, make_student, train_x, train_y, v
                              checkpoint=ckpt, resume=resume, log=log)
         else:
             fit_result = distill(current, source, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
-                                 cfg=cfg if k == 1 else _response_only(cfg), seed=seed + k - 1, progress=progress, checkpoint=ckpt, resume=resume,
-                                 log=log)
+                                 cfg=cfg if k == 1 else _response_only(cfg), seed=seed + k - 1, progress=progress,
+                                 checkpoint=ckpt, resume=resume, log=log,
+                                 teacher_cache=teacher_cache if k == 1 else None)
         top1 = round(accuracy(current, val_x, val_y), 3)
         generations.append({"generation": k, "val_top1": top1, "best_epoch": fit_result.best_epoch,
                             "train_seconds": round(fit_result.seconds, 3)})

@@ -342,3 +342,22 @@ def test_prune_section_is_validated():
         Recipe.from_dict({"prune": {"importance": "l3"}})
     with pytest.raises(ConfigError, match="prune.ratio must be between 0 and 1"):
         Recipe.from_dict({"prune": {"ratio": 1.0}})
+
+
+def test_file_paths_in_a_recipe_are_relative_to_its_folder(tmp_path, monkeypatch):
+    """models/.../transfer.yaml names its pretrained file next to itself: it must run from any folder."""
+    folder = tmp_path / "recipes"
+    (folder / "pretrained").mkdir(parents=True)
+    (folder / "pretrained" / "w.safetensors").write_bytes(b"x")
+    (folder / "teacher.safetensors").write_bytes(b"x")
+    path = write(folder, "teacher:\n  weights: teacher.safetensors\n  transfer: {pretrained: pretrained/w.safetensors}\n"
+                         "distill:\n  extra_teachers: [{arch: resnet8, weights: missing.safetensors}]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recipe = Recipe.from_yaml(path, ["data.path=data.npz"])
+    assert recipe.teacher.weights == str(folder / "teacher.safetensors")
+    assert recipe.teacher.transfer.pretrained == str(folder / "pretrained" / "w.safetensors")
+    # not next to the recipe: still relative to the current folder (and reported missing there later)
+    assert recipe.distill.extra_teachers[0]["weights"] == "missing.safetensors"
+    assert recipe.data.path == "data.npz"  # a command-line value means the current folder

@@ -244,6 +244,22 @@ def test_recipe_rejects_bad_scheme_fields(field, value, message):
         Recipe.from_dict({"distill": {field: value}})
 
 
+@pytest.mark.parametrize("scheme", ["online", "ema"])
+@pytest.mark.parametrize("field,value", [
+    ("terms", [{"kind": "rkd"}]),
+    ("extra_teachers", [{"arch": "resnet8", "epochs": 1}]),
+])
+def test_recipe_rejects_teacher_fields_for_schemes_without_a_teacher(scheme, field, value):
+    """Mutual learning and the EMA teacher never read the teacher: terms or extra teachers
+    would be ignored silently, so the recipe is refused instead."""
+    from edgekd.errors import ConfigError
+    from edgekd.recipe import Recipe
+
+    with pytest.raises(ConfigError, match=f"distill.{field} needs the teacher, and distill.scheme '{scheme}'"):
+        Recipe.from_dict({"distill": {"scheme": scheme, field: value}})
+    Recipe.from_dict({"distill": {"scheme": "born-again", field: value}})  # born-again has a teacher
+
+
 def test_soft_kl_is_zero_for_equal_logits():
     z = torch.tensor([[0.3, -1.0, 2.0]])
     assert schemes.soft_kl(z, z.clone(), 3.0).item() == pytest.approx(0.0, abs=1e-7)
