@@ -218,18 +218,22 @@ def summarize(runs: list[dict]) -> dict:
             "n": len(values)}
 
 
-def merge_and_write(results: dict, mine: dict) -> None:
-    """Write `results` with the rows of this invocation (`mine`) merged into the file as it is
-    now: another invocation may have added or extended rows since this one started."""
+def merge_and_write(results: dict, mine: dict, command: dict) -> None:
+    """Write `results` with this invocation's rows (`mine`) and `command` merged into the file
+    as it is now: another invocation may have added or extended rows since this one started."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     if RESULTS_JSON.is_file():
         on_disk = json.loads(RESULTS_JSON.read_text())
         if on_disk.get("teacher") == results["teacher"]:
             results["rows"] = on_disk.get("rows", {})
-            mine_commands = {c["command"] for c in results["commands"]}
-            results["commands"] = [c for c in on_disk.get("commands", []) if c["command"] not in mine_commands] + [
-                c for c in results["commands"] if c["command"] in mine_commands]
+            results["commands"] = on_disk.get("commands", [])
             results["notes"] = list(dict.fromkeys(on_disk.get("notes", []) + results.get("notes", [])))
+    commands = results["commands"]
+    where = [i for i, c in enumerate(commands) if c["command"] == command["command"]]
+    if where:  # the same command run again (e.g. to finish its seeds): its entry is updated in place
+        commands[where[0]] = command
+    else:
+        commands.append(command)
     results["rows"].update(mine)
     results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: row_order(kv[0])))
     tmp = RESULTS_JSON.with_suffix(".json.tmp")
@@ -308,7 +312,9 @@ def markdown(results: dict) -> str:
     md += [
         "Commands (rows are merged from these invocations, newest last):",
         "",
-        *[f"- `{c['command']}` ({c['wall_seconds']} s wall, kinds {', '.join(c['kinds'])}"
+        *[f"- `{c['command']}` ("
+          + (f"{c['wall_seconds']} s wall, " if c.get("wall_seconds") is not None else "")
+          + f"kinds {', '.join(c['kinds'])}"
           + ("" if c.get("finished", True) else "; stopped early: its rows have the seeds it finished") + ")"
           for c in results["commands"]],
         "",
@@ -368,7 +374,6 @@ def main() -> int:
                "commands": saved.get("commands", []), "notes": list(dict.fromkeys(saved.get("notes", []) + args.note))}
     command = {"command": "python benchmarks/distill_kinds.py " + " ".join(sys.argv[1:]), "kinds": kinds,
                "wall_seconds": 0.0, "finished": False}
-    results["commands"] = [c for c in results["commands"] if c["command"] != command["command"]] + [command]
     mine: dict = {}  # the rows this invocation writes
     params = count_params(build(STUDENT_ARCH, data, width=args.student_width))
     suffix = f"{'-aug' + str(args.augment_views) if args.augment_views else ''}{'-' + args.tag if args.tag else ''}" \
@@ -389,10 +394,10 @@ def main() -> int:
             mine[key] = {"settings": settings, "student_params": params, "runs": runs,
                                     "summary": summarize(runs)}
             command["wall_seconds"] = round(time.perf_counter() - start, 1)
-            merge_and_write(results, mine)
+            merge_and_write(results, mine, command)
     command["finished"] = True
     command["wall_seconds"] = round(time.perf_counter() - start, 1)
-    merge_and_write(results, mine)
+    merge_and_write(results, mine, command)
     return 0
 
 
