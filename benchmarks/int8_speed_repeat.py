@@ -8,7 +8,9 @@ result moved between runs (1.64x under load, 2.10x quiet, 1.2-1.7x in single ben
 This script repeats exactly that check on the models a run of it left in its work folder
 (the newest /tmp/int8-speed-* by default), --sessions times with --gap-seconds between
 them, and reports each session's median speed-up with the load average, and the
-distribution. Writes benchmarks/results/int8-speed-repeat.{json,md}.
+distribution. Then --block-seconds of short alternating blocks on two open sessions
+(block_series) show the host's fast and slow spells and the speed-up within each.
+Writes benchmarks/results/int8-speed-repeat.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,18 +33,68 @@ RESULTS = REPO / "benchmarks" / "results"
 FP32, INT8 = "trained28-fp32-op17.onnx", "trained28-qdq_u8s8_pc.onnx"
 
 
-def one_session(models: Path, repetitions: int, runs: int) -> dict:
-    """The final check of int8_speed_resnet20.py: fp32 and int8 alternating, median of p50s."""
+def alternating_pair(fp32: Path, int8: Path, repetitions: int, runs: int, eval_set: Path | None = None) -> dict:
+    """The target check: edgekd's bench, 1 thread, batch 1, fp32 and int8 alternating (the order
+    flipping every repetition); the speed-up is the ratio of the median p50s. `eval_set` is
+    passed to the first repetition only (its rows carry top-1); int8_speed_resnet20.py ends
+    with this check, this script repeats it."""
     cfg = BenchConfig(batch_size=1, threads=1, warmup=50, runs=runs, min_seconds=0.0)
-    p50 = {FP32: [], INT8: []}
+    p50 = {fp32: [], int8: []}
+    first_rows = []
     for r in range(repetitions):
-        order = [FP32, INT8] if r % 2 == 0 else [INT8, FP32]
-        for name, row in zip(order, bench([models / n for n in order], eval_set=None, cfg=cfg, progress=False)):
-            p50[name].append(row.latency_ms["p50"])
-    per_rep = [f / i for f, i in zip(p50[FP32], p50[INT8])]
-    return {"fp32_p50_ms": statistics.median(p50[FP32]), "int8_p50_ms": statistics.median(p50[INT8]),
-            "speedup": statistics.median(p50[FP32]) / statistics.median(p50[INT8]),
-            "speedup_per_repetition": per_rep}
+        order = [fp32, int8] if r % 2 == 0 else [int8, fp32]
+        rows = bench(order, eval_set=eval_set if r == 0 else None, cfg=cfg, progress=False)
+        for path, row in zip(order, rows):
+            p50[path].append(row.latency_ms["p50"])
+            if r == 0:
+                first_rows.append((path, row))
+    return {"fp32_p50_ms": statistics.median(p50[fp32]), "int8_p50_ms": statistics.median(p50[int8]),
+            "speedup": statistics.median(p50[fp32]) / statistics.median(p50[int8]),
+            "speedup_per_repetition": [f / i for f, i in zip(p50[fp32], p50[int8])],
+            "p50_per_repetition_ms": {"fp32": p50[fp32], "int8": p50[int8]}, "first_rows": first_rows}
+
+
+def block_series(fp32: Path, int8: Path, seconds: float, runs_per_block: int = 100) -> list:
+    """One session per model, kept open; blocks of `runs_per_block` timed runs alternating
+    fp32 / int8 for `seconds`. Returns [(model, start_s, p50_ms)]: the time series shows how
+    fast the host's state changes and what each state does to each model."""
+    import numpy as np
+
+    from edgekd.bench_session import make_session
+
+    image = np.zeros((1, 1, 28, 28), np.float32)
+    sessions = {"fp32": make_session(fp32, "cpu", threads=1), "int8": make_session(int8, "cpu", threads=1)}
+    feeds = {name: {s.get_inputs()[0].name: image} for name, s in sessions.items()}
+    for name, s in sessions.items():  # warm-up
+        for _ in range(50):
+            s.run(None, feeds[name])
+    series, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for name, s in sessions.items():
+            began = time.perf_counter() - start
+            samples = []
+            for _ in range(runs_per_block):
+                t = time.perf_counter()
+                s.run(None, feeds[name])
+                samples.append((time.perf_counter() - t) * 1000.0)
+            series.append((name, round(began, 3), round(statistics.median(samples), 4)))
+    return series
+
+
+def states(series: list) -> dict:
+    """Splits the block series into the host's fast and slow spells by the int8 block p50 (above
+    or below the midpoint of its 10th and 90th percentiles) and pairs each int8 block with the
+    fp32 block next to it: per state, the share of blocks, both p50s and the speed-up."""
+    int8 = [p for name, _, p in series if name == "int8"]
+    cut = (statistics.quantiles(int8, n=10)[0] + statistics.quantiles(int8, n=10)[-1]) / 2
+    pairs = [(series[k][2], series[k + 1][2]) for k in range(0, len(series) - 1, 2)
+             if series[k][0] == "fp32" and series[k + 1][0] == "int8"]
+    out = {"int8_cut_ms": cut, "blocks": len(pairs)}
+    for label, chosen in (("fast", [p for p in pairs if p[1] <= cut]), ("slow", [p for p in pairs if p[1] > cut])):
+        if chosen:
+            f, i = statistics.median(p[0] for p in chosen), statistics.median(p[1] for p in chosen)
+            out[label] = {"share": len(chosen) / len(pairs), "fp32_p50_ms": f, "int8_p50_ms": i, "speedup": f / i}
+    return out
 
 
 def markdown(out: dict) -> str:
@@ -56,13 +108,15 @@ def markdown(out: dict) -> str:
         f"onnxruntime {m['onnxruntime']}. Each session: edgekd's bench, 1 thread, batch 1, fp32 and the x86-vnni "
         f"int8 (QDQ U8S8 per-channel) alternating {out['repetitions']} times, {out['runs']} timed runs each; "
         f"the session's speed-up is the ratio of the median p50s. Sessions {out['gap_seconds']} s apart.", "",
-        "| session | start (s) | load avg | fp32 p50 ms | int8 p50 ms | speed-up | per repetition (min-max) |",
-        "|---:|---:|---:|---:|---:|---:|---|",
     ]
+    head = "| session | start (s) | load avg | fp32 p50 ms | int8 p50 ms | speed-up | per repetition (min-max) |"
+    rule = "|---:|---:|---:|---:|---:|---:|---|"
+    lines += [head, rule]
     for k, s in enumerate(sessions, 1):
         reps = s["speedup_per_repetition"]
-        lines.append(f"| {k} | {s['start_s']:.0f} | {s['load_average']:.2f} | {s['fp32_p50_ms']:.3f} | "
-                     f"{s['int8_p50_ms']:.3f} | {s['speedup']:.2f}x | {min(reps):.2f}-{max(reps):.2f}x |")
+        row = (f"| {k} | {s['start_s']:.0f} | {s['load_average']:.2f} | {s['fp32_p50_ms']:.3f} | "
+               f"{s['int8_p50_ms']:.3f} | {s['speedup']:.2f}x | {min(reps):.2f}-{max(reps):.2f}x |")
+        lines.append(row)
     at_least = sum(v >= 2.0 for v in speedups)
     lines += [
         "",
@@ -71,10 +125,42 @@ def markdown(out: dict) -> str:
         f"above 2x. fp32 p50 ranged {min(s['fp32_p50_ms'] for s in sessions):.3f}-"
         f"{max(s['fp32_p50_ms'] for s in sessions):.3f} ms, int8 {min(s['int8_p50_ms'] for s in sessions):.3f}-"
         f"{max(s['int8_p50_ms'] for s in sessions):.3f} ms.", "",
+    ]
+    if out.get("states"):
+        st, series = out["states"], out["block_series"]
+        lines += ["## The host's spells", "",
+                  f"`block_series`: one session per model kept open, blocks of {out['runs_per_block']} timed runs "
+                  f"alternating fp32 / int8 for {out['block_seconds']:.0f} s (all-zero input; the kernels do the same "
+                  "work whatever the values). Each int8 block is called fast or slow by its p50 (cut at "
+                  f"{st['int8_cut_ms']:.3f} ms, midway between the 10th and 90th percentiles) and paired with the fp32 "
+                  "block before it.", "",
+                  "| state | share of blocks | fp32 p50 ms | int8 p50 ms | speed-up |", "|---|---:|---:|---:|---:|"]
+        for label in ("fast", "slow"):
+            if label in st:
+                v = st[label]
+                lines.append(f"| {label} | {v['share']:.0%} | {v['fp32_p50_ms']:.3f} | {v['int8_p50_ms']:.3f} | "
+                             f"{v['speedup']:.2f}x |")
+        int8_seq = [(t, p <= st["int8_cut_ms"]) for name, t, p in series if name == "int8"]
+        switches = sum(1 for a, b in zip(int8_seq, int8_seq[1:]) if a[1] != b[1])
+        if "fast" in st and "slow" in st:
+            lines += ["", f"The state changed {switches} times in {out['block_seconds']:.0f} s (a spell lasts "
+                      f"{out['block_seconds'] / (switches + 1):.1f} s on average). From fast to slow, fp32 slows by "
+                      f"{st['slow']['fp32_p50_ms'] / st['fast']['fp32_p50_ms']:.2f}x and int8 by "
+                      f"{st['slow']['int8_p50_ms'] / st['fast']['int8_p50_ms']:.2f}x."]
+        lines.append("")
+    lines += [
         f"Target (issue #8, int8 >= 2x fp32): **{'met' if statistics.median(speedups) >= 2.0 and at_least == len(speedups) else 'not met reliably'}**"
         " - met only if every session reaches it.", "",
     ]
+    lines += [note + "\n" for note in out.get("notes", [])]
     return "\n".join(lines)
+
+
+def results_json(out: dict) -> str:
+    """The JSON, indented, with the long block series on one line."""
+    text = json.dumps({k: v for k, v in out.items() if k != "block_series"}, indent=1)
+    series = json.dumps(out.get("block_series", []), separators=(",", ":"))
+    return text[:-2] + ',\n "block_series": ' + series + "\n}\n"
 
 
 def main() -> int:
@@ -84,6 +170,10 @@ def main() -> int:
     parser.add_argument("--gap-seconds", type=float, default=45.0)
     parser.add_argument("--repetitions", type=int, default=9)
     parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--block-seconds", type=float, default=120.0,
+                        help="length of the fast/slow spell series (0: skip it)")
+    parser.add_argument("--runs-per-block", type=int, default=100)
+    parser.add_argument("--note", action="append", default=[], help="a paragraph for the results (repeatable)")
     args = parser.parse_args()
     if args.models:
         models = Path(args.models)
@@ -101,16 +191,20 @@ def main() -> int:
             time.sleep(args.gap_seconds)
         began = time.perf_counter() - start
         load = os.getloadavg()[0]
-        session = {"start_s": round(began, 1), "load_average": round(load, 2),
-                   **one_session(models, args.repetitions, args.runs)}
+        pair = alternating_pair(models / FP32, models / INT8, args.repetitions, args.runs)
+        pair.pop("first_rows")
+        session = {"start_s": round(began, 1), "load_average": round(load, 2), **pair}
         sessions.append(session)
         print(f"session {k + 1}: {session['speedup']:.2f}x (fp32 {session['fp32_p50_ms']:.3f} ms, int8 "
               f"{session['int8_p50_ms']:.3f} ms, load {load:.2f})", flush=True)
+    series = block_series(models / FP32, models / INT8, args.block_seconds, args.runs_per_block) if args.block_seconds else []
     out = {"command": "python benchmarks/int8_speed_repeat.py " + " ".join(sys.argv[1:]), "models": str(models),
            "machine": machine_info(), "repetitions": args.repetitions, "runs": args.runs,
-           "gap_seconds": args.gap_seconds, "sessions": sessions}
+           "gap_seconds": args.gap_seconds, "sessions": sessions, "notes": args.note,
+           "block_seconds": args.block_seconds, "runs_per_block": args.runs_per_block,
+           "states": states(series) if len(series) >= 20 else None, "block_series": series}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "int8-speed-repeat.json").write_text(json.dumps(out, indent=1) + "\n")
+    (RESULTS / "int8-speed-repeat.json").write_text(results_json(out))
     (RESULTS / "int8-speed-repeat.md").write_text(markdown(out))
     return 0
 

@@ -19,16 +19,19 @@ from .qat import INT32_MAX, QuantConv2d, QuantLinear, activation_quantizers, wei
 
 
 def export_qdq(qmodel: nn.Module, path: str | Path, *, input_shape: tuple[int, int, int], metadata: dict[str, str],
-               opset: int = 17) -> None:
+               opset: int = 17, pad_input_channels_to: int = 0) -> list[dict]:
     """Write the fake-quant model as a QDQ ONNX model: QuantizeLinear -> DequantizeLinear for
     every activation, int8 weight initializers with a DequantizeLinear (per channel, axis 0),
-    int32 biases with scale s_in * s_w; ONNX Runtime fuses these groups into int8 kernels."""
+    int32 biases with scale s_in * s_w; ONNX Runtime fuses these groups into int8 kernels.
+    pad_input_channels_to: as the PTQ path (edgekd.quantize_pad); returns what it padded."""
     import warnings
 
     import onnx
 
     from .artifacts import atomic_path
     from .export import INPUT_NAME, OUTPUT_NAME, set_metadata
+    from .quantize import shorten_names
+    from .quantize_pad import pad_input_channels
 
     if opset < 13:
         raise ConfigError("QAT export needs opset >= 13 (per-channel QuantizeLinear)")
@@ -47,9 +50,12 @@ def export_qdq(qmodel: nn.Module, path: str | Path, *, input_shape: tuple[int, i
         constants_as_initializers(proto)  # edgekd.qat_onnx: the rewrites below
         store_integer_weights(proto)
         remove_clamps_before_quantize(proto)
+        padded = pad_input_channels(proto, pad_input_channels_to)
+        shorten_names(proto)  # as the PTQ path writes them: a smaller file
         set_metadata(proto, metadata)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
+    return padded
 
 
 @torch.no_grad()

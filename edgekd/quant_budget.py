@@ -99,10 +99,16 @@ def node_sensitivity(prepared_fp32: str | Path, int8_path: str | Path, images: n
         # input: what the node reads (after Q/DQ) vs the fp32 tensor before the QuantizeLinear
         q_in = node.input[0]
         f_in = q_in
+        padded_in = None
         if f_in in producers and producers[f_in].op_type == "DequantizeLinear":
             f_in = producers[f_in].input[0]
             if f_in in producers and producers[f_in].op_type == "QuantizeLinear":
                 f_in = producers[f_in].input[0]
+                if f_in in producers and producers[f_in].op_type == "Pad":
+                    # input channels padded with zeros (edgekd.quantize_pad): the reference is the
+                    # int8 model's own padded float tensor (zeros add no signal and no noise)
+                    padded_in = f_in
+                    f_in = producers[f_in].input[0]
         # output: what the next node reads (after Q/DQ; a Relu the quantizer folded into the
         # QuantizeLinear's range is applied there) vs the fp32 tensor of that name
         q_out = node.output[0]
@@ -112,9 +118,10 @@ def node_sensitivity(prepared_fp32: str | Path, int8_path: str | Path, images: n
             if dequant is not None:
                 q_out = dequant.output[0]
         f_out = q_out[: -len(DQ_SUFFIX)] if q_out.endswith(DQ_SUFFIX) else q_out
-        if f_in not in fp32_acts or q_in not in int8_acts or f_out not in fp32_acts or q_out not in int8_acts:
+        reference_in = int8_acts.get(padded_in) if padded_in else fp32_acts.get(f_in)
+        if reference_in is None or q_in not in int8_acts or f_out not in fp32_acts or q_out not in int8_acts:
             continue
-        sqnr_in = sqnr(fp32_acts[f_in], int8_acts[q_in])
+        sqnr_in = sqnr(reference_in, int8_acts[q_in])
         sqnr_out = sqnr(fp32_acts[f_out], int8_acts[q_out])
         loss = min(sqnr_in, SQNR_CAP_DB) - min(sqnr_out, SQNR_CAP_DB)
         ranked.append({"node": node.name, "op_type": node.op_type, "sqnr_in_db": round(sqnr_in, 2),

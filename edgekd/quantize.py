@@ -5,7 +5,8 @@ the calibration split -> QDQ model (per-channel int8 weights, uint8 or int8 acti
 ONNX Runtime fuses QDQ groups into int8 kernels (QLinearConv, ...) when it loads the model;
 `edgekd bench` counts them to show that int8 really runs as int8.
 
-The activation/weight types, reduce_range and per_channel come from a target preset
+The activation/weight types, reduce_range, per_channel and the input-channel padding of
+the first convolutions (edgekd.quantize_pad) come from a target preset
 (resolve_quant_settings); fields set in the recipe override it. Nodes can be kept in
 float (quantize.exclude_nodes / exclude_op_types; the accuracy budget in quant_budget.py
 adds the most sensitive ones).
@@ -28,23 +29,30 @@ from .recipe import QuantConfig
 # Defaults per deployment target (as Optimum's AutoQuantizationConfig presets do).
 TARGET_PRESETS = {
     # VNNI (AVX-512 VNNI / AVX-VNNI): U8S8 runs on the int8 dot-product instructions. Measured
-    # (benchmarks/results/int8-speed-resnet20.md: ResNet-20, 28x28, batch 1, 1 thread, Xeon with
-    # AVX-512 VNNI, onnxruntime 1.32): QDQ U8S8 per-channel 1.64x faster than fp32 in edgekd's
-    # bench, every U8S8 variant (QOperator, per-tensor, reduce_range) 1.6-1.85x alike, S8S8 QDQ
-    # 0.41x (12 of 21 convs left float). No option reached the issue's 2x: the int8 convs are
-    # ~1.7x faster, and the 9 residual Adds fp32 fuses into its convs run as QLinearAdd (12%)
-    "x86-vnni": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False, "per_channel": True},
+    # (benchmarks/results/int8-speed-resnet20.md, int8-speed-repeat.md: ResNet-20, 28x28, batch 1,
+    # 1 thread, Xeon with AVX-512 VNNI, onnxruntime 1.32): QDQ U8S8 per-channel 1.57-1.84x faster
+    # than fp32 in edgekd's bench (2.02x in the shared host's fast spells, 1.66x in its slow ones),
+    # every U8S8 variant (QOperator, per-tensor, reduce_range) alike, S8S8 QDQ ~0.55x (12 of 21
+    # convs left float). The int8 convs are ~1.5x faster; the 9 residual Adds fp32 fuses into its
+    # convs run as QLinearAdd (12%).
+    # pad_input_channels_to 4: the x86 int8 conv kernel needs input channels in fours (edgekd.quantize_pad)
+    "x86-vnni": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False, "per_channel": True,
+                 "pad_input_channels_to": 4},
     # AVX2 without VNNI: U8S8 can saturate (vpmaddubsw); ONNX Runtime's docs advise reduce_range (7-bit weights)
-    "x86-avx2": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": True, "per_channel": True},
-    # ARM64: S8S8 (signed dot products, sdot/smmla)
-    "arm64": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "per_channel": True},
+    "x86-avx2": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": True, "per_channel": True,
+                 "pad_input_channels_to": 4},
+    # ARM64: S8S8 (signed dot products, sdot/smmla); MLAS's ARM64 indirect conv skips layers with
+    # under 64 input channels whatever their count, so no padding
+    "arm64": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "per_channel": True,
+              "pad_input_channels_to": 0},
     # CUDA / TensorRT: symmetric int8 activations and weights
-    "cuda": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "per_channel": True},
+    "cuda": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "per_channel": True,
+             "pad_input_channels_to": 0},
 }
 # ops ONNX Runtime's QDQPropagationTransformer moves Q/DQ across (data movement only)
 DQ_PROPAGATING_OPS = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather",
                       "Resize", "Expand")
-QUANT_FIELDS = ("activation_type", "weight_type", "reduce_range", "per_channel")
+QUANT_FIELDS = ("activation_type", "weight_type", "reduce_range", "per_channel", "pad_input_channels_to")
 
 
 def detect_machine() -> dict:
@@ -77,7 +85,7 @@ def resolve_quant_settings(cfg: QuantConfig, machine: dict | None = None) -> dic
     """The settings a quantization uses: the target's preset, then every field the recipe sets.
 
     Returns {target, target_from ('recipe' or 'cpu flags'), activation_type, weight_type,
-    reduce_range, per_channel, overrides (the fields taken from the recipe)}.
+    reduce_range, per_channel, pad_input_channels_to, overrides (the fields taken from the recipe)}.
     """
     if cfg.target == "auto":
         target = target_for_machine(machine if machine is not None else detect_machine())
@@ -111,6 +119,7 @@ class QuantReport:
     reduce_range: bool = False
     settings: dict = field(default_factory=dict)
     excluded_nodes: list = field(default_factory=list)  # kept in float
+    padded_inputs: list = field(default_factory=list)  # [{input, channels, padded_to}] (edgekd.quantize_pad)
 
 
 class ArrayCalibrationReader:
@@ -305,6 +314,7 @@ def ptq(
 
     from .export import INPUT_NAME, set_metadata
     from .onnxfile import check_onnx_file
+    from .quantize_pad import pad_input_channels
 
     # ORT's pre-processing and calibration open sessions on fp32_path (and onnx.load
     # reads its external data): it must pass the same check as a benched model. Usually
@@ -339,6 +349,7 @@ def ptq(
                 )
                 proto = onnx.load(str(tmp))
                 keep_float(proto, excluded, onnx.load(str(prepared)))
+                padded = pad_input_channels(proto, settings["pad_input_channels_to"])
                 shorten_names(proto)
                 set_metadata(proto, dict(metadata or {}))
                 onnx.checker.check_model(proto, full_check=True)
@@ -355,4 +366,5 @@ def ptq(
         reduce_range=settings["reduce_range"],
         settings=settings,
         excluded_nodes=excluded,
+        padded_inputs=padded,
     )

@@ -304,7 +304,7 @@ class QuantConfig:
     """Post-training static int8 through ONNX Runtime, QDQ format.
 
     `target` picks the defaults of activation_type / weight_type / reduce_range /
-    per_channel (see edgekd.quantize.TARGET_PRESETS; 'auto' reads the CPU flags). A field
+    per_channel / pad_input_channels_to (see edgekd.quantize.TARGET_PRESETS; 'auto' reads the CPU flags). A field
     left at None takes the target's value; a field set in the recipe always wins.
     `exclude_nodes` / `exclude_op_types` stay float. `max_drop`: the accuracy budget in
     top-1 points on the val split (None: no budget); when int8 loses more, the most
@@ -324,6 +324,7 @@ class QuantConfig:
     activation_type: Optional[str] = None
     weight_type: Optional[str] = None
     reduce_range: Optional[bool] = None
+    pad_input_channels_to: Optional[int] = None
     exclude_nodes: list = field(default_factory=list)
     exclude_op_types: list = field(default_factory=list)
     max_drop: Optional[float] = 1.0
@@ -342,6 +343,10 @@ class QuantConfig:
             value = getattr(self, key)
             _check(value is None or value in INT8_TYPES,
                    f"quantize.{key} must be one of {', '.join(INT8_TYPES)}, got '{value}'")
+        _check(self.pad_input_channels_to is None
+               or (isinstance(self.pad_input_channels_to, int) and not isinstance(self.pad_input_channels_to, bool)
+                   and self.pad_input_channels_to >= 0),
+               "quantize.pad_input_channels_to must be a whole number >= 0 (0: no padding)")
         for key in ("exclude_nodes", "exclude_op_types"):
             _check(all(isinstance(v, str) and v for v in getattr(self, key)),
                    f"quantize.{key} must be a list of names")

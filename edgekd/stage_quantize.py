@@ -39,6 +39,8 @@ def stage_quantize(run: Run) -> dict:
     settings = report.settings
     run.log(f"[quantize] target {settings['target']} (from {settings['target_from']}): {format_name(settings)}, "
             f"reduce_range {settings['reduce_range']}, per_channel {settings['per_channel']}"
+            + "".join(f"; input '{p['input']}' padded from {p['channels']} to {p['padded_to']} channels for the int8 "
+                      "conv kernel" for p in report.padded_inputs)
             + (f"; set in the recipe: {', '.join(settings['overrides'])}" if settings["overrides"] else ""))
     # val accuracy of the deployed int8 model, as ONNX Runtime runs it (not a simulation)
     val_x = preprocess(splits.val_x, meta)
@@ -54,13 +56,14 @@ def stage_quantize(run: Run) -> dict:
         "path": INT8_ONNX,
         "target": settings["target"],
         "settings": {k: settings[k] for k in ("target_from", "activation_type", "weight_type", "reduce_range",
-                                              "per_channel", "overrides")},
+                                              "per_channel", "pad_input_channels_to", "overrides")},
         "calibration": report.calibration,
         "calib_samples": report.samples,
         "calib_batch_size": cfg.calib_batch_size,
         "format": format_name(settings),
         "per_channel": report.per_channel,
         "float_nodes": list(report.excluded_nodes),
+        "padded_inputs": list(report.padded_inputs),
         "val_top1_int8": int8_val,
         "val_top1_fp32": fp32_val,
         "max_drop": cfg.max_drop,
@@ -91,8 +94,8 @@ def _quantize_qat(run: Run, cfg, *, meta, machine) -> dict:
                  val_y=t["val_y"], cfg=cfg.qat, temperature=run.recipe.distill.temperature,
                  alpha=run.recipe.distill.alpha, calib_images=to_tensor(splits.calib_x, spec.mean, spec.std),
                  seed=run.recipe.seed, progress=run.progress, log=run.log)
-    export_qdq(qmodel, run.path(INT8_ONNX), input_shape=input_shape_of(spec), metadata=meta,
-               opset=run.recipe.export.opset)
+    padded = export_qdq(qmodel, run.path(INT8_ONNX), input_shape=input_shape_of(spec), metadata=meta,
+                        opset=run.recipe.export.opset, pad_input_channels_to=settings["pad_input_channels_to"])
     val_x = preprocess(splits.val_x, meta)
     int8_val = evaluate(make_session(run.path(INT8_ONNX)), val_x, splits.val_y)
     fp32_val = evaluate(make_session(run.path(STUDENT_ONNX)), val_x, splits.val_y)
@@ -103,11 +106,11 @@ def _quantize_qat(run: Run, cfg, *, meta, machine) -> dict:
     record = {
         "method": "qat", "path": INT8_ONNX, "target": settings["target"], "format": name,
         "settings": {k: settings[k] for k in ("target_from", "activation_type", "weight_type", "reduce_range",
-                                              "per_channel", "overrides")},
+                                              "per_channel", "pad_input_channels_to", "overrides")},
         "qat": {**fit_summary(result.fit), "steps": result.total_steps, "observe_steps": result.observe_steps,
                 "activation_quantizers": result.activation_quantizers, "seconds": round(result.seconds, 3)},
         "val_top1_int8": int8_val, "val_top1_fake_quant": result.val_top1, "val_top1_fp32": fp32_val,
-        "max_drop": cfg.max_drop, "float_nodes": [],
+        "max_drop": cfg.max_drop, "float_nodes": [], "padded_inputs": padded,
     }
     if cfg.max_drop is not None and fp32_val - int8_val > cfg.max_drop:
         atomic_write_text(run.path("state/quantize-budget.json"), json.dumps(record, indent=2))
