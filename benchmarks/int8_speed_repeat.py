@@ -84,9 +84,10 @@ def block_series(fp32: Path, int8: Path, seconds: float, runs_per_block: int = 1
 def states(series: list) -> dict:
     """Splits the block series into the host's fast and slow spells by the int8 block p50 (above
     or below the midpoint of its 10th and 90th percentiles) and pairs each int8 block with the
-    fp32 block next to it: per state, the share of blocks, both p50s and the speed-up."""
+    fp32 block just before it: per state, the share of blocks, both p50s and the speed-up."""
     int8 = [p for name, _, p in series if name == "int8"]
-    cut = (statistics.quantiles(int8, n=10)[0] + statistics.quantiles(int8, n=10)[-1]) / 2
+    deciles = statistics.quantiles(int8, n=10)
+    cut = (deciles[0] + deciles[-1]) / 2
     pairs = [(series[k][2], series[k + 1][2]) for k in range(0, len(series) - 1, 2)
              if series[k][0] == "fp32" and series[k + 1][0] == "int8"]
     out = {"int8_cut_ms": cut, "blocks": len(pairs)}

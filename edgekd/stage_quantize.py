@@ -12,6 +12,11 @@ from .run import (STUDENT_ONNX, INT8_ONNX, Run, run_splits, run_tensors, teacher
                   input_shape_of, fit_summary)
 
 
+# what the stage's record keeps of resolve_quant_settings' answer
+RECORDED_SETTINGS = ("target_from", "activation_type", "weight_type", "reduce_range", "per_channel",
+                     "pad_input_channels_to", "overrides")
+
+
 def stage_quantize(run: Run) -> dict:
     """Post-training static int8 (QDQ) of the student with ONNX Runtime, within the accuracy
     budget (quantize.max_drop): if int8 loses more val top-1 than that, its most sensitive
@@ -55,8 +60,7 @@ def stage_quantize(run: Run) -> dict:
         "method": "ptq",
         "path": INT8_ONNX,
         "target": settings["target"],
-        "settings": {k: settings[k] for k in ("target_from", "activation_type", "weight_type", "reduce_range",
-                                              "per_channel", "pad_input_channels_to", "overrides")},
+        "settings": {k: settings[k] for k in RECORDED_SETTINGS},
         "calibration": report.calibration,
         "calib_samples": report.samples,
         "calib_batch_size": cfg.calib_batch_size,
@@ -105,8 +109,7 @@ def _quantize_qat(run: Run, cfg, *, meta, machine) -> dict:
             f"{result.val_top1:.2f}%, fp32 ONNX {fp32_val:.2f}%)")
     record = {
         "method": "qat", "path": INT8_ONNX, "target": settings["target"], "format": name,
-        "settings": {k: settings[k] for k in ("target_from", "activation_type", "weight_type", "reduce_range",
-                                              "per_channel", "pad_input_channels_to", "overrides")},
+        "settings": {k: settings[k] for k in RECORDED_SETTINGS},
         "qat": {**fit_summary(result.fit), "steps": result.total_steps, "observe_steps": result.observe_steps,
                 "activation_quantizers": result.activation_quantizers, "seconds": round(result.seconds, 3)},
         "val_top1_int8": int8_val, "val_top1_fake_quant": result.val_top1, "val_top1_fp32": fp32_val,
