@@ -54,6 +54,14 @@ def alternating_pair(fp32: Path, int8: Path, repetitions: int, runs: int, eval_s
             "p50_per_repetition_ms": {"fp32": p50[fp32], "int8": p50[int8]}, "first_rows": first_rows}
 
 
+def interleaved_pair(fp32: Path, int8: Path, runs: int) -> dict:
+    """The same pair in one `edgekd bench --interleave` call: both sessions open, timed in
+    short rotating rounds (edgekd.bench_measure.measure_interleaved), `runs` runs each."""
+    cfg = BenchConfig(batch_size=1, threads=1, warmup=50, runs=runs, min_seconds=0.0, interleave=True)
+    f, i = (row.latency_ms["p50"] for row in bench([fp32, int8], eval_set=None, cfg=cfg, progress=False))
+    return {"interleaved_fp32_p50_ms": f, "interleaved_int8_p50_ms": i, "interleaved_speedup": f / i}
+
+
 def block_series(fp32: Path, int8: Path, seconds: float, runs_per_block: int = 100) -> list:
     """One session per model, kept open; blocks of `runs_per_block` timed runs alternating
     fp32 / int8 for `seconds`. Returns [(model, start_s, p50_ms)]: the time series shows how
@@ -110,13 +118,22 @@ def markdown(out: dict) -> str:
         f"int8 (QDQ U8S8 per-channel) alternating {out['repetitions']} times, {out['runs']} timed runs each; "
         f"the session's speed-up is the ratio of the median p50s. Sessions {out['gap_seconds']} s apart.", "",
     ]
+    interleaved = all("interleaved_speedup" in s for s in sessions)
     head = "| session | start (s) | load avg | fp32 p50 ms | int8 p50 ms | speed-up | per repetition (min-max) |"
     rule = "|---:|---:|---:|---:|---:|---:|---|"
+    if interleaved:
+        lines += [f"Then, in each session, the same two models in one `edgekd bench --interleave` call "
+                  f"({out['interleaved_runs']} runs each, both sessions open, timed in short rotating rounds).", ""]
+        head += " interleaved fp32 / int8 ms | interleaved speed-up |"
+        rule += "---|---:|"
     lines += [head, rule]
     for k, s in enumerate(sessions, 1):
         reps = s["speedup_per_repetition"]
         row = (f"| {k} | {s['start_s']:.0f} | {s['load_average']:.2f} | {s['fp32_p50_ms']:.3f} | "
                f"{s['int8_p50_ms']:.3f} | {s['speedup']:.2f}x | {min(reps):.2f}-{max(reps):.2f}x |")
+        if interleaved:
+            row += (f" {s['interleaved_fp32_p50_ms']:.3f} / {s['interleaved_int8_p50_ms']:.3f} | "
+                    f"{s['interleaved_speedup']:.2f}x |")
         lines.append(row)
     at_least = sum(v >= 2.0 for v in speedups)
     lines += [
@@ -127,6 +144,10 @@ def markdown(out: dict) -> str:
         f"{max(s['fp32_p50_ms'] for s in sessions):.3f} ms, int8 {min(s['int8_p50_ms'] for s in sessions):.3f}-"
         f"{max(s['int8_p50_ms'] for s in sessions):.3f} ms.", "",
     ]
+    if interleaved:
+        together = [s["interleaved_speedup"] for s in sessions]
+        lines += [f"Interleaved: median {statistics.median(together):.2f}x, min {min(together):.2f}x, max "
+                  f"{max(together):.2f}x; {sum(v >= 2.0 for v in together)} of {len(together)} at or above 2x.", ""]
     if out.get("states"):
         st, series = out["states"], out["block_series"]
         lines += ["## The host's spells", "",
@@ -171,6 +192,8 @@ def main() -> int:
     parser.add_argument("--gap-seconds", type=float, default=45.0)
     parser.add_argument("--repetitions", type=int, default=9)
     parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--interleaved-factor", type=int, default=3,
+                        help="the interleaved check times runs x this many runs per model")
     parser.add_argument("--block-seconds", type=float, default=120.0,
                         help="length of the fast/slow spell series (0: skip it)")
     parser.add_argument("--runs-per-block", type=int, default=100)
@@ -194,14 +217,16 @@ def main() -> int:
         load = os.getloadavg()[0]
         pair = alternating_pair(models / FP32, models / INT8, args.repetitions, args.runs)
         pair.pop("first_rows")
-        session = {"start_s": round(began, 1), "load_average": round(load, 2), **pair}
+        together = interleaved_pair(models / FP32, models / INT8, args.runs * args.interleaved_factor)
+        session = {"start_s": round(began, 1), "load_average": round(load, 2), **pair, **together}
         sessions.append(session)
         print(f"session {k + 1}: {session['speedup']:.2f}x (fp32 {session['fp32_p50_ms']:.3f} ms, int8 "
-              f"{session['int8_p50_ms']:.3f} ms, load {load:.2f})", flush=True)
+              f"{session['int8_p50_ms']:.3f} ms, load {load:.2f}); interleaved {session['interleaved_speedup']:.2f}x",
+              flush=True)
     series = block_series(models / FP32, models / INT8, args.block_seconds, args.runs_per_block) if args.block_seconds else []
     out = {"command": "python benchmarks/int8_speed_repeat.py " + " ".join(sys.argv[1:]), "models": str(models),
            "machine": machine_info(), "repetitions": args.repetitions, "runs": args.runs,
-           "gap_seconds": args.gap_seconds, "sessions": sessions, "notes": args.note,
+           "gap_seconds": args.gap_seconds, "interleaved_runs": args.runs * args.interleaved_factor, "sessions": sessions, "notes": args.note,
            "block_seconds": args.block_seconds, "runs_per_block": args.runs_per_block,
            "states": states(series) if len(series) >= 20 else None, "block_series": series}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ before ONNX Runtime opens it (check_onnx_file), with or without onnx.
 
 Latency protocol: one cold run (reported as first_run_ms), warm-up runs (at least
 `warmup` and `warmup_seconds`), then timed runs of one batch until both `runs` runs are
-done and `min_seconds` have passed. Only session.run is timed.
+done and `min_seconds` have passed. Only session.run is timed. Models are timed one after
+another, or with bench.interleave all side by side in short rotating rounds (fair
+comparisons on a machine whose speed changes while it runs).
 
 The parts live in bench_measure.py (timing, statistics, memory, provider node counts) and
 bench_data.py (eval set, inputs, predictions, accuracy, reference agreement); their
@@ -37,7 +39,7 @@ from .bench_session import (  # noqa: F401  (re-exported)
 )
 from .bench_measure import (  # noqa: F401  (re-exported)
     MAX_CV, MAX_TAIL, MIN_RUNS_P90, MIN_RUNS_P99, MemoryProbe, _proc_status_kb, latency_stats,
-    low_confidence, measure_latency, provider_node_counts,
+    low_confidence, measure_interleaved, measure_latency, provider_node_counts, warm_up,
 )
 from .benchfmt import format_count, format_size, format_table  # noqa: F401  (re-exported)
 from .errors import ModelFileError
@@ -182,13 +184,28 @@ def _compare_with_reference(outputs, x, source: str, reference: Path, cfg: Bench
     return {"path": str(reference), **result, "inputs": source}
 
 
-def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None = None,
-               reference: Path | None = None) -> BenchRow:
-    """One model. Checked again here, just before its sessions (out of session_ms): a
-    long benchmark of several models leaves time for a file to change after bench()'s check.
-    cache: per bench() call, so that a sweep over batch sizes and threads counts op types
-    and runs a reference once. reference: a model to compare the outputs with."""
-    cache = {} if cache is None else cache
+@dataclass
+class _Opened:
+    """A model's session with its input, ready to time (see _open_one)."""
+
+    path: Path
+    cfg: BenchConfig
+    session: object
+    session_ms: float
+    memory: MemoryProbe
+    meta: dict
+    inp: object
+    dtype: object
+    batch: int
+    shape: tuple
+    takes_images: bool
+    x: object  # the preprocessed eval images, or None
+    feed: dict
+
+
+def _open_one(path: Path, cfg: BenchConfig, eval_x) -> _Opened:
+    """Check the file again (a long benchmark of several models leaves time for a file to
+    change after bench()'s check; out of session_ms), open its session and build its input."""
     check_onnx_file(path)
     memory = MemoryProbe()
     memory.start()
@@ -197,7 +214,6 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None 
     session_ms = (time.perf_counter() - start) * 1000.0
     memory.sample()
     meta = session.get_modelmeta().custom_metadata_map
-
     inp, dtype = _model_input(session, path)
     fixed_batch = isinstance(inp.shape[0], int) and inp.shape[0] > 0
     batch = inp.shape[0] if fixed_batch else cfg.batch_size
@@ -205,14 +221,33 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None 
     shape = feed_shape(inp, batch, eval_x.shape if takes_images and eval_x is not None else None, path)
     x = preprocess(eval_x, meta) if takes_images and eval_x is not None else None
     feed_x = _synthetic_input(path, inp, dtype, shape) if x is None else np.resize(x[:batch], shape)
-    feed = {inp.name: feed_x}
+    return _Opened(path, cfg, session, session_ms, memory, meta, inp, dtype, batch, shape, takes_images, x,
+                   {inp.name: feed_x})
 
+
+def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None = None,
+               reference: Path | None = None) -> BenchRow:
+    """One model, timed on its own. cache: per bench() call, so that a sweep over batch sizes
+    and threads counts op types and runs a reference once. reference: a model to compare
+    the outputs with."""
+    opened = _open_one(path, cfg, eval_x)
     timings, first_run_ms, warmup_runs = measure_latency(
-        session, feed, warmup=cfg.warmup, runs=cfg.runs, min_seconds=cfg.min_seconds,
+        opened.session, opened.feed, warmup=cfg.warmup, runs=cfg.runs, min_seconds=cfg.min_seconds,
         warmup_seconds=cfg.warmup_seconds,
     )
+    memory = opened.memory.finish()  # before accuracy: it holds the whole eval set
+    return _finish_one(opened, timings, first_run_ms, warmup_runs, memory, eval_x, eval_y, cache, reference)
+
+
+def _finish_one(opened: _Opened, timings: list, first_run_ms: float, warmup_runs: int, memory: tuple,
+                eval_x, eval_y, cache: dict | None, reference: Path | None) -> BenchRow:
+    """The row of a timed model: latency statistics, accuracy, reference agreement, op and
+    provider-node counts. memory: MemoryProbe.finish()'s (before, peak, delta)."""
+    cache = {} if cache is None else cache
+    path, cfg, session, meta, inp = opened.path, opened.cfg, opened.session, opened.meta, opened.inp
+    batch, shape, x, feed = opened.batch, opened.shape, opened.x, opened.feed
     stats = latency_stats(timings)
-    rss_before, rss_peak, rss_delta = memory.finish()  # before accuracy: it holds the whole eval set
+    rss_before, rss_peak, rss_delta = memory
     top1 = top5 = None
     outputs = None
     if x is not None and eval_y is not None:
@@ -221,11 +256,11 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None 
         if outputs is None:
             outputs = cache["outputs"][key] = predict(session, x, eval_y)
         top1, top5 = topk_accuracy(outputs, eval_y, 1), topk_accuracy(outputs, eval_y, 5)
-    note = _accuracy_note(eval_x, eval_y, inp, takes_images)
+    note = _accuracy_note(eval_x, eval_y, inp, opened.takes_images)
 
     ref = None
     if reference is not None:
-        ref_x, source = _agreement_inputs(eval_x, meta, inp, dtype, path, shape, takes_images)
+        ref_x, source = _agreement_inputs(eval_x, meta, inp, opened.dtype, path, shape, opened.takes_images)
         if outputs is None or source != "eval":
             outputs = predict(session, ref_x)
         ref = _compare_with_reference(outputs, ref_x, source, reference, cfg, cache)
@@ -259,7 +294,7 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None 
         runs=len(timings),
         warmup=warmup_runs,
         throughput=batch / (stats["mean"] / 1000.0),
-        session_ms=session_ms,
+        session_ms=opened.session_ms,
         first_run_ms=first_run_ms,
         op_counts=op_counts,
         int8_ops=None if op_counts is None else sum(c for op, c in op_counts.items() if op in INT8_OPS),
@@ -317,6 +352,8 @@ def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progres
     if eval_set is not None:
         eval_x, eval_y, _ = load_eval_set(eval_set)
     cache = {"eval_x": eval_x}  # op counts, provider nodes and reference outputs, see _bench_one
+    if cfg.interleave:
+        return _bench_interleaved([(p, c) for p in paths for c in configs], eval_x, eval_y, cache, refs, progress)
     rows, done, fixed_batch = [], set(), {}  # fixed_batch: path -> its fixed batch
     for path, run_cfg in _progress([(p, c) for p in paths for c in configs], progress):
         if (path, fixed_batch.get(path), run_cfg.threads) in done:
@@ -327,6 +364,37 @@ def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progres
         if (path, row.batch_size, row.threads) not in done:
             done.add((path, row.batch_size, row.threads))
             rows.append(row)
+    return rows
+
+
+def _bench_interleaved(items: list, eval_x, eval_y, cache: dict, refs: dict, progress: bool) -> list:
+    """bench.interleave: every (model, settings) result timed side by side. All sessions are
+    opened and warmed up first (each one's memory is measured over its session creation,
+    cold run and warm-up, before the others run), then measure_interleaved times them in
+    short rotating rounds, so that a change in the machine's speed hits every model alike;
+    accuracy and the rest follow per model. A model with a fixed batch dim gets one result
+    per thread count, as in the sequential mode."""
+    opened, seen = [], set()
+    for path, run_cfg in _progress(items, progress):
+        model = _open_one(path, run_cfg, eval_x)
+        if (path, model.batch, run_cfg.threads) in seen:
+            continue  # a fixed batch dim: another batch size would repeat a result
+        seen.add((path, model.batch, run_cfg.threads))
+        first_run_ms, warmup_runs = warm_up(model.session, model.feed, warmup=run_cfg.warmup,
+                                            warmup_seconds=run_cfg.warmup_seconds)
+        opened.append((model, first_run_ms, warmup_runs, model.memory.finish()))
+    # one protocol for all: the most runs and seconds any result asks for (they share one BenchConfig
+    # but for batch size and threads)
+    runs, min_seconds = max(m.cfg.runs for m, *_ in opened), max(m.cfg.min_seconds for m, *_ in opened)
+    timings = measure_interleaved([(m.session, m.feed) for m, *_ in opened], runs=runs, min_seconds=min_seconds)
+    rows = []
+    for (model, first_run_ms, warmup_runs, memory), times in zip(opened, timings):
+        row = _finish_one(model, times, first_run_ms, warmup_runs, memory, eval_x, eval_y, cache,
+                          refs.get(model.path))
+        if len(opened) > 1:
+            row.notes.append(f"timed interleaved with {len(opened) - 1} other result(s); memory covers session "
+                             "creation, the cold run and warm-up")
+        rows.append(row)
     return rows
 
 

@@ -14,14 +14,10 @@ from pathlib import Path
 import numpy as np
 
 
-def measure_latency(session, feed: dict, *, warmup: int, runs: int, min_seconds: float,
-                    warmup_seconds: float = 0.0):
-    """(timings_ms, first_run_ms, warmup_runs): the cold first run, untimed warm-up runs
-    until at least `warmup` are done and `warmup_seconds` have passed, then timed runs
-    until at least `runs` are done and `min_seconds` have passed. Only session.run is
-    inside the timed interval; the loop adds one clock read per run (see
-    benchmarks/bench_overhead.py for the measured overhead against a bare loop)."""
-    run, clock = session.run, time.perf_counter  # bound once: no attribute lookups per run
+def warm_up(session, feed: dict, *, warmup: int, warmup_seconds: float = 0.0) -> tuple:
+    """(first_run_ms, warmup_runs): the cold first run, then untimed warm-up runs until at
+    least `warmup` are done and `warmup_seconds` have passed."""
+    run, clock = session.run, time.perf_counter
     start = clock()
     run(None, feed)
     first_run_ms = (clock() - start) * 1000.0
@@ -30,6 +26,18 @@ def measure_latency(session, feed: dict, *, warmup: int, runs: int, min_seconds:
     while warmup_runs < warmup or clock() - start < warmup_seconds:
         run(None, feed)
         warmup_runs += 1
+    return first_run_ms, warmup_runs
+
+
+def measure_latency(session, feed: dict, *, warmup: int, runs: int, min_seconds: float,
+                    warmup_seconds: float = 0.0):
+    """(timings_ms, first_run_ms, warmup_runs): the cold first run, untimed warm-up runs
+    until at least `warmup` are done and `warmup_seconds` have passed, then timed runs
+    until at least `runs` are done and `min_seconds` have passed. Only session.run is
+    inside the timed interval; the loop adds one clock read per run (see
+    benchmarks/bench_overhead.py for the measured overhead against a bare loop)."""
+    first_run_ms, warmup_runs = warm_up(session, feed, warmup=warmup, warmup_seconds=warmup_seconds)
+    run, clock = session.run, time.perf_counter  # bound once: no attribute lookups per run
     timings = []
     append = timings.append
     deadline = clock() + min_seconds
@@ -42,6 +50,41 @@ def measure_latency(session, feed: dict, *, warmup: int, runs: int, min_seconds:
             break
         t0 = clock()
     return timings, first_run_ms, warmup_runs
+
+
+# Interleaved timing: each model gets at most this many runs, or this long, per round. A
+# round is then short next to the spells of a shared host (its speed changed every ~0.4 s
+# on this project's VM, benchmarks/results/int8-speed-repeat.md), so every model sees them alike.
+ROUND_RUNS = 20
+ROUND_SECONDS = 0.05
+
+
+def measure_interleaved(sessions: list, *, runs: int, min_seconds: float) -> list:
+    """Timed runs of several warmed-up (session, feed) pairs side by side: rounds in which
+    each model runs up to ROUND_RUNS times (or ROUND_SECONDS), the order rotating by one
+    each round, until every model has at least `runs` timed runs and `min_seconds` of them.
+    Returns one list of timings (ms) per pair. A model that is done keeps running with the
+    others, so that the last rounds do not time it alone."""
+    clock = time.perf_counter
+    timings = [[] for _ in sessions]
+    spent = [0.0] * len(sessions)
+    rounds = 0
+    while any(len(t) < runs or s < min_seconds for t, s in zip(timings, spent)):
+        shift = rounds % len(sessions)
+        for k in [*range(shift, len(sessions)), *range(shift)]:
+            (session, feed), append = sessions[k], timings[k].append
+            run = session.run
+            round_start = clock()
+            for _ in range(ROUND_RUNS):
+                t0 = clock()
+                run(None, feed)
+                t1 = clock()
+                append((t1 - t0) * 1000.0)
+                spent[k] += t1 - t0
+                if t1 - round_start >= ROUND_SECONDS:
+                    break
+        rounds += 1
+    return timings
 
 
 def latency_stats(timings_ms) -> dict:

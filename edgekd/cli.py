@@ -325,9 +325,12 @@ def _load_bench_json(path) -> dict:
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="Reference model (e.g. the fp32 one): argmax agreement and max abs difference of the "
                    "outputs, on --data or synthetic input. A run directory compares int8 with fp32 by itself.")
+@click.option("--interleave", is_flag=True,
+              help="Time all models side by side in short rotating rounds instead of one after another: "
+                   "fair ratios on a machine whose speed changes while it runs (a shared VM, a throttling device).")
 def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
           csv_out, md_out, plot, list_providers, compare, quiet, warmup_seconds, inter_threads, intra_spinning,
-          inter_spinning, reference):
+          inter_spinning, reference, interleave):
     """Latency (p50/p90/p99 after warm-up, throughput), peak memory and top-1 of ONNX MODELS.
 
     MODELS are .onnx files or one run directory (then every model in it is benched on
@@ -366,7 +369,7 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     cfg = BenchConfig(provider=provider, batch_size=batch_size[0], warmup=warmup, runs=runs,
                       min_seconds=min_seconds, threads=threads[0], warmup_seconds=warmup_seconds,
                       inter_threads=inter_threads, intra_spinning=spin[intra_spinning],
-                      inter_spinning=spin[inter_spinning])
+                      inter_spinning=spin[inter_spinning], interleave=interleave)
     sweep = {"batch_sizes": batch_size, "threads": threads}
     dirs = [m for m in models if Path(m).is_dir()]
     if dirs:

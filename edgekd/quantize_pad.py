@@ -62,7 +62,8 @@ def pad_input_channels(proto, multiple: int) -> list[dict]:
         rank = len(weights[0].dims)
         pads = np.zeros(2 * rank, np.int64)
         pads[rank + 1] = extra  # at the end of axis 1 (channels), nothing elsewhere
-        pads_name, padded_name = _fresh(graph, graph_input.name + "_channel_pads"), _fresh(graph, graph_input.name + "_padded")
+        pads_name = _fresh(graph, graph_input.name + "_channel_pads")
+        padded_name = _fresh(graph, graph_input.name + "_padded")
         graph.initializer.append(numpy_helper.from_array(pads, pads_name))
         node = helper.make_node("Pad", [graph_input.name, pads_name], [padded_name], name=_fresh(graph, PAD_NODE),
                                 mode="constant")
@@ -77,7 +78,8 @@ def pad_input_channels(proto, multiple: int) -> list[dict]:
 
 def _int8_weight(conv, data_input: str, producers: dict, initializers: dict):
     """The int8 weight initializer of a group-1 Conv reading `data_input`, or None."""
-    if conv.op_type != "Conv" or conv.input[0] != data_input or any(a.name == "group" and a.i != 1 for a in conv.attribute):
+    grouped = any(a.name == "group" and a.i != 1 for a in conv.attribute)
+    if conv.op_type != "Conv" or conv.input[0] != data_input or grouped:
         return None
     dequantize = producers.get(conv.input[1])
     if dequantize is None or dequantize.op_type != "DequantizeLinear" or dequantize.input[0] not in initializers:

@@ -381,7 +381,8 @@ class ExportConfig:
 @dataclass(frozen=True)
 class BenchConfig:
     """Latency protocol: warm-up (at least `warmup` runs and `warmup_seconds`), then timed
-    runs (at least `runs` and `min_seconds`); ONNX Runtime thread and spinning options."""
+    runs (at least `runs` and `min_seconds`); ONNX Runtime thread and spinning options;
+    `interleave`: time the models side by side (edgekd.bench_measure.measure_interleaved)."""
 
     provider: str = "cpu"
     batch_size: int = 1
@@ -393,6 +394,8 @@ class BenchConfig:
     inter_threads: int = 0  # > 0: parallel execution mode with this many inter-op threads
     intra_spinning: Optional[bool] = None  # session.intra_op.allow_spinning; None: ORT's default (on)
     inter_spinning: Optional[bool] = None  # session.inter_op.allow_spinning
+    # time all models side by side in short rotating rounds instead of one after another
+    interleave: bool = False
 
     def __post_init__(self):
         _check(self.batch_size > 0, "bench.batch_size must be positive")
@@ -402,6 +405,7 @@ class BenchConfig:
         _check(self.threads >= 0, "bench.threads must be >= 0")
         _check(self.warmup_seconds >= 0, "bench.warmup_seconds must be >= 0")
         _check(self.inter_threads >= 0, "bench.inter_threads must be >= 0")
+        _check(isinstance(self.interleave, bool), "bench.interleave must be true or false")
 
 
 @dataclass(frozen=True)

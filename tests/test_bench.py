@@ -522,3 +522,81 @@ def test_thread_and_spinning_options_reach_the_session(zoo):
     assert row.inter_threads == 2
     with pytest.raises(ConfigError, match="inter_threads"):
         BenchConfig(inter_threads=-1)
+
+
+# -- interleaved timing ---------------------------------------------------------------
+
+
+class _LoggingSession:
+    """Appends its name to a shared log at every run (no sleep: the loop itself is timed)."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def run(self, outputs, feed):
+        self.log.append(self.name)
+
+
+def test_measure_interleaved_rotates_short_rounds_until_every_model_is_done(monkeypatch):
+    from edgekd import bench_measure
+
+    monkeypatch.setattr(bench_measure, "ROUND_RUNS", 3)
+    log = []
+    sessions = [(_LoggingSession(name, log), {}) for name in "abc"]
+    timings = bench_measure.measure_interleaved(sessions, runs=7, min_seconds=0.0)
+    # 7 runs need 3 rounds of 3; every round runs each model 3 times, the first model rotating
+    assert [len(t) for t in timings] == [9, 9, 9]
+    assert "".join(log) == "aaabbbccc" + "bbbcccaaa" + "cccaaabbb"
+    assert all(t >= 0 for times in timings for t in times)
+    # a round ends early after ROUND_SECONDS: one 2 ms run per round when the cap is 1 ms
+    monkeypatch.setattr(bench_measure, "ROUND_SECONDS", 0.001)
+    timings = bench_measure.measure_interleaved([(_SleepySession(), {}), (_SleepySession(), {})], runs=4,
+                                                min_seconds=0.0)
+    assert [len(t) for t in timings] == [4, 4] and min(min(t) for t in timings) >= 2.0
+    # min_seconds counts each model's own timed time
+    timings = bench_measure.measure_interleaved([(_SleepySession(), {}), (_SleepySession(), {})], runs=1,
+                                                min_seconds=0.02)
+    assert min(sum(t) for t in timings) >= 20.0 and len(timings[0]) == len(timings[1])
+    # a model that is done keeps running with the others: 3 fast runs a round until the slow one has 5
+    log = []
+    timings = bench_measure.measure_interleaved([(_SleepySession(), {}), (_LoggingSession("x", log), {})], runs=5,
+                                                min_seconds=0.0)
+    assert len(timings[0]) == 5 and len(timings[1]) == len(log) == 15
+
+
+def test_bench_interleave_gives_the_same_rows_with_a_note(zoo):
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, interleave=True)
+    rows = bench.bench([zoo["fp32"], zoo["int8"], zoo["b1"]], eval_set=zoo["eval"], cfg=cfg, progress=False,
+                       batch_sizes=[2, 4])
+    # b1 has a fixed batch of 1: one result for it, as in the sequential mode
+    assert [(r.name, r.batch_size) for r in rows] == [("fp32", 2), ("fp32", 4), ("model.int8", 2),
+                                                      ("model.int8", 4), ("b1", 1)]
+    sequential = bench.bench([zoo["fp32"], zoo["int8"], zoo["b1"]], eval_set=zoo["eval"], cfg=CFG, progress=False,
+                             batch_sizes=[2, 4])
+    for row, plain in zip(rows, sequential):
+        assert (row.top1, row.int8_ops, row.input_shape) == (plain.top1, plain.int8_ops, plain.input_shape)
+        assert row.runs >= CFG.runs and row.warmup == CFG.warmup and row.first_run_ms > 0
+        assert row.latency_ms["min"] <= row.latency_ms["p50"] <= row.latency_ms["max"]
+        assert any("timed interleaved with 4 other result(s)" in n for n in row.notes)
+        assert not any("interleaved" in n for n in plain.notes)
+        if row.rss_peak_bytes is not None:
+            assert row.rss_peak_bytes >= row.rss_before_bytes
+    (alone,) = bench.bench([zoo["fp32"]], cfg=cfg, progress=False)
+    assert not any("interleaved" in n for n in alone.notes)
+
+
+def test_interleave_option_reaches_the_report(tmp_path, zoo):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["bench", str(zoo["fp32"]), str(zoo["int8"]), "--interleave", "--runs", "20",
+                                       "--min-seconds", "0", "--warmup", "2", "-q", "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["config"]["interleave"] is True and len(report["models"]) == 2
+    with pytest.raises(Exception, match="bench.interleave must be true or false"):
+        BenchConfig(interleave="yes")
