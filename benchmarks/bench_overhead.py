@@ -32,8 +32,12 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekd import bench  # noqa: E402  (after the path: runs from a source checkout)
-from edgekd.recipe import BenchConfig  # noqa: E402
+from edgekd.runtime import bench  # noqa: E402  (after the path: runs from a source checkout)
+
+from edgekd.runtime.inputs import load_eval_set, preprocess
+
+from edgekd.runtime.machine import machine_info
+from edgekd.runtime.config import BenchConfig  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TOLERANCE = 0.03  # |edgekd p50 / bare p50 - 1|
@@ -66,9 +70,9 @@ def edgekd_p50(path: Path, eval_set: Path, cfg: BenchConfig) -> float:
 
 def first_image(path: Path, eval_set: Path) -> np.ndarray:
     """What edgekd feeds at batch 1: the first eval image, preprocessed with the model's mean/std."""
-    x, _, _ = bench.load_eval_set(eval_set)
+    x, _, _ = load_eval_set(eval_set)
     meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    return np.ascontiguousarray(bench.preprocess(x[:1], meta))
+    return np.ascontiguousarray(preprocess(x[:1], meta))
 
 
 def measure(path: Path, eval_set: Path, args) -> dict:
@@ -149,7 +153,7 @@ def main() -> int:
     result = {
         "command": "python " + " ".join(["benchmarks/bench_overhead.py", *sys.argv[1:]]),
         "wall_seconds": time.perf_counter() - start,
-        "machine": bench.machine_info(),
+        "machine": machine_info(),
         "load_average": [load_start, os.getloadavg()[0]],
         "settings": {"reps": args.reps, "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
                      "batch_size": 1, "provider": "cpu"},

@@ -67,7 +67,7 @@ def main() -> int:
 
 
 def markdown(result: dict, report: dict) -> str:
-    from edgekd.report import summary_table
+    from edgekd.pipeline.report import summary_table
 
     machine = result["machine"]
     lines = [

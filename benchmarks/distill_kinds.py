@@ -52,13 +52,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekd import distill as distill_module  # noqa: E402
-from edgekd.artifacts import load_weights, save_weights  # noqa: E402
-from edgekd.bench import machine_info  # noqa: E402
-from edgekd.data import load_splits  # noqa: E402
-from edgekd.models import build_model, count_params  # noqa: E402
-from edgekd.recipe import DataConfig, DistillConfig, TeacherConfig  # noqa: E402
-from edgekd.train import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
+from edgekd.distill import offline as distill_module  # noqa: E402
+from edgekd.io.artifacts import load_weights, save_weights  # noqa: E402
+from edgekd.runtime.machine import machine_info  # noqa: E402
+from edgekd.data.splits import load_splits  # noqa: E402
+from edgekd.models.zoo import build_model  # noqa: E402
+from edgekd.models.cost import count_params
+from edgekd.data.config import DataConfig  # noqa: E402
+from edgekd.distill.config import DistillConfig
+from edgekd.train.config import TeacherConfig
+from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RESULTS_JSON = RESULTS / "distill-kinds.json"
@@ -124,7 +127,7 @@ def augmented_pool(data: dict, views: int) -> dict:
     steps as --epochs over the plain images. Fixed views let the teacher's outputs be computed
     once for every kind and seed (an augmented run would otherwise run the teacher at each step),
     and the student sees the teacher's outputs on inputs other than the 54,000 it was trained on."""
-    from edgekd.train import augment_batch
+    from edgekd.train.loop import augment_batch
 
     generator = torch.Generator().manual_seed(0)
     views_x = [augment_batch(data["train_x"], generator) for _ in range(views)]
@@ -170,8 +173,8 @@ def trained_teacher(data: dict, args):
 
 def run_kind(kind: str, seed: int, settings: dict, teacher, data: dict, teacher_cache: dict) -> dict:
     """Train the student of one seed with one kind; its test top-1 and what the scheme measured."""
-    from edgekd import schemes
-    from edgekd.distill import distill
+    from edgekd.distill import schemes
+    from edgekd.distill.offline import distill
 
     cfg_fields = {k: v for k, v in settings.items() if k not in ("width", "augment_views", "epochs")}
     views = settings["augment_views"]

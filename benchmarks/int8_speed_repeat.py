@@ -26,8 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekd.bench import bench, machine_info  # noqa: E402
-from edgekd.recipe import BenchConfig  # noqa: E402
+from edgekd.runtime.bench import bench  # noqa: E402
+from edgekd.runtime.machine import machine_info
+from edgekd.runtime.config import BenchConfig  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 FP32, INT8 = "trained28-fp32-op17.onnx", "trained28-qdq_u8s8_pc.onnx"
@@ -68,7 +69,7 @@ def block_series(fp32: Path, int8: Path, seconds: float, runs_per_block: int = 1
     fast the host's state changes and what each state does to each model."""
     import numpy as np
 
-    from edgekd.bench_session import make_session
+    from edgekd.runtime.session import make_session
 
     image = np.zeros((1, 1, 28, 28), np.float32)
     sessions = {"fp32": make_session(fp32, "cpu", threads=1), "int8": make_session(int8, "cpu", threads=1)}

@@ -38,13 +38,20 @@ sys.path.insert(0, str(REPO))
 
 import onnxruntime as ort  # noqa: E402
 
-from edgekd.bench import machine_info, optimized_op_counts, preprocess  # noqa: E402
-from edgekd.data import load_splits, save_eval_set  # noqa: E402
-from edgekd.export import model_metadata, to_onnx  # noqa: E402
-from edgekd.models import build_model, count_macs, count_params  # noqa: E402
-from edgekd.quantize import ArrayCalibrationReader, prepare, ptq  # noqa: E402
-from edgekd.recipe import DataConfig, ExportConfig, QuantConfig, TeacherConfig  # noqa: E402
-from edgekd.train import cross_entropy_step, fit, to_tensor  # noqa: E402
+from edgekd.runtime.machine import machine_info  # noqa: E402
+from edgekd.runtime.session import optimized_op_counts
+from edgekd.runtime.inputs import preprocess
+from edgekd.data.splits import load_splits, save_eval_set  # noqa: E402
+from edgekd.onnx_export import model_metadata, to_onnx  # noqa: E402
+from edgekd.models.zoo import build_model  # noqa: E402
+from edgekd.models.cost import count_macs, count_params
+from edgekd.quant.calibration import ArrayCalibrationReader  # noqa: E402
+from edgekd.quant.ptq import prepare, ptq
+from edgekd.data.config import DataConfig  # noqa: E402
+from edgekd.onnx_export import ExportConfig
+from edgekd.quant.config import QuantConfig
+from edgekd.train.config import TeacherConfig
+from edgekd.train.loop import cross_entropy_step, fit, to_tensor  # noqa: E402
 from int8_speed_repeat import alternating_pair  # noqa: E402  (benchmarks/ is this script's folder)
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -122,8 +129,9 @@ def quantize(fp32: Path, out: Path, fmt: str, calib: np.ndarray, meta: dict) -> 
 def export_qat_structure(net, work: Path, calib: np.ndarray, meta: dict) -> Path:
     """edgekd.qat's export of `net` (folded, fake-quantized, calibrated; not fine-tuned): the
     graph a QAT model deploys as, to time it next to ORT's PTQ graph."""
-    from edgekd.qat import calibrate, prepare_qat
-    from edgekd.qat_onnx import export_qdq
+    from edgekd.quant.qat.train import calibrate
+    from edgekd.quant.qat.prepare import prepare_qat
+    from edgekd.quant.qat.export import export_qdq
 
     qmodel = prepare_qat(net, activation_type="uint8")
     calibrate(qmodel, torch.from_numpy(calib))

@@ -32,17 +32,25 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekd.artifacts import load_weights, save_weights  # noqa: E402
-from edgekd.bench import bench, format_table, machine_info  # noqa: E402
-from edgekd.data import load_splits, save_eval_set  # noqa: E402
-from edgekd.distill import distill  # noqa: E402
-from edgekd.export import model_metadata  # noqa: E402
-from edgekd.models import build_model, count_macs, count_params  # noqa: E402
-from edgekd.prune import channel_table  # noqa: E402
-from edgekd.prune_latency import LatencyTarget, export_deployable, prune_to_latency  # noqa: E402
-from edgekd.quantize import detect_machine  # noqa: E402
-from edgekd.recipe import BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantConfig, TeacherConfig  # noqa: E402
-from edgekd.train import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
+from edgekd.io.artifacts import load_weights, save_weights  # noqa: E402
+from edgekd.runtime.bench import bench  # noqa: E402
+from edgekd.runtime.fmt import format_table
+from edgekd.runtime.machine import machine_info
+from edgekd.data.splits import load_splits, save_eval_set  # noqa: E402
+from edgekd.distill.offline import distill  # noqa: E402
+from edgekd.onnx_export import model_metadata  # noqa: E402
+from edgekd.models.zoo import build_model  # noqa: E402
+from edgekd.models.cost import count_macs, count_params
+from edgekd.prune.channels import channel_table  # noqa: E402
+from edgekd.prune.latency import LatencyTarget, export_deployable, prune_to_latency  # noqa: E402
+from edgekd.runtime.machine import detect_machine  # noqa: E402
+from edgekd.runtime.config import BenchConfig  # noqa: E402
+from edgekd.data.config import DataConfig
+from edgekd.distill.config import DistillConfig
+from edgekd.onnx_export import ExportConfig
+from edgekd.quant.config import QuantConfig
+from edgekd.train.config import TeacherConfig
+from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 

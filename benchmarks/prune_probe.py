@@ -27,10 +27,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekd.bench import machine_info  # noqa: E402
-from edgekd.models import build_model, count_macs, count_params  # noqa: E402
-from edgekd.prune import prune_channels  # noqa: E402
-from edgekd.prune_latency import export_deployable, interleaved_p50_ms  # noqa: E402
+from edgekd.runtime.machine import machine_info  # noqa: E402
+from edgekd.models.zoo import build_model  # noqa: E402
+from edgekd.models.cost import count_macs, count_params
+from edgekd.prune.channels import prune_channels  # noqa: E402
+from edgekd.prune.latency import export_deployable, interleaved_p50_ms  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 SHAPE = (1, 28, 28)  # Fashion-MNIST

@@ -27,16 +27,24 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekd.bench import evaluate, machine_info, make_session, optimized_op_counts, preprocess  # noqa: E402
-from edgekd.data import load_splits  # noqa: E402
-from edgekd.distill import distill  # noqa: E402
-from edgekd.export import model_metadata, to_onnx  # noqa: E402
-from edgekd.models import build_model, count_macs, count_params  # noqa: E402
-from edgekd.qat import prepare_qat, qat  # noqa: E402
-from edgekd.qat_onnx import export_qdq  # noqa: E402
-from edgekd.quantize import ptq  # noqa: E402
-from edgekd.recipe import DataConfig, DistillConfig, ExportConfig, QatConfig, QuantConfig, TeacherConfig  # noqa: E402
-from edgekd.train import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
+from edgekd.runtime.inputs import evaluate, preprocess  # noqa: E402
+from edgekd.runtime.machine import machine_info
+from edgekd.runtime.session import make_session, optimized_op_counts
+from edgekd.data.splits import load_splits  # noqa: E402
+from edgekd.distill.offline import distill  # noqa: E402
+from edgekd.onnx_export import model_metadata, to_onnx  # noqa: E402
+from edgekd.models.zoo import build_model  # noqa: E402
+from edgekd.models.cost import count_macs, count_params
+from edgekd.quant.qat.prepare import prepare_qat  # noqa: E402
+from edgekd.quant.qat.train import qat
+from edgekd.quant.qat.export import export_qdq  # noqa: E402
+from edgekd.quant.ptq import ptq  # noqa: E402
+from edgekd.data.config import DataConfig  # noqa: E402
+from edgekd.distill.config import DistillConfig
+from edgekd.onnx_export import ExportConfig
+from edgekd.quant.config import QatConfig, QuantConfig
+from edgekd.train.config import TeacherConfig
+from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DATA = "/usr/share/datasets/fashion-mnist"

@@ -33,13 +33,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgekd.artifacts import save_weights  # noqa: E402
-from edgekd.bench import machine_info  # noqa: E402
-from edgekd.data import channel_mean_std, load_arrays  # noqa: E402
-from edgekd.models import build_model, count_params  # noqa: E402
-from edgekd.recipe import TeacherConfig, TransferConfig  # noqa: E402
-from edgekd.train import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
-from edgekd.transfer import transfer  # noqa: E402
+from edgekd.io.artifacts import save_weights  # noqa: E402
+from edgekd.runtime.machine import machine_info  # noqa: E402
+from edgekd.data.splits import channel_mean_std, load_arrays  # noqa: E402
+from edgekd.models.zoo import build_model  # noqa: E402
+from edgekd.models.cost import count_params
+from edgekd.train.config import TeacherConfig, TransferConfig  # noqa: E402
+from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
+from edgekd.train.transfer import transfer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 ARCH = "resnet8"

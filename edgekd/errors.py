@@ -54,3 +54,16 @@ class TrainingDiverged(EdgekdError):
 
 class AccuracyBudgetExceeded(GateFailed):
     """int8 loses more top-1 than quantize.max_drop, even with its most sensitive nodes in float."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one short line (at most 200 characters), for one-line
+    errors: a library's multi-line or huge message must not flood the terminal."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def joined_lines(exc: BaseException) -> str:
+    """An exception's message with its lines joined into one (at most 200 characters): for
+    image decoders, whose cause is often on a later line."""
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]

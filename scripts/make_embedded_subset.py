@@ -19,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing edgekd
 
-from edgekd.data import FASHION_MNIST_CLASSES, IDX_FILES, read_idx  # noqa: E402
+from edgekd.data.formats.idx import FASHION_MNIST_CLASSES, IDX_FILES, read_idx  # noqa: E402
 
 
 def balanced_indices(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

@@ -30,7 +30,7 @@ def _one_torch_thread():
 @pytest.fixture
 def tiny_spec():
     """A DataSpec for 1x8x8 grey images of 3 classes, normalized with mean 0.5, std 0.25."""
-    from edgekd.data import DataSpec
+    from edgekd.data.splits import DataSpec
 
     return DataSpec(
         name="tiny", channels=IN_CHANNELS, height=HW, width=HW, num_classes=NUM_CLASSES,
@@ -43,7 +43,7 @@ def make_tiny_cnn():
     """Factory: a TinyCNN of width 4 (1 -> 3 classes) with reproducible weights."""
     import torch
 
-    from edgekd.models import build_model
+    from edgekd.models.zoo import build_model
 
     def make(seed: int = 0, width: int = 4, num_classes: int = NUM_CLASSES, in_channels: int = IN_CHANNELS):
         torch.manual_seed(seed)
@@ -71,9 +71,8 @@ def tiny_onnx(tmp_path_factory):
     """
     import torch
 
-    from edgekd.export import to_onnx
-    from edgekd.models import build_model
-    from edgekd.recipe import ExportConfig
+    from edgekd.models.zoo import build_model
+    from edgekd.onnx_export import ExportConfig, to_onnx
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -25,9 +25,11 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
-from edgekd import bench, onnxfile
 from edgekd.cli import main
 from edgekd.errors import ModelFileError
+from edgekd.io import onnxfile
+from edgekd.io.onnxfile import check_onnx_file
+from edgekd.runtime.session import make_session, optimized_op_counts
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_BENCH = ["--runs", "2", "--warmup", "0", "--min-seconds", "0"]
@@ -227,7 +229,7 @@ def test_in_folder_external_data_is_accepted_and_benched(layout, reader):
         assert result.exit_code == 0, result.output
         assert '"name": "model"' in result.output
     # ... and ONNX Runtime really used the external values: y = x + [0, 1, 2, 3]
-    session = bench.make_session(path)
+    session = make_session(path)
     np.testing.assert_array_equal(session.run(None, {"x": np.zeros((1, 4), np.float32)})[0], [W])
 
 
@@ -271,7 +273,7 @@ def test_external_data_outside_or_broken_is_refused(layout, reader, case, expect
     (models / "dir").mkdir()
     path = _ext_model(models, location, **info)
     with pytest.raises(ModelFileError) as info_:
-        bench.check_onnx_file(path)
+        check_onnx_file(path)
     message = str(info_.value)
     assert expected in message and "'W'" in message and "\n" not in message
     if location:
@@ -329,12 +331,12 @@ def _model_with_tensor_in(where: str, tensor: TensorProto, path: Path) -> Path:
 def test_external_data_is_found_wherever_a_tensor_can_be(layout, reader, where):
     models, _ = layout
     good = _model_with_tensor_in(where, _external("w.bin"), models / "good.onnx")
-    bench.check_onnx_file(good)  # the check accepts the model...
-    session = bench.make_session(good)  # ...and it is a real one: ONNX Runtime runs it
+    check_onnx_file(good)  # the check accepts the model...
+    session = make_session(good)  # ...and it is a real one: ONNX Runtime runs it
     np.testing.assert_array_equal(session.run(None, {"x": np.zeros((1, 4), np.float32)})[0], [W])
     bad = _model_with_tensor_in(where, _external("../outside/secret.bin"), models / "bad.onnx")
     with pytest.raises(ModelFileError, match=r"tensor 'W' has external data at '\.\./outside/secret\.bin'"):
-        bench.check_onnx_file(bad)
+        check_onnx_file(bad)
 
 
 def _varint(n: int) -> bytes:
@@ -368,7 +370,7 @@ def test_protobuf_tricks_do_not_hide_external_data(layout, reader):
     path.write_bytes(model.SerializeToString() + _field(7, _field(5, tensor_bytes)))
     assert onnx.load(str(path), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
     with pytest.raises(ModelFileError, match="'..' component"):
-        bench.check_onnx_file(path)
+        check_onnx_file(path)
 
 
 def test_a_tensor_split_over_two_fields_is_read_merged(layout, reader):
@@ -388,21 +390,21 @@ def test_a_tensor_split_over_two_fields_is_read_merged(layout, reader):
     path = models / "split.onnx"
     path.write_bytes(model.SerializeToString() + _field(7, _field(1, node)))
     with pytest.raises(ModelFileError, match="'..' component"):
-        bench.check_onnx_file(path)
+        check_onnx_file(path)
 
 
 def test_every_session_entry_point_checks_first(layout, reader, tmp_path):
     """make_session (bench, compress), export's parity check and int8 quantization all
     refuse the file before ONNX Runtime or onnx open its external data."""
-    from edgekd.export import parity
-    from edgekd.quantize import ptq
-    from edgekd.recipe import ExportConfig, QuantConfig
+    from edgekd.onnx_export import ExportConfig, parity
+    from edgekd.quant.config import QuantConfig
+    from edgekd.quant.ptq import ptq
 
     models, _ = layout
     bad = _ext_model(models, "../outside/secret.bin")
     calls = {
-        "make_session": lambda: bench.make_session(bad),
-        "optimized_op_counts": lambda: bench.optimized_op_counts(bad),
+        "make_session": lambda: make_session(bad),
+        "optimized_op_counts": lambda: optimized_op_counts(bad),
         "parity": lambda: parity(None, bad, (4,), ExportConfig()),
         "ptq": lambda: ptq(bad, tmp_path / "int8.onnx", calib_images=np.zeros((2, 4), np.float32),
                            cfg=QuantConfig(), progress=False),
@@ -423,7 +425,7 @@ def test_duplicate_location_keys_are_refused(layout, reader):
     entry.key, entry.value = "location", "../outside/secret.bin"
     path = _add_model(models / "model.onnx", tensor)
     with pytest.raises(ModelFileError, match="gives the key 'location' twice"):
-        bench.check_onnx_file(path)
+        check_onnx_file(path)
 
 
 def test_wire_reader_field_numbers_match_onnx():

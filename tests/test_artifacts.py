@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
-from edgekd.artifacts import (
+from edgekd.errors import ModelFileError
+from edgekd.io.artifacts import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
@@ -18,7 +19,6 @@ from edgekd.artifacts import (
     load_weights,
     save_weights,
 )
-from edgekd.errors import ModelFileError
 
 
 class Payload:

@@ -1,4 +1,4 @@
-"""Tests for edgekd.bench on tiny ONNX models built here with onnx.helper."""
+"""Tests for edgekd.runtime (bench) on tiny ONNX models built here with onnx.helper."""
 
 import json
 import re
@@ -12,11 +12,30 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 
-from edgekd import bench, onnxfile
 from edgekd.errors import ConfigError, DataError, ModelFileError, ProviderUnavailable
-from edgekd.recipe import BenchConfig
+from edgekd.io import onnxfile
+from edgekd.io.onnxfile import check_onnx_file
+from edgekd.runtime import bench
+from edgekd.runtime.config import BenchConfig
+from edgekd.runtime.fmt import format_table
+from edgekd.runtime.inputs import (
+    SYNTHETIC_AGREEMENT_SAMPLES,
+    agreement,
+    evaluate,
+    load_eval_set,
+    preprocess,
+    topk_accuracy,
+)
+from edgekd.runtime.machine import INT8_CPU_FLAGS, machine_info
+from edgekd.runtime.measure import measure_latency, provider_node_counts
+from edgekd.runtime.session import QDQ_OPS, make_session
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = BenchConfig(warmup=1, runs=5, min_seconds=0.0, batch_size=4)
@@ -122,7 +141,9 @@ def zoo(tmp_path_factory):
 
 def test_import_needs_no_torch_onnx_or_tqdm():
     code = (
-        "import sys, edgekd.bench\n"
+        "import importlib, pkgutil, sys, edgekd.runtime, edgekd.cli.bench\n"
+        "for m in pkgutil.iter_modules(edgekd.runtime.__path__):\n"
+        "    importlib.import_module('edgekd.runtime.' + m.name)\n"
         "loaded = [m for m in ('torch', 'torchvision', 'onnx', 'tqdm') if m in sys.modules]\n"
         "assert not loaded, loaded"
     )
@@ -137,7 +158,7 @@ def test_bench_fp32_and_int8(zoo):
     assert fp32.int8_ops == 0 and fp32.qdq_nodes == 0
     assert int8.int8_ops > 0 and int8.op_counts["QLinearConv"] == 1
     assert int8.qdq_nodes < sum(
-        n.op_type in bench.QDQ_OPS for n in onnx.load(str(zoo["int8"])).graph.node
+        n.op_type in QDQ_OPS for n in onnx.load(str(zoo["int8"])).graph.node
     )  # ORT fused the QDQ groups into int8 kernels
     # Foreign models: no metadata, params counted from initializers (W, B, G, GB).
     assert fp32.stage is None and fp32.arch is None and fp32.macs is None
@@ -195,10 +216,10 @@ def test_non_float_input_is_benched_with_synthetic_data(tmp_path, zoo):
 @pytest.mark.parametrize("four_d", [False, True])
 def test_evaluate_hand_computed(tmp_path, four_d):
     path = argmax_net(tmp_path / "argmax.onnx", four_d=four_d)
-    session = bench.make_session(path)
-    x = bench.preprocess(ARGMAX_X, {})
-    assert bench.evaluate(session, x, ARGMAX_Y) == 75.0
-    assert bench.evaluate(session, x, ARGMAX_Y, batch_size=3) == 75.0  # a partial last batch
+    session = make_session(path)
+    x = preprocess(ARGMAX_X, {})
+    assert evaluate(session, x, ARGMAX_Y) == 75.0
+    assert evaluate(session, x, ARGMAX_Y, batch_size=3) == 75.0  # a partial last batch
     np.savez(tmp_path / "eval.npz", x=ARGMAX_X, y=ARGMAX_Y)
     (row,) = bench.bench([path], eval_set=tmp_path / "eval.npz", cfg=CFG, progress=False)
     assert row.top1 == 75.0 and row.samples == 4
@@ -208,14 +229,14 @@ def test_preprocess_uses_metadata_mean_std():
     x = np.array([[[[0, 255]], [[51, 102]]]], np.uint8)  # N=1, C=2, H=1, W=2
     meta = {"edgekd.mean": "[0.5, 0.25]", "edgekd.std": "[0.5, 2.0]"}
     expected = np.array([[[[-1.0, 1.0]], [[(0.2 - 0.25) / 2, (0.4 - 0.25) / 2]]]], np.float32)
-    out = bench.preprocess(x, meta)
+    out = preprocess(x, meta)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(bench.preprocess(x, {}), x / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(preprocess(x, {}), x / 255.0, rtol=1e-6)
     with pytest.raises(DataError, match="3 values"):
-        bench.preprocess(x, {"edgekd.mean": "[0.1, 0.2, 0.3]"})
+        preprocess(x, {"edgekd.mean": "[0.1, 0.2, 0.3]"})
     with pytest.raises(ModelFileError, match="not valid JSON"):
-        bench.preprocess(x, {"edgekd.std": "[0.5,"})
+        preprocess(x, {"edgekd.std": "[0.5,"})
 
 
 def test_edgekd_metadata_is_reported(tmp_path):
@@ -241,7 +262,7 @@ def test_not_onnx_files(tmp_path, zoo, content):
     path = tmp_path / "bad.onnx"
     path.write_bytes(data)
     with pytest.raises(ModelFileError, match="not a valid ONNX model") as info:
-        bench.check_onnx_file(path)
+        check_onnx_file(path)
     assert "\n" not in str(info.value)
     with pytest.raises(ModelFileError):
         bench.bench([path], cfg=CFG, progress=False)
@@ -249,9 +270,9 @@ def test_not_onnx_files(tmp_path, zoo, content):
 
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
-        bench.check_onnx_file(tmp_path / "nope.onnx")
+        check_onnx_file(tmp_path / "nope.onnx")
     with pytest.raises(ModelFileError, match="not a file"):
-        bench.check_onnx_file(tmp_path)
+        check_onnx_file(tmp_path)
 
 
 def test_without_onnx_installed(monkeypatch, tmp_path, zoo):
@@ -260,9 +281,9 @@ def test_without_onnx_installed(monkeypatch, tmp_path, zoo):
     path.write_bytes(np.random.default_rng(0).bytes(1000))
     # edgekd's own protobuf reader (for external data) refuses what is not protobuf at all
     with pytest.raises(ModelFileError, match="not a valid ONNX model"):
-        bench.check_onnx_file(path)
+        check_onnx_file(path)
     path.write_bytes(b"\x08\x01")  # a ModelProto with ir_version 1 and nothing else
-    bench.check_onnx_file(path)  # well-formed protobuf, no external data: only ORT can tell now
+    check_onnx_file(path)  # well-formed protobuf, no external data: only ORT can tell now
     with pytest.raises(ModelFileError, match="ONNX Runtime cannot load") as info:
         bench.bench([path], cfg=CFG, progress=False)
     assert "\n" not in str(info.value)
@@ -273,10 +294,10 @@ def test_without_onnx_installed(monkeypatch, tmp_path, zoo):
 def test_provider_errors(zoo):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ProviderUnavailable, match="onnxruntime-gpu") as info:
-            bench.make_session(zoo["fp32"], "cuda")
+            make_session(zoo["fp32"], "cuda")
         assert re.search(r"available: [^)]*\bcpu\b", str(info.value))
     with pytest.raises(ConfigError, match="known: cpu, cuda"):
-        bench.make_session(zoo["fp32"], "gpu")
+        make_session(zoo["fp32"], "gpu")
     with pytest.raises(ConfigError, match="unknown provider"):
         bench.bench([zoo["fp32"]], cfg=BenchConfig(provider="gpu"), progress=False)
 
@@ -286,7 +307,7 @@ def test_silent_fallback_is_an_error(zoo, monkeypatch):
     listed = ort.get_available_providers() + ["OpenVINOExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
     with pytest.warns(UserWarning), pytest.raises(ProviderUnavailable, match="fell back to CPUExecutionProvider"):
-        bench.make_session(zoo["fp32"], "openvino")
+        make_session(zoo["fp32"], "openvino")
 
 
 class _SleepySession:
@@ -300,12 +321,12 @@ class _SleepySession:
 
 def test_measure_latency_protocol():
     session = _SleepySession()
-    timings, first, warmup = bench.measure_latency(session, {}, warmup=3, runs=5, min_seconds=0.0)
+    timings, first, warmup = measure_latency(session, {}, warmup=3, runs=5, min_seconds=0.0)
     assert len(timings) == 5 and session.calls == 1 + 3 + 5 and first >= 2.0 and warmup == 3
     assert all(t >= 2.0 for t in timings)
     session = _SleepySession()
     start = time.perf_counter()
-    timings, _, _ = bench.measure_latency(session, {}, warmup=0, runs=2, min_seconds=0.1)
+    timings, _, _ = measure_latency(session, {}, warmup=0, runs=2, min_seconds=0.1)
     assert time.perf_counter() - start >= 0.1 and len(timings) > 2
 
 
@@ -314,7 +335,7 @@ def test_warmup_by_seconds():
     more than the 3 runs asked for, and none of them is timed."""
     session = _SleepySession()
     start = time.perf_counter()
-    timings, _, warmup = bench.measure_latency(session, {}, warmup=3, runs=4, min_seconds=0.0, warmup_seconds=0.05)
+    timings, _, warmup = measure_latency(session, {}, warmup=3, runs=4, min_seconds=0.0, warmup_seconds=0.05)
     assert time.perf_counter() - start >= 0.05 + 4 * 0.002
     assert 3 < warmup <= 0.05 / 0.002 + 1 and len(timings) == 4 and session.calls == 1 + warmup + 4
 
@@ -323,10 +344,10 @@ def test_load_eval_set(tmp_path):
     good = tmp_path / "good.npz"
     labels, names = np.array([0, 1, 2], np.int32), np.array(["a", "b", "c"])
     np.savez(good, x=np.zeros((3, 1, 2, 2), np.uint8), y=labels, class_names=names)
-    x, y, names = bench.load_eval_set(good)
+    x, y, names = load_eval_set(good)
     assert x.shape == (3, 1, 2, 2) and y.dtype == np.int64 and names == ["a", "b", "c"]
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 1, 2, 2), np.uint8))
-    assert bench.load_eval_set(tmp_path / "nolabels.npz")[1:] == (None, None)
+    assert load_eval_set(tmp_path / "nolabels.npz")[1:] == (None, None)
 
     bad = {
         "noise.npz": None,
@@ -343,10 +364,10 @@ def test_load_eval_set(tmp_path):
         else:
             np.savez(path, **arrays)
         with pytest.raises(DataError) as info:
-            bench.load_eval_set(path)
+            load_eval_set(path)
         assert "\n" not in str(info.value), name
     with pytest.raises(DataError, match="does not exist"):
-        bench.load_eval_set(tmp_path / "missing.npz")
+        load_eval_set(tmp_path / "missing.npz")
 
 
 def test_bench_run_dir(tmp_path, zoo):
@@ -375,7 +396,7 @@ def test_to_json_and_table(zoo):
         for key in ("name", "stage", "top1", "params", "macs", "file_bytes", "provider", "batch_size"):
             assert key in model
         assert set(model["latency_ms"]) >= {"p50", "p90", "p99", "mean", "min", "max"}
-    table = bench.format_table(rows).splitlines()
+    table = format_table(rows).splitlines()
     # header, rule, rows, one legend line per flagged row, then one note per model
     assert len(table) == 2 + 3 * len(rows)
     assert table[-2:] == ["fp32: synthetic input (no eval set): accuracy not measured",
@@ -387,7 +408,7 @@ def test_to_json_and_table(zoo):
 
 
 def test_machine_info_flags_are_from_the_known_list():
-    assert set(bench.machine_info()["int8_cpu_flags"]) <= set(bench.INT8_CPU_FLAGS)
+    assert set(machine_info()["int8_cpu_flags"]) <= set(INT8_CPU_FLAGS)
 
 
 def test_topk_accuracy_by_hand():
@@ -398,9 +419,9 @@ def test_topk_accuracy_by_hand():
         [1, 9, 8, 2, 3, 4],   # label 2 is second: top-5 but not top-1
     ], dtype=np.float32)
     y = np.array([0, 5, 2])
-    assert bench.topk_accuracy(logits, y, 1) == pytest.approx(100 / 3)
-    assert bench.topk_accuracy(logits, y, 5) == pytest.approx(200 / 3)
-    assert bench.topk_accuracy(logits[:, :4], y, 5) is None  # fewer classes than k
+    assert topk_accuracy(logits, y, 1) == pytest.approx(100 / 3)
+    assert topk_accuracy(logits, y, 5) == pytest.approx(200 / 3)
+    assert topk_accuracy(logits[:, :4], y, 5) is None  # fewer classes than k
 
 
 # -- agreement with a reference model ---------------------------------------------------
@@ -423,11 +444,11 @@ def biased_argmax_net(path, bias):
 def test_agreement_by_hand():
     out = np.array([[0.1, 0.9], [0.8, 0.2], [0.5, 0.6]], np.float32)
     ref = np.array([[0.2, 0.7], [0.1, 0.3], [0.5, 0.6]], np.float32)
-    got = bench.agreement(out, ref)
+    got = agreement(out, ref)
     assert got["argmax_match"] == pytest.approx(200 / 3) and got["samples"] == 3  # row 1 flips
     assert got["max_abs_diff"] == pytest.approx(0.7, abs=1e-6)  # |0.8 - 0.1|
     with pytest.raises(ModelFileError, match="same output"):
-        bench.agreement(out, ref[:, :1])
+        agreement(out, ref[:, :1])
 
 
 def test_reference_with_a_known_constant_and_a_flipped_argmax(tmp_path):
@@ -445,7 +466,7 @@ def test_reference_with_a_known_constant_and_a_flipped_argmax(tmp_path):
         assert row.top1 == 75.0  # the model's own accuracy is unchanged
     # Without an eval set: 64 synthetic inputs; a constant shift still changes no argmax.
     (row,) = bench.bench([model], cfg=CFG, progress=False, reference=shifted)
-    assert row.reference["inputs"] == "synthetic" and row.reference["samples"] == bench.SYNTHETIC_AGREEMENT_SAMPLES
+    assert row.reference["inputs"] == "synthetic" and row.reference["samples"] == SYNTHETIC_AGREEMENT_SAMPLES
     assert row.reference["argmax_match"] == 100.0 and row.reference["max_abs_diff"] == pytest.approx(0.25, abs=1e-6)
 
 
@@ -502,18 +523,18 @@ def test_provider_node_counts_from_a_hand_made_profile(tmp_path):
         {"cat": "Node", "name": "conv_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},  # 2nd run
     ]
     (tmp_path / "p.json").write_text(json.dumps(events))
-    assert bench.provider_node_counts(tmp_path / "p.json") == {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 1}
-    assert bench.provider_node_counts(tmp_path / "missing.json") == {}
+    assert provider_node_counts(tmp_path / "p.json") == {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 1}
+    assert provider_node_counts(tmp_path / "missing.json") == {}
 
 
 def test_thread_and_spinning_options_reach_the_session(zoo):
-    session = bench.make_session(zoo["fp32"], "cpu", 1, inter_threads=2, intra_spinning=False, inter_spinning=True)
+    session = make_session(zoo["fp32"], "cpu", 1, inter_threads=2, intra_spinning=False, inter_spinning=True)
     options = session.get_session_options()
     assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL and options.inter_op_num_threads == 2
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "1"
-    default = bench.make_session(zoo["fp32"], "cpu").get_session_options()
+    default = make_session(zoo["fp32"], "cpu").get_session_options()
     assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     with pytest.raises(Exception):  # not set: ONNX Runtime's own default applies
         default.get_session_config_entry("session.intra_op.allow_spinning")
@@ -538,7 +559,7 @@ class _LoggingSession:
 
 
 def test_measure_interleaved_rotates_short_rounds_until_every_model_is_done(monkeypatch):
-    from edgekd import bench_measure
+    from edgekd.runtime import measure as bench_measure
 
     monkeypatch.setattr(bench_measure, "ROUND_RUNS", 3)
     log = []

@@ -14,10 +14,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-
-from edgekd import bench, benchfmt
-from edgekd.cli import main
 from test_bench import ARGMAX_X, ARGMAX_Y, CFG, argmax_net, conv_net
+
+from edgekd.cli import main
+from edgekd.runtime import bench
+from edgekd.runtime import fmt as benchfmt
+from edgekd.runtime.measure import MemoryProbe, low_confidence, measure_latency
+from edgekd.runtime.session import GENERIC_HINT, INSTALL_HINTS, PROVIDERS
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "-q"]
@@ -49,11 +52,11 @@ def test_list_providers_table_and_json():
     assert lines[0] == f"onnxruntime {ort.__version__}"
     assert any(line.split() == ["available", "cpu", "CPUExecutionProvider"] for line in lines)
     available = set(ort.get_available_providers())
-    for short, ep in bench.PROVIDERS.items():
+    for short, ep in PROVIDERS.items():
         if ep not in available:
             (line,) = [ln for ln in lines if f" {ep}:" in ln]
             assert line.split()[:2] == ["missing", short] and line.endswith(
-                bench._INSTALL_HINTS.get(short, bench._GENERIC_HINT))
+                INSTALL_HINTS.get(short, GENERIC_HINT))
     if "CUDAExecutionProvider" not in available:
         assert any("missing" in ln and "onnxruntime-gpu" in ln for ln in lines)
 
@@ -61,7 +64,7 @@ def test_list_providers_table_and_json():
     assert result.exit_code == 0
     entries = json.loads(result.output)["providers"]
     assert {e["ort_name"] for e in entries if e["available"]} == available
-    assert {e["ort_name"] for e in entries} == available | set(bench.PROVIDERS.values())
+    assert {e["ort_name"] for e in entries} == available | set(PROVIDERS.values())
     assert all(e["hint"] for e in entries if not e["available"])
 
 
@@ -82,7 +85,7 @@ def test_bench_without_models_is_a_usage_error():
     ([1.0] * 690 + [10.0] * 10, ["noisy: coefficient of variation 0.95", "long tail: p99 is 10.0x p50"]),
 ])
 def test_low_confidence_hand_made_timings(timings, expected):
-    reasons = bench.low_confidence(timings)
+    reasons = low_confidence(timings)
     assert len(reasons) == len(expected) and all(r.startswith(e) for r, e in zip(reasons, expected)), reasons
 
 
@@ -100,8 +103,8 @@ class _FakeSession:
 
 
 def test_low_confidence_from_a_fake_session():
-    timings, _, _ = bench.measure_latency(_FakeSession(), {}, warmup=0, runs=100, min_seconds=0.0)
-    reasons = bench.low_confidence(timings)
+    timings, _, _ = measure_latency(_FakeSession(), {}, warmup=0, runs=100, min_seconds=0.0)
+    reasons = low_confidence(timings)
     assert any(r.startswith("p99 from 100 runs") for r in reasons)
     assert any(r.startswith("long tail") for r in reasons)  # 2 stalls in 100 runs reach p99
     assert not any(r.startswith("p90") for r in reasons)
@@ -245,7 +248,7 @@ def test_memory_fields(three):
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc (Linux)")
 def test_memory_probe_sees_a_freed_peak():
-    probe = bench.MemoryProbe()
+    probe = MemoryProbe()
     probe.start()
     block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB, touched, then freed before finish()
     del block
@@ -354,7 +357,7 @@ def test_protocol_flags(three):
 
 def test_run_report_states_the_int8_agreement(tmp_path):
     """report.md (compress) gets one line per model that bench compared with a reference."""
-    from edgekd.report import build_report, markdown
+    from edgekd.pipeline.report import build_report, markdown
 
     argmax_net(tmp_path / "model.fp32.onnx")
     argmax_net(tmp_path / "model.int8.onnx", four_d=True)  # stands in for the int8 model: the same argmax

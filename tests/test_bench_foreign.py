@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd import bench
 from edgekd.cli import main
-from edgekd.recipe import BenchConfig
+from edgekd.runtime import bench
+from edgekd.runtime.config import BenchConfig
+from edgekd.runtime.inputs import SYNTHETIC_AGREEMENT_SAMPLES, id_limit, synthetic
 
 CFG = BenchConfig(warmup=1, runs=3, min_seconds=0.0)
 FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "-q"]
@@ -111,8 +112,8 @@ def test_vector_input_is_benched_on_synthetic_input_even_with_an_eval_set(tmp_pa
 
 def test_token_input_gets_ids_inside_the_vocabulary(tmp_path):
     model = token_net(tmp_path / "tokens.onnx")
-    assert bench.id_limit(model, "token_ids") == VOCAB  # from the Gather's embedding rows
-    ids = bench.synthetic([64, 6], np.int64, id_limit=VOCAB)
+    assert id_limit(model, "token_ids") == VOCAB  # from the Gather's embedding rows
+    ids = synthetic([64, 6], np.int64, id_limit=VOCAB)
     assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < VOCAB and len(np.unique(ids)) > 10
     (row,) = bench.bench([model], cfg=CFG, progress=False)
     assert row.input_shape == [1, 6] and row.top1 is None and row.input_source == "synthetic"
@@ -124,7 +125,7 @@ def test_token_model_against_a_shifted_reference_on_synthetic_input(tmp_path):
     model, shifted = token_net(tmp_path / "tokens.onnx"), token_net(tmp_path / "shifted.onnx", bias=0.5)
     (row,) = bench.bench([model], cfg=CFG, progress=False, reference=shifted)
     ref = row.reference
-    assert ref["inputs"] == "synthetic" and ref["samples"] == bench.SYNTHETIC_AGREEMENT_SAMPLES
+    assert ref["inputs"] == "synthetic" and ref["samples"] == SYNTHETIC_AGREEMENT_SAMPLES
     assert ref["argmax_match"] == 100.0 and ref["max_abs_diff"] == pytest.approx(0.5, abs=1e-6)
 
 

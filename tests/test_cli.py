@@ -218,16 +218,16 @@ def test_help_explains_every_option(command):
 
 
 def test_import_edgekd_and_cli_load_no_torch():
-    code = "import sys, edgekd, edgekd.cli, edgekd.bench; print('torch' in sys.modules)"
+    code = "import sys, edgekd, edgekd.cli, edgekd.runtime.bench; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_default_run_dir_never_overwrites(tmp_path, monkeypatch):
-    from edgekd.cli import _new_run_dir
+    from edgekd.cli.compress import new_run_dir
 
     monkeypatch.chdir(tmp_path)
-    first = _new_run_dir("default", None, False)
+    first = new_run_dir("default", None, False)
     assert first == Path("runs/default")
     first.mkdir(parents=True)
-    assert _new_run_dir("default", None, False) == Path("runs/default-2")
+    assert new_run_dir("default", None, False) == Path("runs/default-2")

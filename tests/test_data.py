@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd import data
-from edgekd.data import (
+from edgekd.data import base as data_base
+from edgekd.data import splits as data
+from edgekd.data.config import DataConfig
+from edgekd.data.formats.idx import FASHION_MNIST_CLASSES, read_idx
+from edgekd.data.splits import (
     DATASETS,
-    FASHION_MNIST_CLASSES,
     DataSpec,
     channel_mean_std,
     load_arrays,
     load_splits,
-    read_idx,
     save_eval_set,
 )
 from edgekd.errors import DataError
-from edgekd.recipe import DataConfig
 
 # --------------------------------------------------------------------------------------
 # helpers
@@ -83,7 +83,7 @@ def ids(x: np.ndarray) -> np.ndarray:
 def isolated_search(monkeypatch, tmp_path):
     """Tests never see the machine's datasets unless they ask for them."""
     monkeypatch.delenv("EDGEKD_DATA", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", str(tmp_path / "system-datasets"))
+    monkeypatch.setattr(data_base, "SYSTEM_DATA_DIR", str(tmp_path / "system-datasets"))
 
 
 # --------------------------------------------------------------------------------------
@@ -538,7 +538,7 @@ def test_data_module_does_not_import_torch():
     not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
 )
 def test_real_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", "/usr/share/datasets")
+    monkeypatch.setattr(data_base, "SYSTEM_DATA_DIR", "/usr/share/datasets")
     train_x, train_y, test_x, test_y, _ = load_arrays("fashion-mnist", None)
     assert train_x.shape == (60000, 1, 28, 28) and test_x.shape == (10000, 1, 28, 28)
     np.testing.assert_array_equal(np.bincount(test_y), [1000] * 10)

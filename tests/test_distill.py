@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from edgekd.distill import distill, kd_loss, kd_step
-from edgekd.recipe import DistillConfig
+from edgekd.distill.config import DistillConfig
+from edgekd.distill.losses import kd_loss
+from edgekd.distill.offline import distill, kd_step
 
 
 def softmax(values, t=1.0):
@@ -212,9 +213,8 @@ def test_feature_terms_and_two_teachers_leave_the_teachers_untouched(make_tiny_c
 def test_regressors_are_trained_and_checkpointed_but_not_exported(make_tiny_cnn, kd_data, tmp_path):
     import onnx
 
-    from edgekd.artifacts import load_checkpoint
-    from edgekd.export import to_onnx
-    from edgekd.recipe import ExportConfig
+    from edgekd.io.artifacts import load_checkpoint
+    from edgekd.onnx_export import ExportConfig, to_onnx
 
     teacher, student = make_tiny_cnn(seed=0, width=8), make_tiny_cnn(seed=1)
     cfg = DistillConfig(epochs=1, batch_size=8, lr=0.01, augment=False, alpha=0.0, terms=[FITNET])
@@ -265,15 +265,16 @@ def test_alpha_zero_without_terms_never_runs_the_teacher(make_tiny_cnn, kd_data)
 
 def test_knowledge_step_adds_the_weighted_terms(make_tiny_cnn, kd_data):
     """The loss of one step is soft-target KD plus weight * term, computed here by hand."""
-    from edgekd.distill import _TeacherTargets, knowledge_step
-    from edgekd.kd_losses import Capture, Term, at_loss, kd_loss
+    from edgekd.distill.losses import at_loss, kd_loss
+    from edgekd.distill.offline import TeacherTargets, knowledge_step
+    from edgekd.distill.terms import Capture, Term
 
     teacher, student = make_tiny_cnn(seed=0).eval(), make_tiny_cnn(seed=1).eval()
     terms = [Term.from_config({"kind": "at", "student": ["features.4"], "teacher": ["features.2"],
                                "weight": 10.0, "p": 2.0})]
     s_cap, t_cap = Capture(student, ["features.4"]), Capture(teacher, ["features.2"])
     cfg = DistillConfig(temperature=2.0, alpha=0.7)
-    step = knowledge_step(student, [teacher], terms, cfg, _TeacherTargets([teacher], terms, t_cap, 2.0), s_cap)
+    step = knowledge_step(student, [teacher], terms, cfg, TeacherTargets([teacher], terms, t_cap, 2.0), s_cap)
     images, labels = kd_data["train_x"][:4], kd_data["train_y"][:4]
     loss, logits = step(images, labels, torch.arange(4))
     with torch.no_grad():

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from edgekd.errors import ConfigError
-from edgekd.pipeline import compress
+from edgekd.pipeline.chain import compress
 from edgekd.recipe import Recipe
 
 TINY = [
@@ -37,8 +37,8 @@ KINDS = {
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_compress_with_each_kind(kind, tmp_path):
-    from edgekd.artifacts import load_state_dict
-    from edgekd.models import build_model
+    from edgekd.io.artifacts import load_state_dict
+    from edgekd.models.zoo import build_model
 
     recipe = Recipe.default([*TINY, *KINDS[kind]])
     run_dir = tmp_path / "run"
@@ -71,7 +71,7 @@ def test_compress_with_each_kind(kind, tmp_path):
 def resume_after_the_teacher_stage(recipe, run_dir):
     """As if the run had stopped after the teacher stage: --resume reloads the extra teacher
     from its weights file and distils from both teachers again."""
-    from edgekd.runstate import load_progress, save_progress
+    from edgekd.pipeline.runstate import load_progress, save_progress
 
     state = load_progress(run_dir, ("data", "teacher", "distill", "prune", "export", "quantize", "bench", "report"))
     save_progress(run_dir, {k: v for k, v in state["done"].items() if k in ("data", "teacher")},

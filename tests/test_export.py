@@ -14,17 +14,17 @@ from torch import nn
 
 import edgekd
 from edgekd.errors import ExportMismatch, GateFailed
-from edgekd.export import (
+from edgekd.models.cost import count_macs, count_params
+from edgekd.onnx_export import (
     EXAMPLE_BATCH,
     INPUT_NAME,
     OUTPUT_NAME,
+    ExportConfig,
     model_metadata,
     parity,
     set_metadata,
     to_onnx,
 )
-from edgekd.models import count_macs, count_params
-from edgekd.recipe import ExportConfig
 
 SHAPE = (1, 8, 8)
 CFG = ExportConfig(check_batch_sizes=[1, 3, 5])

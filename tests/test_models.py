@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import ConfigError
-from edgekd.models import ZOO, CifarResNet, build_model, count_macs, count_params
+from edgekd.models.cost import count_macs, count_params
+from edgekd.models.zoo import ZOO, CifarResNet, build_model
 
 # small arch_args so every zoo model builds in milliseconds; stem = the first conv's outputs
 SMALL = {

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.artifacts import load_weights, save_weights
 from edgekd.errors import ConfigError
-from edgekd.export import to_onnx
-from edgekd.models import build_model, count_macs, count_params
-from edgekd.prune import channel_table, default_protected, layer_shapes, prune_channels, rebuild
-from edgekd.recipe import ExportConfig
+from edgekd.io.artifacts import load_weights, save_weights
+from edgekd.models.cost import count_macs, count_params
+from edgekd.models.shapes import layer_shapes, rebuild
+from edgekd.models.zoo import build_model
+from edgekd.onnx_export import ExportConfig, to_onnx
+from edgekd.prune.channels import channel_table, prune_channels
+from edgekd.prune.importance import default_protected
 
 INPUT = (1, 16, 16)
 
@@ -146,7 +148,8 @@ def test_compress_with_pruning_stage(tmp_path):
     """distill -> prune -> export -> quantize -> bench from one recipe."""
     import onnx
 
-    from edgekd.pipeline import compress, export_one
+    from edgekd.pipeline.chain import compress
+    from edgekd.pipeline.export_one import export_one
     from edgekd.recipe import Recipe
 
     recipe = Recipe.from_dict({

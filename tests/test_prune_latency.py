@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from edgekd.errors import ConfigError
-from edgekd.models import count_macs
-from edgekd.prune import sparsity_train
-from edgekd.prune_latency import LatencyTarget, prune_to_latency
-from edgekd.recipe import PruneConfig, Recipe, TrainConfig
+from edgekd.models.cost import count_macs
+from edgekd.prune.channels import sparsity_train
+from edgekd.prune.config import PruneConfig
+from edgekd.prune.latency import LatencyTarget, prune_to_latency
+from edgekd.recipe import Recipe
+from edgekd.train.config import TrainConfig
 
 
 class WideStack(nn.Module):

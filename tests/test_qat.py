@@ -14,13 +14,23 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from edgekd.bench import INT8_OPS, QDQ_OPS, make_session, optimized_op_counts
 from edgekd.errors import ConfigError
-from edgekd.models import build_model
-from edgekd.qat import (ActivationQuant, QuantConv2d, QuantLinear, SharedQuant, activation_quantizers, calibrate,
-                        fake_quant_weight, fold_batchnorm, prepare_qat, weight_scale)
-from edgekd.qat_onnx import export_qdq
+from edgekd.models.zoo import build_model
+from edgekd.quant.qat.export import export_qdq
+from edgekd.quant.qat.prepare import (
+    ActivationQuant,
+    QuantConv2d,
+    QuantLinear,
+    SharedQuant,
+    activation_quantizers,
+    fake_quant_weight,
+    fold_batchnorm,
+    prepare_qat,
+    weight_scale,
+)
+from edgekd.quant.qat.train import calibrate
 from edgekd.recipe import Recipe
+from edgekd.runtime.session import INT8_OPS, QDQ_OPS, make_session, optimized_op_counts
 
 INPUT_SHAPE = (1, 8, 8)  # as in conftest: 1x8x8 images of 3 classes
 NUM_CLASSES = 3

@@ -12,11 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd import quant_budget
 from edgekd.errors import AccuracyBudgetExceeded, GateFailed
-from edgekd.export import INPUT_NAME, OUTPUT_NAME
-from edgekd.quantize import ptq
-from edgekd.recipe import QuantConfig
+from edgekd.onnx_export import INPUT_NAME, OUTPUT_NAME
+from edgekd.quant import budget as quant_budget
+from edgekd.quant.config import QuantConfig
+from edgekd.quant.ptq import ptq
 
 OPSET = 17
 
@@ -91,7 +91,7 @@ def test_sensitivity_ranks_the_hostile_conv_first(tmp_path, hostile):
     int8 = tmp_path / "int8.onnx"
     ptq(fp32, int8, calib_images=calib, cfg=QuantConfig(target="x86-vnni"), progress=False)
     prepared = tmp_path / "prepared.onnx"
-    from edgekd.quantize import prepare
+    from edgekd.quant.ptq import prepare
 
     prepare(fp32, prepared)
     ranked = quant_budget.node_sensitivity(prepared, int8, calib)
@@ -184,36 +184,38 @@ def test_pipeline_stage_keeps_the_hostile_conv_float_and_records_it(tmp_path):
     report says so, and state/quantize-budget.json holds the same record."""
     from types import SimpleNamespace
 
-    from edgekd import pipeline
+    from edgekd.pipeline import layout
+    from edgekd.pipeline.context import Run
+    from edgekd.pipeline.stages.quantize import stage_quantize
     from edgekd.recipe import Recipe
 
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (150, 1, 8, 8), dtype=np.uint8)
-    floats = images.astype(np.float32) / 255.0  # bench.preprocess without mean/std metadata
-    hostile_model(tmp_path / pipeline.STUDENT_ONNX, floats[:50])
+    floats = images.astype(np.float32) / 255.0  # preprocess without mean/std metadata
+    hostile_model(tmp_path / layout.STUDENT_ONNX, floats[:50])
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(tmp_path / pipeline.STUDENT_ONNX), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(tmp_path / layout.STUDENT_ONNX), providers=["CPUExecutionProvider"])
     labels = session.run(None, {INPUT_NAME: floats[50:]})[0].argmax(1)
     (tmp_path / "state").mkdir()
-    run = pipeline.Run(recipe=Recipe.from_dict({"quantize": {"target": "x86-avx2", "max_drop": 10.0}}),
+    run = Run(recipe=Recipe.from_dict({"quantize": {"target": "x86-avx2", "max_drop": 10.0}}),
                        run_dir=tmp_path, progress=False, log=lambda line: None)
     run.splits = SimpleNamespace(calib_x=images[:50], val_x=images[50:], val_y=labels)
-    result = pipeline.stage_quantize(run)
+    result = stage_quantize(run)
     assert result["target"] == "x86-avx2" and result["settings"]["reduce_range"] is True
     assert result["format"] == "QDQ U8S8" and result["val_top1_fp32"] == 100.0
     budget = result["budget"]
     assert budget["met"] and budget["kept_float"] == ["conv2"] and result["float_nodes"] == ["conv2"]
     # reduce_range (7-bit weights) costs a few points more than the x86-vnni test above
     assert budget["val_top1_int8_all_quantized"] < 80.0 and result["val_top1_int8"] >= 90.0
-    assert top1(tmp_path / pipeline.INT8_ONNX, floats[50:], labels) == result["val_top1_int8"]
+    assert top1(tmp_path / layout.INT8_ONNX, floats[50:], labels) == result["val_top1_int8"]
     latency = budget["rough_p50_ms"]  # the price of the float node, roughly
     assert set(latency) == {"fp32", "int8_all_quantized", "int8_with_float_nodes"} and min(latency.values()) > 0
     assert json.loads((tmp_path / "state" / "quantize-budget.json").read_text())["budget"] == json.loads(json.dumps(budget))
 
 
 def test_warning_when_int8_is_not_faster():
-    from edgekd.pipeline import int8_speed_warnings
+    from edgekd.pipeline.stages.bench import int8_speed_warnings
 
     def row(name, p50):
         return SimpleRow(path=f"/run/{name}", latency_ms={"p50": p50}, provider="cpu", int8_ops=3)

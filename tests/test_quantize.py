@@ -11,10 +11,12 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from edgekd import quantize
-from edgekd.export import INPUT_NAME, OUTPUT_NAME
-from edgekd.quantize import ArrayCalibrationReader, QuantReport, ptq
-from edgekd.recipe import QuantConfig
+from edgekd.onnx_export import INPUT_NAME, OUTPUT_NAME
+from edgekd.quant import ptq as quantize
+from edgekd.quant.calibration import ArrayCalibrationReader
+from edgekd.quant.config import QuantConfig
+from edgekd.quant.presets import format_name, resolve_quant_settings
+from edgekd.quant.ptq import QuantReport, ptq
 
 # TinyCNN width 4: three convs with 4, 8 and 16 output channels, a Gemm head 16 -> 3
 CONV_OUT_CHANNELS = [4, 8, 16]
@@ -262,7 +264,7 @@ OLD_X86 = {"arch": "x86_64", "flags": ["sse4_2"]}
     ],
 )
 def test_target_presets(target, machine, expected):
-    s = quantize.resolve_quant_settings(QuantConfig(target=target), machine)
+    s = resolve_quant_settings(QuantConfig(target=target), machine)
     assert (s["target"], s["activation_type"], s["weight_type"], s["reduce_range"], s["per_channel"]) == expected
     assert s["target_from"] == ("cpu flags" if target == "auto" else "recipe")
     assert s["overrides"] == []
@@ -270,13 +272,13 @@ def test_target_presets(target, machine, expected):
 
 def test_explicit_fields_override_the_preset():
     cfg = QuantConfig(target="cuda", activation_type="uint8", reduce_range=True, per_channel=False)
-    s = quantize.resolve_quant_settings(cfg, VNNI)
+    s = resolve_quant_settings(cfg, VNNI)
     assert (s["activation_type"], s["weight_type"], s["reduce_range"], s["per_channel"]) == ("uint8", "int8", True, False)
     assert s["overrides"] == ["activation_type", "reduce_range", "per_channel"]
     # False is a value, not "unset": it overrides avx2's reduce_range=True
-    s = quantize.resolve_quant_settings(QuantConfig(reduce_range=False), AVX2)
+    s = resolve_quant_settings(QuantConfig(reduce_range=False), AVX2)
     assert s["target"] == "x86-avx2" and s["reduce_range"] is False and s["overrides"] == ["reduce_range"]
-    assert quantize.format_name(quantize.resolve_quant_settings(QuantConfig(), ARM)) == "QDQ S8S8"
+    assert format_name(resolve_quant_settings(QuantConfig(), ARM)) == "QDQ S8S8"
 
 
 def test_recipe_reads_target_and_overrides():

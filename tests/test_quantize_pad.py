@@ -9,10 +9,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.export import INPUT_NAME
-from edgekd.quantize import ptq, resolve_quant_settings
-from edgekd.quantize_pad import pad_input_channels
-from edgekd.recipe import QuantConfig
+from edgekd.onnx_export import INPUT_NAME
+from edgekd.quant.config import QuantConfig
+from edgekd.quant.pad import pad_input_channels
+from edgekd.quant.presets import resolve_quant_settings
+from edgekd.quant.ptq import ptq
 
 VNNI = {"arch": "x86_64", "flags": ["avx2", "avx512_vnni"]}
 ARM = {"arch": "aarch64", "flags": ["asimddp"]}
@@ -76,8 +77,7 @@ def test_grey_input_is_padded_to_four_channels_and_computes_the_same(tmp_path, t
 
 
 def test_rgb_input_is_padded_and_arm_and_aligned_inputs_are_not(tmp_path, make_tiny_cnn):
-    from edgekd.export import to_onnx
-    from edgekd.recipe import ExportConfig
+    from edgekd.onnx_export import ExportConfig, to_onnx
 
     images = np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)
     for channels, machine, expected in ((3, VNNI, [{"input": INPUT_NAME, "channels": 3, "padded_to": 4}]),
@@ -142,8 +142,8 @@ def test_recipe_validates_the_multiple():
 
 
 def test_sensitivity_still_ranks_the_padded_first_conv(tmp_path, tiny_onnx, calib_images):
-    from edgekd.quant_budget import node_sensitivity
-    from edgekd.quantize import prepare
+    from edgekd.quant.budget import node_sensitivity
+    from edgekd.quant.ptq import prepare
 
     fp32, _ = tiny_onnx
     prepared = tmp_path / "prepared.onnx"
@@ -161,8 +161,9 @@ def test_sensitivity_still_ranks_the_padded_first_conv(tmp_path, tiny_onnx, cali
 
 
 def test_qat_export_pads_too_and_computes_the_same(tmp_path, make_tiny_cnn):
-    from edgekd.qat import calibrate, prepare_qat
-    from edgekd.qat_onnx import export_qdq
+    from edgekd.quant.qat.export import export_qdq
+    from edgekd.quant.qat.prepare import prepare_qat
+    from edgekd.quant.qat.train import calibrate
 
     qmodel = prepare_qat(make_tiny_cnn())
     images = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -9,17 +9,12 @@ import pytest
 import yaml
 
 import edgekd
+from edgekd.distill.config import DistillConfig
 from edgekd.errors import ConfigError, EdgekdError
-from edgekd.recipe import (
-    CALIBRATION_METHODS,
-    OPTIMIZERS,
-    DistillConfig,
-    ExportConfig,
-    QuantConfig,
-    Recipe,
-    TeacherConfig,
-    apply_override,
-)
+from edgekd.onnx_export import ExportConfig
+from edgekd.quant.config import CALIBRATION_METHODS, QuantConfig
+from edgekd.recipe import Recipe, apply_override
+from edgekd.train.config import OPTIMIZERS, TeacherConfig
 
 DEFAULT_YAML = Path(edgekd.__file__).parent / "recipes" / "default.yaml"
 

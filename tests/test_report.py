@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edgekd.report import (
+from edgekd.pipeline.report import (
     CSV_COLUMNS,
     SCHEMA,
     STAGE_LABELS,

@@ -23,11 +23,11 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from edgekd.artifacts import load_checkpoint
 from edgekd.cli import main
 from edgekd.errors import ModelFileError, TrainingDiverged
-from edgekd.recipe import TrainConfig
-from edgekd.train import cross_entropy_step, fit
+from edgekd.io.artifacts import load_checkpoint
+from edgekd.train.config import TrainConfig
+from edgekd.train.loop import cross_entropy_step, fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ DISTILL_CKPT = "state/distill.ckpt"
 SLOW_EDGEKD = """\
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import edgekd.distill, edgekd.train
+import edgekd.distill.offline, edgekd.train.loop
 
 def slow(make_step):
     def make(*args):
@@ -80,8 +80,8 @@ def slow(make_step):
         return slow_step
     return make
 
-edgekd.train.cross_entropy_step = slow(edgekd.train.cross_entropy_step)
-edgekd.distill.kd_step = slow(edgekd.distill.kd_step)
+edgekd.train.loop.cross_entropy_step = slow(edgekd.train.loop.cross_entropy_step)
+edgekd.distill.offline.kd_step = slow(edgekd.distill.offline.kd_step)
 from edgekd.cli import main
 main(sys.argv[1:], prog_name="edgekd")
 """
@@ -164,7 +164,7 @@ def stopped_in_teacher_epoch_2(recipe_file, tmp_path_factory) -> Path:
     in this process; kept pristine, tests work on copies."""
     out = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("edgekd.train.cross_entropy_step", failing_step(at=STEPS_PER_EPOCH + 1, error=KeyboardInterrupt))
+        mp.setattr("edgekd.train.loop.cross_entropy_step", failing_step(at=STEPS_PER_EPOCH + 1, error=KeyboardInterrupt))
         result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.stderr and f"edgekd compress --resume {out}" in result.stderr
@@ -263,7 +263,7 @@ def test_interrupt_between_stages_resumes_to_the_same_student(reference, recipe_
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("edgekd.distill.kd_step", lambda *a: interrupted)
+        mp.setattr("edgekd.distill.offline.kd_step", lambda *a: interrupted)
         result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
     assert result.exit_code == 130
     assert not (out / DISTILL_CKPT).exists() and (out / "teacher.safetensors").is_file()
@@ -284,7 +284,7 @@ def test_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(recipe_file, tmp_pa
         seen["bytes"] = (out / TEACHER_CKPT).read_bytes()
 
     at = STEPS_PER_EPOCH + 5  # in epoch 2
-    monkeypatch.setattr("edgekd.train.cross_entropy_step", failing_step(at=at, nan=True, before=snapshot))
+    monkeypatch.setattr("edgekd.train.loop.cross_entropy_step", failing_step(at=at, nan=True, before=snapshot))
     result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
     assert result.exit_code == 4
     line = error_line(result)
@@ -494,7 +494,7 @@ def test_checkpoint_of_a_different_setup_is_refused(separable, tmp_path):
 
 
 def test_deterministic_mode_is_scoped():
-    from edgekd.pipeline import deterministic_mode
+    from edgekd.pipeline.runstate import deterministic_mode
 
     assert not torch.are_deterministic_algorithms_enabled()
     with deterministic_mode(True):
@@ -510,7 +510,7 @@ def test_force_run_drops_an_old_runs_checkpoint(stopped_in_teacher_epoch_2, reci
     shutil.copytree(stopped_in_teacher_epoch_2, run)
     assert (run / TEACHER_CKPT).is_file()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("edgekd.train.cross_entropy_step", failing_step(at=1, error=KeyboardInterrupt))
+        mp.setattr("edgekd.train.loop.cross_entropy_step", failing_step(at=1, error=KeyboardInterrupt))
         result = edgekd("compress", recipe_file, "--deterministic", "--out", run, "--force", "--quiet")
     assert result.exit_code == 130
     assert not (run / TEACHER_CKPT).exists()
@@ -518,7 +518,7 @@ def test_force_run_drops_an_old_runs_checkpoint(stopped_in_teacher_epoch_2, reci
 
 
 def test_full_disk_on_any_atomic_write_names_the_destination(tmp_path, monkeypatch):
-    from edgekd.artifacts import atomic_write_bytes
+    from edgekd.io.artifacts import atomic_write_bytes
 
     target = tmp_path / "report.json"
     target.write_bytes(b"old")

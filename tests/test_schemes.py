@@ -11,10 +11,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgekd import schemes
-from edgekd.recipe import DistillConfig
-from edgekd.schemes import (Cohort, StudentWithEma, born_again, ema_decay_at, ema_self_distill, ema_step,
-                            ema_update, mutual_learning, mutual_losses, mutual_step)
+from edgekd.distill import schemes
+from edgekd.distill.config import DistillConfig
+from edgekd.distill.schemes import (
+    Cohort,
+    StudentWithEma,
+    born_again,
+    ema_decay_at,
+    ema_self_distill,
+    ema_step,
+    ema_update,
+    mutual_learning,
+    mutual_losses,
+    mutual_step,
+)
 
 
 def softmax(values, t=1.0):
@@ -123,7 +133,7 @@ def test_mutual_learning_trains_both_peers(separable):
 
 
 def test_born_again_generations_start_fresh_and_learn_from_the_previous(separable, monkeypatch):
-    import edgekd.distill as distill_module
+    import edgekd.distill.offline as distill_module
 
     calls, fresh = [], {}
     real = distill_module.distill

@@ -69,8 +69,8 @@ def test_ema_self_distillation(tmp_path):
 def test_transfer_learning_teacher(tmp_path):
     import torch
 
-    from edgekd.artifacts import save_weights
-    from edgekd.models import build_model
+    from edgekd.io.artifacts import save_weights
+    from edgekd.models.zoo import build_model
 
     torch.manual_seed(0)
     pretrained = tmp_path / "pretrained-5-classes.safetensors"

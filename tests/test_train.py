@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import TrainingDiverged
-from edgekd.recipe import TrainConfig
-from edgekd.train import (
+from edgekd.train.config import TrainConfig
+from edgekd.train.loop import (
     FitResult,
     accuracy,
     augment_batch,

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.artifacts import save_weights
 from edgekd.errors import ModelFileError
-from edgekd.models import build_model
-from edgekd.recipe import TeacherConfig, TransferConfig
-from edgekd.transfer import HeadOnly, find_head, load_backbone, transfer
+from edgekd.io.artifacts import save_weights
+from edgekd.models.zoo import build_model
+from edgekd.train.config import TeacherConfig, TransferConfig
+from edgekd.train.transfer import HeadOnly, find_head, load_backbone, transfer
 
 
 class Payload:

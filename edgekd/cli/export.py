@@ -1,0 +1,54 @@
+"""TODO docstring (cli -> cli.export)"""
+
+from __future__ import annotations
+
+import click
+
+from edgekd.errors import ConfigError
+from edgekd.recipe import parse_yaml_mapping
+
+
+@click.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Export to ONNX (the only format so far).")
+@click.option("--stage", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
+              help="Which model of RUN_DIR to export.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="A weights file (.safetensors, or a .pt/.pth state_dict) to export instead of a run's stage.")
+@click.option("--arch", help="Architecture of --weights: a zoo name (resnet8, resnet20, resnet56, mobilenetv2, "
+                             "tinycnn), torchvision:NAME, or package.module:function.")
+@click.option("--arch-args", default="{}", metavar="YAML", help="Keyword arguments of --arch, e.g. '{width: 24}'.")
+@click.option("--data", "data_name", default="fashion-mnist-subset", show_default=True, metavar="NAME|PATH",
+              help="Dataset of --weights (gives input shape, classes, normalization and calibration images).")
+@click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
+@click.option("--int8", is_flag=True, help="Quantize to int8 (QDQ, per-channel, calibrated on training images).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Output file. Default: RUN_DIR/export/STAGE.{fp32,int8}.onnx, or beside --weights.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_path, int8, output, opset, force, quiet):
+    """Export one model to ONNX, validated against PyTorch at two batch sizes.
+
+    \b
+    edgekd export --onnx runs/default                 # the run's student, fp32
+    edgekd export --onnx runs/default --int8          # ... quantized to int8
+    edgekd export --onnx --weights w.safetensors --arch resnet20 -o resnet20.onnx
+    """
+    from edgekd.pipeline.export_one import export_one
+
+    if (run_dir is None) == (weights is None):
+        raise ConfigError("give either RUN_DIR or --weights FILE (with --arch)")
+    if weights is not None and not arch:
+        raise ConfigError("--weights needs --arch NAME (the architecture the weights belong to)")
+    result = export_one(
+        run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=parse_yaml_mapping(arch_args, "--arch-args", "a mapping such as '{width: 24}'"),
+        data_name=data_name, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
+        progress=not quiet,
+    )
+    for batch, diff in result["max_abs_diff"].items():
+        click.echo(f"batch {batch}: max |onnx - torch| = {diff:.3e}")
+    if "int8_top1_agreement" in result:
+        click.echo(f"int8 vs PyTorch argmax agreement on {result['agreement_samples']} val images: "
+                   f"{result['int8_top1_agreement']:.2f}%")
+    click.echo(f"wrote {result['path']}")

@@ -1,0 +1,117 @@
+"""The `edgekd` command: compress, export, bench.
+
+Flags become recipe fields; errors become one line on stderr and a distinct exit code
+(see errors.py), with the traceback only under --debug. Heavy modules (torch, the
+pipeline) are imported inside the commands that need them, so `edgekd bench` runs on a
+device that has only onnxruntime, numpy and click.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import traceback
+
+import click
+
+from edgekd import __version__
+from edgekd.errors import EdgekdError
+
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
+
+
+EXIT_TERMINATED = 143  # SIGTERM
+
+
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so that `finally` blocks and atomic writes clean up.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way up
+    (e.g. around reading a file) turns a termination into some other error."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
+class EdgekdGroup(click.Group):
+    """Turns every error into one line and an exit code."""
+
+    def invoke(self, ctx):
+        debug = bool(os.environ.get("EDGEKD_DEBUG"))
+        try:
+            return super().invoke(ctx)
+        except EdgekdError as exc:
+            _fail(exc, exc.exit_code, debug or _debug(ctx))
+        except KeyboardInterrupt:
+            click.echo(f"\nedgekd: interrupted; {_kept(ctx)}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Terminated:
+            click.echo(f"edgekd: terminated; {_kept(ctx)}", err=True)
+            sys.exit(EXIT_TERMINATED)
+        except OSError as exc:  # disk full, permission denied, ...: the user can act on these
+            _fail(exc, 1, debug or _debug(ctx), prefix="", hint=_resume_hint(ctx) if exc.errno == errno.ENOSPC else "")
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: say so, point at --debug
+            _fail(exc, 1, debug or _debug(ctx), prefix="internal error: ", hint=" (run with --debug for the traceback)")
+
+
+def _debug(ctx) -> bool:
+    return bool(ctx.obj and ctx.obj.get("debug"))
+
+
+def _run_dir(ctx) -> str | None:
+    """The run directory of `edgekd compress` once it is known (None for export, bench)."""
+    return ctx.obj.get("run_dir") if ctx.obj else None
+
+
+def _kept(ctx) -> str:
+    if _run_dir(ctx) is None:
+        return "nothing was left half-written"
+    return f"completed stages and epochs are kept (continue with: edgekd compress --resume {_run_dir(ctx)})"
+
+
+def _resume_hint(ctx) -> str:
+    if _run_dir(ctx) is None:
+        return "; free some space and try again"
+    return f"; free some space, then continue with: edgekd compress --resume {_run_dir(ctx)}"
+
+
+def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", hint: str = ""):
+    if debug:
+        traceback.print_exc()
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" while writing '{exc.filename}'" if exc.filename else ""
+        message = f"disk full{where}: {exc.strerror or 'No space left on device'}"
+    elif isinstance(exc, OSError) and not prefix:
+        message = f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": ")
+    elif not isinstance(exc, EdgekdError):
+        message = f"{type(exc).__name__}: {message}"
+    click.echo(f"edgekd: error: {prefix}{message}{hint}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=EdgekdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekd")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (or set EDGEKD_DEBUG=1).")
+@click.pass_context
+def main(ctx, debug):
+    """edgekd: turn a trained image model into a small, fast int8 ONNX model, and measure it.
+
+    \b
+    compress  teacher -> distill -> int8 -> ONNX -> bench -> report, from one recipe
+    export    one model (a run's stage, or weights + architecture) to ONNX, fp32 or int8
+    bench     latency and accuracy of ONNX models on an ONNX Runtime provider
+
+    Exit codes: 0 ok, 1 internal error or a file system error such as a full disk,
+    2 bad input, 3 a validation or accuracy gate failed, 4 training diverged,
+    130/143 interrupted (SIGINT/SIGTERM).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    signal.signal(signal.SIGTERM, _on_sigterm)
+

@@ -1,0 +1,88 @@
+"""TODO docstring (data -> data.formats.imagefolder)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.data.base import RawArrays
+from edgekd.errors import DataError, joined_lines
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+_GRAY_MODES = ("1", "L", "LA")
+
+
+def load_imagefolder(path: str) -> RawArrays:
+    root = Path(path).expanduser()
+    layout = f"{root}/train/<class>/*.png and {root}/test/<class>/*.png (or val/ for test)"
+    train_dir = root / "train"
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise DataError(
+            f"image folder dataset not found: expected {layout}; create that layout or pass --data-path DIR"
+        )
+    class_names = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
+    if not class_names:
+        raise DataError(f"{train_dir} has no class folders; expected {layout}")
+    train_files = _list_images(train_dir, class_names, layout)
+    test_files = _list_images(test_dir, class_names, layout)
+
+    from PIL import Image  # lazily: only this loader needs PIL
+
+    # Opening reads only the header, so this first pass over all files is cheap.
+    modes = set()
+    for file, _ in train_files + test_files:
+        with _open_image(Image, file) as image:
+            modes.add(image.mode)
+    mode = "L" if modes <= set(_GRAY_MODES) else "RGB"
+    with _open_image(Image, train_files[0][0]) as first:
+        size = first.size
+    train_x = _read_images(Image, train_files, mode, size)
+    test_x = _read_images(Image, test_files, mode, size)
+    train_y = np.array([label for _, label in train_files], dtype=np.int64)
+    test_y = np.array([label for _, label in test_files], dtype=np.int64)
+    return RawArrays("imagefolder", train_x, train_y, test_x, test_y, class_names, str(root))
+
+
+def _list_images(split_dir: Path, class_names: tuple[str, ...], layout: str) -> list[tuple[Path, int]]:
+    found = []
+    for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+        if class_dir.name not in class_names:
+            raise DataError(f"{class_dir} is a class that {split_dir.parent / 'train'} lacks; expected {layout}")
+        label = class_names.index(class_dir.name)
+        # is_file: regular files (or links to them) only; a FIFO named x.png would block the reader
+        found += [
+            (f, label) for f in sorted(class_dir.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES and f.is_file()
+        ]
+    if not found:
+        raise DataError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) under {split_dir}; expected {layout}")
+    return found
+
+
+def _open_image(Image, file: Path):
+    try:
+        return Image.open(file)
+    except Exception as exc:  # PIL raises several types for unreadable files
+        raise DataError(f"cannot read image {file} ({joined_lines(exc)}); replace or remove it") from exc
+
+
+def _read_images(Image, files_and_labels, mode: str, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    channels = 1 if mode == "L" else 3
+    x = np.empty((len(files_and_labels), channels, height, width), dtype=np.uint8)
+    for i, (file, _) in enumerate(files_and_labels):
+        with _open_image(Image, file) as image:
+            if image.size != size:
+                raise DataError(
+                    f"{file} is {image.size[0]}x{image.size[1]} but the first image is {width}x{height}; "
+                    "all images must share one size, so resize them first"
+                )
+            try:
+                pixels = np.asarray(image.convert(mode))
+            except Exception as exc:  # truncated files fail only when the pixels are decoded
+                raise DataError(f"cannot decode image {file} ({joined_lines(exc)}); replace or remove it") from exc
+        x[i] = pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)
+    return x

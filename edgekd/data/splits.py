@@ -1,0 +1,217 @@
+"""Datasets as uint8 NCHW numpy arrays, split into train / val / test / calibration.
+
+numpy only: no torch here, so evaluating an ONNX model needs nothing heavier. PIL is
+imported only inside the image-folder loader.
+
+    splits = load_splits(DataConfig(name="fashion-mnist-subset"), seed=0)
+    splits.train_x.shape  # (9000, 1, 28, 28), uint8
+
+Every missing or malformed input is a DataError whose one-line message says what was
+expected, where it looked and how to get it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.data.base import RawArrays, need_path
+from edgekd.data.config import DataConfig
+from edgekd.data.formats.cifar import CIFAR_LAYOUTS, load_cifar
+from edgekd.data.formats.idx import IDX_FILES, find_idx_file, load_idx, read_idx_folder
+from edgekd.data.formats.imagefolder import load_imagefolder
+from edgekd.data.formats.npz import load_embedded, load_npz
+from edgekd.errors import DataError
+from edgekd.io.artifacts import atomic_path
+
+DATASETS = ("fashion-mnist-subset", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "npz")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, of train images scaled to [0, 1]
+    std: tuple[float, ...]
+    source: str  # where the data was read from
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays with == is ambiguous
+class Splits:
+    """Images are uint8 NCHW, labels int64. calib is drawn from train, never from val or test."""
+
+    spec: DataSpec
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    calib_x: np.ndarray
+    calib_y: np.ndarray
+
+
+def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
+    """Load cfg's dataset and split it; the same seed always gives the same splits."""
+    raw = _load(cfg.name, cfg.path)
+    rng = np.random.default_rng(seed)
+    train_x, train_y = _limit(raw.train_x, raw.train_y, cfg.limit_train, rng)
+    # A fixed seed here, so runs with different seeds report on the same test images.
+    test_x, test_y = _limit(raw.test_x, raw.test_y, cfg.limit_test, np.random.default_rng(0))
+
+    train_idx, val_idx = _stratified_split(train_y, cfg.val_fraction, rng)
+    calib_idx = rng.choice(train_idx, size=min(cfg.calib_size, len(train_idx)), replace=False)
+
+    part_x = train_x[train_idx]
+    mean, std = channel_mean_std(part_x)
+    _, channels, height, width = train_x.shape
+    spec = DataSpec(
+        name=raw.name,
+        channels=channels,
+        height=height,
+        width=width,
+        num_classes=len(raw.class_names),
+        class_names=raw.class_names,
+        mean=mean,
+        std=std,
+        source=raw.source,
+    )
+    return Splits(
+        spec=spec,
+        train_x=part_x,
+        train_y=train_y[train_idx],
+        val_x=train_x[val_idx],
+        val_y=train_y[val_idx],
+        test_x=test_x,
+        test_y=test_y,
+        calib_x=train_x[calib_idx],
+        calib_y=train_y[calib_idx],
+    )
+
+
+def load_arrays(name: str, path: str | None = None):
+    """Return (train_x, train_y, test_x, test_y, class_names): uint8 NCHW images, int64 labels."""
+    raw = _load(name, path)
+    return raw.train_x, raw.train_y, raw.test_x, raw.test_y, raw.class_names
+
+
+def save_eval_set(path, x_uint8: np.ndarray, y: np.ndarray, spec: DataSpec) -> None:
+    """Write a portable eval set (x, y, class_names, mean, std) that np.load reads without pickle.
+
+    Atomic (see artifacts.atomic_path): a crash never leaves a half-written file.
+    """
+    x = np.asarray(x_uint8)
+    y = np.asarray(y)
+    if x.dtype != np.uint8 or x.shape[1:] != (spec.channels, spec.height, spec.width):
+        raise DataError(
+            f"eval set for {path} must be uint8 images of shape (N, {spec.channels}, {spec.height}, "
+            f"{spec.width}), got {x.dtype} {x.shape}"
+        )
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"eval set for {path} needs one label per image, got {len(x)} images and labels {y.shape}")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            x=x,
+            y=y.astype(np.int64),
+            class_names=np.array(spec.class_names, dtype=str),  # unicode, not object: no pickle
+            mean=np.array(spec.mean, dtype=np.float32),
+            std=np.array(spec.std, dtype=np.float32),
+        )
+
+
+def channel_mean_std(x_uint8: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 NCHW images scaled to [0, 1].
+
+    Computed from a 256-bin histogram per channel: exact, and no float copy of the images.
+    """
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for c in range(x_uint8.shape[1]):
+        counts = np.bincount(x_uint8[:, c].ravel(), minlength=256).astype(np.float64)
+        total = counts.sum()
+        mean = float((counts * values).sum() / total)
+        var = float((counts * values**2).sum() / total) - mean**2
+        means.append(mean)
+        stds.append(max(var, 0.0) ** 0.5)  # max: rounding can make a zero variance slightly negative
+    return tuple(means), tuple(stds)
+
+
+def _load(name: str, path: str | None) -> RawArrays:
+    if name == "fashion-mnist-subset":
+        raw = load_embedded()
+    elif name in ("fashion-mnist", "mnist"):
+        raw = load_idx(name, path)
+    elif name in CIFAR_LAYOUTS:
+        raw = load_cifar(name, path)
+    elif name == "imagefolder":
+        raw = load_imagefolder(need_path(name, path, "DIR (with train/<class>/*.png and test/<class>/*.png)"))
+    elif name == "npz":
+        raw = load_npz(Path(need_path(name, path, "FILE.npz")), "npz")
+    else:
+        raw = _load_by_path(name)
+    _check_arrays(raw)
+    return raw
+
+
+def _load_by_path(name: str) -> RawArrays:
+    """A dataset name may also be a path: an .npz file, or a folder of IDX files."""
+    candidate = Path(name).expanduser()
+    if candidate.is_file() and candidate.suffix == ".npz":
+        return load_npz(candidate, candidate.stem)
+    if candidate.is_dir() and find_idx_file(candidate, IDX_FILES["train_x"]):
+        return read_idx_folder(candidate, candidate.name)
+    raise DataError(f"unknown dataset '{name}'; available: {', '.join(DATASETS)} (or a path to an .npz file)")
+
+
+def _check_arrays(raw: RawArrays) -> None:
+    """Checks shared by every loader, so load_splits can trust the arrays."""
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"{split}_x"), getattr(raw, f"{split}_y")
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise DataError(f"{raw.source}: {split} images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
+        if y.dtype != np.int64 or y.shape != (len(x),):
+            raise DataError(f"{raw.source}: {len(x)} {split} images but labels of shape {y.shape}; need one label each")
+        if len(x) == 0:
+            raise DataError(f"{raw.source}: the {split} split is empty; it needs at least one image")
+        if y.min() < 0 or y.max() >= len(raw.class_names):
+            raise DataError(
+                f"{raw.source}: {split} labels must be in 0..{len(raw.class_names) - 1} "
+                f"({len(raw.class_names)} class names), found {y.min()}..{y.max()}"
+            )
+    if raw.train_x.shape[1:] != raw.test_x.shape[1:]:
+        raise DataError(
+            f"{raw.source}: train images are {raw.train_x.shape[1:]} but test images are "
+            f"{raw.test_x.shape[1:]}; both must be (C, H, W) alike"
+        )
+
+
+def _limit(x: np.ndarray, y: np.ndarray, limit: int | None, rng: np.random.Generator):
+    """Keep `limit` random images (classes stay roughly balanced); None keeps all."""
+    if limit is None or limit >= len(x):
+        return x, y
+    keep = np.sort(rng.permutation(len(x))[:limit])
+    return x[keep], y[keep]
+
+
+def _stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator):
+    """Shuffle, then hold out about val_fraction of each class. Returns (train_idx, val_idx)."""
+    if len(y) < 2:
+        raise DataError(f"need at least 2 training images to hold out a validation set, got {len(y)}")
+    order = rng.permutation(len(y))
+    is_val = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        members = order[y[order] == label]
+        is_val[members[: int(round(val_fraction * len(members)))]] = True
+    # Tiny datasets: rounding may give an empty val or an empty train.
+    if not is_val.any():
+        is_val[order[0]] = True
+    if is_val.all():
+        is_val[order[-1]] = False
+    return order[~is_val[order]], order[is_val[order]]

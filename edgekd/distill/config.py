@@ -1,0 +1,113 @@
+"""TODO docstring (recipe -> distill.config)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgekd.configtools import build_config, require, require_list
+from edgekd.errors import ConfigError
+from edgekd.train.config import TeacherConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainConfig):
+    """Hinton KD into the student: loss = (1-alpha)*CE + alpha*T^2*KL(teacher_T || student_T)."""
+
+    arch: str = "tinycnn"
+    arch_args: dict = field(default_factory=dict)
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the KD (response) term; CE on labels gets 1 - alpha
+    # what else is transferred (edgekd.kd_losses), added with weights: feature- and relation-based
+    # terms, e.g. [{kind: fitnet, student: features.4, teacher: layers.2, weight: 1.0}]; see DISTILL_TERMS
+    terms: list = field(default_factory=list)
+    # multi-teacher KD: more teachers, each a `teacher:` section (trained in the teacher stage,
+    # or loaded from `weights`); the student matches the average of all teachers' softened outputs
+    extra_teachers: list = field(default_factory=list)
+    # how teacher and student train (edgekd.schemes): offline, online (mutual learning of
+    # `peers` students), born-again (`generations`), ema (teacher = EMA of the student)
+    scheme: str = "offline"
+    peers: int = 2
+    generations: int = 2
+    ema_decay: float = 0.999
+    _stage = "distill"
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.temperature > 0, "distill.temperature must be positive")
+        require(0.0 <= self.alpha <= 1.0, "distill.alpha must be between 0 and 1")
+        object.__setattr__(self, "terms", [_distill_term(t, i) for i, t in enumerate(require_list(self.terms, "terms"))])
+        extra_teacher_configs(self)  # validates each entry
+        require(self.scheme in DISTILL_SCHEMES,
+               f"unknown distill.scheme '{self.scheme}'; available: {', '.join(DISTILL_SCHEMES)}")
+        require(self.peers >= 2, f"distill.peers must be >= 2 (mutual learning needs a cohort), got {self.peers}")
+        require(self.generations >= 1, f"distill.generations must be >= 1, got {self.generations}")
+        require(0.0 < self.ema_decay < 1.0, f"distill.ema_decay must be between 0 and 1, got {self.ema_decay}")
+        for key in ("terms", "extra_teachers"):  # these schemes have no teacher to read them from
+            require(not (getattr(self, key) and self.scheme in ("online", "ema")),
+                   f"distill.{key} needs the teacher, and distill.scheme '{self.scheme}' trains without one; "
+                   f"remove distill.{key} or use scheme offline or born-again")
+
+
+DISTILL_SCHEMES = ("offline", "online", "born-again", "ema")
+
+
+# distill.terms: each kind's keys and defaults (weights as in the papers' reference code);
+# student/teacher: a layer name or a list of them, paired in order (rkd: null = the input
+# of the classifier, i.e. the penultimate features)
+DISTILL_TERMS = {
+    "fitnet": {"student": None, "teacher": None, "weight": 1.0},
+    "at": {"student": None, "teacher": None, "weight": 1000.0, "p": 2.0},
+    "sp": {"student": None, "teacher": None, "weight": 3000.0},
+    "rkd": {"student": None, "teacher": None, "distance": 25.0, "angle": 50.0},
+}
+
+
+def _distill_term(raw, index: int) -> dict:
+    """One distill.terms entry, checked, with its defaults filled in and layers as lists."""
+    where = f"distill.terms[{index}]"
+    require(isinstance(raw, dict) and "kind" in raw, f"{where} must be a mapping with a 'kind'")
+    kind = raw["kind"]
+    require(kind in DISTILL_TERMS, f"unknown {where}.kind '{kind}'; available: {', '.join(DISTILL_TERMS)}")
+    known = DISTILL_TERMS[kind]
+    unknown = [k for k in raw if k != "kind" and k not in known]
+    require(not unknown, f"unknown key '{where}.{unknown[0] if unknown else ''}' for kind {kind}; known: {', '.join(known)}")
+    term = {"kind": kind, **known, **{k: v for k, v in raw.items() if k != "kind"}}
+    for key in ("weight", "p", "distance", "angle"):
+        if key in term:
+            value = term[key]
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"),
+                   f"{where}.{key} must be a number >= 0, got {value!r}")
+            term[key] = float(value)
+    require(term.get("weight", 1.0) > 0 and term.get("p", 1.0) > 0, f"{where}: weight and p must be positive")
+    require(kind != "rkd" or term["distance"] + term["angle"] > 0, f"{where}: distance and angle are both 0")
+    for side in ("student", "teacher"):
+        value = term[side]
+        if isinstance(value, str):
+            value = [value]
+        require(value is not None or kind == "rkd", f"{where} ({kind}) needs '{side}': a layer name or a list of them")
+        require(value is None or (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)),
+               f"{where}.{side} must be a layer name or a non-empty list of layer names")
+        term[side] = value
+    require((term["student"] is None) == (term["teacher"] is None)
+           and (term["student"] is None or len(term["student"]) == len(term["teacher"])),
+           f"{where}: student and teacher must name as many layers each ({term['student']} vs {term['teacher']})")
+    require(kind != "rkd" or term["student"] is None or len(term["student"]) == 1,
+           f"{where}: rkd takes one layer per side (the embedding)")
+    return term
+
+
+def extra_teacher_configs(cfg: DistillConfig) -> list:
+    """distill.extra_teachers as TeacherConfigs (their keys are those of the teacher section)."""
+    configs = []
+    for i, raw in enumerate(require_list(cfg.extra_teachers, "extra_teachers")):
+        where = f"distill.extra_teachers[{i}]"
+        require(isinstance(raw, dict), f"{where} must be a mapping like the teacher section")
+        require(raw.get("transfer") is None, f"{where}.transfer is not supported; give trained weights instead")
+        try:
+            teacher = build_config(TeacherConfig, raw, where + ".", "the recipe")
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(" (in the recipe)", "").replace(" in the recipe", "")) from None
+        require(teacher.weights is not None or teacher.epochs > 0,
+               f"{where}: epochs is 0 and weights is not set: train it or give its weights")
+        configs.append(teacher)
+    return configs

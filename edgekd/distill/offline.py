@@ -1,0 +1,210 @@
+"""Offline knowledge distillation into the student: the orchestrator.
+
+The loss (edgekd.kd_losses) is
+
+    (1 - alpha) * CE(student, y) + alpha * T^2 * KL(teachers_T || student_T) + sum_i w_i * term_i
+
+where teachers_T is one teacher's temperature-softened probabilities, or the average of
+several teachers' (multi-teacher), and the terms are feature- and relation-based knowledge
+(FitNets, attention transfer, RKD, similarity-preserving) read from named layers with
+forward hooks; feature terms always use the first teacher.
+
+The teachers are frozen and in eval mode, run under torch.no_grad. When the inputs are
+not augmented, what the loss needs from them (soft targets, and the per-sample targets of
+the terms) is computed once and reused every epoch, if it fits in TEACHER_CACHE_BYTES;
+otherwise the teachers run at every step. FitNets regressors are trained together with
+the student (an optimizer over both) but are not part of it: the student's state_dict and
+its ONNX export hold only the student.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from edgekd.distill.config import DistillConfig
+from edgekd.distill.losses import (
+    averaged_soft_targets,
+    kd_loss,
+    make_regressor,
+    soft_target_loss,
+)
+from edgekd.distill.terms import Capture, Term
+from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit, predict
+
+__all__ = ["distill", "kd_loss", "kd_step", "knowledge_step", "TEACHER_CACHE_BYTES"]
+
+
+TEACHER_CACHE_BYTES = 1 << 30  # beyond this, teacher targets are computed at every step instead of cached
+
+
+def kd_step(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, cached_logits: torch.Tensor | None) -> StepFn:
+    """Hinton KD from one teacher (the default recipe's path): cached logits or a forward per step."""
+
+    def step(images, labels, index):
+        if cached_logits is not None:
+            teacher_logits = cached_logits[index]
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+        logits = student(images)
+        loss = kd_loss(logits, teacher_logits, labels, temperature=cfg.temperature, alpha=cfg.alpha)
+        return loss, logits
+
+    return step
+
+
+class StudentWithRegressors(nn.Module):
+    """What fit() trains when FitNets needs regressors: the student plus the regressors, so
+    that one optimizer, one checkpoint and the best-epoch copy cover both. Its forward is
+    the student's; the student itself is left without them."""
+
+    def __init__(self, student: nn.Module, regressors: nn.ModuleList):
+        super().__init__()
+        self.student = student
+        self.regressors = regressors
+
+    def forward(self, x):
+        return self.student(x)
+
+
+class TeacherTargets:
+    """The teachers' logits and the terms' per-sample teacher targets, cached or computed per step.
+
+    The cache is a dict keyed by what an entry holds (("logits", i) for teacher i, or a
+    term's kind, teacher layer and p), so a caller may share it between distill() calls
+    with the same teachers and training images (the benchmark's seeds and kinds do).
+    """
+
+    def __init__(self, teachers, terms, capture, temperature):
+        self.teachers, self.terms, self.capture, self.temperature = teachers, terms, capture, temperature
+        self.keys = [("logits", i) for i in range(len(teachers))] + [
+            (term.kind, layer, term.p if term.kind == "at" else None) for term in terms for layer in term.teacher]
+        self.cache = None
+
+    @torch.no_grad()
+    def compute(self, images) -> list[torch.Tensor]:
+        """One tensor per key, in the order of self.keys."""
+        logits = [t(images) for t in self.teachers]
+        return logits + [target for term in self.terms
+                         for target in term.teacher_targets(self.capture.take(term.teacher))]
+
+    def fill_cache(self, store: dict, train_x: torch.Tensor, batch_size: int = 512) -> None:
+        if not all(key in store for key in self.keys):
+            parts = [self.compute(train_x[i : i + batch_size]) for i in range(0, len(train_x), batch_size)]
+            for j, key in enumerate(self.keys):
+                store[key] = torch.cat([part[j] for part in parts])
+        self.cache = [store[key] for key in self.keys]
+
+    def __call__(self, images, index):
+        values = self.compute(images) if self.cache is None else [v[index] for v in self.cache]
+        probs = averaged_soft_targets(values[: len(self.teachers)], self.temperature)
+        rest, targets = values[len(self.teachers) :], []
+        for term in self.terms:
+            targets.append(rest[: len(term.teacher)])
+            rest = rest[len(term.teacher) :]
+        return probs, targets
+
+
+def knowledge_step(student: nn.Module, teachers: Sequence[nn.Module], terms: list[Term], cfg: DistillConfig,
+                   teacher_targets, student_capture: Capture) -> StepFn:
+    """KD (from one teacher or the average of several) plus the weighted feature/relation terms."""
+
+    def step(images, labels, index):
+        probs, targets = teacher_targets(images, index)
+        logits = student(images)
+        loss = soft_target_loss(logits, probs, labels, temperature=cfg.temperature, alpha=cfg.alpha)
+        for term, term_targets in zip(terms, targets):
+            loss = loss + term.loss(student_capture.take(term.student), term_targets)
+        return loss, logits
+
+    return step
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module | Sequence[nn.Module],
+    *,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    cfg: DistillConfig,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint=None,
+    resume: bool = False,
+    log=None,
+    teacher_cache: dict | None = None,
+) -> FitResult:
+    """Train `student` in place from the frozen teacher(s); returns the fit history.
+
+    `teacher`: one module, or a list (multi-teacher: their softened outputs are averaged;
+    cfg.terms read features from the first). `checkpoint`, `resume` and `log` are passed
+    to train.fit (a checkpoint per epoch, and continuing from it); the teachers are not in
+    the checkpoint, they are the teacher stage's weights files. `teacher_cache`: a dict
+    to keep the cached teacher outputs in and reuse them in later calls with the same
+    teachers and train_x (None: a fresh one).
+    """
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    for t in teachers:
+        t.eval()
+        for p in t.parameters():
+            p.requires_grad_(False)
+    terms = [Term.from_config(raw) for raw in cfg.terms]
+    fit_args = dict(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed, desc="distill",
+                    progress=progress, checkpoint=checkpoint, resume=resume, log=log)
+    store = {} if teacher_cache is None else teacher_cache
+    if not terms and cfg.alpha == 0.0:  # nothing to learn from the teachers: plain cross-entropy
+        return fit(student, cross_entropy_step(student), **fit_args)
+    if not terms and len(teachers) == 1:
+        if not cfg.augment and ("logits", 0) not in store:
+            store[("logits", 0)] = predict(teachers[0], train_x)
+        cached = None if cfg.augment else store[("logits", 0)]
+        return fit(student, kd_step(student, teachers[0], cfg, cached), **fit_args)
+
+    student_capture = Capture(student, [n for term in terms for n in term.student])
+    teacher_capture = Capture(teachers[0], [n for term in terms for n in term.teacher])
+    try:
+        model = _attach_regressors(student, teachers[0], terms, train_x[:2], student_capture, teacher_capture, seed)
+        targets = TeacherTargets(teachers, terms, teacher_capture, cfg.temperature)
+        if not cfg.augment and _cache_bytes(targets, train_x) <= TEACHER_CACHE_BYTES:
+            targets.fill_cache(store, train_x)
+        step = knowledge_step(student, teachers, terms, cfg, targets, student_capture)
+        return fit(model, step, **fit_args)
+    finally:  # the student leaves without hooks (they would run in export and later stages)
+        student_capture.remove()
+        teacher_capture.remove()
+
+
+def _attach_regressors(student, teacher, terms, probe, student_capture, teacher_capture, seed) -> nn.Module:
+    """Give each FitNets layer pair whose channels differ a regressor; returns what fit() trains."""
+    fitnets = [term for term in terms if term.kind == "fitnet"]
+    if not fitnets:
+        return student
+    was_training = student.training
+    student.eval()  # a probe forward must not move batch-norm statistics
+    with torch.no_grad():
+        student(probe)
+        teacher(probe)
+    student.train(was_training)
+    regressors = nn.ModuleList()
+    # regressors draw from their own seeded RNG: the global RNG stays as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for term in fitnets:
+            term.regressors = []
+            for s_name, t_name in zip(term.student, term.teacher):
+                s_feat, t_feat = student_capture.values[s_name], teacher_capture.values[t_name]
+                regressor = make_regressor(s_feat.shape[1], t_feat.shape[1], s_feat.ndim)
+                term.regressors.append(regressor)
+                if regressor is not None:
+                    regressors.append(regressor)
+    return StudentWithRegressors(student, regressors) if len(regressors) else student
+
+
+def _cache_bytes(targets: TeacherTargets, train_x: torch.Tensor) -> int:
+    """Bytes the cache would take, from one probe sample."""
+    return sum(t.numel() for t in targets.compute(train_x[:1])) * 4 * len(train_x)

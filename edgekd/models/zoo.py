@@ -1,0 +1,239 @@
+"""Models by name: a small zoo, any torchvision classifier, or a user factory.
+
+    build_model("resnet20", in_channels=1, num_classes=10)
+    build_model("torchvision:resnet18", in_channels=1, num_classes=10)
+    build_model("mypkg.nets:make", in_channels=1, num_classes=10, width=2)
+
+A user factory is called as fn(in_channels=..., num_classes=..., **arch_args) and must
+return a torch.nn.Module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgekd.errors import ConfigError
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, in_channels: int, num_classes: int, width: float = 1.0):
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (8, 20, 56, ...), got {depth}")
+        blocks = (depth - 2) // 6
+        widths = [max(4, int(round(c * width))) for c in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        layers, in_ch = [], widths[0]
+        for stage, out_ch in enumerate(widths):
+            for i in range(blocks):
+                stride = 2 if stage > 0 and i == 0 else 1
+                layers.append(BasicBlock(in_ch, out_ch, stride))
+                in_ch = out_ch
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        _init_weights(self)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.pool(self.layers(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _round8(value: float) -> int:
+    return max(8, int(value + 4) // 8 * 8)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int):
+        super().__init__()
+        hidden = in_ch * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(in_ch, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),  # depthwise
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
+class MobileNetV2(nn.Module):
+    # (expansion, channels, repeats, stride) per stage
+    STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, last_channels: int = 1280):
+        super().__init__()
+        stem = _round8(32 * width)
+        layers: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6(inplace=True))
+        ]
+        in_ch = stem
+        for expand, channels, repeats, stride in self.STAGES:
+            out_ch = _round8(channels * width)
+            for i in range(repeats):
+                layers.append(InvertedResidual(in_ch, out_ch, stride if i == 0 else 1, expand))
+                in_ch = out_ch
+        last = _round8(last_channels * max(1.0, width))
+        layers.append(nn.Sequential(nn.Conv2d(in_ch, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(inplace=True)))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last, num_classes)
+        _init_weights(self)
+
+    def forward(self, x):
+        x = self.pool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16):
+        super().__init__()
+        w = width
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(
+            block(in_channels, w),
+            nn.MaxPool2d(2),
+            block(w, 2 * w),
+            nn.MaxPool2d(2),
+            block(2 * w, 4 * w),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, num_classes)
+        _init_weights(self)
+
+    def forward(self, x):
+        x = self.pool(self.features(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+ZOO: dict[str, Callable[..., nn.Module]] = {
+    "resnet8": lambda in_channels, num_classes, **kw: CifarResNet(8, in_channels, num_classes, **kw),
+    "resnet20": lambda in_channels, num_classes, **kw: CifarResNet(20, in_channels, num_classes, **kw),
+    "resnet56": lambda in_channels, num_classes, **kw: CifarResNet(56, in_channels, num_classes, **kw),
+    "mobilenetv2": MobileNetV2,
+    "tinycnn": TinyCNN,
+}
+
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def build_model(arch: str, *, in_channels: int, num_classes: int, **arch_args) -> nn.Module:
+    """Build a model by zoo name, 'torchvision:NAME' or 'package.module:function'."""
+    if arch.startswith(TORCHVISION_PREFIX):
+        return _torchvision_model(arch[len(TORCHVISION_PREFIX):], in_channels, num_classes, arch_args)
+    if ":" in arch:
+        factory = _import_factory(arch)
+        model = _call(factory, arch, in_channels=in_channels, num_classes=num_classes, **arch_args)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"factory '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    if arch not in ZOO:
+        raise ConfigError(
+            f"unknown model '{arch}'; available: {', '.join(ZOO)}, "
+            f"'{TORCHVISION_PREFIX}NAME' (any torchvision classifier) or 'package.module:function'"
+        )
+    return _call(ZOO[arch], arch, in_channels=in_channels, num_classes=num_classes, **arch_args)
+
+
+def _call(factory, arch: str, **kwargs) -> nn.Module:
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:  # a misspelt arch_args key lands here
+        raise ConfigError(f"cannot build '{arch}' with arguments {sorted(kwargs)}: {exc}") from exc
+
+
+def _import_factory(spec: str) -> Callable:
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or module_name.startswith(".") or not func_name:
+        raise ConfigError(f"model '{spec}' must be 'package.module:function' (absolute module, a function name)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module '{module_name}' for model '{spec}': {exc}") from exc
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ConfigError(f"module '{module_name}' has no function '{func_name}' (model '{spec}')")
+    return factory
+
+
+def _torchvision_model(name: str, in_channels: int, num_classes: int, arch_args: dict) -> nn.Module:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ConfigError(f"unknown torchvision model '{name}'; available: {', '.join(sorted(available))}")
+    try:
+        # weights=None: pretrained weights come from a local file (teacher.weights), never a download
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **arch_args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build torchvision model '{name}': {exc}") from exc
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Swap the first Conv2d for one taking `in_channels` (torchvision models expect RGB)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            new = nn.Conv2d(
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups if module.groups == 1 else in_channels,
+                module.bias is not None,
+            )
+            setattr(parent, attr, new)
+            return
+    raise ConfigError("model has no Conv2d layer to adapt to the input channels")

@@ -1,0 +1,269 @@
+"""Run results -> report.json, report.md, results.csv, pareto.png and the terminal table.
+
+report.json follows schema edgekd.report/1: the `models` entries are exactly the rows of
+`edgekd bench --json` (schema edgekd.bench/1), so one parser reads both; `stages` holds
+what each stage measured (training history, parity, calibration), `speedup` the ratios.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from edgekd.io.artifacts import atomic_path, atomic_write_text
+from edgekd.runtime.fmt import format_count as _count
+from edgekd.runtime.fmt import format_size as _size
+
+SCHEMA = "edgekd.report/1"
+
+
+STAGE_LABELS = {"teacher": "teacher (fp32)", "student": "student (fp32)", "int8": "student (int8)"}
+
+
+CSV_COLUMNS = ("name", "stage", "top1", "params", "macs", "file_bytes", "provider", "batch_size",
+               "p50_ms", "p90_ms", "p99_ms", "throughput", "speedup_vs_teacher")
+
+
+def speedups(models: list[dict]) -> dict[str, float | None]:
+    """p50 speed-up of each model over the teacher (teacher p50 / model p50)."""
+    teacher = next((m for m in models if m.get("stage") == "teacher"), None)
+    out = {}
+    for m in models:
+        if teacher is None or not m["latency_ms"]["p50"]:
+            out[m["name"]] = None
+        else:
+            out[m["name"]] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
+    return out
+
+
+def build_report(*, recipe: dict, stages: dict, bench_json: dict) -> dict:
+    models = bench_json["models"]
+    return {
+        "schema": SCHEMA,
+        "edgekd_version": bench_json.get("edgekd_version"),
+        "recipe": recipe,
+        "machine": bench_json.get("machine"),
+        "bench_config": bench_json.get("config"),
+        "stages": stages,
+        "models": models,
+        "speedup_vs_teacher": speedups(models),
+    }
+
+
+def summary_table(report: dict) -> str:
+    """The one table `compress` prints: each model's accuracy, size, cost and speed."""
+    header = ["model", "top-1 %", "params", "MACs", "file", "p50 ms (b=1)", "speed-up"]
+    rows = [header]
+    for m in report["models"]:
+        speed = report["speedup_vs_teacher"].get(m["name"])
+        rows.append([
+            STAGE_LABELS.get(m.get("stage"), m["name"]),
+            "-" if m["top1"] is None else f"{m['top1']:.2f}",
+            _count(m["params"]),
+            _count(m["macs"]),
+            _size(m["file_bytes"]),
+            f"{m['latency_ms']['p50']:.3f}",
+            "-" if speed is None else f"{speed:.2f}x",
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    machine = report.get("machine") or {}
+    bench_cfg = report.get("bench_config") or {}
+    lines = [
+        f"# edgekd run: {report['recipe']['name']}",
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+        f"onnxruntime {machine.get('onnxruntime', '?')}, int8 CPU features: "
+        f"{', '.join(machine.get('int8_cpu_flags') or []) or 'none found'}.",
+        f"Latency: provider {bench_cfg.get('provider', '?')}, batch {bench_cfg.get('batch_size', '?')}, "
+        f"{bench_cfg.get('warmup', '?')} warm-up runs, then at least {bench_cfg.get('runs', '?')} runs "
+        f"and {bench_cfg.get('min_seconds', '?')} s. Top-1 on the test split (`eval.npz`).",
+        "",
+        "| model | top-1 % | params | MACs | file | p50 ms | p90 ms | p99 ms | speed-up | int8 ops |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in report["models"]:
+        speed = report["speedup_vs_teacher"].get(m["name"])
+        lat = m["latency_ms"]
+        top1 = "-" if m["top1"] is None else f"{m['top1']:.2f}"
+        lines.append(
+            f"| {m['name']} | {top1} | {_count(m['params'])} | "
+            f"{_count(m['macs'])} | {_size(m['file_bytes'])} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
+            f"{lat['p99']:.3f} | {'-' if speed is None else f'{speed:.2f}x'} | "
+            f"{'-' if m.get('int8_ops') is None else m['int8_ops']} |"
+        )
+    for m in report["models"]:  # edgekd bench compares the int8 model with the fp32 one
+        ref = m.get("reference")
+        if ref:
+            lines += ["", f"{m['name']} vs {Path(ref['path']).name}: argmax agreement {ref['argmax_match']:.2f}% "
+                          f"on {ref['samples']} {ref['inputs']} inputs, max abs difference of the outputs "
+                          f"{ref['max_abs_diff']:.4g}."]
+    lines += ["", "## Stages", "", "| stage | seconds | details |", "|---|---:|---|"]
+    for name, stage in report["stages"].items():
+        shown_below = PRUNE_DETAILS if name == "prune" else ()
+        details = ", ".join(f"{k}={_short(v)}" for k, v in stage.items()
+                            if k not in ("seconds", "epochs", *shown_below))
+        lines.append(f"| {name} | {stage.get('seconds', 0):.1f} | {details} |")
+    lines += pruning_section(report["stages"].get("prune") or {})
+    lines += scheme_section(report["stages"])
+    return "\n".join(lines) + "\n"
+
+
+PRUNE_DETAILS = ("before", "after", "steps", "latency")  # tables of their own in report.md
+
+
+def pruning_section(prune: dict) -> list[str]:
+    """report.md lines for the prune stage: parameters, MACs and channels per layer before and
+    after, the KD fine-tuning history, and each latency-targeted step's measured p50."""
+    if not prune.get("enabled"):
+        return []
+    before, after = prune["before"], prune["after"]
+    lines = ["", "## Pruning", "",
+             f"Parameters {_count(before['params'])} -> {_count(after['params'])}, MACs {_count(before['macs'])} -> "
+             f"{_count(after['macs'])} ({before['macs'] / max(after['macs'], 1):.2f}x fewer), val top-1 after "
+             f"fine-tuning {prune['val_top1']:.2f}%.", ""]
+    latency = prune.get("latency")
+    if latency:
+        final = latency["final"]
+        lines += [f"Latency target: {latency['target']} ({latency['format']} ONNX, timed against the unpruned model "
+                  f"in one interleaved loop): {'met' if latency['met'] else 'NOT met'}. {latency['message']}.", "",
+                  "| step | share removed | MACs | params | p50 ms | unpruned p50 ms | speed-up |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for st in latency["steps"]:
+            lines.append(f"| {st['step']} | {st['removed']:.2f} | {_count(st['macs'])} | {_count(st['params'])} | "
+                         f"{st['p50_ms']:.3f} | {st['reference_p50_ms']:.3f} | {st['speedup']:.2f}x |")
+        lines += [f"| final (after fine-tuning) | | {_count(final['macs'])} | {_count(final['params'])} | "
+                  f"{final['p50_ms']:.3f} | {final['reference_p50_ms']:.3f} | {final['speedup']:.2f}x |", ""]
+    if prune.get("steps"):
+        lines += ["| KD fine-tune after step | MACs | val top-1 % |", "|---:|---:|---:|",
+                  *[f"| {h['step']} | {_count(h['macs'])} | {h['val_top1']:.2f} |" for h in prune["steps"]], ""]
+    lines += ["| layer | channels before | after |", "|---|---:|---:|",
+              *[f"| {name} | {n} | {after['channels'].get(name, '-')} |" for name, n in before["channels"].items()]]
+    return lines
+
+
+def results_csv(report: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for m in report["models"]:
+        lat = m["latency_ms"]
+        speed = report["speedup_vs_teacher"].get(m["name"])
+        writer.writerow([m["name"], m.get("stage"), m["top1"], m["params"], m["macs"], m["file_bytes"],
+                         m["provider"], m["batch_size"], lat["p50"], lat["p90"], lat["p99"],
+                         m["throughput"], speed])
+    return buffer.getvalue()
+
+
+def pareto_plot(report: dict, path: str | Path) -> Path | None:
+    """Accuracy vs p50 latency of a run's models (report.json), the Pareto front joined.
+    Returns None when matplotlib is not installed (it is optional on devices)."""
+    return pareto_plot_models(report["models"], path, title=f"edgekd: {report['recipe']['name']}",
+                              xlabel="p50 latency, batch 1 (ms)")
+
+
+def pareto_plot_models(models: list[dict], path: str | Path, *, title: str = "edgekd bench",
+                       xlabel: str | None = None) -> Path | None:
+    """Accuracy vs p50 latency, one point per model entry (schema edgekd.bench/1), the
+    Pareto front joined. Entries of a batch/threads sweep are labelled "name b8 t2".
+    Returns None without matplotlib or without any entry that has a top-1."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    sweep = len({(m.get("batch_size"), m.get("threads")) for m in models}) > 1
+    points = [
+        (m["latency_ms"]["p50"], m["top1"],
+         f"{m['name']} b{m.get('batch_size')} t{m.get('threads')}" if sweep else m["name"])
+        for m in models if m.get("top1") is not None
+    ]
+    if not points:
+        return None
+    if xlabel is None:
+        batches = sorted({m.get("batch_size") for m in models})
+        xlabel = f"p50 latency, batch {batches[0]} (ms)" if len(batches) == 1 else "p50 latency per batch (ms)"
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for latency, top1, name in points:
+        ax.scatter(latency, top1, s=40)
+        ax.annotate(name, (latency, top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front = pareto_front(points)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", linewidth=1, label="Pareto front")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.2, y=0.2)  # room for the labels
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def pareto_front(points: list[tuple]) -> list[tuple]:
+    """Points (latency, accuracy, ...) not beaten on both axes, sorted by latency."""
+    front, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: (p[0], -p[1])):
+        if point[1] > best:
+            front.append(point)
+            best = point[1]
+    return front
+
+
+def write_report(report: dict, run_dir: str | Path) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    paths = {
+        "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
+        "markdown": atomic_write_text(run_dir / "report.md", markdown(report)),
+        "csv": atomic_write_text(run_dir / "results.csv", results_csv(report)),
+    }
+    plot = pareto_plot(report, run_dir / "pareto.png")
+    if plot is not None:
+        paths["pareto"] = plot
+    return paths
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def scheme_section(stages: dict) -> list[str]:
+    """report.md lines for a transfer-learning teacher and a non-offline distill scheme:
+    the val top-1 of each phase, peer, generation, or of the student and its EMA."""
+    lines = []
+    teacher, distill = stages.get("teacher") or {}, stages.get("distill") or {}
+    if "val_top1_head" in teacher:
+        lines += ["", "## Transfer learning (teacher)", "",
+                  f"Pretrained `{teacher['transfer']['pretrained']}`, new head `{teacher['transfer']['head']}`. "
+                  f"Val top-1: {teacher['val_top1_pretrained_backbone']:.2f}% with the untrained head, "
+                  f"{teacher['val_top1_head']:.2f}% after the head-only phase, {teacher['val_top1_finetune']:.2f}% "
+                  f"after fine-tuning every layer (lr {teacher['finetune_lr']:g})."]
+    scheme = distill.get("scheme")
+    if scheme == "online":
+        peers = ", ".join(f"peer {k}: {v:.2f}%" for k, v in enumerate(distill["peers_val_top1"]))
+        lines += ["", "## Distillation scheme: online (mutual learning)", "",
+                  f"Val top-1 {peers}; peer {distill['best_peer']} continues."]
+    elif scheme == "born-again":
+        gens = ", ".join(f"generation {g['generation']}: {g['val_top1']:.2f}%" for g in distill["generations"])
+        lines += ["", "## Distillation scheme: born-again", "",
+                  f"Val top-1 {gens}; generation {distill['best_generation']} continues."]
+    elif scheme == "ema":
+        lines += ["", "## Distillation scheme: EMA teacher", "",
+                  f"Val top-1 student {distill['student_val_top1']:.2f}%, EMA (decay {distill['ema_decay']}) "
+                  f"{distill['ema_val_top1']:.2f}%; the {distill['continues']} continues."]
+    return lines

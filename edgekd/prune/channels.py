@@ -1,0 +1,130 @@
+"""Structured channel pruning that physically removes channels.
+
+Torch-Pruning's dependency graph finds every layer coupled to a channel (residual adds,
+concatenations, depthwise and grouped convolutions, batch norms, squeeze-and-excitation
+gates) and removes the channel from all of them, so convolution, linear and batch-norm
+shapes shrink and with them MACs, parameters and the ONNX file.
+
+Pruned models are saved without pickling modules: the per-layer shapes go to a JSON-able
+dict (`layer_shapes`), the weights to safetensors, and `rebuild` resizes a freshly built
+architecture to those shapes before the weights are loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgekd.errors import ConfigError, first_line
+from edgekd.models.cost import count_macs, count_params
+from edgekd.models.shapes import layer_in
+from edgekd.prune.importance import default_protected, make_importance
+
+
+def prune_channels(
+    model: nn.Module,
+    *,
+    input_shape: tuple[int, int, int],
+    ratio: float,
+    importance: str = "l1",
+    global_pruning: bool = False,
+    round_to: int | None = 8,
+    protect: list[str] | tuple = (),
+    steps: int = 1,
+    loss_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    target_macs: int | None = None,
+    target_params: int | None = None,
+    stop: Callable[[int], bool] | None = None,
+) -> nn.Module:
+    """Remove `ratio` of the prunable channels from `model` (in place) in `steps` steps.
+
+    target_macs: stop at the first step whose model has at most this many MACs (then
+    `ratio` is the most that may be removed, and `steps` the resolution of the search).
+    target_params: the same with the parameter count (with both, the first step meeting both).
+    protect: module names kept whole, in addition to default_protected(model).
+    loss_batch: (images, labels) for gradient-based importance ('taylor').
+    after_step(step): called after each step, for fine-tuning between steps.
+    stop(step): called after after_step; True ends the pruning (latency targets use it).
+    """
+    import torch_pruning as tp
+
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"prune ratio must be between 0 and 1, got {ratio}")
+    if importance == "taylor" and loss_batch is None:
+        raise ConfigError("importance 'taylor' needs a batch of training images to compute gradients")
+    modules = dict(model.named_modules())
+    missing = [name for name in protect if name not in modules]
+    if missing:
+        raise ConfigError(f"prune.protect names unknown layers: {', '.join(missing)}")
+    ignored = [modules[name] for name in {*default_protected(model), *protect}]
+    example = torch.zeros(1, *input_shape)
+    model.eval()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=make_importance(importance),
+            global_pruning=global_pruning,
+            pruning_ratio=ratio,
+            iterative_steps=steps,
+            ignored_layers=ignored,
+            round_to=round_to,
+        )
+    except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
+        raise ConfigError(f"cannot build the pruning dependency graph: {first_line(exc)}") from exc
+    for step in range(steps):
+        if importance == "taylor":
+            images, labels = loss_batch
+            model.zero_grad()
+            nn.functional.cross_entropy(model(images), labels).backward()
+        try:
+            pruner.step()
+        except Exception as exc:
+            layer = layer_in(str(exc), modules)
+            where = f" at layer '{layer}'" if layer else ""
+            raise ConfigError(f"pruning failed{where}: {first_line(exc)}; protect that layer with prune.protect") from exc
+        model.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step + 1)
+        macs_met = target_macs is None or count_macs(model, input_shape) <= target_macs
+        params_met = target_params is None or count_params(model) <= target_params
+        if (target_macs is not None or target_params is not None) and macs_met and params_met:
+            break
+        if stop is not None and stop(step + 1):
+            break
+    return model
+
+
+def sparsity_train(model: nn.Module, *, train_x, train_y, val_x, val_y, penalty: float, cfg, seed: int = 0,
+                   progress: bool = True):
+    """Network slimming (Liu et al. 2017): train with cross-entropy plus `penalty` times the
+    L1 norm of every batch-norm scale, so that the channels the model can do without end
+    with scales near zero and importance 'bn_scale' removes them first. `cfg`: a
+    TrainConfig (epochs, lr, ...). Returns train.fit's FitResult."""
+    from edgekd.train.loop import cross_entropy_step, fit
+
+    scales = [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.weight is not None]
+    if not scales:
+        raise ConfigError("prune.sparsity needs batch-norm layers: the model has none")
+    base = cross_entropy_step(model)
+
+    def step(images, labels, index):
+        loss, logits = base(images, labels, index)
+        return loss + penalty * sum(s.abs().sum() for s in scales), logits
+
+    return fit(model, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed,
+               desc="sparsity", progress=progress)
+
+
+def channel_table(model: nn.Module) -> dict[str, int]:
+    """Output channels (or features) of every conv and linear layer, by module name."""
+    table = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            table[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            table[name] = m.out_features
+    return table

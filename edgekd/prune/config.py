@@ -1,0 +1,79 @@
+"""TODO docstring (recipe -> prune.config)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from edgekd.configtools import require
+from edgekd.train.config import TrainConfig
+
+PRUNE_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+
+
+PRUNE_FINETUNE = ("step", "end")
+
+
+@dataclass(frozen=True)
+class PruneConfig(TrainConfig):
+    """Structured channel pruning of the distilled student (off by default).
+
+    `steps` rounds of: remove a share of the channels, then `epochs` of KD fine-tuning
+    from the teacher (temperature and alpha from distill). The first convolution and the
+    classifier are protected, plus the layers named in `protect`. `target_macs` and/or
+    `target_params`: stop at the first step at or below them (`ratio` is then the most removed).
+
+    Latency target (edgekd.prune_latency): with `target_latency_ms` (absolute p50) and/or
+    `target_speedup` (over the unpruned model timed in the same loop), `latency_step` of
+    the channels go per step, at most `ratio` in all, and each candidate is exported
+    (int8 when quantize is on) and timed on bench.provider at batch 1 with bench.threads,
+    until it meets the target. `finetune`: 'step' (KD after every step) or 'end' (once).
+    `sparsity` > 0: network slimming, `sparsity_epochs` of training with that L1 penalty
+    on the batch-norm scales before pruning (for importance 'bn_scale').
+    """
+
+    enabled: bool = False
+    ratio: float = 0.5  # share of channels removed from each prunable layer (all steps together)
+    importance: str = "l1"
+    global_pruning: bool = False
+    round_to: int = 8  # channel counts stay multiples of this, so kernels stay fast
+    protect: list = field(default_factory=list)
+    steps: int = 1
+    epochs: int = 2
+    lr: float = 0.001
+    finetune: str = "step"
+    target_macs: Optional[int] = None
+    target_params: Optional[int] = None
+    target_latency_ms: Optional[float] = None
+    target_speedup: Optional[float] = None
+    latency_step: float = 0.05
+    latency_rounds: int = 20  # interleaved timing rounds per candidate (10 runs of each model per round)
+    sparsity: float = 0.0
+    sparsity_epochs: int = 0
+    _stage = "prune"
+
+    @property
+    def latency_targeted(self) -> bool:
+        return self.target_latency_ms is not None or self.target_speedup is not None
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(0.0 < self.ratio < 1.0, "prune.ratio must be between 0 and 1")
+        require(self.finetune in PRUNE_FINETUNE,
+               f"unknown prune.finetune '{self.finetune}'; available: {', '.join(PRUNE_FINETUNE)}")
+        require(self.target_macs is None or self.target_macs > 0, "prune.target_macs must be positive")
+        require(self.target_params is None or self.target_params > 0, "prune.target_params must be positive")
+        require(self.target_latency_ms is None or self.target_latency_ms > 0, "prune.target_latency_ms must be positive")
+        require(self.target_speedup is None or self.target_speedup > 0, "prune.target_speedup must be positive")
+        require(0.0 < self.latency_step <= self.ratio,
+               f"prune.latency_step must be between 0 and prune.ratio ({self.ratio}), got {self.latency_step}")
+        require(self.latency_rounds >= 1, "prune.latency_rounds must be >= 1")
+        require(self.sparsity >= 0, "prune.sparsity must be >= 0")
+        require(self.sparsity_epochs >= 0, "prune.sparsity_epochs must be >= 0")
+        require(
+            self.importance in PRUNE_IMPORTANCES,
+            f"unknown prune.importance '{self.importance}'; available: {', '.join(PRUNE_IMPORTANCES)}",
+        )
+        require(self.round_to >= 1, "prune.round_to must be >= 1")
+        require(self.steps >= 1, "prune.steps must be >= 1")
+        require(all(isinstance(p, str) for p in self.protect), "prune.protect must be a list of layer names")

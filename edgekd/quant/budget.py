@@ -1,0 +1,210 @@
+"""The accuracy budget of int8: keep the most quantization-sensitive nodes in float.
+
+When int8 loses more than quantize.max_drop top-1 points on the val split, every
+Conv/Gemm/MatMul node is ranked by how much quantization error it adds, measured with
+ONNX Runtime's own debugging tools (onnxruntime.quantization.qdq_loss_debug): the fp32
+(pre-processed) and the QDQ model both run on calibration images with every intermediate
+tensor saved, and for each node the signal-to-quantization-noise ratio (SQNR, dB) of its
+input and of its output against fp32 is computed. The node's score is the SQNR it loses
+(input SQNR - output SQNR, both capped at 60 dB): a node whose int8 weights cannot represent it (an outlier
+channel that takes the whole int8 range) loses tens of dB. Then the nodes are kept in
+float one at a time, most sensitive first, re-quantizing and re-evaluating each time,
+until the drop fits the budget or half of the nodes are float (then the budget fails).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekd.quant.config import QuantConfig
+
+SENSITIVE_OPS = ("Conv", "Gemm", "MatMul")
+
+
+SENSITIVITY_IMAGES = 64
+
+
+# SQNR above this counts as exact: uint8 images quantize without error (~145 dB), and the
+# first layer's fine 40 dB output must not look like a 100 dB loss
+SQNR_CAP_DB = 60.0
+
+
+DQ_SUFFIX = "_DequantizeLinear_Output"  # ORT's name for a dequantized activation  # calibration images used to compare activations
+
+
+@dataclass
+class BudgetResult:
+    max_drop: float
+    fp32_top1: float
+    int8_top1: float  # before the search (everything quantized)
+    final_top1: float  # with `excluded` kept in float
+    met: bool
+    excluded: list = field(default_factory=list)  # node names kept in float by the search
+    sensitivity: list = field(default_factory=list)  # [{node, op_type, sqnr_in_db, sqnr_out_db, loss_db}], worst first
+    steps: list = field(default_factory=list)  # [{keep_float, top1, drop}] one per re-quantization
+    max_excluded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def drop(self) -> float:
+        return self.fp32_top1 - self.final_top1
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "drop": self.drop}
+
+
+def _batches(images: np.ndarray, input_name: str, batch_size: int) -> list[dict]:
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    return [{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)]
+
+
+def _activations(model_path: Path, feeds: list[dict], work: Path) -> dict[str, np.ndarray]:
+    """Every float tensor of the model on `feeds` (ORT's qdq_loss_debug; graph optimizations off)."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        modify_model_output_intermediate_tensors,
+    )
+
+    augmented = work / (model_path.stem + ".augmented.onnx")
+    modify_model_output_intermediate_tensors(str(model_path), str(augmented))
+    return collect_activations(str(augmented), feeds)
+
+
+def node_sensitivity(prepared_fp32: str | Path, int8_path: str | Path, images: np.ndarray,
+                     *, batch_size: int = 32) -> list[dict]:
+    """Conv/Gemm/MatMul nodes of the int8 model ranked by the SQNR they lose, worst first.
+
+    `prepared_fp32` must be the pre-processed fp32 model the int8 one was quantized from
+    (same node and tensor names). Nodes already float in the int8 model are left out."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        compute_signal_to_quantization_noice_ratio as sqnr,
+    )
+
+    from edgekd.onnx_export import INPUT_NAME
+
+    feeds = _batches(images, INPUT_NAME, batch_size)
+    with tempfile.TemporaryDirectory(prefix="edgekd-sens-") as work:
+        fp32_acts = _activations(Path(prepared_fp32), feeds, Path(work))
+        int8_acts = _activations(Path(int8_path), feeds, Path(work))
+    proto = onnx.load(str(int8_path))
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    consumers: dict[str, list] = {}
+    for n in proto.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    ranked = []
+    for node in proto.graph.node:
+        if node.op_type not in SENSITIVE_OPS:
+            continue
+        weight_source = producers.get(node.input[1])
+        if weight_source is None or weight_source.op_type != "DequantizeLinear":
+            continue  # kept in float
+        # input: what the node reads (after Q/DQ) vs the fp32 tensor before the QuantizeLinear
+        q_in = node.input[0]
+        f_in = q_in
+        padded_in = None
+        if f_in in producers and producers[f_in].op_type == "DequantizeLinear":
+            f_in = producers[f_in].input[0]
+            if f_in in producers and producers[f_in].op_type == "QuantizeLinear":
+                f_in = producers[f_in].input[0]
+                if f_in in producers and producers[f_in].op_type == "Pad":
+                    # input channels padded with zeros (edgekd.quantize_pad): the reference is the
+                    # int8 model's own padded float tensor (zeros add no signal and no noise)
+                    padded_in = f_in
+                    f_in = producers[f_in].input[0]
+        # output: what the next node reads (after Q/DQ; a Relu the quantizer folded into the
+        # QuantizeLinear's range is applied there) vs the fp32 tensor of that name
+        q_out = node.output[0]
+        quant = next((c for c in consumers.get(q_out, []) if c.op_type == "QuantizeLinear"), None)
+        if quant is not None:
+            dequant = next((c for c in consumers.get(quant.output[0], []) if c.op_type == "DequantizeLinear"), None)
+            if dequant is not None:
+                q_out = dequant.output[0]
+        f_out = q_out[: -len(DQ_SUFFIX)] if q_out.endswith(DQ_SUFFIX) else q_out
+        reference_in = int8_acts.get(padded_in) if padded_in else fp32_acts.get(f_in)
+        if reference_in is None or q_in not in int8_acts or f_out not in fp32_acts or q_out not in int8_acts:
+            continue
+        sqnr_in = sqnr(reference_in, int8_acts[q_in])
+        sqnr_out = sqnr(fp32_acts[f_out], int8_acts[q_out])
+        loss = min(sqnr_in, SQNR_CAP_DB) - min(sqnr_out, SQNR_CAP_DB)
+        ranked.append({"node": node.name, "op_type": node.op_type, "sqnr_in_db": round(sqnr_in, 2),
+                       "sqnr_out_db": round(sqnr_out, 2), "loss_db": round(loss, 2)})
+    ranked.sort(key=lambda r: r["loss_db"], reverse=True)
+    return ranked
+
+
+def search(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    *,
+    calib_images: np.ndarray,
+    cfg: QuantConfig,
+    evaluate: Callable[[Path], float],
+    fp32_top1: float,
+    int8_top1: float,
+    metadata: dict | None = None,
+    machine: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> BudgetResult:
+    """Keep the most sensitive nodes of `int8_path` (already quantized from `fp32_path` with
+    `cfg`) in float until fp32_top1 - evaluate(int8_path) <= cfg.max_drop.
+
+    `int8_path` ends as the last model tried. At most half of the Conv/Gemm/MatMul nodes
+    (at least one) are kept float; `met` says whether the budget was reached."""
+    from edgekd.quant.ptq import prepare, ptq
+
+    start = time.perf_counter()
+    result = BudgetResult(max_drop=cfg.max_drop, fp32_top1=fp32_top1, int8_top1=int8_top1,
+                          final_top1=int8_top1, met=fp32_top1 - int8_top1 <= cfg.max_drop)
+    if result.met:
+        return result
+    with tempfile.TemporaryDirectory(prefix="edgekd-budget-") as work:
+        prepared = Path(work) / "prepared.onnx"
+        prepare(fp32_path, prepared)
+        images = calib_images[:SENSITIVITY_IMAGES]
+        result.sensitivity = node_sensitivity(prepared, int8_path, images, batch_size=cfg.calib_batch_size)
+    import onnx
+
+    candidates = sum(n.op_type in SENSITIVE_OPS for n in onnx.load(str(fp32_path), load_external_data=False).graph.node)
+    result.max_excluded = max(1, candidates // 2)
+    for entry in result.sensitivity[: result.max_excluded]:
+        result.excluded.append(entry["node"])
+        ptq(fp32_path, int8_path, calib_images=calib_images, cfg=cfg, metadata=metadata, progress=False,
+            machine=machine, extra_exclude=result.excluded)
+        top1 = evaluate(Path(int8_path))
+        result.final_top1 = top1
+        result.steps.append({"keep_float": entry["node"], "top1": top1, "drop": fp32_top1 - top1})
+        log(f"[quantize] budget: {entry['node']} ({entry['op_type']}, loses {entry['loss_db']:.1f} dB) "
+            f"kept float -> val top-1 {top1:.2f}% (drop {fp32_top1 - top1:.2f})")
+        if fp32_top1 - top1 <= cfg.max_drop:
+            result.met = True
+            break
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+def quick_p50_ms(paths: list, image: np.ndarray, runs: int = 30) -> list[float]:
+    """A rough median latency (ms, batch of one `image`) per model, runs interleaved so that
+    a busy machine slows all of them alike. `edgekd bench` is the real measurement."""
+    from edgekd.onnx_export import INPUT_NAME
+    from edgekd.runtime.session import make_session
+
+    sessions = [make_session(p) for p in paths]
+    feed = {INPUT_NAME: np.ascontiguousarray(image[None], dtype=np.float32)}
+    times: list[list[float]] = [[] for _ in sessions]
+    for s in sessions:  # warm-up
+        s.run(None, feed)
+    for _ in range(runs):
+        for i, s in enumerate(sessions):
+            start = time.perf_counter()
+            s.run(None, feed)
+            times[i].append((time.perf_counter() - start) * 1000)
+    return [float(np.median(t)) for t in times]

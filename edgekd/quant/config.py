@@ -1,0 +1,101 @@
+"""TODO docstring (recipe -> quant.config)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from edgekd.configtools import require
+from edgekd.train.config import TrainConfig
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+INT8_TYPES = ("int8", "uint8")
+
+
+QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "cuda")
+
+
+QUANT_METHODS = ("ptq", "qat")
+
+
+@dataclass(frozen=True)
+class QatConfig(TrainConfig):
+    """Quantization-aware KD fine-tuning (quantize.method: qat), see edgekd.qat.
+
+    `observe_fraction`: share of the steps during which the activation ranges follow a
+    moving average of each batch's min/max; after that they are frozen. A short fine-tune
+    from the distilled student: low lr, teacher logits cached (augment off)."""
+
+    epochs: int = 2
+    lr: float = 0.0005
+    augment: bool = False
+    observe_fraction: float = 0.5
+    _stage = "quantize.qat"
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(0.0 <= self.observe_fraction <= 1.0, "quantize.qat.observe_fraction must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Post-training static int8 through ONNX Runtime, QDQ format.
+
+    `target` picks the defaults of activation_type / weight_type / reduce_range /
+    per_channel / pad_input_channels_to (see edgekd.quantize.TARGET_PRESETS; 'auto' reads the CPU flags). A field
+    left at None takes the target's value; a field set in the recipe always wins.
+    `exclude_nodes` / `exclude_op_types` stay float. `max_drop`: the accuracy budget in
+    top-1 points on the val split (None: no budget); when int8 loses more, the most
+    sensitive nodes are kept in float one by one until it fits, else the run fails (exit 3).
+    `method: qat` fine-tunes with fake quantization instead (settings in `qat`; the
+    activation type comes from the target as above; calibration, per_channel, weight_type,
+    reduce_range and the exclude lists are PTQ-only; max_drop is checked, with no search).
+    """
+
+    enabled: bool = True
+    method: str = "ptq"
+    qat: QatConfig = field(default_factory=QatConfig)
+    target: str = "auto"
+    calibration: str = "minmax"
+    calib_batch_size: int = 32
+    per_channel: Optional[bool] = None
+    activation_type: Optional[str] = None
+    weight_type: Optional[str] = None
+    reduce_range: Optional[bool] = None
+    pad_input_channels_to: Optional[int] = None
+    exclude_nodes: list = field(default_factory=list)
+    exclude_op_types: list = field(default_factory=list)
+    max_drop: Optional[float] = 1.0
+
+    def __post_init__(self):
+        require(
+            self.target in QUANT_TARGETS,
+            f"unknown quantize.target '{self.target}'; available: {', '.join(QUANT_TARGETS)}",
+        )
+        require(
+            self.calibration in CALIBRATION_METHODS,
+            f"unknown quantize.calibration '{self.calibration}'; available: {', '.join(CALIBRATION_METHODS)}",
+        )
+        require(self.calib_batch_size > 0, "quantize.calib_batch_size must be positive")
+        for key in ("activation_type", "weight_type"):
+            value = getattr(self, key)
+            require(value is None or value in INT8_TYPES,
+                   f"quantize.{key} must be one of {', '.join(INT8_TYPES)}, got '{value}'")
+        require(self.pad_input_channels_to is None
+               or (isinstance(self.pad_input_channels_to, int) and not isinstance(self.pad_input_channels_to, bool)
+                   and self.pad_input_channels_to >= 0),
+               "quantize.pad_input_channels_to must be a whole number >= 0 (0: no padding)")
+        for key in ("exclude_nodes", "exclude_op_types"):
+            require(all(isinstance(v, str) and v for v in getattr(self, key)),
+                   f"quantize.{key} must be a list of names")
+        require(self.max_drop is None or self.max_drop == self.max_drop,  # not NaN
+               "quantize.max_drop must be a number of top-1 points or null")
+        require(self.method in QUANT_METHODS,
+               f"unknown quantize.method '{self.method}'; available: {', '.join(QUANT_METHODS)}")
+        if self.method == "qat":  # QAT's scheme is fixed: per-channel symmetric int8 weights, nothing float
+            require(self.per_channel in (None, True) and self.weight_type in (None, "int8"),
+                   "quantize.method qat uses per-channel int8 weights; remove quantize.per_channel / weight_type")
+            require(not self.exclude_nodes and not self.exclude_op_types,
+                   "quantize.exclude_nodes / exclude_op_types are for method ptq; QAT quantizes every layer")

@@ -1,0 +1,149 @@
+"""Post-training static int8 quantization with ONNX Runtime's own tools, file to file.
+
+fp32 ONNX -> ORT pre-processing (shape inference + graph optimization) -> calibration on
+the calibration split -> QDQ model (per-channel int8 weights, uint8 or int8 activations).
+ONNX Runtime fuses QDQ groups into int8 kernels (QLinearConv, ...) when it loads the model;
+`edgekd bench` counts them to show that int8 really runs as int8.
+
+The activation/weight types, reduce_range, per_channel and the input-channel padding of
+the first convolutions (edgekd.quantize_pad) come from a target preset
+(resolve_quant_settings); fields set in the recipe override it. Nodes can be kept in
+float (quantize.exclude_nodes / exclude_op_types; the accuracy budget in quant_budget.py
+adds the most sensitive ones).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ConfigError
+from edgekd.io.artifacts import atomic_path
+from edgekd.quant.calibration import ArrayCalibrationReader
+from edgekd.quant.config import QuantConfig
+from edgekd.quant.graph import keep_float, shorten_names
+from edgekd.quant.presets import resolve_quant_settings
+
+
+@dataclass
+class QuantReport:
+    path: str
+    calibration: str
+    samples: int
+    activation_type: str
+    weight_type: str
+    per_channel: bool
+    seconds: float
+    target: str = ""
+    reduce_range: bool = False
+    settings: dict = field(default_factory=dict)
+    excluded_nodes: list = field(default_factory=list)  # kept in float
+    padded_inputs: list = field(default_factory=list)  # [{input, channels, padded_to}] (edgekd.quantize_pad)
+
+
+def prepare(fp32_path: str | Path, prepared_path: str | Path) -> None:
+    """ORT's quantization pre-processing (shape inference + graph optimization)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(prepared_path), skip_symbolic_shape=True)
+
+
+def nodes_to_keep_float(proto, cfg: QuantConfig, extra: list | tuple = ()) -> list[str]:
+    """Names of the nodes of the (pre-processed) model that stay float: quantize.exclude_nodes,
+    every node of an op type in quantize.exclude_op_types, and `extra`. An unknown name is a
+    ConfigError that lists the quantizable node names."""
+    names = [n.name for n in proto.graph.node]
+    unknown = [n for n in list(cfg.exclude_nodes) + list(extra) if n not in names]
+    if unknown:
+        known = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+        raise ConfigError(f"quantize.exclude_nodes: no node named {', '.join(map(repr, unknown))} in the model; "
+                          f"its Conv/Gemm/MatMul nodes are: {', '.join(known)}")
+    wanted = set(cfg.exclude_nodes) | set(extra)
+    ops = set(cfg.exclude_op_types)
+    return [n.name for n in proto.graph.node if n.name in wanted or n.op_type in ops]
+
+
+def ptq(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    *,
+    calib_images: np.ndarray,
+    cfg: QuantConfig,
+    metadata: dict[str, str] | None = None,
+    progress: bool = True,
+    machine: dict | None = None,
+    extra_exclude: list | tuple = (),
+) -> QuantReport:
+    """Quantize `fp32_path` into `int8_path` (QDQ); `calib_images` are preprocessed float32 NCHW.
+
+    `machine` (detect_machine() form) is for quantize.target 'auto'; `extra_exclude`: node
+    names kept in float on top of the recipe's (the accuracy budget search passes them)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from tqdm.auto import tqdm
+
+    from edgekd.io.onnxfile import check_onnx_file
+    from edgekd.onnx_export import INPUT_NAME, set_metadata
+    from edgekd.quant.pad import pad_input_channels
+
+    # ORT's pre-processing and calibration open sessions on fp32_path (and onnx.load
+    # reads its external data): it must pass the same check as a benched model. Usually
+    # edgekd has just written it; on --resume or from the API it is whatever is on disk.
+    check_onnx_file(fp32_path)
+    settings = resolve_quant_settings(cfg, machine)
+    start = time.perf_counter()
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    with tempfile.TemporaryDirectory(prefix="edgekd-ptq-") as work:
+        prepared = Path(work) / "prepared.onnx"
+        prepare(fp32_path, prepared)
+        excluded = nodes_to_keep_float(onnx.load(str(prepared)), cfg, extra_exclude)
+        with tqdm(total=len(calib_images), desc="calibrate", unit="img", disable=not progress, leave=False) as bar:
+            reader = ArrayCalibrationReader(calib_images, INPUT_NAME, batch_size=cfg.calib_batch_size, progress=bar)
+            with atomic_path(int8_path) as tmp:
+                quantize_static(
+                    str(prepared),
+                    str(tmp),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=settings["per_channel"],
+                    activation_type=types[settings["activation_type"]],
+                    weight_type=types[settings["weight_type"]],
+                    reduce_range=settings["reduce_range"],
+                    calibrate_method=methods[cfg.calibration],
+                    nodes_to_exclude=excluded,
+                )
+                proto = onnx.load(str(tmp))
+                keep_float(proto, excluded, onnx.load(str(prepared)))
+                padded = pad_input_channels(proto, settings["pad_input_channels_to"])
+                shorten_names(proto)
+                set_metadata(proto, dict(metadata or {}))
+                onnx.checker.check_model(proto, full_check=True)
+                onnx.save(proto, str(tmp))
+    return QuantReport(
+        path=str(int8_path),
+        calibration=cfg.calibration,
+        samples=len(calib_images),
+        activation_type=settings["activation_type"],
+        weight_type=settings["weight_type"],
+        per_channel=settings["per_channel"],
+        seconds=time.perf_counter() - start,
+        target=settings["target"],
+        reduce_range=settings["reduce_range"],
+        settings=settings,
+        excluded_nodes=excluded,
+        padded_inputs=padded,
+    )

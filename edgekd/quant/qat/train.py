@@ -1,0 +1,77 @@
+"""TODO docstring (qat -> quant.qat.train)"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from edgekd.quant.qat.prepare import activation_quantizers, set_observing
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+    """First activation ranges: the moving-average min/max over `images` (train mode, no grad)."""
+    was_training = model.training
+    model.train()
+    set_observing(model, True)
+    for i in range(0, len(images), batch_size):
+        model(images[i : i + batch_size])
+    model.train(was_training)
+
+
+@dataclass
+class QatResult:
+    fit: object  # train.FitResult
+    observe_steps: int
+    total_steps: int
+    val_top1: float
+    activation_quantizers: int
+    seconds: float = 0.0
+    ranges: list = field(default_factory=list)  # [(scale, zero_point)] per activation quantizer
+
+
+def qat(qmodel: nn.Module, teacher: nn.Module, *, train_x, train_y, val_x, val_y, cfg, temperature: float,
+        alpha: float, calib_images: torch.Tensor, seed: int = 0, progress: bool = True, log=None) -> QatResult:
+    """KD fine-tuning of a prepare_qat() model in place, with edgekd's training loop.
+
+    `cfg` is a recipe.QatConfig (epochs, lr, ... and observe_fraction: the share of steps
+    during which the activation ranges keep following a moving average; frozen after).
+    The loss is distill.kd_step's Hinton KD with the distill stage's temperature and alpha."""
+    import math
+
+    from edgekd.distill.config import DistillConfig
+    from edgekd.distill.offline import kd_step
+    from edgekd.train.loop import accuracy, fit, predict
+
+    start = time.perf_counter()
+    calibrate(qmodel, calib_images)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    cached = None if cfg.augment else predict(teacher, train_x)
+    total_steps = cfg.epochs * max(1, math.ceil(len(train_x) / cfg.batch_size))
+    observe_steps = int(round(cfg.observe_fraction * total_steps))
+    steps = [0]
+
+    kd = kd_step(qmodel, teacher, DistillConfig(temperature=temperature, alpha=alpha), cached)
+
+    def step(images, labels, index):
+        if steps[0] == observe_steps:
+            set_observing(qmodel, False)
+        steps[0] += 1
+        return kd(images, labels, index)
+
+    if observe_steps == 0:
+        set_observing(qmodel, False)
+    result = fit(qmodel, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed,
+                 desc="qat", progress=progress, log=log)
+    set_observing(qmodel, False)  # fit restored the best epoch's buffers; never observe again
+    qmodel.eval()
+    quantizers = activation_quantizers(qmodel)
+    return QatResult(fit=result, observe_steps=observe_steps, total_steps=total_steps,
+                     val_top1=accuracy(qmodel, val_x, val_y), activation_quantizers=len(quantizers),
+                     seconds=time.perf_counter() - start,
+                     ranges=[(float(q.scale), int(q.zero_point)) for q in quantizers])

@@ -1,0 +1,38 @@
+"""TODO docstring (recipe -> runtime.config)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from edgekd.configtools import require
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Latency protocol: warm-up (at least `warmup` runs and `warmup_seconds`), then timed
+    runs (at least `runs` and `min_seconds`); ONNX Runtime thread and spinning options;
+    `interleave`: time the models side by side (edgekd.bench_measure.measure_interleaved)."""
+
+    provider: str = "cpu"
+    batch_size: int = 1
+    warmup: int = 10
+    runs: int = 100
+    min_seconds: float = 1.0
+    threads: int = 0  # 0: ONNX Runtime's default
+    warmup_seconds: float = 0.0
+    inter_threads: int = 0  # > 0: parallel execution mode with this many inter-op threads
+    intra_spinning: Optional[bool] = None  # session.intra_op.allow_spinning; None: ORT's default (on)
+    inter_spinning: Optional[bool] = None  # session.inter_op.allow_spinning
+    # time all models side by side in short rotating rounds instead of one after another
+    interleave: bool = False
+
+    def __post_init__(self):
+        require(self.batch_size > 0, "bench.batch_size must be positive")
+        require(self.warmup >= 0, "bench.warmup must be >= 0")
+        require(self.runs > 0, "bench.runs must be positive")
+        require(self.min_seconds >= 0, "bench.min_seconds must be >= 0")
+        require(self.threads >= 0, "bench.threads must be >= 0")
+        require(self.warmup_seconds >= 0, "bench.warmup_seconds must be >= 0")
+        require(self.inter_threads >= 0, "bench.inter_threads must be >= 0")
+        require(isinstance(self.interleave, bool), "bench.interleave must be true or false")

@@ -1,0 +1,205 @@
+"""ONNX Runtime sessions for `edgekd bench`: execution providers by short name (and how to
+get a missing one), sessions that must really run on the provider asked for, with the
+benchmark's thread and spinning options, and what the session does with the graph: op
+types after optimization, int8 kernels, and the nodes each provider ran.
+
+Needs only onnxruntime and numpy (onnx optional), like the rest of the bench path.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgekd.errors import ConfigError, ModelFileError, ProviderUnavailable, first_line
+from edgekd.io import onnxfile
+from edgekd.io.onnxfile import check_onnx_file
+from edgekd.runtime.config import BenchConfig
+from edgekd.runtime.measure import provider_node_counts
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "acl": "ACLExecutionProvider",
+    "armnn": "ArmNNExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+}
+
+
+_SHORT_NAMES = {ep: short for short, ep in PROVIDERS.items()}
+
+
+# How to get a provider that the installed onnxruntime lacks.
+INSTALL_HINTS = {
+    "cuda": "install onnxruntime-gpu in place of onnxruntime "
+    "(pip uninstall onnxruntime && pip install onnxruntime-gpu)",
+    "tensorrt": "install onnxruntime-gpu in place of onnxruntime and TensorRT",
+    "openvino": "install onnxruntime-openvino in place of onnxruntime",
+    "dml": "install onnxruntime-directml in place of onnxruntime",
+    "qnn": "install onnxruntime-qnn in place of onnxruntime",
+    "coreml": "use the onnxruntime wheel for macOS, which includes it (macOS only)",
+    "nnapi": "use the onnxruntime-android package (Android only)",
+    "xnnpack": "use the onnxruntime-android package or build onnxruntime with --use_xnnpack",
+    "dnnl": "build onnxruntime from source with --use_dnnl",
+    "acl": "build onnxruntime from source with --use_acl (Arm Compute Library)",
+    "armnn": "build onnxruntime from source with --use_armnn",
+    "migraphx": "build onnxruntime from source with --use_migraphx (AMD ROCm)",
+}
+
+
+GENERIC_HINT = "install an onnxruntime build that includes it"
+
+
+# Integer ops after ORT's graph optimisation: QDQ groups fused into these prove that
+# the model really runs int8 kernels (com.microsoft ops included, for example the NHWC
+# QLinearConv and NhwcMaxPool that the CPU provider emits).
+INT8_OPS = frozenset(
+    {
+        "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+        "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat", "QLinearReduceMean",
+        "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearWhere", "QGemm",
+        "QAttention", "NhwcMaxPool", "MatMulInteger", "ConvInteger",
+        "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+    }
+)
+
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def resolve_provider(provider: str) -> str:
+    if provider in PROVIDERS:
+        return PROVIDERS[provider]
+    if provider in PROVIDERS.values():
+        return provider
+    raise ConfigError(f"unknown provider '{provider}'; known: {', '.join(PROVIDERS)}")
+
+
+def provider_list() -> list[dict]:
+    """The providers of the installed onnxruntime, then the known ones it lacks with
+    how to get them: dicts with short (None for providers edgekd has no short name
+    for; --provider then takes the ORT name), ort_name, available, hint."""
+    available = ort.get_available_providers()
+    out = [{"short": _SHORT_NAMES.get(ep), "ort_name": ep, "available": True, "hint": None} for ep in available]
+    for short, ep in PROVIDERS.items():
+        if ep not in available:
+            out.append({"short": short, "ort_name": ep, "available": False,
+                        "hint": INSTALL_HINTS.get(short, GENERIC_HINT)})
+    return out
+
+
+def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None, check: bool = True,
+                 inter_threads: int = 0, intra_spinning: bool | None = None, inter_spinning: bool | None = None,
+                 profile_prefix=None):
+    """An InferenceSession on `provider` (a short name), which must really be the one used.
+
+    Every session edgekd creates on a model file comes from here, and the file passes
+    check_onnx_file first (external data inside the model's folder, onnx.checker).
+    optimized_path: where ORT writes the optimised graph (used for the int8 op counts).
+    check: False only right after check_onnx_file(path) has passed, to skip repeating it.
+    inter_threads > 0 switches to the parallel execution mode (ORT uses inter-op threads
+    only there); intra_spinning / inter_spinning set the session.*.allow_spinning
+    options (None: ORT's default). profile_prefix: enable ORT's profiler, writing there.
+    """
+    ep = resolve_provider(provider)
+    available = ort.get_available_providers()
+    if ep not in available:
+        names = ", ".join(_SHORT_NAMES.get(p, p) for p in available)
+        hint = INSTALL_HINTS.get(_SHORT_NAMES[ep], GENERIC_HINT)
+        raise ProviderUnavailable(
+            f"execution provider '{provider}' ({ep}) is not in this onnxruntime {ort.__version__} "
+            f"(available: {names}); {hint}"
+        )
+    if check:
+        check_onnx_file(path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    if inter_threads > 0:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = inter_threads
+    for key, value in (("session.intra_op.allow_spinning", intra_spinning),
+                       ("session.inter_op.allow_spinning", inter_spinning)):
+        if value is not None:
+            options.add_session_config_entry(key, "1" if value else "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+        options.log_severity_level = 3  # ORT warns that NCHWc graphs are machine specific; known
+    # CPU stays in the list so ops the accelerator lacks still run.
+    providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT's exception classes share no common base but Exception
+        raise ModelFileError(
+            f"ONNX Runtime cannot load '{path}' with {provider}: {first_line(exc)}; "
+            "re-export the model or try another provider"
+        ) from exc
+    used = session.get_providers()
+    if used[0] != ep:  # ORT falls back to CPU silently when a provider fails to start
+        raise ProviderUnavailable(
+            f"onnxruntime has {ep} but could not start it for '{path}' and fell back to {used[0]}; "
+            "check that the provider's drivers and libraries are installed"
+        )
+    return session
+
+
+def session_settings(cfg: BenchConfig) -> dict:
+    """make_session's keyword arguments for a BenchConfig's thread and spinning options."""
+    return {"inter_threads": cfg.inter_threads, "intra_spinning": cfg.intra_spinning,
+            "inter_spinning": cfg.inter_spinning}
+
+
+def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check: bool = True) -> dict | None:
+    """op_type -> count in the graph ORT actually runs; None without onnx or when the
+    provider compiles nodes that ORT cannot save (TensorRT, OpenVINO, ...).
+    check: as for make_session."""
+    onnx = onnxfile._onnx()
+    if onnx is None:
+        return None
+    if check:
+        check_onnx_file(path)  # here, so that a bad file is an error, not "no op counts"
+    with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        try:
+            make_session(path, provider, threads, optimized_path=optimized, check=False)
+        except ModelFileError:
+            return None
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+        return dict(Counter(node.op_type for node in graph.node))
+
+
+def providers_per_node(path, cfg: BenchConfig, feed: dict, *, check: bool = True) -> dict:
+    """Execution provider -> number of nodes it ran, from one profiled run of `feed` on
+    a session like the benchmark's (see bench_measure.provider_node_counts)."""
+    if check:
+        check_onnx_file(path)
+    with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as tmp:
+        session = make_session(path, cfg.provider, cfg.threads, check=False, profile_prefix=Path(tmp) / "profile",
+                               **session_settings(cfg))
+        session.run(None, feed)
+        return provider_node_counts(session.end_profiling())
+
+
+def count_params(path) -> int | None:
+    """Elements in the graph initializers; None without onnx."""
+    onnx = onnxfile._onnx()
+    if onnx is None:
+        return None
+    graph = onnx.load(str(path), load_external_data=False).graph  # dims suffice, not the data
+    return int(sum(int(np.prod(init.dims)) for init in graph.initializer))

@@ -1,0 +1,304 @@
+"""One training loop for every stage that trains.
+
+Images stay in memory as one normalized float tensor; batches are sliced from it and
+augmented as whole batches (no per-sample Python, no DataLoader workers), which is what
+keeps small datasets fast on a 2-core CPU. Each stage supplies a step function
+``step_fn(images, labels, index) -> (loss, logits)``; ``index`` lets a stage look up
+per-sample data such as precomputed teacher logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.errors import ModelFileError, TrainingDiverged, first_line
+from edgekd.train.config import TrainConfig
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class FitResult:
+    best_val_top1: float
+    best_epoch: int
+    epochs: list = field(default_factory=list)  # per epoch: loss, train_top1, val_top1, seconds
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def to_tensor(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 NCHW -> float32 normalized; the same arithmetic as the ONNX bench preprocess."""
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random crop after padding by `pad`, and random horizontal flip, per sample.
+
+    Padding replicates the border, so a black background stays black after normalization.
+    """
+    n, c, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (torch.arange(h).view(1, h) + dy.view(n, 1)).view(n, 1, h, 1).expand(n, c, h, w)
+    cols = (torch.arange(w).view(1, w) + dx.view(n, 1)).view(n, 1, 1, w).expand(n, c, h, w)
+    cropped = _crop(padded, rows, cols)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cropped[flip] = cropped[flip].flip(3)
+    return cropped
+
+
+def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = rows.shape
+    wp = padded.shape[3]
+    picked_rows = padded.gather(2, rows[..., :1].expand(n, c, h, wp))  # (n, c, h, wp)
+    return picked_rows.gather(3, cols)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for every row of x, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 in percent."""
+    if len(x) == 0:
+        return float("nan")
+    return float((predict(model, x).argmax(1) == y).float().mean() * 100)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on biases and batch-norm parameters (the usual practice)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def fit(
+    model: nn.Module,
+    step_fn: StepFn,
+    *,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    cfg: TrainConfig,
+    seed: int = 0,
+    desc: str = "train",
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train `model` in place with `step_fn`; keep the weights of the best val epoch.
+
+    The schedule is one-cycle: linear warm-up over the first 10% of steps, then cosine
+    decay to zero, which converges well in the few epochs a CPU run can afford.
+
+    With `checkpoint` (a file path), the whole training state is saved there atomically
+    at the end of every epoch (see `_checkpoint_state`); with `resume=True` and that file
+    present, training continues from the epoch after the saved one and ends with the same
+    weights as an uninterrupted run (CPU, deterministic algorithms, same thread count).
+    No checkpoint is written for an epoch whose loss or weights are not finite.
+    """
+    from tqdm.auto import tqdm
+
+    # Data order and augmentation draw only from this generator (batches are sliced from
+    # in-memory tensors: no DataLoader, no worker processes), so its state plus the
+    # global torch RNG (dropout, if a model has any) is all the randomness to checkpoint.
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    warmup = max(1, total_steps // 10)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    # lr_factor is a plain function, so LambdaLR.state_dict() holds only numbers and lists
+    # (its lr_lambdas entry is None): the checkpoint stays loadable with weights_only=True.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    # the first epoch always counts as the best so far: never hand back untrained weights
+    result = FitResult(best_val_top1=-math.inf, best_epoch=0)
+    best_state = copy.deepcopy(model.state_dict())
+    identity = _identity(cfg, desc, seed, len(train_x), len(val_x))
+    first_epoch, seen, seconds_before = 1, 0, 0.0
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        saved = _restore(Path(checkpoint), identity, cfg, model, optimizer, scheduler, generator)
+        first_epoch = saved["epoch"] + 1
+        best_state = saved["best"]["state"]
+        result.best_val_top1, result.best_epoch = float(saved["best"]["val_top1"]), int(saved["best"]["epoch"])
+        result.epochs = list(saved["history"])
+        seen, seconds_before = int(saved["seen"]), float(saved["seconds"])
+        if log is not None:
+            log(f"[{desc}] resuming after epoch {saved['epoch']} of {cfg.epochs} from {checkpoint}")
+            if saved.get("threads") != torch.get_num_threads():
+                log(f"[{desc}] note: the checkpoint was written with {saved.get('threads')} torch threads, now "
+                    f"{torch.get_num_threads()}; the final weights may differ in the last bits from an "
+                    "uninterrupted run")
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=(first_epoch - 1) * steps_per_epoch, desc=desc, unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(train_x), generator=generator)
+            loss_sum, correct, trained = 0.0, 0, 0
+            for i in range(0, len(order), cfg.batch_size):
+                index = order[i : i + cfg.batch_size]
+                if len(index) < 2:  # batch norm cannot train on one sample
+                    continue
+                images, labels = train_x[index], train_y[index]
+                if cfg.augment:
+                    images = augment_batch(images, generator)
+                loss, logits = step_fn(images, labels, index)
+                if not torch.isfinite(loss):
+                    raise _diverged(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.item() * len(index)
+                correct += int((logits.argmax(1) == labels).sum())
+                trained += len(index)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+            if not _all_finite(model):  # a finite loss can still leave inf/NaN weights behind
+                raise _diverged(desc, "weights became non-finite", epoch, cfg, checkpoint)
+            val_top1 = accuracy(model, val_x, val_y)
+            result.epochs.append(
+                {
+                    "epoch": epoch,
+                    "loss": loss_sum / max(1, trained),
+                    "train_top1": 100.0 * correct / max(1, trained),
+                    "val_top1": val_top1,
+                    "seconds": time.perf_counter() - epoch_start,
+                }
+            )
+            seen += trained
+            if val_top1 > result.best_val_top1:
+                result.best_val_top1, result.best_epoch = val_top1, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            if checkpoint is not None:
+                from edgekd.io.artifacts import save_checkpoint
+
+                save_checkpoint(checkpoint, _checkpoint_state(
+                    identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
+                    seconds_before + time.perf_counter() - start,
+                ))
+    finally:
+        bar.close()
+    if cfg.epochs == 0:
+        result.best_val_top1 = accuracy(model, val_x, val_y)
+    model.load_state_dict(best_state)
+    result.seconds = seconds_before + time.perf_counter() - start
+    result.images_per_second = seen / result.seconds if result.seconds > 0 else 0.0
+    return result
+
+
+def _identity(cfg: TrainConfig, desc: str, seed: int, train_size: int, val_size: int) -> dict:
+    """What a checkpoint must have been written for: the same stage, training config
+    (epochs, lr, batch size, ... fix the schedule), seed and data sizes."""
+    config = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return {"stage": desc, "config": config, "seed": seed, "train_size": train_size, "val_size": val_size}
+
+
+def _checkpoint_state(identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
+                      seconds) -> dict:
+    from edgekd.io.artifacts import CHECKPOINT_FORMAT
+
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "identity": identity,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),  # data order and augmentation
+        "torch_rng": torch.get_rng_state(),  # the global CPU RNG (dropout, if any)
+        "best": {"state": best_state, "val_top1": result.best_val_top1, "epoch": result.best_epoch},
+        "history": list(result.epochs),
+        "seen": seen,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _restore(path: Path, identity: dict, cfg: TrainConfig, model, optimizer, scheduler, generator) -> dict:
+    """Load a checkpoint into model, optimizer, scheduler and generator; any mismatch is a
+    ModelFileError that names the file (a checkpoint is never silently ignored)."""
+    from edgekd.io.artifacts import load_checkpoint
+
+    saved = load_checkpoint(path)
+    if saved.get("identity") != identity:
+        raise ModelFileError(
+            f"checkpoint '{path}' was written for a different {identity['stage']} setup "
+            "(recipe, seed or data changed); start a new run"
+        )
+    try:
+        epoch, best, history = saved["epoch"], saved["best"], saved["history"]
+        if not (isinstance(epoch, int) and 1 <= epoch <= cfg.epochs and isinstance(history, list)
+                and len(history) == epoch and isinstance(best, dict) and isinstance(best.get("state"), dict)):
+            raise ValueError("epoch, history or best-so-far entries are inconsistent")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        model_keys = set(model.state_dict())
+        if set(best["state"]) != model_keys:
+            raise ValueError("best-so-far weights do not fit the model")
+        int(saved["seen"]), float(saved["seconds"]), float(best["val_top1"]), int(best["epoch"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ModelFileError(
+            f"checkpoint '{path}' does not fit this run ({first_line(exc)}); start a new run"
+        ) from exc
+    return saved
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+def _diverged(desc: str, what: str, epoch: int, cfg: TrainConfig, checkpoint) -> TrainingDiverged:
+    kept = ""
+    if checkpoint is not None and epoch > 1 and Path(checkpoint).is_file():
+        kept = f"; the checkpoint of epoch {epoch - 1} is kept in {checkpoint}"
+    return TrainingDiverged(
+        f"{desc}: {what} at epoch {epoch}{kept}; start a new run with a lower {desc}.lr (now {cfg.lr})"
+    )
+
+
+def cross_entropy_step(model: nn.Module) -> StepFn:
+    """Plain supervised step (used to train a teacher)."""
+
+    def step(images, labels, _index):
+        logits = model(images)
+        return nn.functional.cross_entropy(logits, labels), logits
+
+    return step
