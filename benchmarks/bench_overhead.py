@@ -146,7 +146,7 @@ def main() -> int:
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     run_dir = Path(args.run_dir)
     if not (run_dir / "model.int8.onnx").is_file():
-        subprocess.run([sys.executable, "-m", "edgekd", "compress", "--out", str(run_dir), "--force", "--quiet"],
+        subprocess.run([sys.executable, "-m", "edgekd", "compress", "--out", str(run_dir), "--force", "--no-progress"],
                        check=True)
     eval_set = run_dir / "eval.npz"
     models = [measure(run_dir / name, eval_set, args) for name in ("model.int8.onnx", "model.fp32.onnx")]

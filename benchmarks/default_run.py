@@ -34,7 +34,7 @@ def main() -> int:
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
-    command = [sys.executable, "-m", "edgekd", "compress", "--out", str(out), "--quiet"]
+    command = [sys.executable, "-m", "edgekd", "compress", "--out", str(out), "--no-progress"]
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start

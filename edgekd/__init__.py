@@ -1,6 +1,11 @@
-"""edgekd: teacher -> distill -> int8 ONNX -> benchmark, from one recipe.
+"""edgekd: teacher -> distill -> prune -> int8 ONNX -> benchmark, from one recipe.
 
+The Python API is `edgekd.compress`, `edgekd.export` and `edgekd.bench` (edgekd/api.py).
 Importing edgekd loads neither torch nor onnxruntime; each stage imports what it needs.
 """
 
 __version__ = "0.1.0"
+
+from edgekd.api import bench, compress, export  # noqa: E402
+
+__all__ = ["__version__", "bench", "compress", "export"]

@@ -1,4 +1,5 @@
-"""TODO docstring (recipe -> configtools)"""
+"""Building frozen config dataclasses from raw YAML data: type conversion, unknown-key
+errors that name the key and the file, and `require` for the checks in __post_init__."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def require_list(value, key: str) -> list:
 
 
 def build_config(cls, raw: Any, prefix: str, source: str):
+    """A config dataclass from a raw mapping: unknown keys and wrong types are errors that
+    name the key (prefix + key) and the file (source)."""
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} in {source} must be a mapping, got {type(raw).__name__}")
@@ -29,6 +32,8 @@ def build_config(cls, raw: Any, prefix: str, source: str):
     values = {}
     for key, value in raw.items():
         values[key] = convert_value(hints[key], value, f"{prefix}{key}", source)
+    if "arch" in raw and "arch_args" in fields and "arch_args" not in raw:
+        values["arch_args"] = {}  # the default arch's arguments do not fit another architecture
     try:
         return cls(**values)
     except ConfigError as exc:

@@ -1,8 +1,16 @@
 """A recipe is data: frozen dataclasses per stage, read from YAML with yaml.safe_load.
 
+Each stage's config lives with its concern (data/config.py, train/config.py,
+distill/config.py, prune/config.py, quant/config.py, onnx_export.py, runtime/config.py);
+this module composes them into the Recipe and reads and writes YAML. Their dataclass
+defaults are the default recipe: `edgekd compress` with no argument runs `Recipe()`, and
+a recipe that leaves out a section or key gets exactly what the default run gets.
+
 Unknown keys and wrong types are ConfigErrors that name the key and the file, CLI
-``--set stage.key=value`` overrides any field, and the resolved recipe is written into
-the run directory so the run can be repeated exactly.
+``--set stage.key=value`` overrides any field (the value is YAML), other flags set fields
+directly (Recipe.replace), and the resolved recipe is written into the run directory so
+the run can be repeated exactly. Setting a section's `arch` without its `arch_args`
+starts from no arch_args: another architecture's arguments would not fit it.
 """
 
 from __future__ import annotations
@@ -16,14 +24,12 @@ from edgekd.configtools import build_config, require
 from edgekd.data.config import DataConfig
 from edgekd.distill.config import DistillConfig
 from edgekd.errors import ConfigError
+from edgekd.registry import import_plugins
 from edgekd.onnx_export import ExportConfig
 from edgekd.prune.config import PruneConfig
 from edgekd.quant.config import QuantConfig
 from edgekd.runtime.config import BenchConfig
 from edgekd.train.config import TeacherConfig
-
-DEFAULT_RECIPE = "default.yaml"  # inside edgekd/recipes/
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -34,6 +40,9 @@ class Recipe:
 
     name: str = "default"
     seed: int = 0
+    # modules imported before the recipe is checked: they register data formats, architectures,
+    # distillation terms, importances, calibrators or providers (edgekd.registry). Code: trust them
+    plugins: list = field(default_factory=list)
     deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -49,7 +58,10 @@ class Recipe:
     # -- reading and writing -------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: Any, source: str = "<recipe>") -> "Recipe":
-        return build_config(cls, raw if raw is not None else {}, "", source)
+        raw = raw if raw is not None else {}
+        if isinstance(raw, dict) and raw.get("plugins"):
+            import_plugins(raw["plugins"], source)  # their names must be known before the sections are checked
+        return build_config(cls, raw, "", source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple = ()) -> "Recipe":
@@ -61,13 +73,26 @@ class Recipe:
 
     @classmethod
     def default(cls, overrides: list[str] | tuple = ()) -> "Recipe":
-        from importlib.resources import files
-
-        text = (files("edgekd") / "recipes" / DEFAULT_RECIPE).read_text()
-        raw = parse_yaml_mapping(text, "edgekd/recipes/" + DEFAULT_RECIPE)
+        """The built-in default recipe (the dataclass defaults), with `--set` overrides."""
+        raw: dict = {}
         for item in overrides:
             apply_override(raw, item)
-        return cls.from_dict(raw, "edgekd/recipes/" + DEFAULT_RECIPE)
+        return cls.from_dict(raw, "the default recipe")
+
+    def replace(self, **fields) -> "Recipe":
+        """A copy with fields set directly, top-level or 'section.key' (given as
+        section__key): how CLI flags such as --data or --seed reach the recipe. The new
+        values are checked as the dataclasses check them."""
+        top, sections = {}, {}
+        for key, value in fields.items():
+            section, _, name = key.partition("__")
+            if name:
+                sections.setdefault(section, {})[name] = value
+            else:
+                top[key] = value
+        for section, values in sections.items():
+            top[section] = dataclasses.replace(getattr(self, section), **values)
+        return dataclasses.replace(self, **top)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -137,7 +137,7 @@ def test_export_refuses_bad_weights(tmp_path, canary, kind):
     weights = tmp_path / name
     weights.write_bytes(data)
     out = tmp_path / "out.onnx"
-    result = cli("export", "--onnx", "--weights", weights, "--arch", "tinycnn", "-o", out, "--quiet")
+    result = cli("export", "--onnx", "--weights", weights, "--arch", "tinycnn", "-o", out, "--no-progress")
     refused(result, str(weights))
     assert not canary.exists()
     assert not out.exists()
@@ -225,7 +225,7 @@ def test_in_folder_external_data_is_accepted_and_benched(layout, reader):
     W.tofile(models / "sub" / "w.bin")
     for location, info in (("w.bin", {}), ("sub/w.bin", {}), ("./w.bin", {"offset": 0, "length": 16})):
         path = _ext_model(models, location, **info)
-        result = cli("bench", path, *FAST_BENCH, "--json", "--quiet")
+        result = cli("bench", path, *FAST_BENCH, "--json", "--no-progress")
         assert result.exit_code == 0, result.output
         assert '"name": "model"' in result.output
     # ... and ONNX Runtime really used the external values: y = x + [0, 1, 2, 3]
@@ -549,7 +549,7 @@ def test_bad_recipes_are_refused_before_anything_is_created(tmp_path, canary, ca
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text.replace("{canary}", str(canary)))
     out = tmp_path / "run"
-    refused(cli("compress", recipe, "--out", out, "--quiet"), expected)
+    refused(cli("compress", recipe, "--out", out, "--no-progress"), expected)
     assert not canary.exists()
     assert not out.exists()
 
@@ -557,7 +557,7 @@ def test_bad_recipes_are_refused_before_anything_is_created(tmp_path, canary, ca
 def test_python_tags_in_flags_are_refused(tmp_path, canary):
     payload = YAML_PAYLOAD.replace("{canary}", str(canary))
     out = tmp_path / "run"
-    refused(cli("compress", "--set", f"teacher.epochs={payload}", "--out", out, "--quiet"), "--set teacher.epochs")
+    refused(cli("compress", "--set", f"teacher.epochs={payload}", "--out", out, "--no-progress"), "--set teacher.epochs")
     refused(cli("export", "--onnx", "--weights", tmp_path / "w.pt", "--arch", "tinycnn", "--arch-args", payload,
                 "-o", tmp_path / "x.onnx"), "--arch-args")
     assert not canary.exists() and not out.exists() and not (tmp_path / "x.onnx").exists()
@@ -568,7 +568,7 @@ def test_resume_with_a_poisoned_recipe(tmp_path, canary):
     run.mkdir()
     (run / "recipe.yaml").write_text("name: " + YAML_PAYLOAD.replace("{canary}", str(canary)) + "\n")
     before = snapshot(run)
-    refused(cli("compress", "--resume", run, "--quiet"))
+    refused(cli("compress", "--resume", run, "--no-progress"))
     assert not canary.exists()
     assert snapshot(run) == before
 
@@ -597,7 +597,7 @@ def _idx_folder(folder: Path, train_n=6, train_labels=6, test_n=4) -> Path:
 
 def _compress_refused(tmp_path, *data_args, expected=()):
     out = tmp_path / "out"
-    refused(cli("compress", *data_args, "--out", out, "--quiet"), *expected)
+    refused(cli("compress", *data_args, "--out", out, "--no-progress"), *expected)
     assert not out.exists()
 
 
@@ -643,7 +643,7 @@ def test_npz_with_pickled_objects(tmp_path, canary):
     evil[0] = RunsCommand(f"touch '{canary}'")
     np.savez(path, x=evil, y=np.zeros(1, np.int64))
     _compress_refused(tmp_path, "--data", path, expected=[str(path)])
-    refused(cli("bench", _add_model(tmp_path / "m.onnx"), "--data", path, *FAST_BENCH, "--quiet"), str(path))
+    refused(cli("bench", _add_model(tmp_path / "m.onnx"), "--data", path, *FAST_BENCH, "--no-progress"), str(path))
     assert not canary.exists()
 
 
@@ -667,5 +667,5 @@ def test_existing_run_directory_with_user_files_is_not_touched(tmp_path):
     (run / "model.int8.onnx").write_bytes(b"a file that happens to share an artifact's name")
     os.utime(run / "notes.txt", ns=(1_000_000_000, 1_000_000_000))  # an old mtime: any write would change it
     before = snapshot(run)
-    refused(cli("compress", "--out", run, "--quiet"), str(run), "--resume", "--force")
+    refused(cli("compress", "--out", run, "--no-progress"), str(run), "--resume", "--force")
     assert snapshot(run) == before

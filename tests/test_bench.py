@@ -615,7 +615,7 @@ def test_interleave_option_reaches_the_report(tmp_path, zoo):
 
     out = tmp_path / "r.json"
     result = CliRunner().invoke(main, ["bench", str(zoo["fp32"]), str(zoo["int8"]), "--interleave", "--runs", "20",
-                                       "--min-seconds", "0", "--warmup", "2", "-q", "--json-out", str(out)])
+                                       "--min-seconds", "0", "--warmup", "2", "--no-progress", "--json-out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["config"]["interleave"] is True and len(report["models"]) == 2

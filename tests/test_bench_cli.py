@@ -20,10 +20,10 @@ from edgekd.cli import main
 from edgekd.runtime import bench
 from edgekd.runtime import fmt as benchfmt
 from edgekd.runtime.measure import MemoryProbe, low_confidence, measure_latency
-from edgekd.runtime.session import GENERIC_HINT, INSTALL_HINTS, PROVIDERS
+from edgekd.runtime.providers import PROVIDERS
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "-q"]
+FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "--no-progress"]
 
 
 def _cli(*args):
@@ -52,11 +52,11 @@ def test_list_providers_table_and_json():
     assert lines[0] == f"onnxruntime {ort.__version__}"
     assert any(line.split() == ["available", "cpu", "CPUExecutionProvider"] for line in lines)
     available = set(ort.get_available_providers())
-    for short, ep in PROVIDERS.items():
+    for short in PROVIDERS:
+        ep = PROVIDERS.get(short).ort_name
         if ep not in available:
             (line,) = [ln for ln in lines if f" {ep}:" in ln]
-            assert line.split()[:2] == ["missing", short] and line.endswith(
-                INSTALL_HINTS.get(short, GENERIC_HINT))
+            assert line.split()[:2] == ["missing", short] and line.endswith(PROVIDERS.get(short).hint)
     if "CUDAExecutionProvider" not in available:
         assert any("missing" in ln and "onnxruntime-gpu" in ln for ln in lines)
 
@@ -64,7 +64,7 @@ def test_list_providers_table_and_json():
     assert result.exit_code == 0
     entries = json.loads(result.output)["providers"]
     assert {e["ort_name"] for e in entries if e["available"]} == available
-    assert {e["ort_name"] for e in entries} == available | set(PROVIDERS.values())
+    assert {e["ort_name"] for e in entries} == available | {PROVIDERS.get(short).ort_name for short in PROVIDERS}
     assert all(e["hint"] for e in entries if not e["available"])
 
 
@@ -339,7 +339,7 @@ def test_reference_in_every_output(three, tmp_path):
 
 def test_protocol_flags(three):
     d, paths = three
-    result = _cli(paths[0], "--json", "--warmup", "2", "--warmup-seconds", "0.05", "--runs", "3", "--min-seconds", "0", "-q")
+    result = _cli(paths[0], "--json", "--warmup", "2", "--warmup-seconds", "0.05", "--runs", "3", "--min-seconds", "0", "--no-progress")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["models"][0]["warmup"] > 2  # 0.05 s of warm-up is many runs of this tiny net

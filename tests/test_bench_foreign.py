@@ -17,7 +17,7 @@ from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import SYNTHETIC_AGREEMENT_SAMPLES, id_limit, synthetic
 
 CFG = BenchConfig(warmup=1, runs=3, min_seconds=0.0)
-FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "-q"]
+FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "--no-progress"]
 
 
 def _save(nodes, inputs, outputs, inits, path, opset):

@@ -57,7 +57,7 @@ def run_dir(tmp_path_factory):
     recipe = work / "tiny.yaml"
     recipe.write_text(REDUCED_RECIPE)
     out = work / "run"
-    result = edgekd("compress", str(recipe), "--out", str(out), "--quiet")
+    result = edgekd("compress", str(recipe), "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     return out
 
@@ -96,7 +96,7 @@ def test_compress_end_to_end(run_dir):
 
 
 def test_bench_run_dir_json_matches_compress(run_dir):
-    result = edgekd("bench", str(run_dir), "--json", "--quiet", "--runs", "10", "--min-seconds", "0")
+    result = edgekd("bench", str(run_dir), "--json", "--no-progress", "--runs", "10", "--min-seconds", "0")
     assert result.returncode == 0, result.stderr
     bench = json.loads(result.stdout)
     assert bench["schema"] == "edgekd.bench/1"
@@ -124,7 +124,7 @@ def test_export_run_stage_fp32_and_int8(run_dir, tmp_path):
     assert out.read_bytes() == before
 
     int8 = tmp_path / "student.int8.onnx"
-    result = edgekd("export", str(run_dir), "--onnx", "--int8", "-o", str(int8), "--quiet")
+    result = edgekd("export", str(run_dir), "--onnx", "--int8", "-o", str(int8), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "agreement" in result.stdout
     import onnx
@@ -147,7 +147,7 @@ def test_export_weights_plus_arch(run_dir, tmp_path):
 
 def test_resume_skips_completed_stages(run_dir):
     before = (run_dir / "student.safetensors").read_bytes()
-    result = edgekd("compress", "--resume", str(run_dir), "--quiet")
+    result = edgekd("compress", "--resume", str(run_dir), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("done in an earlier run; skipped") == 8  # every stage, prune included
     assert (run_dir / "student.safetensors").read_bytes() == before
@@ -184,7 +184,7 @@ def test_misspelt_recipe_key(tmp_path):
 def test_dataset_path_that_does_not_exist(tmp_path):
     missing = tmp_path / "nowhere"
     result = CliRunner().invoke(main, ["compress", "--data", "fashion-mnist", "--data-path", str(missing),
-                                       "--out", str(tmp_path / "run"), "--quiet"])
+                                       "--out", str(tmp_path / "run"), "--no-progress"])
     assert result.exit_code == 2
     assert str(missing) in one_line_error(result)
 
@@ -192,14 +192,14 @@ def test_dataset_path_that_does_not_exist(tmp_path):
 def test_onnx_file_that_is_not_onnx(tmp_path):
     fake = tmp_path / "model.onnx"
     fake.write_bytes(b"this is not a protobuf" * 10)
-    result = CliRunner().invoke(main, ["bench", str(fake), "--quiet"])
+    result = CliRunner().invoke(main, ["bench", str(fake), "--no-progress"])
     assert result.exit_code == 2
     assert "not a valid ONNX model" in one_line_error(result)
 
 
 def test_unknown_model_name(tmp_path):
     result = CliRunner().invoke(main, ["compress", "--set", "distill.arch=resnet9", "--out", str(tmp_path / "r"),
-                                       "--quiet"])
+                                       "--no-progress"])
     assert result.exit_code == 2
     line = one_line_error(result)
     assert "resnet9" in line and "resnet20" in line
@@ -224,7 +224,7 @@ def test_import_edgekd_and_cli_load_no_torch():
 
 
 def test_default_run_dir_never_overwrites(tmp_path, monkeypatch):
-    from edgekd.cli.compress import new_run_dir
+    from edgekd.pipeline.layout import new_run_dir
 
     monkeypatch.chdir(tmp_path)
     first = new_run_dir("default", None, False)

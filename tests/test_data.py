@@ -15,9 +15,9 @@ import pytest
 from edgekd.data import base as data_base
 from edgekd.data import splits as data
 from edgekd.data.config import DataConfig
+from edgekd.data.formats import FORMATS
 from edgekd.data.formats.idx import FASHION_MNIST_CLASSES, read_idx
 from edgekd.data.splits import (
-    DATASETS,
     DataSpec,
     channel_mean_std,
     load_arrays,
@@ -492,7 +492,7 @@ def test_unknown_name_lists_available():
         load_splits(DataConfig(name="foo"))
     message = one_line(exc)
     assert message.startswith("unknown dataset 'foo'; available: ")
-    for name in DATASETS:
+    for name in FORMATS.names():
         assert name in message
 
 

@@ -1,4 +1,4 @@
-"""Tests for edgekd.kd_losses: every loss against values worked out by hand on small tensors,
+"""Tests for edgekd.distill.losses and edgekd.distill.terms: every loss against values worked out by hand on small tensors,
 the FitNets regressor, spatial matching, recipe terms and the feature hooks."""
 
 from __future__ import annotations

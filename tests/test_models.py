@@ -12,7 +12,7 @@ from torch import nn
 
 from edgekd.errors import ConfigError
 from edgekd.models.cost import count_macs, count_params
-from edgekd.models.zoo import ZOO, CifarResNet, build_model
+from edgekd.models.zoo import ARCHITECTURES, CifarResNet, build_model
 
 # small arch_args so every zoo model builds in milliseconds; stem = the first conv's outputs
 SMALL = {
@@ -25,7 +25,7 @@ SMALL = {
 
 
 def test_small_args_cover_the_whole_zoo():
-    assert set(SMALL) == set(ZOO)
+    assert set(SMALL) == set(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
@@ -111,7 +111,7 @@ def test_unknown_name_lists_available_names():
         build_model("resnet9", in_channels=1, num_classes=10)
     message = str(info.value)
     assert "'resnet9'" in message
-    for name in ZOO:
+    for name in ARCHITECTURES:
         assert name in message
     assert "torchvision:NAME" in message and "package.module:function" in message
 

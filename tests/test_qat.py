@@ -274,7 +274,7 @@ def test_compress_with_qat_end_to_end(tmp_path):
     recipe.write_text(QAT_RECIPE)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "edgekd", "compress", str(recipe), "--out", str(out), "--quiet"],
+    result = subprocess.run([sys.executable, "-m", "edgekd", "compress", str(recipe), "--out", str(out), "--no-progress"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())

@@ -161,7 +161,7 @@ def test_impossible_budget_exits_3_and_keeps_fp32(tmp_path):
     recipe = tmp_path / "budget.yaml"
     recipe.write_text(TINY_RECIPE)
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "edgekd", "compress", str(recipe), "--out", str(out), "--quiet"],
+    result = subprocess.run([sys.executable, "-m", "edgekd", "compress", str(recipe), "--out", str(out), "--no-progress"],
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 3, result.stderr

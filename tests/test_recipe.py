@@ -12,11 +12,11 @@ import edgekd
 from edgekd.distill.config import DistillConfig
 from edgekd.errors import ConfigError, EdgekdError
 from edgekd.onnx_export import ExportConfig
-from edgekd.quant.config import CALIBRATION_METHODS, QuantConfig
+from edgekd.quant.calibration import CALIBRATORS
+from edgekd.quant.config import QuantConfig
 from edgekd.recipe import Recipe, apply_override
 from edgekd.train.config import OPTIMIZERS, TeacherConfig
 
-DEFAULT_YAML = Path(edgekd.__file__).parent / "recipes" / "default.yaml"
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -28,9 +28,10 @@ def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
 # -- defaults ----------------------------------------------------------------------------
 
 
-def test_default_reads_the_packaged_yaml():
+def test_dataclass_defaults_are_the_default_run():
     recipe = Recipe.default()
-    # values that default.yaml sets (they differ from the dataclass defaults)
+    # one source of defaults: the built-in default recipe is the dataclasses' defaults
+    assert recipe == Recipe()
     assert recipe.name == "default"
     assert recipe.teacher.arch == "resnet8" and recipe.teacher.epochs == 10
     assert recipe.teacher.augment is False
@@ -40,18 +41,32 @@ def test_default_reads_the_packaged_yaml():
     assert recipe.export.check_batch_sizes == [1, 7]
     assert recipe.bench.runs == 200
     assert recipe.data.calib_size == 512
-    # fields default.yaml leaves out keep the dataclass defaults
     assert recipe.teacher.optimizer == "adamw"
     assert recipe.quantize.reduce_range is None  # from quantize.target unless set
     assert recipe.bench.threads == 0
-    # the same as reading the file by path
-    assert Recipe.from_yaml(DEFAULT_YAML) == recipe
 
 
-def test_default_differs_from_dataclass_defaults():
-    # guards against default() silently returning Recipe(): teacher.arch is resnet20 there
-    assert Recipe().teacher.arch == "resnet20"
-    assert Recipe.default() != Recipe()
+def test_a_recipe_with_one_key_gets_the_default_run_everywhere_else(tmp_path):
+    """A recipe with only `distill: {epochs: 3}` runs the default teacher, student and bench."""
+    recipe = Recipe.from_yaml(write(tmp_path, "distill: {epochs: 3}\n"))
+    assert recipe.distill.epochs == 3
+    assert recipe.replace(distill__epochs=15) == Recipe()
+    assert recipe.teacher == Recipe().teacher and recipe.bench == Recipe().bench
+    assert recipe.distill.arch == "tinycnn" and recipe.distill.arch_args == {"width": 24}
+
+
+def test_setting_arch_alone_starts_from_no_arch_args():
+    assert Recipe.from_dict({"distill": {"arch": "resnet8"}}).distill.arch_args == {}
+    assert Recipe.default(["distill.arch=mobilenetv2"]).distill.arch_args == {}
+    given = Recipe.from_dict({"distill": {"arch": "tinycnn", "arch_args": {"width": 8}}})
+    assert given.distill.arch_args == {"width": 8}
+
+
+def test_replace_sets_fields_directly_and_checks_them():
+    recipe = Recipe().replace(seed=3, data__name="mnist", bench__runs=7)
+    assert (recipe.seed, recipe.data.name, recipe.bench.runs) == (3, "mnist", 7)
+    with pytest.raises(ConfigError, match="bench.runs"):
+        Recipe().replace(bench__runs=0)
 
 
 def test_empty_and_missing_sections_give_dataclass_defaults(tmp_path):
@@ -155,7 +170,7 @@ def test_zero_epochs_is_allowed():
     [
         (TeacherConfig, "optimizer", "adam", OPTIMIZERS),
         (DistillConfig, "optimizer", "rmsprop", OPTIMIZERS),
-        (QuantConfig, "calibration", "kl", CALIBRATION_METHODS),
+        (QuantConfig, "calibration", "kl", CALIBRATORS.names()),
     ],
 )
 def test_unknown_names_list_available_ones(factory, field_name, bad, available):
@@ -324,7 +339,7 @@ def test_to_yaml_from_yaml_round_trip(tmp_path, overrides):
 
 def test_to_dict_is_plain_data():
     d = Recipe.default().to_dict()
-    assert set(d) == {"name", "seed", "deterministic", "data", "teacher", "distill", "prune", "quantize", "export", "bench"}
+    assert set(d) == {"name", "seed", "plugins", "deterministic", "data", "teacher", "distill", "prune", "quantize", "export", "bench"}
     assert d["deterministic"] is False
     assert d["teacher"]["arch"] == "resnet8"
     assert "_stage" not in d["teacher"]

@@ -153,7 +153,7 @@ def reference(recipe_file, tmp_path_factory) -> Path:
     """The uninterrupted run."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("ref") / "run"
-    result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
+    result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     return out
 
@@ -165,7 +165,7 @@ def stopped_in_teacher_epoch_2(recipe_file, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("edgekd.train.loop.cross_entropy_step", failing_step(at=STEPS_PER_EPOCH + 1, error=KeyboardInterrupt))
-        result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
+        result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--no-progress")
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.stderr and f"edgekd compress --resume {out}" in result.stderr
     return out
@@ -212,7 +212,7 @@ def test_deterministic_flag_sets_the_recipe_field(reference, recipe_file, tmp_pa
 
 def test_sigint_mid_epoch_then_resume_gives_identical_weights(reference, recipe_file, tmp_path):
     out = tmp_path / "run"
-    proc = slow_edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
+    proc = slow_edgekd("compress", recipe_file, "--deterministic", "--out", out, "--no-progress")
     wait_for(out / TEACHER_CKPT, proc)  # epoch 1 is done: the signal lands in epoch 2
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
@@ -223,7 +223,7 @@ def test_sigint_mid_epoch_then_resume_gives_identical_weights(reference, recipe_
     assert no_temp_files(out / "state")
     assert not (out / "teacher.safetensors").exists()
 
-    result = edgekd("compress", "--resume", out, "--quiet")
+    result = edgekd("compress", "--resume", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "[teacher] resuming after epoch 1 of 3" in result.stderr
     assert_same_weights(out, reference, "teacher.safetensors", "student.safetensors")
@@ -234,7 +234,7 @@ def test_sigint_mid_epoch_then_resume_gives_identical_weights(reference, recipe_
 
 def test_sigterm_mid_distill_epoch_keeps_a_loadable_checkpoint(reference, recipe_file, tmp_path):
     out = tmp_path / "run"
-    proc = slow_edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
+    proc = slow_edgekd("compress", recipe_file, "--deterministic", "--out", out, "--no-progress")
     wait_for(out / DISTILL_CKPT, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
@@ -248,7 +248,7 @@ def test_sigterm_mid_distill_epoch_keeps_a_loadable_checkpoint(reference, recipe
     assert not (out / TEACHER_CKPT).exists()  # the teacher stage is done: its weights file is the artifact
     assert no_temp_files(out / "state")
 
-    result = edgekd("compress", "--resume", out, "--quiet")
+    result = edgekd("compress", "--resume", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "[distill] resuming after epoch 1 of 3" in result.stderr
     assert_same_weights(out, reference, "teacher.safetensors", "student.safetensors")
@@ -264,11 +264,11 @@ def test_interrupt_between_stages_resumes_to_the_same_student(reference, recipe_
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("edgekd.distill.offline.kd_step", lambda *a: interrupted)
-        result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
+        result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--no-progress")
     assert result.exit_code == 130
     assert not (out / DISTILL_CKPT).exists() and (out / "teacher.safetensors").is_file()
     torch.manual_seed(12345)  # whatever this process did in between must not matter
-    result = edgekd("compress", "--resume", out, "--quiet")
+    result = edgekd("compress", "--resume", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert_same_weights(out, reference, "teacher.safetensors", "student.safetensors")
 
@@ -285,7 +285,7 @@ def test_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(recipe_file, tmp_pa
 
     at = STEPS_PER_EPOCH + 5  # in epoch 2
     monkeypatch.setattr("edgekd.train.loop.cross_entropy_step", failing_step(at=at, nan=True, before=snapshot))
-    result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
+    result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--no-progress")
     assert result.exit_code == 4
     line = error_line(result)
     assert "teacher: loss became nan at epoch 2" in line
@@ -372,7 +372,7 @@ def test_full_disk_via_the_cli_is_one_line_and_resumable(reference, recipe_file,
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, "save", save)
-        result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--quiet")
+        result = edgekd("compress", recipe_file, "--deterministic", "--out", out, "--no-progress")
     assert result.exit_code == 1
     line = error_line(result)
     assert line.startswith(f"edgekd: error: disk full while writing '{out / TEACHER_CKPT}'")
@@ -380,7 +380,7 @@ def test_full_disk_via_the_cli_is_one_line_and_resumable(reference, recipe_file,
     assert load_checkpoint(out / TEACHER_CKPT)["epoch"] == 1
     assert no_temp_files(out / "state")
 
-    result = edgekd("compress", "--resume", out, "--quiet")
+    result = edgekd("compress", "--resume", out, "--no-progress")
     assert result.exit_code == 0, result.output
     assert_same_weights(out, reference, "teacher.safetensors", "student.safetensors")
 
@@ -452,7 +452,7 @@ def test_corrupt_checkpoint_is_refused(stopped_in_teacher_epoch_2, tmp_path, can
         state["model"] = {k: torch.zeros(1) for k in state["model"]}
         torch.save(state, ckpt)
     before = snapshot(run)
-    result = edgekd("compress", "--resume", run, "--quiet")
+    result = edgekd("compress", "--resume", run, "--no-progress")
     assert result.exit_code == 2, result.output
     line = error_line(result)
     assert str(ckpt) in line and "start a new run" in line
@@ -475,7 +475,7 @@ def test_corrupt_progress_file_is_refused(stopped_in_teacher_epoch_2, tmp_path, 
     progress = run / "state/progress.json"
     progress.write_bytes(text if isinstance(text, bytes) else text.encode())
     before = snapshot(run)
-    result = edgekd("compress", "--resume", run, "--quiet")
+    result = edgekd("compress", "--resume", run, "--no-progress")
     assert result.exit_code == 2, result.output
     line = error_line(result)
     assert str(progress) in line and "start a new run" in line
@@ -511,7 +511,7 @@ def test_force_run_drops_an_old_runs_checkpoint(stopped_in_teacher_epoch_2, reci
     assert (run / TEACHER_CKPT).is_file()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("edgekd.train.loop.cross_entropy_step", failing_step(at=1, error=KeyboardInterrupt))
-        result = edgekd("compress", recipe_file, "--deterministic", "--out", run, "--force", "--quiet")
+        result = edgekd("compress", recipe_file, "--deterministic", "--out", run, "--force", "--no-progress")
     assert result.exit_code == 130
     assert not (run / TEACHER_CKPT).exists()
     assert set(json.loads((run / "state/progress.json").read_text())["done"]) == {"data"}  # a fresh start

@@ -1,4 +1,4 @@
-"""Tests for edgekd.schemes: mutual learning losses by hand, detached targets, the best
+"""Tests for edgekd.distill.schemes: mutual learning losses by hand, detached targets, the best
 peer; born-again generations start fresh and learn from the one before; the EMA rule by
 hand and the EMA teacher without gradients."""
 

@@ -29,7 +29,7 @@ def compress(tmp_path, markdown_section: str, **sections) -> dict:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["compress", str(path), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(main, ["compress", str(path), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     # per-epoch state of every training is removed once its stage is done
     assert not list((out / "state").glob("*.ckpt"))

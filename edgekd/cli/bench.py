@@ -1,4 +1,5 @@
-"""TODO docstring (cli -> cli.bench)"""
+"""`edgekd bench`: flags -> edgekd.api.bench; table, JSON, CSV, Markdown and plot outputs;
+--list-providers and --compare. Imports no torch: it runs on the device."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgekd.cli.group import verbosity_options
 from edgekd.errors import ConfigError
 
 
@@ -64,7 +66,7 @@ def _load_bench_json(path) -> dict:
 @click.option("--list-providers", is_flag=True, help="List the execution providers of this onnxruntime and exit.")
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False), metavar="A.json B.json",
               help="Compare two JSON reports (ratios B/A) instead of benching.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@verbosity_options
 @click.option("--inter-threads", type=int, default=0, show_default=True,
               help="Inter-op threads; > 0 runs the graph in ONNX Runtime's parallel execution mode.")
 @click.option("--intra-spinning", type=click.Choice(["on", "off"]), default=None,
@@ -78,7 +80,7 @@ def _load_bench_json(path) -> dict:
               help="Time all models side by side in short rotating rounds instead of one after another: "
                    "fair ratios on a machine whose speed changes while it runs (a shared VM, a throttling device).")
 def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
-          csv_out, md_out, plot, list_providers, compare, quiet, warmup_seconds, inter_threads, intra_spinning,
+          csv_out, md_out, plot, list_providers, compare, quiet, verbose, warmup_seconds, inter_threads, intra_spinning,
           inter_spinning, reference, interleave):
     """Latency (p50/p90/p99 after warm-up, throughput), peak memory and top-1 of ONNX MODELS.
 
@@ -88,9 +90,7 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     """
     import onnxruntime as ort
 
-    from edgekd.runtime import bench as bench_mod
     from edgekd.runtime import fmt as benchfmt
-    from edgekd.runtime.config import BenchConfig
     from edgekd.runtime.session import provider_list
 
     if list_providers:
@@ -118,21 +118,16 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
         raise click.UsageError("give .onnx MODELS or a run directory (or --list-providers, --compare A B)")
 
     spin = {"on": True, "off": False, None: None}
-    cfg = BenchConfig(provider=provider, batch_size=batch_size[0], warmup=warmup, runs=runs,
-                      min_seconds=min_seconds, threads=threads[0], warmup_seconds=warmup_seconds,
-                      inter_threads=inter_threads, intra_spinning=spin[intra_spinning],
-                      inter_spinning=spin[inter_spinning], interleave=interleave)
-    sweep = {"batch_sizes": batch_size, "threads": threads}
     dirs = [m for m in models if Path(m).is_dir()]
-    if dirs:
-        if len(models) != 1:
-            raise ConfigError("give either one run directory or .onnx files, not both")
-        rows = bench_mod.bench_run_dir(Path(dirs[0]), cfg, progress=not quiet, eval_set=eval_set,
-                                       reference=reference, **sweep)
-    else:
-        rows = bench_mod.bench(list(models), eval_set=eval_set, cfg=cfg, progress=not quiet,
-                               reference=reference, **sweep)
-    report = bench_mod.to_json(rows, {"sweep": sweep}, cfg=cfg)
+    if dirs and len(models) != 1:
+        raise ConfigError("give either one run directory or .onnx files, not both")
+    from edgekd.api import bench as run_bench
+
+    report = run_bench(list(models), data=eval_set, batch_sizes=batch_size, threads=threads, reference=reference,
+                       progress=not quiet, provider=provider, warmup=warmup, runs=runs, min_seconds=min_seconds,
+                       warmup_seconds=warmup_seconds, inter_threads=inter_threads,
+                       intra_spinning=spin[intra_spinning], inter_spinning=spin[inter_spinning],
+                       interleave=interleave)
     if json_out:
         _write_output(json_out, json.dumps(report, indent=2) + "\n")
     if csv_out:
@@ -147,4 +142,4 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(benchfmt.format_table(rows))
+        click.echo(benchfmt.format_table(report["models"]))

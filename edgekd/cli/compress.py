@@ -1,13 +1,14 @@
-"""TODO docstring (cli -> cli.compress)"""
+"""`edgekd compress`: flags -> the recipe (Recipe.replace), then edgekd.api.compress."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from edgekd.cli.group import verbosity_options
 from edgekd.errors import ConfigError
+from edgekd.pipeline.layout import new_run_dir
 
 
 @click.command()
@@ -29,8 +30,8 @@ from edgekd.errors import ConfigError
               help="Use deterministic PyTorch algorithms only (sets the recipe's deterministic: true), so that "
                    "reruns and resumed runs give the same weights.")
 @click.option("--force", is_flag=True, help="Reuse an existing --out directory, replacing its artifacts.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, deterministic, force, quiet):
+@verbosity_options
+def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, deterministic, force, quiet, verbose):
     """Distill, quantize, export and benchmark, from a RECIPE (YAML).
 
     With no RECIPE, runs the built-in default: a ResNet-8 teacher distilled into a
@@ -49,48 +50,18 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
             raise ConfigError(f"'{run_dir}' is not an edgekd run directory (no recipe.yaml); nothing to resume")
         resolved = Recipe.from_yaml(run_dir / "recipe.yaml")
     else:
-        extra = list(overrides)
-        if data_name:
-            extra.append(f"data.name={json.dumps(data_name)}")
-        if data_path:
-            extra.append(f"data.path={json.dumps(data_path)}")
-        if seed is not None:
-            extra.append(f"seed={seed}")
-        if name:
-            extra.append(f"name={json.dumps(name)}")
-        if deterministic:
-            extra.append("deterministic=true")
-        resolved = Recipe.from_yaml(recipe, extra) if recipe else Recipe.default(extra)
+        resolved = Recipe.from_yaml(recipe, overrides) if recipe else Recipe.default(overrides)
+        flags = {"data__name": data_name, "data__path": data_path, "seed": seed, "name": name,
+                 "deterministic": True if deterministic else None}
+        resolved = resolved.replace(**{k: v for k, v in flags.items() if v is not None})
         run_dir = new_run_dir(resolved.name, out_dir, force)
     ctx = click.get_current_context()
     ctx.obj["run_dir"] = str(run_dir)  # for the resume hint after Ctrl-C, SIGTERM or a full disk
 
-    from edgekd.pipeline.chain import compress as run_compress
-
-    report = run_compress(resolved, run_dir, resume=resume_dir is not None, progress=not quiet,
-                          log=lambda line: click.echo(line, err=True))
-    if report is None:  # every stage was already done
-        report = json.loads((run_dir / "report.json").read_text())
+    from edgekd.api import compress as run_compress
     from edgekd.pipeline.report import summary_table
+
+    report = run_compress(resolved, run_dir, resume=resume_dir is not None, force=force, progress=not quiet)
 
     click.echo(summary_table(report))
     click.echo(f"\nReport: {run_dir / 'report.md'}  Models: {run_dir / 'model.int8.onnx'}")
-
-
-def new_run_dir(name: str, out_dir: str | None, force: bool) -> Path:
-    """Never overwrite a run silently: an explicit --out that exists needs --force;
-    the default picks the first free runs/NAME, runs/NAME-2, ..."""
-    if out_dir is not None:
-        path = Path(out_dir)
-        if path.exists() and any(path.iterdir()) and not force:
-            raise ConfigError(
-                f"run directory '{path}' already exists; use --resume {path} to continue it, "
-                "--force to replace its artifacts, or another --out"
-            )
-        return path
-    base = Path("runs") / name
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{name}-{n}")
-    return path

@@ -1,9 +1,10 @@
-"""TODO docstring (cli -> cli.export)"""
+"""`edgekd export`: flags -> edgekd.api.export; prints the parity and the file written."""
 
 from __future__ import annotations
 
 import click
 
+from edgekd.cli.group import verbosity_options
 from edgekd.errors import ConfigError
 from edgekd.recipe import parse_yaml_mapping
 
@@ -26,8 +27,8 @@ from edgekd.recipe import parse_yaml_mapping
               help="Output file. Default: RUN_DIR/export/STAGE.{fp32,int8}.onnx, or beside --weights.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_path, int8, output, opset, force, quiet):
+@verbosity_options
+def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_path, int8, output, opset, force, quiet, verbose):
     """Export one model to ONNX, validated against PyTorch at two batch sizes.
 
     \b
@@ -35,17 +36,15 @@ def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_pa
     edgekd export --onnx runs/default --int8          # ... quantized to int8
     edgekd export --onnx --weights w.safetensors --arch resnet20 -o resnet20.onnx
     """
-    from edgekd.pipeline.export_one import export_one
+    from edgekd.api import export as run_export
 
     if (run_dir is None) == (weights is None):
         raise ConfigError("give either RUN_DIR or --weights FILE (with --arch)")
     if weights is not None and not arch:
         raise ConfigError("--weights needs --arch NAME (the architecture the weights belong to)")
-    result = export_one(
-        run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=parse_yaml_mapping(arch_args, "--arch-args", "a mapping such as '{width: 24}'"),
-        data_name=data_name, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
-        progress=not quiet,
-    )
+    arch_args = parse_yaml_mapping(arch_args, "--arch-args", "a mapping such as '{width: 24}'")
+    result = run_export(run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args, data=data_name,
+                        data_path=data_path, int8=int8, output=output, opset=opset, force=force, progress=not quiet)
     for batch, diff in result["max_abs_diff"].items():
         click.echo(f"batch {batch}: max |onnx - torch| = {diff:.3e}")
     if "int8_top1_agreement" in result:

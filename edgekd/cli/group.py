@@ -9,6 +9,7 @@ device that has only onnxruntime, numpy and click.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import sys
@@ -115,3 +116,37 @@ def main(ctx, debug):
     ctx.obj["debug"] = debug
     signal.signal(signal.SIGTERM, _on_sigterm)
 
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """The library logs to the 'edgekd' logger and never prints; the command shows its records
+    on stderr: info by default, debug with -v, only warnings and errors with -q."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logger = logging.getLogger("edgekd")
+    logger.setLevel(level)
+    if not any(isinstance(h, EchoHandler) for h in logger.handlers):
+        logger.addHandler(EchoHandler())
+        logger.propagate = False
+
+
+class EchoHandler(logging.Handler):
+    """Log records as plain lines on the stderr of the moment (click.echo), so that a
+    command run in-process (click's test runner, a notebook) shows them where it reads."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(record.getMessage(), err=True)
+
+
+def verbosity_options(command):
+    """-v/--verbose, -q/--quiet and --no-progress, the same on every command; the command
+    gets `quiet` (no progress bars) and `verbose`, and logging is set up before it runs."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, verbose: bool, quiet: bool, no_progress: bool, **kwargs):
+        setup_logging(verbose, quiet)
+        return command(*args, verbose=verbose, quiet=quiet or no_progress, **kwargs)
+
+    wrapper = click.option("--no-progress", is_flag=True, help="No progress bars (messages stay).")(wrapper)
+    wrapper = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress bars.")(wrapper)
+    return click.option("--verbose", "-v", is_flag=True, help="Also debug messages.")(wrapper)

@@ -1,4 +1,5 @@
-"""TODO docstring (data -> data.base)"""
+"""What every dataset format shares: RawArrays (a loader's result) and the helpers that
+find a dataset's folder and name its classes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ SYSTEM_DATA_DIR = "/usr/share/datasets"  # where Debian's dataset-* packages ins
 
 
 class RawArrays(NamedTuple):
+    """A loader's result: uint8 (N, C, H, W) images, int64 labels in 0..len(class_names)-1,
+    and `source`, where they were read from (for messages and DataSpec.source)."""
+
     name: str
     train_x: np.ndarray
     train_y: np.ndarray
@@ -24,6 +28,7 @@ class RawArrays(NamedTuple):
 
 
 def need_path(name: str, path: str | None, what: str) -> str:
+    """`path`, or a DataError saying that dataset `name` needs --data-path `what`."""
     if not path:
         raise DataError(f"dataset '{name}' needs a path; pass --data-path {what}")
     return path
@@ -45,6 +50,7 @@ def search_dirs(name: str, path: str | None, extra: tuple[str, ...] = ()) -> lis
 
 
 def generic_class_names(*labels: np.ndarray) -> tuple[str, ...]:
+    """'0', '1', ... up to the largest label, for datasets that do not name their classes."""
     top = max((int(y.max()) for y in labels if len(y)), default=0)
     return tuple(str(i) for i in range(top + 1))
 

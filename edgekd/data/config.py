@@ -1,19 +1,23 @@
-"""TODO docstring (recipe -> data.config)"""
+"""The recipe's `data` section: which dataset (a name in edgekd.data.formats.FORMATS or a
+path) and how it is split."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from edgekd.configtools import require
+from edgekd.data.formats import FORMATS, unknown_dataset
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, and how it is split.
 
-    name: 'fashion-mnist-subset' (embedded), 'fashion-mnist', 'mnist', 'cifar10',
-    'cifar100', 'imagefolder' or 'npz'; path: where to look (a folder or a file).
+    name: a registered dataset format (edgekd.data.formats.FORMATS; the default is the
+    embedded 'fashion-mnist-subset'), or the path of an .npz file or IDX folder;
+    path: where the format looks (a folder or a file).
     """
 
     name: str = "fashion-mnist-subset"
@@ -24,8 +28,18 @@ class DataConfig:
     limit_test: Optional[int] = None
 
     def __post_init__(self):
+        if self.name not in FORMATS and not is_existing_path(self.name):
+            raise unknown_dataset(self.name)
         require(0.0 < self.val_fraction < 1.0, "data.val_fraction must be between 0 and 1")
         require(self.calib_size > 0, "data.calib_size must be positive")
         for key in ("limit_train", "limit_test"):
             value = getattr(self, key)
             require(value is None or value > 0, f"data.{key} must be positive")
+
+
+def is_existing_path(name) -> bool:
+    """Whether data.name names an existing file or folder (which load_splits then reads by its type)."""
+    try:
+        return isinstance(name, str) and bool(name) and Path(name).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL byte
+        return False

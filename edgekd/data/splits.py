@@ -6,8 +6,9 @@ imported only inside the image-folder loader.
     splits = load_splits(DataConfig(name="fashion-mnist-subset"), seed=0)
     splits.train_x.shape  # (9000, 1, 28, 28), uint8
 
-Every missing or malformed input is a DataError whose one-line message says what was
-expected, where it looked and how to get it.
+A dataset is named by its format (edgekd.data.formats.FORMATS, which users extend) or
+by a path. Every missing or malformed input is a DataError whose one-line message says
+what was expected, where it looked and how to get it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays, need_path
+from edgekd.data.base import RawArrays
 from edgekd.data.config import DataConfig
-from edgekd.data.formats.cifar import CIFAR_LAYOUTS, load_cifar
-from edgekd.data.formats.idx import IDX_FILES, find_idx_file, load_idx, read_idx_folder
-from edgekd.data.formats.imagefolder import load_imagefolder
-from edgekd.data.formats.npz import load_embedded, load_npz
+from edgekd.data.formats import FORMATS, unknown_dataset
+from edgekd.data.formats.idx import IDX_FILES, find_idx_file, read_idx_folder
+from edgekd.data.formats.npz import load_npz
 from edgekd.errors import DataError
 from edgekd.io.artifacts import atomic_path
-
-DATASETS = ("fashion-mnist-subset", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "npz")
 
 
 @dataclass(frozen=True)
@@ -144,16 +142,14 @@ def channel_mean_std(x_uint8: np.ndarray) -> tuple[tuple[float, ...], tuple[floa
 
 
 def _load(name: str, path: str | None) -> RawArrays:
-    if name == "fashion-mnist-subset":
-        raw = load_embedded()
-    elif name in ("fashion-mnist", "mnist"):
-        raw = load_idx(name, path)
-    elif name in CIFAR_LAYOUTS:
-        raw = load_cifar(name, path)
-    elif name == "imagefolder":
-        raw = load_imagefolder(need_path(name, path, "DIR (with train/<class>/*.png and test/<class>/*.png)"))
-    elif name == "npz":
-        raw = load_npz(Path(need_path(name, path, "FILE.npz")), "npz")
+    """The registered format `name`, else `name` read as a path; checked before it is returned."""
+    if name in FORMATS:
+        raw = FORMATS.get(name)(name, path)
+        if not isinstance(raw, RawArrays):
+            raise DataError(
+                f"dataset format '{name}' returned a {type(raw).__name__}; "
+                "its loader must return edgekd.data.formats.RawArrays"
+            )
     else:
         raw = _load_by_path(name)
     _check_arrays(raw)
@@ -167,7 +163,7 @@ def _load_by_path(name: str) -> RawArrays:
         return load_npz(candidate, candidate.stem)
     if candidate.is_dir() and find_idx_file(candidate, IDX_FILES["train_x"]):
         return read_idx_folder(candidate, candidate.name)
-    raise DataError(f"unknown dataset '{name}'; available: {', '.join(DATASETS)} (or a path to an .npz file)")
+    raise unknown_dataset(name)
 
 
 def _check_arrays(raw: RawArrays) -> None:

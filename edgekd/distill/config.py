@@ -1,29 +1,37 @@
-"""TODO docstring (recipe -> distill.config)"""
+"""The `distill` section of a recipe: DistillConfig (Hinton KD settings, feature and
+relation terms, extra teachers, the scheme), checked when it is built."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from edgekd.configtools import build_config, require, require_list
+from edgekd.distill.terms import LAYER_KEYS, TERMS
 from edgekd.errors import ConfigError
 from edgekd.train.config import TeacherConfig, TrainConfig
 
 
 @dataclass(frozen=True)
 class DistillConfig(TrainConfig):
-    """Hinton KD into the student: loss = (1-alpha)*CE + alpha*T^2*KL(teacher_T || student_T)."""
+    """Hinton KD into the student: loss = (1-alpha)*CE + alpha*T^2*KL(teacher_T || student_T).
+    Defaults: the default run's TinyCNN-24, 15 epochs at lr 0.01 on the plain images (its
+    teacher logits are then computed once)."""
 
     arch: str = "tinycnn"
-    arch_args: dict = field(default_factory=dict)
+    arch_args: dict = field(default_factory=lambda: {"width": 24})
+    epochs: int = 15
+    lr: float = 0.01
+    augment: bool = False
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the KD (response) term; CE on labels gets 1 - alpha
-    # what else is transferred (edgekd.kd_losses), added with weights: feature- and relation-based
-    # terms, e.g. [{kind: fitnet, student: features.4, teacher: layers.2, weight: 1.0}]; see DISTILL_TERMS
+    # what else is transferred, added with weights: feature- and relation-based terms, e.g.
+    # [{kind: fitnet, student: features.4, teacher: layers.2, weight: 1.0}]; kinds, their keys
+    # and defaults: edgekd.distill.terms.TERMS (fitnet, at, sp, rkd, and any registered there)
     terms: list = field(default_factory=list)
     # multi-teacher KD: more teachers, each a `teacher:` section (trained in the teacher stage,
     # or loaded from `weights`); the student matches the average of all teachers' softened outputs
     extra_teachers: list = field(default_factory=list)
-    # how teacher and student train (edgekd.schemes): offline, online (mutual learning of
+    # how teacher and student train (edgekd.distill.schemes): offline, online (mutual learning of
     # `peers` students), born-again (`generations`), ema (teacher = EMA of the student)
     scheme: str = "offline"
     peers: int = 2
@@ -51,48 +59,38 @@ class DistillConfig(TrainConfig):
 DISTILL_SCHEMES = ("offline", "online", "born-again", "ema")
 
 
-# distill.terms: each kind's keys and defaults (weights as in the papers' reference code);
-# student/teacher: a layer name or a list of them, paired in order (rkd: null = the input
-# of the classifier, i.e. the penultimate features)
-DISTILL_TERMS = {
-    "fitnet": {"student": None, "teacher": None, "weight": 1.0},
-    "at": {"student": None, "teacher": None, "weight": 1000.0, "p": 2.0},
-    "sp": {"student": None, "teacher": None, "weight": 3000.0},
-    "rkd": {"student": None, "teacher": None, "distance": 25.0, "angle": 50.0},
-}
-
-
 def _distill_term(raw, index: int) -> dict:
-    """One distill.terms entry, checked, with its defaults filled in and layers as lists."""
+    """One distill.terms entry, checked against its kind in TERMS, with the kind's defaults
+    filled in and layers as lists (None: unset, the classifier's input where the kind allows it)."""
     where = f"distill.terms[{index}]"
     require(isinstance(raw, dict) and "kind" in raw, f"{where} must be a mapping with a 'kind'")
     kind = raw["kind"]
-    require(kind in DISTILL_TERMS, f"unknown {where}.kind '{kind}'; available: {', '.join(DISTILL_TERMS)}")
-    known = DISTILL_TERMS[kind]
+    require(isinstance(kind, str) and kind in TERMS,
+            f"unknown {where}.kind '{kind}'; available: {', '.join(TERMS.names())}")
+    term_class = TERMS.get(kind)
+    known = term_class.recipe_keys()
     unknown = [k for k in raw if k != "kind" and k not in known]
     require(not unknown, f"unknown key '{where}.{unknown[0] if unknown else ''}' for kind {kind}; known: {', '.join(known)}")
     term = {"kind": kind, **known, **{k: v for k, v in raw.items() if k != "kind"}}
-    for key in ("weight", "p", "distance", "angle"):
-        if key in term:
+    for key, default in known.items():
+        if isinstance(default, float):  # the kind's numbers: weights and settings
             value = term[key]
             require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"),
                    f"{where}.{key} must be a number >= 0, got {value!r}")
             term[key] = float(value)
-    require(term.get("weight", 1.0) > 0 and term.get("p", 1.0) > 0, f"{where}: weight and p must be positive")
-    require(kind != "rkd" or term["distance"] + term["angle"] > 0, f"{where}: distance and angle are both 0")
-    for side in ("student", "teacher"):
+    for side in LAYER_KEYS:
         value = term[side]
         if isinstance(value, str):
             value = [value]
-        require(value is not None or kind == "rkd", f"{where} ({kind}) needs '{side}': a layer name or a list of them")
+        require(value is not None or term_class.penultimate,
+               f"{where} ({kind}) needs '{side}': a layer name or a list of them")
         require(value is None or (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)),
                f"{where}.{side} must be a layer name or a non-empty list of layer names")
         term[side] = value
     require((term["student"] is None) == (term["teacher"] is None)
            and (term["student"] is None or len(term["student"]) == len(term["teacher"])),
            f"{where}: student and teacher must name as many layers each ({term['student']} vs {term['teacher']})")
-    require(kind != "rkd" or term["student"] is None or len(term["student"]) == 1,
-           f"{where}: rkd takes one layer per side (the embedding)")
+    term_class.check(term, where)
     return term
 
 

@@ -11,10 +11,9 @@ Each loss is a plain function of tensors (tested against hand-computed values):
 - relation: RKD distance and angle terms (`rkd_distance_loss`, `rkd_angle_loss`, Park et
   al. 2019) and similarity-preserving KD (`sp_loss`, Tung & Mori 2019).
 
-Features come from named layers (module paths as in model.named_modules(), such as
-`layers.1` or `features.4`), read with forward hooks (`Capture`). `Term` turns one
-validated `distill.terms` entry of a recipe into teacher targets (what may be cached per
-sample) and a weighted loss.
+The recipe's `distill.terms` kinds (edgekd.distill.terms.TERMS) read features from named
+layers (module paths as in model.named_modules(), such as `layers.1` or `features.4`) and
+weight these losses.
 """
 
 from __future__ import annotations

@@ -1,20 +1,20 @@
 """Offline knowledge distillation into the student: the orchestrator.
 
-The loss (edgekd.kd_losses) is
+The loss (edgekd.distill.losses, edgekd.distill.terms) is
 
     (1 - alpha) * CE(student, y) + alpha * T^2 * KL(teachers_T || student_T) + sum_i w_i * term_i
 
 where teachers_T is one teacher's temperature-softened probabilities, or the average of
 several teachers' (multi-teacher), and the terms are feature- and relation-based knowledge
-(FitNets, attention transfer, RKD, similarity-preserving) read from named layers with
-forward hooks; feature terms always use the first teacher.
+(FitNets, attention transfer, RKD, similarity-preserving, or a kind registered in TERMS)
+read from named layers with forward hooks; feature terms always use the first teacher.
 
 The teachers are frozen and in eval mode, run under torch.no_grad. When the inputs are
 not augmented, what the loss needs from them (soft targets, and the per-sample targets of
 the terms) is computed once and reused every epoch, if it fits in TEACHER_CACHE_BYTES;
-otherwise the teachers run at every step. FitNets regressors are trained together with
-the student (an optimizer over both) but are not part of it: the student's state_dict and
-its ONNX export hold only the student.
+otherwise the teachers run at every step. A term's own modules (FitNets regressors) are
+trained together with the student (an optimizer over both) but are not part of it: the
+student's state_dict and its ONNX export hold only the student.
 """
 
 from __future__ import annotations
@@ -25,12 +25,7 @@ import torch
 from torch import nn
 
 from edgekd.distill.config import DistillConfig
-from edgekd.distill.losses import (
-    averaged_soft_targets,
-    kd_loss,
-    make_regressor,
-    soft_target_loss,
-)
+from edgekd.distill.losses import averaged_soft_targets, kd_loss, soft_target_loss
 from edgekd.distill.terms import Capture, Term
 from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit, predict
 
@@ -57,9 +52,9 @@ def kd_step(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, cached_l
 
 
 class StudentWithRegressors(nn.Module):
-    """What fit() trains when FitNets needs regressors: the student plus the regressors, so
-    that one optimizer, one checkpoint and the best-epoch copy cover both. Its forward is
-    the student's; the student itself is left without them."""
+    """What fit() trains when terms have modules of their own (FitNets regressors): the
+    student plus those modules, so that one optimizer, one checkpoint and the best-epoch
+    copy cover both. Its forward is the student's; the student itself is left without them."""
 
     def __init__(self, student: nn.Module, regressors: nn.ModuleList):
         super().__init__()
@@ -74,14 +69,15 @@ class TeacherTargets:
     """The teachers' logits and the terms' per-sample teacher targets, cached or computed per step.
 
     The cache is a dict keyed by what an entry holds (("logits", i) for teacher i, or a
-    term's kind, teacher layer and p), so a caller may share it between distill() calls
-    with the same teachers and training images (the benchmark's seeds and kinds do).
+    term's target_key: its kind, teacher layer and a setting such as AT's p), so a caller
+    may share it between distill() calls with the same teachers and training images (the
+    benchmark's seeds and kinds do).
     """
 
     def __init__(self, teachers, terms, capture, temperature):
         self.teachers, self.terms, self.capture, self.temperature = teachers, terms, capture, temperature
         self.keys = [("logits", i) for i in range(len(teachers))] + [
-            (term.kind, layer, term.p if term.kind == "at" else None) for term in terms for layer in term.teacher]
+            term.target_key(layer) for term in terms for layer in term.teacher]
         self.cache = None
 
     @torch.no_grad()
@@ -168,7 +164,7 @@ def distill(
     student_capture = Capture(student, [n for term in terms for n in term.student])
     teacher_capture = Capture(teachers[0], [n for term in terms for n in term.teacher])
     try:
-        model = _attach_regressors(student, teachers[0], terms, train_x[:2], student_capture, teacher_capture, seed)
+        model = _attach_term_modules(student, teachers[0], terms, train_x[:2], student_capture, teacher_capture, seed)
         targets = TeacherTargets(teachers, terms, teacher_capture, cfg.temperature)
         if not cfg.augment and _cache_bytes(targets, train_x) <= TEACHER_CACHE_BYTES:
             targets.fill_cache(store, train_x)
@@ -179,10 +175,11 @@ def distill(
         teacher_capture.remove()
 
 
-def _attach_regressors(student, teacher, terms, probe, student_capture, teacher_capture, seed) -> nn.Module:
-    """Give each FitNets layer pair whose channels differ a regressor; returns what fit() trains."""
-    fitnets = [term for term in terms if term.kind == "fitnet"]
-    if not fitnets:
+def _attach_term_modules(student, teacher, terms, probe, student_capture, teacher_capture, seed) -> nn.Module:
+    """Let the terms that learn modules of their own (FitNets: a regressor for each layer
+    pair whose channels differ) make them from a probe's features; returns what fit() trains."""
+    learning = [term for term in terms if term.learns_modules]
+    if not learning:
         return student
     was_training = student.training
     student.eval()  # a probe forward must not move batch-norm statistics
@@ -191,17 +188,11 @@ def _attach_regressors(student, teacher, terms, probe, student_capture, teacher_
         teacher(probe)
     student.train(was_training)
     regressors = nn.ModuleList()
-    # regressors draw from their own seeded RNG: the global RNG stays as it was
+    # the modules draw from their own seeded RNG: the global RNG stays as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for term in fitnets:
-            term.regressors = []
-            for s_name, t_name in zip(term.student, term.teacher):
-                s_feat, t_feat = student_capture.values[s_name], teacher_capture.values[t_name]
-                regressor = make_regressor(s_feat.shape[1], t_feat.shape[1], s_feat.ndim)
-                term.regressors.append(regressor)
-                if regressor is not None:
-                    regressors.append(regressor)
+        for term in learning:
+            regressors.extend(term.make_modules(student_capture.take(term.student), teacher_capture.take(term.teacher)))
     return StudentWithRegressors(student, regressors) if len(regressors) else student
 
 

@@ -1,6 +1,6 @@
 """How teacher and student train: the distillation schemes beyond offline KD.
 
-    offline     a frozen, trained teacher teaches the student (edgekd.distill.distill)
+    offline     a frozen, trained teacher teaches the student (edgekd.distill.offline.distill)
     online      deep mutual learning (Zhang et al. 2018): `peers` students learn together
     born-again  self-distillation over `generations` (Furlanello et al. 2018)
     ema         self-distillation from an exponential moving average of the student

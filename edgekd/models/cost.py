@@ -1,4 +1,4 @@
-"""TODO docstring (models -> models.cost)"""
+"""What a model costs: its parameter count and the multiply-accumulates of one forward pass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring (prune -> models.shapes)"""
+"""Layer shapes as plain data: what a pruned model's layers look like (`layer_shapes`), and
+resizing a freshly built architecture to them (`rebuild`) so that pruned weights load
+without pickled modules."""
 
 from __future__ import annotations
 

@@ -1,11 +1,21 @@
-"""Models by name: a small zoo, any torchvision classifier, or a user factory.
+"""Models by name: the architectures registered in ARCHITECTURES (a small zoo: resnet8,
+resnet20, resnet56, mobilenetv2, tinycnn), any torchvision classifier, or a user factory.
 
     build_model("resnet20", in_channels=1, num_classes=10)
     build_model("torchvision:resnet18", in_channels=1, num_classes=10)
     build_model("mypkg.nets:make", in_channels=1, num_classes=10, width=2)
 
-A user factory is called as fn(in_channels=..., num_classes=..., **arch_args) and must
-return a torch.nn.Module.
+A registered architecture or a user factory is called as
+fn(in_channels=..., num_classes=..., **arch_args) and returns a torch.nn.Module. A user's
+own, registered from a module named in the recipe's `plugins:` (then `arch: mlp`):
+
+    from torch import nn
+    from edgekd.models.zoo import ARCHITECTURES
+
+    @ARCHITECTURES.register("mlp")
+    def mlp(in_channels, num_classes, hidden=64, size=28):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * size * size, hidden),
+                             nn.ReLU(), nn.Linear(hidden, num_classes))
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ConfigError
+from edgekd.registry import Registry
 
 
 class BasicBlock(nn.Module):
@@ -151,20 +162,33 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-ZOO: dict[str, Callable[..., nn.Module]] = {
-    "resnet8": lambda in_channels, num_classes, **kw: CifarResNet(8, in_channels, num_classes, **kw),
-    "resnet20": lambda in_channels, num_classes, **kw: CifarResNet(20, in_channels, num_classes, **kw),
-    "resnet56": lambda in_channels, num_classes, **kw: CifarResNet(56, in_channels, num_classes, **kw),
-    "mobilenetv2": MobileNetV2,
-    "tinycnn": TinyCNN,
-}
+ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
+
+
+@ARCHITECTURES.register("resnet8")
+def resnet8(in_channels: int, num_classes: int, **kw) -> nn.Module:
+    return CifarResNet(8, in_channels, num_classes, **kw)
+
+
+@ARCHITECTURES.register("resnet20")
+def resnet20(in_channels: int, num_classes: int, **kw) -> nn.Module:
+    return CifarResNet(20, in_channels, num_classes, **kw)
+
+
+@ARCHITECTURES.register("resnet56")
+def resnet56(in_channels: int, num_classes: int, **kw) -> nn.Module:
+    return CifarResNet(56, in_channels, num_classes, **kw)
+
+
+ARCHITECTURES.register("mobilenetv2", MobileNetV2)
+ARCHITECTURES.register("tinycnn", TinyCNN)
 
 
 TORCHVISION_PREFIX = "torchvision:"
 
 
 def build_model(arch: str, *, in_channels: int, num_classes: int, **arch_args) -> nn.Module:
-    """Build a model by zoo name, 'torchvision:NAME' or 'package.module:function'."""
+    """Build a model by registered name (ARCHITECTURES), 'torchvision:NAME' or 'package.module:function'."""
     if arch.startswith(TORCHVISION_PREFIX):
         return _torchvision_model(arch[len(TORCHVISION_PREFIX):], in_channels, num_classes, arch_args)
     if ":" in arch:
@@ -173,12 +197,12 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, **arch_args) -
         if not isinstance(model, nn.Module):
             raise ConfigError(f"factory '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
-    if arch not in ZOO:
-        raise ConfigError(
-            f"unknown model '{arch}'; available: {', '.join(ZOO)}, "
-            f"'{TORCHVISION_PREFIX}NAME' (any torchvision classifier) or 'package.module:function'"
-        )
-    return _call(ZOO[arch], arch, in_channels=in_channels, num_classes=num_classes, **arch_args)
+    try:
+        factory = ARCHITECTURES.get(arch)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; or '{TORCHVISION_PREFIX}NAME' (any torchvision classifier) "
+                          "or 'package.module:function'") from None
+    return _call(factory, arch, in_channels=in_channels, num_classes=num_classes, **arch_args)
 
 
 def _call(factory, arch: str, **kwargs) -> nn.Module:

@@ -1,18 +1,13 @@
-"""TODO docstring (pipeline -> pipeline.export_one)"""
+"""`edgekd export`: one model (a run's teacher or student, or a weights file plus an
+architecture) to ONNX, validated against PyTorch; with int8, quantized and checked for
+argmax agreement."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgekd.errors import ConfigError
-from edgekd.pipeline.layout import (
-    PRUNED_SHAPES,
-    PRUNED_WEIGHTS,
-    RECIPE_FILE,
-    STUDENT_WEIGHTS,
-    TEACHER_WEIGHTS,
-)
+from edgekd.pipeline.layout import RECIPE_FILE, STAGES
 from edgekd.recipe import Recipe
 
 
@@ -43,7 +38,6 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         recipe = Recipe.from_yaml(run_dir / RECIPE_FILE)
         cfg = recipe.teacher if stage == "teacher" else recipe.distill
         arch, arch_args = cfg.arch, cfg.arch_args
-        weights = run_dir / (TEACHER_WEIGHTS if stage == "teacher" else STUDENT_WEIGHTS)
         data_cfg, seed, quant_cfg = recipe.data, recipe.seed, recipe.quantize
         export_cfg = dataclasses.replace(recipe.export, opset=opset)
         default_output = run_dir / "export" / f"{stage}.{precision}.onnx"
@@ -58,17 +52,20 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     if output.exists() and not force:
         raise ConfigError(f"'{output}' already exists; use --force to replace it or -o for another file")
 
-    splits = load_splits(data_cfg, seed=seed)
-    spec = splits.spec
-    model = build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes, **(arch_args or {}))
-    if run_dir is not None and stage == "student" and (run_dir / PRUNED_SHAPES).is_file():
-        from edgekd.models.shapes import (
-            rebuild,  # the run pruned its student: export the pruned model
-        )
+    if run_dir is not None:  # the run's own model, loaded as the chain loads it (pruned if the run pruned)
+        from edgekd.pipeline.context import Context
+        from edgekd.pipeline.runstate import load_progress
+        from edgekd.pipeline.store import RunStore
 
-        rebuild(model, json.loads((run_dir / PRUNED_SHAPES).read_text()))
-        weights = run_dir / PRUNED_WEIGHTS
-    load_weights(model, weights)
+        store = RunStore(recipe, Context(run_dir=run_dir, seed=seed), load_progress(run_dir, STAGES)["done"])
+        splits = store.splits()
+        model = store.teacher() if stage == "teacher" else store.student()
+    else:
+        splits = load_splits(data_cfg, seed=seed)
+        model = build_model(arch, in_channels=splits.spec.channels, num_classes=splits.spec.num_classes,
+                            **(arch_args or {}))
+        load_weights(model, weights)
+    spec = splits.spec
     model.eval()
     input_shape = (spec.channels, spec.height, spec.width)
     metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),

@@ -20,7 +20,7 @@ from torch import nn
 from edgekd.errors import ConfigError, first_line
 from edgekd.models.cost import count_macs, count_params
 from edgekd.models.shapes import layer_in
-from edgekd.prune.importance import default_protected, make_importance
+from edgekd.prune.importance import default_protected, make_importance, needs_gradients
 
 
 def prune_channels(
@@ -45,7 +45,8 @@ def prune_channels(
     `ratio` is the most that may be removed, and `steps` the resolution of the search).
     target_params: the same with the parameter count (with both, the first step meeting both).
     protect: module names kept whole, in addition to default_protected(model).
-    loss_batch: (images, labels) for gradient-based importance ('taylor').
+    importance: a name in edgekd.prune.importance.IMPORTANCES.
+    loss_batch: (images, labels) for an importance that reads gradients ('taylor').
     after_step(step): called after each step, for fine-tuning between steps.
     stop(step): called after after_step; True ends the pruning (latency targets use it).
     """
@@ -53,8 +54,10 @@ def prune_channels(
 
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"prune ratio must be between 0 and 1, got {ratio}")
-    if importance == "taylor" and loss_batch is None:
-        raise ConfigError("importance 'taylor' needs a batch of training images to compute gradients")
+    scorer = make_importance(importance)  # an unknown name fails here, listing the known ones
+    gradients = needs_gradients(importance)
+    if gradients and loss_batch is None:
+        raise ConfigError(f"importance '{importance}' needs a batch of training images to compute gradients")
     modules = dict(model.named_modules())
     missing = [name for name in protect if name not in modules]
     if missing:
@@ -66,7 +69,7 @@ def prune_channels(
         pruner = tp.pruner.MetaPruner(
             model,
             example,
-            importance=make_importance(importance),
+            importance=scorer,
             global_pruning=global_pruning,
             pruning_ratio=ratio,
             iterative_steps=steps,
@@ -76,7 +79,7 @@ def prune_channels(
     except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
         raise ConfigError(f"cannot build the pruning dependency graph: {first_line(exc)}") from exc
     for step in range(steps):
-        if importance == "taylor":
+        if gradients:
             images, labels = loss_batch
             model.zero_grad()
             nn.functional.cross_entropy(model(images), labels).backward()

@@ -1,4 +1,5 @@
-"""TODO docstring (recipe -> prune.config)"""
+"""The `prune` section of a recipe: PruneConfig (how much, by which importance, with which
+targets and fine-tuning), checked when it is built."""
 
 from __future__ import annotations
 
@@ -6,10 +7,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from edgekd.configtools import require
+from edgekd.prune.importance import IMPORTANCES
 from edgekd.train.config import TrainConfig
-
-PRUNE_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
-
 
 PRUNE_FINETUNE = ("step", "end")
 
@@ -23,7 +22,7 @@ class PruneConfig(TrainConfig):
     classifier are protected, plus the layers named in `protect`. `target_macs` and/or
     `target_params`: stop at the first step at or below them (`ratio` is then the most removed).
 
-    Latency target (edgekd.prune_latency): with `target_latency_ms` (absolute p50) and/or
+    Latency target (edgekd.prune.latency): with `target_latency_ms` (absolute p50) and/or
     `target_speedup` (over the unpruned model timed in the same loop), `latency_step` of
     the channels go per step, at most `ratio` in all, and each candidate is exported
     (int8 when quantize is on) and timed on bench.provider at batch 1 with bench.threads,
@@ -34,7 +33,7 @@ class PruneConfig(TrainConfig):
 
     enabled: bool = False
     ratio: float = 0.5  # share of channels removed from each prunable layer (all steps together)
-    importance: str = "l1"
+    importance: str = "l1"  # a name in edgekd.prune.importance.IMPORTANCES (l1, l2, bn_scale, taylor, random)
     global_pruning: bool = False
     round_to: int = 8  # channel counts stay multiples of this, so kernels stay fast
     protect: list = field(default_factory=list)
@@ -71,8 +70,8 @@ class PruneConfig(TrainConfig):
         require(self.sparsity >= 0, "prune.sparsity must be >= 0")
         require(self.sparsity_epochs >= 0, "prune.sparsity_epochs must be >= 0")
         require(
-            self.importance in PRUNE_IMPORTANCES,
-            f"unknown prune.importance '{self.importance}'; available: {', '.join(PRUNE_IMPORTANCES)}",
+            isinstance(self.importance, str) and self.importance in IMPORTANCES,
+            f"unknown prune.importance '{self.importance}'; available: {', '.join(IMPORTANCES.names())}",
         )
         require(self.round_to >= 1, "prune.round_to must be >= 1")
         require(self.steps >= 1, "prune.steps must be >= 1")

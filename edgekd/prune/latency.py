@@ -57,24 +57,15 @@ def interleaved_p50_ms(paths: list, image: np.ndarray, *, provider: str = "cpu",
     """Median latency (ms, batch 1) of each model, measured side by side: every round runs
     each model `runs_per_round` times in turn (the order rotates each round), so that load
     from other processes falls on all models alike; the median is over all timed runs.
+    Timed by edgekd.runtime.measure (interleaved_medians), after a cold run and `warmup` runs.
     session_options: more make_session keywords (bench.session_settings of a BenchConfig)."""
     from edgekd.onnx_export import INPUT_NAME
+    from edgekd.runtime.measure import interleaved_medians
     from edgekd.runtime.session import make_session
 
-    sessions = [make_session(p, provider, threads, **(session_options or {})) for p in paths]
     feed = {INPUT_NAME: np.ascontiguousarray(image[None], dtype=np.float32)}
-    for s in sessions:
-        for _ in range(warmup):
-            s.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for r in range(rounds):
-        for k in range(len(sessions)):
-            i = (k + r) % len(sessions)
-            for _ in range(runs_per_round):
-                start = time.perf_counter()
-                sessions[i].run(None, feed)
-                times[i].append((time.perf_counter() - start) * 1000.0)
-    return [float(np.median(t)) for t in times]
+    sessions = [(make_session(p, provider, threads, **(session_options or {})), feed) for p in paths]
+    return interleaved_medians(sessions, rounds=rounds, round_runs=runs_per_round, warmup=warmup)
 
 
 @dataclass

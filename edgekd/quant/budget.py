@@ -28,7 +28,7 @@ from edgekd.quant.config import QuantConfig
 SENSITIVE_OPS = ("Conv", "Gemm", "MatMul")
 
 
-SENSITIVITY_IMAGES = 64
+SENSITIVITY_IMAGES = 64  # calibration images used to compare activations
 
 
 # SQNR above this counts as exact: uint8 images quantize without error (~145 dB), and the
@@ -36,7 +36,7 @@ SENSITIVITY_IMAGES = 64
 SQNR_CAP_DB = 60.0
 
 
-DQ_SUFFIX = "_DequantizeLinear_Output"  # ORT's name for a dequantized activation  # calibration images used to compare activations
+DQ_SUFFIX = "_DequantizeLinear_Output"  # ORT's name for a dequantized activation
 
 
 @dataclass
@@ -116,7 +116,7 @@ def node_sensitivity(prepared_fp32: str | Path, int8_path: str | Path, images: n
             if f_in in producers and producers[f_in].op_type == "QuantizeLinear":
                 f_in = producers[f_in].input[0]
                 if f_in in producers and producers[f_in].op_type == "Pad":
-                    # input channels padded with zeros (edgekd.quantize_pad): the reference is the
+                    # input channels padded with zeros (edgekd.quant.pad): the reference is the
                     # int8 model's own padded float tensor (zeros add no signal and no noise)
                     padded_in = f_in
                     f_in = producers[f_in].input[0]
@@ -152,13 +152,14 @@ def search(
     int8_top1: float,
     metadata: dict | None = None,
     machine: dict | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = lambda line: None,
 ) -> BudgetResult:
     """Keep the most sensitive nodes of `int8_path` (already quantized from `fp32_path` with
     `cfg`) in float until fp32_top1 - evaluate(int8_path) <= cfg.max_drop.
 
     `int8_path` ends as the last model tried. At most half of the Conv/Gemm/MatMul nodes
-    (at least one) are kept float; `met` says whether the budget was reached."""
+    (at least one) are kept float; `met` says whether the budget was reached. `log` gets
+    one line per step (the pipeline passes its logger)."""
     from edgekd.quant.ptq import prepare, ptq
 
     start = time.perf_counter()
@@ -193,18 +194,11 @@ def search(
 
 def quick_p50_ms(paths: list, image: np.ndarray, runs: int = 30) -> list[float]:
     """A rough median latency (ms, batch of one `image`) per model, runs interleaved so that
-    a busy machine slows all of them alike. `edgekd bench` is the real measurement."""
+    a busy machine slows all of them alike (edgekd.runtime.measure.interleaved_medians: a
+    cold run, then `runs` rounds of one run each). `edgekd bench` is the real measurement."""
     from edgekd.onnx_export import INPUT_NAME
+    from edgekd.runtime.measure import interleaved_medians
     from edgekd.runtime.session import make_session
 
-    sessions = [make_session(p) for p in paths]
     feed = {INPUT_NAME: np.ascontiguousarray(image[None], dtype=np.float32)}
-    times: list[list[float]] = [[] for _ in sessions]
-    for s in sessions:  # warm-up
-        s.run(None, feed)
-    for _ in range(runs):
-        for i, s in enumerate(sessions):
-            start = time.perf_counter()
-            s.run(None, feed)
-            times[i].append((time.perf_counter() - start) * 1000)
-    return [float(np.median(t)) for t in times]
+    return interleaved_medians([(make_session(p), feed) for p in paths], rounds=runs)

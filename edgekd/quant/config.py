@@ -1,4 +1,6 @@
-"""TODO docstring (recipe -> quant.config)"""
+"""The recipe's `quantize` section: QuantConfig (PTQ through ONNX Runtime, or QAT with the
+settings of QatConfig), checked against the calibration methods of
+edgekd.quant.calibration.CALIBRATORS and the target presets."""
 
 from __future__ import annotations
 
@@ -6,10 +8,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from edgekd.configtools import require
+from edgekd.quant.calibration import CALIBRATORS
 from edgekd.train.config import TrainConfig
-
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
 
 INT8_TYPES = ("int8", "uint8")
 
@@ -22,7 +22,7 @@ QUANT_METHODS = ("ptq", "qat")
 
 @dataclass(frozen=True)
 class QatConfig(TrainConfig):
-    """Quantization-aware KD fine-tuning (quantize.method: qat), see edgekd.qat.
+    """Quantization-aware KD fine-tuning (quantize.method: qat), see edgekd.quant.qat.
 
     `observe_fraction`: share of the steps during which the activation ranges follow a
     moving average of each batch's min/max; after that they are frozen. A short fine-tune
@@ -43,9 +43,11 @@ class QatConfig(TrainConfig):
 class QuantConfig:
     """Post-training static int8 through ONNX Runtime, QDQ format.
 
-    `target` picks the defaults of activation_type / weight_type / reduce_range /
-    per_channel / pad_input_channels_to (see edgekd.quantize.TARGET_PRESETS; 'auto' reads the CPU flags). A field
-    left at None takes the target's value; a field set in the recipe always wins.
+    `calibration`: a method registered in edgekd.quant.calibration.CALIBRATORS (built in:
+    minmax, entropy, percentile). `target` picks the defaults of activation_type /
+    weight_type / reduce_range / per_channel / pad_input_channels_to (see
+    edgekd.quant.presets.TARGET_PRESETS; 'auto' reads the CPU flags). A field left at None
+    takes the target's value; a field set in the recipe always wins.
     `exclude_nodes` / `exclude_op_types` stay float. `max_drop`: the accuracy budget in
     top-1 points on the val split (None: no budget); when int8 loses more, the most
     sensitive nodes are kept in float one by one until it fits, else the run fails (exit 3).
@@ -75,8 +77,8 @@ class QuantConfig:
             f"unknown quantize.target '{self.target}'; available: {', '.join(QUANT_TARGETS)}",
         )
         require(
-            self.calibration in CALIBRATION_METHODS,
-            f"unknown quantize.calibration '{self.calibration}'; available: {', '.join(CALIBRATION_METHODS)}",
+            self.calibration in CALIBRATORS,
+            f"unknown quantize.calibration '{self.calibration}'; available: {', '.join(CALIBRATORS.names())}",
         )
         require(self.calib_batch_size > 0, "quantize.calib_batch_size must be positive")
         for key in ("activation_type", "weight_type"):

@@ -1,4 +1,5 @@
-"""TODO docstring (quantize -> quant.graph)"""
+"""Rewrites of the QDQ model ONNX Runtime's quantizer writes: excluded nodes made to really
+read float tensors (keep_float), and short names for what only the file needs (shorten_names)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring (quantize -> quant.presets)"""
+"""int8 settings per deployment target (x86 with or without VNNI, ARM64, CUDA): the presets,
+the target 'auto' picks from the CPU flags, and the settings a quantization ends up with."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ TARGET_PRESETS = {
     # every U8S8 variant (QOperator, per-tensor, reduce_range) alike, S8S8 QDQ ~0.55x (12 of 21
     # convs left float). The int8 convs are ~1.5x faster; the 9 residual Adds fp32 fuses into its
     # convs run as QLinearAdd (12%).
-    # pad_input_channels_to 4: the x86 int8 conv kernel needs input channels in fours (edgekd.quantize_pad)
+    # pad_input_channels_to 4: the x86 int8 conv kernel needs input channels in fours (edgekd.quant.pad)
     "x86-vnni": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False, "per_channel": True,
                  "pad_input_channels_to": 4},
     # AVX2 without VNNI: U8S8 can saturate (vpmaddubsw); ONNX Runtime's docs advise reduce_range (7-bit weights)

@@ -2,13 +2,16 @@
 
 fp32 ONNX -> ORT pre-processing (shape inference + graph optimization) -> calibration on
 the calibration split -> QDQ model (per-channel int8 weights, uint8 or int8 activations).
+The calibration method is an entry of edgekd.quant.calibration.CALIBRATORS: ONNX Runtime's
+own calibration through quantize_static, or a function that computes the activation ranges,
+which ONNX Runtime's QDQ quantizer then uses (quantize_with_ranges).
 ONNX Runtime fuses QDQ groups into int8 kernels (QLinearConv, ...) when it loads the model;
 `edgekd bench` counts them to show that int8 really runs as int8.
 
 The activation/weight types, reduce_range, per_channel and the input-channel padding of
-the first convolutions (edgekd.quantize_pad) come from a target preset
+the first convolutions (edgekd.quant.pad) come from a target preset
 (resolve_quant_settings); fields set in the recipe override it. Nodes can be kept in
-float (quantize.exclude_nodes / exclude_op_types; the accuracy budget in quant_budget.py
+float (quantize.exclude_nodes / exclude_op_types; the accuracy budget in edgekd.quant.budget
 adds the most sensitive ones).
 """
 
@@ -23,7 +26,7 @@ import numpy as np
 
 from edgekd.errors import ConfigError
 from edgekd.io.artifacts import atomic_path
-from edgekd.quant.calibration import ArrayCalibrationReader
+from edgekd.quant.calibration import ActivationBatches, ArrayCalibrationReader, calibrator, tensors_data
 from edgekd.quant.config import QuantConfig
 from edgekd.quant.graph import keep_float, shorten_names
 from edgekd.quant.presets import resolve_quant_settings
@@ -42,7 +45,7 @@ class QuantReport:
     reduce_range: bool = False
     settings: dict = field(default_factory=dict)
     excluded_nodes: list = field(default_factory=list)  # kept in float
-    padded_inputs: list = field(default_factory=list)  # [{input, channels, padded_to}] (edgekd.quantize_pad)
+    padded_inputs: list = field(default_factory=list)  # [{input, channels, padded_to}] (edgekd.quant.pad)
 
 
 def prepare(fp32_path: str | Path, prepared_path: str | Path) -> None:
@@ -65,6 +68,34 @@ def nodes_to_keep_float(proto, cfg: QuantConfig, extra: list | tuple = ()) -> li
     wanted = set(cfg.exclude_nodes) | set(extra)
     ops = set(cfg.exclude_op_types)
     return [n.name for n in proto.graph.node if n.name in wanted or n.op_type in ops]
+
+
+def quantize_with_ranges(prepared_path: str | Path, output_path: str | Path, tensors_range, *, per_channel: bool,
+                         reduce_range: bool, activation_type, weight_type, nodes_to_exclude: list) -> None:
+    """What quantize_static does after its calibration, on ranges computed elsewhere: ONNX
+    Runtime's QDQ quantizer on the (pre-processed) model, with `tensors_range` (a TensorsData)
+    for the activations and the same defaults as quantize_static (every op type it knows,
+    no extra options). activation_type / weight_type: QuantType values."""
+    import inspect
+
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import (
+        QuantizationMode,
+        load_model_with_shape_infer,
+        update_opset_version,
+    )
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    model = update_opset_version(load_model_with_shape_infer(Path(prepared_path)), weight_type)
+    arguments = dict(model=model, per_channel=per_channel, reduce_range=reduce_range, weight_qType=weight_type,
+                     activation_qType=activation_type, tensors_range=tensors_range, nodes_to_quantize=[],
+                     nodes_to_exclude=list(nodes_to_exclude),
+                     op_types_to_quantize=sorted(set(QLinearOpsRegistry) | set(QDQRegistry)), extra_options={})
+    if "static" in inspect.signature(QDQQuantizer.__init__).parameters:  # onnxruntime < 1.18
+        arguments.update(mode=QuantizationMode.QLinearOps, static=True)
+    quantizer = QDQQuantizer(**arguments)
+    quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(output_path), False)
 
 
 def ptq(
@@ -100,12 +131,16 @@ def ptq(
     # edgekd has just written it; on --resume or from the API it is whatever is on disk.
     check_onnx_file(fp32_path)
     settings = resolve_quant_settings(cfg, machine)
+    method = calibrator(cfg.calibration)
+    ort_method = None
+    if method.ort_method is not None:
+        try:
+            ort_method = CalibrationMethod[method.ort_method]
+        except KeyError:
+            raise ConfigError(f"calibration method '{cfg.calibration}' names CalibrationMethod.{method.ort_method}, "
+                              f"which this onnxruntime lacks; it has {', '.join(m.name for m in CalibrationMethod)}"
+                              ) from None
     start = time.perf_counter()
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     with tempfile.TemporaryDirectory(prefix="edgekd-ptq-") as work:
         prepared = Path(work) / "prepared.onnx"
@@ -114,18 +149,17 @@ def ptq(
         with tqdm(total=len(calib_images), desc="calibrate", unit="img", disable=not progress, leave=False) as bar:
             reader = ArrayCalibrationReader(calib_images, INPUT_NAME, batch_size=cfg.calib_batch_size, progress=bar)
             with atomic_path(int8_path) as tmp:
-                quantize_static(
-                    str(prepared),
-                    str(tmp),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=settings["per_channel"],
-                    activation_type=types[settings["activation_type"]],
-                    weight_type=types[settings["weight_type"]],
-                    reduce_range=settings["reduce_range"],
-                    calibrate_method=methods[cfg.calibration],
-                    nodes_to_exclude=excluded,
-                )
+                common = dict(per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                              activation_type=types[settings["activation_type"]],
+                              weight_type=types[settings["weight_type"]], nodes_to_exclude=excluded)
+                if ort_method is not None:
+                    extra = {"extra_options": dict(method.ort_options)} if method.ort_options else {}
+                    quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
+                                    calibrate_method=ort_method, **common, **extra)
+                else:
+                    batches = ActivationBatches(prepared, reader)
+                    ranges = tensors_data(method.ranges(batches), batches.names, cfg.calibration)
+                    quantize_with_ranges(prepared, tmp, ranges, **common)
                 proto = onnx.load(str(tmp))
                 keep_float(proto, excluded, onnx.load(str(prepared)))
                 padded = pad_input_channels(proto, settings["pad_input_channels_to"])

@@ -1,4 +1,5 @@
-"""TODO docstring (recipe -> runtime.config)"""
+"""The recipe's `bench` section (BenchConfig): the latency protocol, the execution provider
+(a short name of edgekd.runtime.providers.PROVIDERS) and ONNX Runtime's thread options."""
 
 from __future__ import annotations
 
@@ -6,18 +7,20 @@ from dataclasses import dataclass
 from typing import Optional
 
 from edgekd.configtools import require
+from edgekd.runtime.providers import resolve_provider
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """Latency protocol: warm-up (at least `warmup` runs and `warmup_seconds`), then timed
     runs (at least `runs` and `min_seconds`); ONNX Runtime thread and spinning options;
-    `interleave`: time the models side by side (edgekd.bench_measure.measure_interleaved)."""
+    `interleave`: time the models side by side (edgekd.runtime.measure.measure_interleaved).
+    `provider`: a registered short name or an ONNX Runtime provider name (resolve_provider)."""
 
     provider: str = "cpu"
     batch_size: int = 1
     warmup: int = 10
-    runs: int = 100
+    runs: int = 200
     min_seconds: float = 1.0
     threads: int = 0  # 0: ONNX Runtime's default
     warmup_seconds: float = 0.0
@@ -28,6 +31,7 @@ class BenchConfig:
     interleave: bool = False
 
     def __post_init__(self):
+        resolve_provider(self.provider)  # an unknown name is a ConfigError that lists the known ones
         require(self.batch_size > 0, "bench.batch_size must be positive")
         require(self.warmup >= 0, "bench.warmup must be >= 0")
         require(self.runs > 0, "bench.runs must be positive")

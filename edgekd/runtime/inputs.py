@@ -95,9 +95,11 @@ def load_eval_set(path):
 
 def preprocess(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
     """(x/255 - mean) / std per channel (axis 1), mean/std from the model's metadata;
-    models without them get x/255 only."""
-    x = x_uint8.astype(np.float32) / 255.0
-    channels = x.shape[1]
+    models without them get x/255 only. The arithmetic is edgekd.data.normalize's, as in training."""
+    from edgekd.data.normalize import normalize
+
+    channels = x_uint8.shape[1]
+    stats = {}
     for key in ("edgekd.mean", "edgekd.std"):
         values = meta_json(meta, key)
         if values is None:
@@ -108,9 +110,8 @@ def preprocess(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
                 f"model metadata {key} has {values.size} values but the images have {channels} channels; "
                 "use an eval set made for this model"
             )
-        values = values.reshape(1, -1, *([1] * (x.ndim - 2)))
-        x = x - values if key == "edgekd.mean" else x / values
-    return x
+        stats[key] = values
+    return normalize(x_uint8, stats.get("edgekd.mean"), stats.get("edgekd.std"))
 
 
 def feed_shape(inp, batch: int, eval_shape, path) -> list:

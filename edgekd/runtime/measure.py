@@ -1,12 +1,17 @@
 """How `edgekd bench` measures: the latency protocol, its statistics and low-confidence
 rules, the resident-memory probe, and which execution provider ran each node.
 
+This is the one place that times session.run: the quick medians of pruning to a latency
+target (edgekd.prune.latency) and of the accuracy budget (edgekd.quant.budget) come from
+interleaved_medians here too.
+
 Needs only numpy and onnxruntime (no torch), like the rest of the bench path.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -61,12 +66,15 @@ ROUND_RUNS = 20
 ROUND_SECONDS = 0.05
 
 
-def measure_interleaved(sessions: list, *, runs: int, min_seconds: float) -> list:
+def measure_interleaved(sessions: list, *, runs: int, min_seconds: float, round_runs: int = ROUND_RUNS,
+                        round_seconds: float = ROUND_SECONDS) -> list:
     """Timed runs of several warmed-up (session, feed) pairs side by side: rounds in which
-    each model runs up to ROUND_RUNS times (or ROUND_SECONDS), the order rotating by one
+    each model runs up to `round_runs` times (or `round_seconds`), the order rotating by one
     each round, until every model has at least `runs` timed runs and `min_seconds` of them.
     Returns one list of timings (ms) per pair. A model that is done keeps running with the
-    others, so that the last rounds do not time it alone."""
+    others, so that the last rounds do not time it alone. With round_seconds=math.inf every
+    round runs each model exactly `round_runs` times (a fixed number of rounds: the quick
+    medians of edgekd.prune.latency and edgekd.quant.budget)."""
     clock = time.perf_counter
     timings = [[] for _ in sessions]
     spent = [0.0] * len(sessions)
@@ -77,16 +85,28 @@ def measure_interleaved(sessions: list, *, runs: int, min_seconds: float) -> lis
             (session, feed), append = sessions[k], timings[k].append
             run = session.run
             round_start = clock()
-            for _ in range(ROUND_RUNS):
+            for _ in range(round_runs):
                 t0 = clock()
                 run(None, feed)
                 t1 = clock()
                 append((t1 - t0) * 1000.0)
                 spent[k] += t1 - t0
-                if t1 - round_start >= ROUND_SECONDS:
+                if t1 - round_start >= round_seconds:
                     break
         rounds += 1
     return timings
+
+
+def interleaved_medians(sessions: list, *, rounds: int, round_runs: int = 1, warmup: int = 0) -> list[float]:
+    """Median latency (ms) of each (session, feed) pair from `rounds` rounds of
+    measure_interleaved, `round_runs` runs per model each, after warm_up (the cold run and
+    `warmup` runs): the quick side-by-side comparison that pruning to a latency target and
+    the accuracy budget use. `edgekd bench` is the real measurement."""
+    for session, feed in sessions:
+        warm_up(session, feed, warmup=warmup)
+    timings = measure_interleaved(sessions, runs=rounds * round_runs, min_seconds=0.0, round_runs=round_runs,
+                                  round_seconds=math.inf)
+    return [float(np.median(t)) for t in timings]
 
 
 def latency_stats(timings_ms) -> dict:

@@ -1,7 +1,7 @@
-"""ONNX Runtime sessions for `edgekd bench`: execution providers by short name (and how to
-get a missing one), sessions that must really run on the provider asked for, with the
-benchmark's thread and spinning options, and what the session does with the graph: op
-types after optimization, int8 kernels, and the nodes each provider ran.
+"""ONNX Runtime sessions for `edgekd bench`: sessions that must really run on the provider
+asked for (a short name of edgekd.runtime.providers.PROVIDERS, with its provider options),
+with the benchmark's thread and spinning options, and what the session does with the graph:
+op types after optimization, int8 kernels, and the nodes each provider ran.
 
 Needs only onnxruntime and numpy (onnx optional), like the rest of the bench path.
 """
@@ -15,52 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgekd.errors import ConfigError, ModelFileError, ProviderUnavailable, first_line
+from edgekd.errors import ModelFileError, ProviderUnavailable, first_line
 from edgekd.io import onnxfile
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.measure import provider_node_counts
-
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "dnnl": "DnnlExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-    "acl": "ACLExecutionProvider",
-    "armnn": "ArmNNExecutionProvider",
-    "nnapi": "NnapiExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "qnn": "QNNExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "migraphx": "MIGraphXExecutionProvider",
-}
-
-
-_SHORT_NAMES = {ep: short for short, ep in PROVIDERS.items()}
-
-
-# How to get a provider that the installed onnxruntime lacks.
-INSTALL_HINTS = {
-    "cuda": "install onnxruntime-gpu in place of onnxruntime "
-    "(pip uninstall onnxruntime && pip install onnxruntime-gpu)",
-    "tensorrt": "install onnxruntime-gpu in place of onnxruntime and TensorRT",
-    "openvino": "install onnxruntime-openvino in place of onnxruntime",
-    "dml": "install onnxruntime-directml in place of onnxruntime",
-    "qnn": "install onnxruntime-qnn in place of onnxruntime",
-    "coreml": "use the onnxruntime wheel for macOS, which includes it (macOS only)",
-    "nnapi": "use the onnxruntime-android package (Android only)",
-    "xnnpack": "use the onnxruntime-android package or build onnxruntime with --use_xnnpack",
-    "dnnl": "build onnxruntime from source with --use_dnnl",
-    "acl": "build onnxruntime from source with --use_acl (Arm Compute Library)",
-    "armnn": "build onnxruntime from source with --use_armnn",
-    "migraphx": "build onnxruntime from source with --use_migraphx (AMD ROCm)",
-}
-
-
-GENERIC_HINT = "install an onnxruntime build that includes it"
-
+from edgekd.runtime.providers import install_hint, provider_options, resolve_provider, short_names
+from edgekd.runtime.providers import provider_list  # noqa: F401  (edgekd.cli.bench still imports it from here)
 
 # Integer ops after ORT's graph optimisation: QDQ groups fused into these prove that
 # the model really runs int8 kernels (com.microsoft ops included, for example the NHWC
@@ -79,31 +40,11 @@ INT8_OPS = frozenset(
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def resolve_provider(provider: str) -> str:
-    if provider in PROVIDERS:
-        return PROVIDERS[provider]
-    if provider in PROVIDERS.values():
-        return provider
-    raise ConfigError(f"unknown provider '{provider}'; known: {', '.join(PROVIDERS)}")
-
-
-def provider_list() -> list[dict]:
-    """The providers of the installed onnxruntime, then the known ones it lacks with
-    how to get them: dicts with short (None for providers edgekd has no short name
-    for; --provider then takes the ORT name), ort_name, available, hint."""
-    available = ort.get_available_providers()
-    out = [{"short": _SHORT_NAMES.get(ep), "ort_name": ep, "available": True, "hint": None} for ep in available]
-    for short, ep in PROVIDERS.items():
-        if ep not in available:
-            out.append({"short": short, "ort_name": ep, "available": False,
-                        "hint": INSTALL_HINTS.get(short, GENERIC_HINT)})
-    return out
-
-
 def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None, check: bool = True,
                  inter_threads: int = 0, intra_spinning: bool | None = None, inter_spinning: bool | None = None,
                  profile_prefix=None):
-    """An InferenceSession on `provider` (a short name), which must really be the one used.
+    """An InferenceSession on `provider` (a registered short name, whose provider options it
+    passes, or an ONNX Runtime provider name), which must really be the one used.
 
     Every session edgekd creates on a model file comes from here, and the file passes
     check_onnx_file first (external data inside the model's folder, onnx.checker).
@@ -116,11 +57,10 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
     ep = resolve_provider(provider)
     available = ort.get_available_providers()
     if ep not in available:
-        names = ", ".join(_SHORT_NAMES.get(p, p) for p in available)
-        hint = INSTALL_HINTS.get(_SHORT_NAMES[ep], GENERIC_HINT)
+        names = ", ".join((short_names(p) or [p])[0] for p in available)
         raise ProviderUnavailable(
             f"execution provider '{provider}' ({ep}) is not in this onnxruntime {ort.__version__} "
-            f"(available: {names}); {hint}"
+            f"(available: {names}); {install_hint(provider)}"
         )
     if check:
         check_onnx_file(path)
@@ -142,7 +82,9 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
         options.optimized_model_filepath = str(optimized_path)
         options.log_severity_level = 3  # ORT warns that NCHWc graphs are machine specific; known
     # CPU stays in the list so ops the accelerator lacks still run.
-    providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+    options_of_ep = provider_options(provider)
+    asked = (ep, options_of_ep) if options_of_ep else ep
+    providers = [asked] if ep == "CPUExecutionProvider" else [asked, "CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # ORT's exception classes share no common base but Exception
@@ -186,7 +128,7 @@ def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check:
 
 def providers_per_node(path, cfg: BenchConfig, feed: dict, *, check: bool = True) -> dict:
     """Execution provider -> number of nodes it ran, from one profiled run of `feed` on
-    a session like the benchmark's (see bench_measure.provider_node_counts)."""
+    a session like the benchmark's (see edgekd.runtime.measure.provider_node_counts)."""
     if check:
         check_onnx_file(path)
     with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as tmp:

@@ -54,10 +54,13 @@ class TransferConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig(TrainConfig):
-    """The teacher: trained here (epochs > 0) or loaded from weights (then epochs may be 0)."""
+    """The teacher: trained here (epochs > 0) or loaded from weights (then epochs may be 0).
+    Defaults: the default run's ResNet-8, 10 epochs on the plain images."""
 
-    arch: str = "resnet20"
+    arch: str = "resnet8"
     arch_args: dict = field(default_factory=dict)
+    epochs: int = 10
+    augment: bool = False
     weights: Optional[str] = None
     transfer: Optional[TransferConfig] = None  # start from pretrained weights, new head (edgekd.transfer)
     _stage = "teacher"

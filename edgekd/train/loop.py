@@ -38,11 +38,10 @@ class FitResult:
 
 
 def to_tensor(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
-    """uint8 NCHW -> float32 normalized; the same arithmetic as the ONNX bench preprocess."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    """uint8 NCHW -> float32 normalized: edgekd.data.normalize, the ONNX bench's arithmetic too."""
+    from edgekd.data.normalize import normalize
+
+    return torch.from_numpy(normalize(images_uint8, mean, std))
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:

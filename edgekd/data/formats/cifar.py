@@ -1,4 +1,5 @@
-"""TODO docstring (data -> data.formats.cifar)"""
+"""The CIFAR formats `cifar10` and `cifar100`: the "python version" pickled batches, read with
+an unpickler that admits numpy arrays only, never code."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.data.base import RawArrays, search_dirs
+from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
 
 CIFAR_LAYOUTS = {
@@ -87,7 +89,10 @@ def _unpickle_dict(file: Path) -> dict:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+@FORMATS.register("cifar100")
+@FORMATS.register("cifar10")
 def load_cifar(name: str, path: str | None) -> RawArrays:
+    """The batches of CIFAR_LAYOUTS[name], found in data.path (or a subfolder), $EDGEKD_DATA or the system folder."""
     info = CIFAR_LAYOUTS[name]
     dirs = search_dirs(name, path, extra=(info["folder"], f"{name}/{info['folder']}"))
     folder = next((d for d in dirs if (d / info["test"][0]).is_file()), None)

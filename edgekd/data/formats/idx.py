@@ -1,4 +1,5 @@
-"""TODO docstring (data -> data.formats.idx)"""
+"""The IDX formats `mnist` and `fashion-mnist`: a folder of the four IDX files (raw or .gz),
+read with size checks so a truncated or forged file is a DataError, never a huge read."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.data.base import RawArrays, generic_class_names, search_dirs
+from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
 
 FASHION_MNIST_CLASSES = (
@@ -96,13 +98,17 @@ def _read_at_most(f, limit: int) -> bytearray:
 
 
 def find_idx_file(folder: Path, stem: str) -> Path | None:
+    """folder/stem.gz, else folder/stem, else None."""
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             return candidate
     return None
 
 
+@FORMATS.register("mnist")
+@FORMATS.register("fashion-mnist")
 def load_idx(name: str, path: str | None) -> RawArrays:
+    """The first folder with the IDX files: data.path, else $EDGEKD_DATA, else the system folder."""
     dirs = search_dirs(name, path)
     for folder in dirs:
         if find_idx_file(folder, IDX_FILES["train_x"]):
@@ -118,6 +124,7 @@ def load_idx(name: str, path: str | None) -> RawArrays:
 
 
 def read_idx_folder(folder: Path, name: str) -> RawArrays:
+    """The four IDX files in `folder` as RawArrays; class names from the name (mnist, fashion)."""
     arrays = {}
     for key, stem in IDX_FILES.items():
         found = find_idx_file(folder, stem)

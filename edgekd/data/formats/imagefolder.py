@@ -1,4 +1,5 @@
-"""TODO docstring (data -> data.formats.imagefolder)"""
+"""The `imagefolder` format: train/<class>/*.png and test/<class>/*.png (or val/) under
+data.path, decoded with PIL (imported only here, only when used) into one uint8 array."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays
+from edgekd.data.base import RawArrays, need_path
+from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -15,7 +17,14 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _GRAY_MODES = ("1", "L", "LA")
 
 
+@FORMATS.register("imagefolder")
+def load_imagefolder_format(name: str, path: str | None) -> RawArrays:
+    """The image folder at data.path."""
+    return load_imagefolder(need_path(name, path, "DIR (with train/<class>/*.png and test/<class>/*.png)"))
+
+
 def load_imagefolder(path: str) -> RawArrays:
+    """Images in path/train/<class>/ and path/test/<class>/ (or val/), gray if all are, else RGB."""
     root = Path(path).expanduser()
     layout = f"{root}/train/<class>/*.png and {root}/test/<class>/*.png (or val/ for test)"
     train_dir = root / "train"

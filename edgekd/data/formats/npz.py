@@ -1,4 +1,5 @@
-"""TODO docstring (data -> data.formats.npz)"""
+"""The .npz formats: `npz` (a user's np.savez file, x/y or train/test arrays) and
+`fashion-mnist-subset`, the embedded default dataset stored as one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays, generic_class_names
+from edgekd.data.base import RawArrays, generic_class_names, need_path
+from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
 
 EMBEDDED_FILE = "fashion_mnist_subset.npz"  # inside edgekd/assets/
@@ -16,7 +18,20 @@ EMBEDDED_FILE = "fashion_mnist_subset.npz"  # inside edgekd/assets/
 _NPZ_LAYOUT = "x,y or train_x,train_y,test_x,test_y (uint8 images, integer labels), optional class_names"
 
 
+@FORMATS.register("fashion-mnist-subset")
+def load_subset(name: str, path: str | None) -> RawArrays:
+    """The embedded subset (data.path is not used)."""
+    return load_embedded()
+
+
+@FORMATS.register("npz")
+def load_npz_format(name: str, path: str | None) -> RawArrays:
+    """The .npz file at data.path."""
+    return load_npz(Path(need_path(name, path, "FILE.npz")), name)
+
+
 def load_embedded() -> RawArrays:
+    """edgekd/assets/fashion_mnist_subset.npz: 10,000 train and 2,000 test Fashion-MNIST images."""
     resource = files("edgekd") / "assets" / EMBEDDED_FILE
     with as_file(resource) as file:
         if not Path(file).is_file():
@@ -29,6 +44,7 @@ def load_embedded() -> RawArrays:
 
 
 def load_npz(file: Path, name: str) -> RawArrays:
+    """An np.savez file holding x,y (1/6 of it carved out as test) or train_x,train_y,test_x,test_y."""
     if not file.is_file():
         raise DataError(f"npz file {file} not found; pass --data-path FILE.npz holding {_NPZ_LAYOUT}")
     try:

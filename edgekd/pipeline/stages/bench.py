@@ -1,4 +1,5 @@
-"""TODO docstring (pipeline -> pipeline.stages.bench)"""
+"""The bench stage: latency and test accuracy of every ONNX model of the run on the configured
+provider (edgekd.runtime, the same code as `edgekd bench`)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,21 @@ import json
 from pathlib import Path
 
 from edgekd.io.artifacts import atomic_write_text
-from edgekd.pipeline.context import Run
-from edgekd.pipeline.layout import INT8_ONNX, STUDENT_ONNX
+from edgekd.pipeline.context import Context, StageResult
+from edgekd.pipeline.layout import BENCH_JSON, INT8_ONNX, STUDENT_ONNX
+from edgekd.runtime.config import BenchConfig
 
 
-def stage_bench(run: Run) -> dict:
-    """Latency and test accuracy of every ONNX model of the run on the configured provider."""
+def run(ctx: Context, cfg: BenchConfig, inputs: dict) -> StageResult:
+    """inputs: none; the models are the run directory's ONNX files."""
     from edgekd.runtime.bench import bench_run_dir, to_json
 
-    rows = bench_run_dir(run.run_dir, run.recipe.bench, progress=run.progress)
-    bench_json = to_json(rows, cfg=run.recipe.bench)
-    atomic_write_text(run.path("state/bench.json"), json.dumps(bench_json, indent=2))
+    rows = bench_run_dir(ctx.run_dir, cfg, progress=ctx.progress)
+    atomic_write_text(ctx.path(BENCH_JSON), json.dumps(to_json(rows, cfg=cfg), indent=2))
     warnings = int8_speed_warnings(rows)
     for line in warnings:
-        run.log(f"[bench] warning: {line}")
-    return {"models": [r.name for r in rows], "provider": run.recipe.bench.provider, "warnings": warnings}
+        ctx.log(f"[bench] warning: {line}")
+    return StageResult({"models": [r.name for r in rows], "provider": cfg.provider, "warnings": warnings})
 
 
 def int8_speed_warnings(rows) -> list[str]:

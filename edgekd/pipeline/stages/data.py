@@ -1,19 +1,21 @@
-"""TODO docstring (pipeline -> pipeline.stages.data)"""
+"""The data stage: the splits are loaded (by the chain) and the test split is written as the
+portable eval set (eval.npz) for benching on a device."""
 
 from __future__ import annotations
 
-from edgekd.pipeline.context import Run, run_splits
+from edgekd.data.config import DataConfig
+from edgekd.pipeline.context import Context, StageResult
 from edgekd.pipeline.layout import EVAL_SET
 
 
-def stage_data(run: Run) -> dict:
-    """Load and split the dataset; write the test split as the portable eval set."""
+def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
+    """inputs: `splits`."""
     from edgekd.data.splits import save_eval_set
 
-    splits = run_splits(run)
-    save_eval_set(run.path(EVAL_SET), splits.test_x, splits.test_y, splits.spec)
+    splits = inputs["splits"]
     spec = splits.spec
-    return {
+    save_eval_set(ctx.path(EVAL_SET), splits.test_x, splits.test_y, spec)
+    return StageResult({
         "dataset": spec.name,
         "source": spec.source,
         "shape": [spec.channels, spec.height, spec.width],
@@ -22,4 +24,4 @@ def stage_data(run: Run) -> dict:
         "val": len(splits.val_y),
         "test": len(splits.test_y),
         "calib": len(splits.calib_y),
-    }
+    })

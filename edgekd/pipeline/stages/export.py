@@ -1,34 +1,25 @@
-"""TODO docstring (pipeline -> pipeline.stages.export)"""
+"""The export stage: teacher and student to fp32 ONNX, each checked against PyTorch."""
 
 from __future__ import annotations
 
-from edgekd.pipeline.context import (
-    Run,
-    input_shape_of,
-    run_splits,
-    run_tensors,
-    student_of,
-    student_summary,
-    teacher_of,
-)
+from edgekd.onnx_export import ExportConfig
+from edgekd.pipeline.context import Context, StageResult, input_shape_of
 from edgekd.pipeline.layout import STUDENT_ONNX, TEACHER_ONNX
 
 
-def stage_export(run: Run) -> dict:
-    """Teacher and student to fp32 ONNX, each checked against PyTorch."""
+def run(ctx: Context, cfg: ExportConfig, inputs: dict) -> StageResult:
+    """inputs: `splits`, `tensors`, and `models`: {stage: (model, arch, record with params and macs)}
+    for 'teacher' and 'student'."""
     from edgekd.onnx_export import model_metadata, to_onnx
 
-    spec = run_splits(run).spec
-    check_inputs = run_tensors(run)["val_x"]
-    result = {}
-    for stage, model, arch, file in (
-        ("teacher", teacher_of(run), run.recipe.teacher.arch, TEACHER_ONNX),
-        ("student", student_of(run), run.recipe.distill.arch, STUDENT_ONNX),
-    ):
-        summary = run.stages["teacher"] if stage == "teacher" else student_summary(run)
+    spec = inputs["splits"].spec
+    check_inputs = inputs["tensors"]["val_x"]
+    record = {}
+    for stage, file in (("teacher", TEACHER_ONNX), ("student", STUDENT_ONNX)):
+        model, arch, summary = inputs["models"][stage]
         metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=summary["params"], macs=summary["macs"])
-        report = to_onnx(model, run.path(file), input_shape=input_shape_of(spec), metadata=metadata,
-                         cfg=run.recipe.export, check_inputs=check_inputs)
-        result[stage] = {"path": file, "max_abs_diff": {str(b): d for b, d in report.max_abs_diff.items()}}
-        run.log(f"[export] {file}: max |onnx - torch| = {max(report.max_abs_diff.values()):.2e}")
-    return result
+        report = to_onnx(model, ctx.path(file), input_shape=input_shape_of(spec), metadata=metadata, cfg=cfg,
+                         check_inputs=check_inputs)
+        record[stage] = {"path": file, "max_abs_diff": {str(b): d for b, d in report.max_abs_diff.items()}}
+        ctx.log(f"[export] {file}: max |onnx - torch| = {max(report.max_abs_diff.values()):.2e}")
+    return StageResult(record)

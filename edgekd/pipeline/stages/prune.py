@@ -1,26 +1,24 @@
 """The optional prune stage: channels removed from the distilled student by ratio, MACs or
-measured latency, with KD fine-tuning."""
+measured latency, with KD fine-tuning from the teacher."""
 
 from __future__ import annotations
 
 import json
 
 from edgekd.io.artifacts import atomic_write_text
-from edgekd.pipeline.context import (
-    Run,
-    input_shape_of,
-    run_splits,
-    run_tensors,
-    student_of,
-    teacher_of,
-)
+from edgekd.pipeline.context import Context, StageResult, input_shape_of
 from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS
+from edgekd.prune.config import PruneConfig
 
 
-def stage_prune(run: Run) -> dict:
+def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
     """Remove channels from the student, fine-tuning it with KD from the teacher after each
     step (or once at the end): to a share of the channels, a MACs count, or a measured
-    latency (prune.target_latency_ms / target_speedup, edgekd.prune_latency)."""
+    latency (prune.target_latency_ms / target_speedup, edgekd.prune.latency).
+
+    inputs: `splits`, `tensors`, `teacher`, `student`; `kd`: the distill section, whose KD
+    settings the fine-tuning uses; `deployed`: how the latency target times a candidate
+    ({"int8": quantize.enabled, "quant_cfg", "provider", "threads", "session_options"})."""
     import dataclasses
 
     from edgekd.distill.offline import distill
@@ -30,21 +28,19 @@ def stage_prune(run: Run) -> dict:
     from edgekd.prune.channels import channel_table, prune_channels, sparsity_train
     from edgekd.train.loop import accuracy
 
-    cfg = run.recipe.prune
     if not cfg.enabled:
         for name in (PRUNED_WEIGHTS, PRUNED_SHAPES):  # stale files of an earlier --force run
-            run.path(name).unlink(missing_ok=True)
-        return {"enabled": False}
-    t = run_tensors(run)
-    teacher, student = teacher_of(run), student_of(run)
-    shape = input_shape_of(run_splits(run).spec)
+            ctx.path(name).unlink(missing_ok=True)
+        return StageResult({"enabled": False})
+    t, teacher, student = inputs["tensors"], inputs["teacher"], inputs["student"]
+    shape = input_shape_of(inputs["splits"].spec)
     before = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
     extra = {}
     if cfg.sparsity > 0 and cfg.sparsity_epochs > 0:  # network slimming: push unneeded BN scales to zero
-        slim = sparsity_train(student, **t, penalty=cfg.sparsity, seed=run.recipe.seed, progress=run.progress,
+        slim = sparsity_train(student, **t, penalty=cfg.sparsity, seed=ctx.seed, progress=ctx.progress,
                               cfg=dataclasses.replace(cfg, epochs=cfg.sparsity_epochs))
         extra["sparsity"] = {"penalty": cfg.sparsity, "epochs": cfg.sparsity_epochs, "val_top1": slim.best_val_top1}
-    finetune = dataclasses.replace(run.recipe.distill, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+    finetune = dataclasses.replace(inputs["kd"], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                    weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, augment=cfg.augment)
     history = []
 
@@ -52,13 +48,13 @@ def stage_prune(run: Run) -> dict:
         if finetune.epochs == 0:
             return
         result = distill(student, teacher, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
-                         val_y=t["val_y"], cfg=finetune, seed=run.recipe.seed + step, progress=run.progress)
+                         val_y=t["val_y"], cfg=finetune, seed=ctx.seed + step, progress=ctx.progress)
         history.append({"step": step, "macs": count_macs(student, shape), "val_top1": result.best_val_top1})
 
     each_step = cfg.finetune == "step"
     batch = (t["train_x"][: cfg.batch_size], t["train_y"][: cfg.batch_size])  # gradients for 'taylor'
     if cfg.latency_targeted:
-        extra["latency"] = _prune_to_latency(run, student, shape, batch, finetune_step).to_dict()
+        extra["latency"] = _prune_to_latency(ctx, cfg, inputs, student, shape, batch, finetune_step).to_dict()
     else:
         prune_channels(student, input_shape=shape, ratio=cfg.ratio, importance=cfg.importance,
                        global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect,
@@ -66,36 +62,35 @@ def stage_prune(run: Run) -> dict:
                        target_macs=cfg.target_macs, target_params=cfg.target_params)
         if not each_step:
             finetune_step(cfg.steps)
-    atomic_write_text(run.path(PRUNED_SHAPES), json.dumps(layer_shapes(student), indent=1))
-    save_weights(student, run.path(PRUNED_WEIGHTS))
-    run.student = student
+    atomic_write_text(ctx.path(PRUNED_SHAPES), json.dumps(layer_shapes(student), indent=1))
+    save_weights(student, ctx.path(PRUNED_WEIGHTS))
     after = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
     val_top1 = accuracy(student, t["val_x"], t["val_y"])
-    run.log(f"[prune] MACs {before['macs']:,} -> {after['macs']:,}, params {before['params']:,} -> "
+    ctx.log(f"[prune] MACs {before['macs']:,} -> {after['macs']:,}, params {before['params']:,} -> "
             f"{after['params']:,}, val top-1 {val_top1:.2f}%")
-    return {"enabled": True, "before": before, "after": after, "steps": history, "val_top1": val_top1,
+    return StageResult({"enabled": True, "before": before, "after": after, "steps": history, "val_top1": val_top1,
             "params": after["params"], "macs": after["macs"], "weights": PRUNED_WEIGHTS, "shapes": PRUNED_SHAPES,
-            **extra}
+            **extra}, {"student": student})
 
 
-def _prune_to_latency(run: Run, student, shape, loss_batch, finetune):
+def _prune_to_latency(ctx: Context, cfg: PruneConfig, inputs: dict, student, shape, loss_batch, finetune):
     """Latency-targeted pruning of the prune stage: candidates timed in the deployed format
     (int8 when the quantize stage is on) on bench.provider, batch 1, bench.threads. A
     target not reached is a warning, not an error: the most-pruned model goes on."""
     from edgekd.prune.latency import LatencyTarget, prune_to_latency
-    from edgekd.runtime.session import session_settings
     from edgekd.train.loop import to_tensor
 
-    cfg, spec = run.recipe.prune, run_splits(run).spec
+    splits, deployed = inputs["splits"], inputs["deployed"]
+    spec = splits.spec
     # 128 calibration images: a candidate is only timed, and quantizing it must stay cheap
-    calib = to_tensor(run_splits(run).calib_x[:128], spec.mean, spec.std).numpy()
+    calib = to_tensor(splits.calib_x[:128], spec.mean, spec.std).numpy()
     _, result = prune_to_latency(
         student, input_shape=shape, calib_images=calib,
         target=LatencyTarget(latency_ms=cfg.target_latency_ms, speedup=cfg.target_speedup),
         max_ratio=cfg.ratio, step_ratio=cfg.latency_step, importance=cfg.importance,
         global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect, loss_batch=loss_batch,
-        int8=run.recipe.quantize.enabled, quant_cfg=run.recipe.quantize, provider=run.recipe.bench.provider,
-        threads=run.recipe.bench.threads, session_options=session_settings(run.recipe.bench),
+        int8=deployed["int8"], quant_cfg=deployed["quant_cfg"], provider=deployed["provider"],
+        threads=deployed["threads"], session_options=deployed["session_options"],
         rounds=cfg.latency_rounds, max_macs=cfg.target_macs,
-        finetune=finetune, finetune_each_step=cfg.finetune == "step", log=run.log)
+        finetune=finetune, finetune_each_step=cfg.finetune == "step", log=ctx.log)
     return result

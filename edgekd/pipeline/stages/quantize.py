@@ -1,5 +1,5 @@
-"""The quantize stage: int8 by post-training quantization (with the accuracy budget) or by
-quantization-aware training."""
+"""The quantize stage: int8 by post-training quantization within the accuracy budget, or by
+quantization-aware training (edgekd.quant)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,24 @@ import json
 from pathlib import Path
 
 from edgekd.io.artifacts import atomic_write_text
-from edgekd.pipeline.context import (
-    Run,
-    fit_summary,
-    input_shape_of,
-    run_splits,
-    run_tensors,
-    student_of,
-    teacher_of,
-)
-from edgekd.pipeline.layout import INT8_ONNX, STUDENT_ONNX
+from edgekd.pipeline.context import Context, StageResult, fit_summary, input_shape_of
+from edgekd.pipeline.layout import INT8_ONNX, QUANT_BUDGET_JSON, STUDENT_ONNX
+from edgekd.quant.config import QuantConfig
+
 
 # what the stage's record keeps of resolve_quant_settings' answer
 RECORDED_SETTINGS = ("target_from", "activation_type", "weight_type", "reduce_range", "per_channel",
                      "pad_input_channels_to", "overrides")
 
 
-def stage_quantize(run: Run) -> dict:
+def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
     """Post-training static int8 (QDQ) of the student with ONNX Runtime, within the accuracy
     budget (quantize.max_drop): if int8 loses more val top-1 than that, its most sensitive
     nodes are kept in float (edgekd.quant_budget); if that is not enough the run fails with
-    exit code 3, after writing state/quantize-budget.json."""
+    exit code 3, after writing state/quantize-budget.json.
+
+    inputs: `splits`; for QAT also `tensors`, `teacher`, `student`, `kd` (the distill section:
+    QAT fine-tunes with its temperature and alpha) and `opset` (export.opset)."""
     import onnx
 
     from edgekd.quant.presets import format_name
@@ -36,22 +33,21 @@ def stage_quantize(run: Run) -> dict:
     from edgekd.runtime.machine import detect_machine
     from edgekd.runtime.session import make_session
 
-    cfg = run.recipe.quantize
     if not cfg.enabled:
-        run.path(INT8_ONNX).unlink(missing_ok=True)  # a stale int8 model from --force must not be benched
-        return {"enabled": False}
-    splits = run_splits(run)
-    fp32 = run.path(STUDENT_ONNX)
+        ctx.path(INT8_ONNX).unlink(missing_ok=True)  # a stale int8 model from --force must not be benched
+        return StageResult({"enabled": False})
+    splits = inputs["splits"]
+    fp32 = ctx.path(STUDENT_ONNX)
     meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     meta["edgekd.stage"] = "int8"
     calib = preprocess(splits.calib_x, meta)
     machine = detect_machine()
     if cfg.method == "qat":
-        return _quantize_qat(run, cfg, meta=meta, machine=machine)
-    report = ptq(fp32, run.path(INT8_ONNX), calib_images=calib, cfg=cfg, metadata=meta, progress=run.progress,
+        return StageResult(_quantize_qat(ctx, cfg, inputs, meta=meta, machine=machine))
+    report = ptq(fp32, ctx.path(INT8_ONNX), calib_images=calib, cfg=cfg, metadata=meta, progress=ctx.progress,
                  machine=machine)
     settings = report.settings
-    run.log(f"[quantize] target {settings['target']} (from {settings['target_from']}): {format_name(settings)}, "
+    ctx.log(f"[quantize] target {settings['target']} (from {settings['target_from']}): {format_name(settings)}, "
             f"reduce_range {settings['reduce_range']}, per_channel {settings['per_channel']}"
             + "".join(f"; input '{p['input']}' padded from {p['channels']} to {p['padded_to']} channels for the int8 "
                       "conv kernel" for p in report.padded_inputs)
@@ -62,9 +58,9 @@ def stage_quantize(run: Run) -> dict:
     def val_top1(path) -> float:
         return evaluate(make_session(path), val_x, splits.val_y)
 
-    int8_val = val_top1(run.path(INT8_ONNX))
+    int8_val = val_top1(ctx.path(INT8_ONNX))
     fp32_val = val_top1(fp32)
-    run.log(f"[quantize] {INT8_ONNX}: val top-1 {int8_val:.2f}% (fp32 ONNX {fp32_val:.2f}%)")
+    ctx.log(f"[quantize] {INT8_ONNX}: val top-1 {int8_val:.2f}% (fp32 ONNX {fp32_val:.2f}%)")
     result = {
         "method": "ptq",
         "path": INT8_ONNX,
@@ -82,12 +78,12 @@ def stage_quantize(run: Run) -> dict:
         "max_drop": cfg.max_drop,
     }
     if cfg.max_drop is not None and fp32_val - int8_val > cfg.max_drop:
-        result.update(_quantize_budget(run, cfg, calib=calib, meta=meta, machine=machine, evaluate=val_top1,
+        result.update(_quantize_budget(ctx, cfg, calib=calib, meta=meta, machine=machine, evaluate=val_top1,
                                        fp32_val=fp32_val, int8_val=int8_val, partial=result))
-    return result
+    return StageResult(result)
 
 
-def _quantize_qat(run: Run, cfg, *, meta, machine) -> dict:
+def _quantize_qat(ctx: Context, cfg: QuantConfig, inputs: dict, *, meta, machine) -> dict:
     """Quantization-aware KD fine-tuning of the student (edgekd.qat), exported as QDQ ONNX.
     The accuracy budget is checked on the deployed model (ONNX Runtime, val split); there is
     no float-node search for QAT: beyond quantize.max_drop the run fails with exit code 3."""
@@ -101,21 +97,21 @@ def _quantize_qat(run: Run, cfg, *, meta, machine) -> dict:
     from edgekd.train.loop import to_tensor
 
     settings = resolve_quant_settings(cfg, machine)
-    splits, t = run_splits(run), run_tensors(run)
+    splits, t, kd = inputs["splits"], inputs["tensors"], inputs["kd"]
     spec = splits.spec
-    qmodel = prepare_qat(student_of(run), activation_type=settings["activation_type"],
+    qmodel = prepare_qat(inputs["student"], activation_type=settings["activation_type"],
                          reduce_range=settings["reduce_range"])
-    result = qat(qmodel, teacher_of(run), train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
-                 val_y=t["val_y"], cfg=cfg.qat, temperature=run.recipe.distill.temperature,
-                 alpha=run.recipe.distill.alpha, calib_images=to_tensor(splits.calib_x, spec.mean, spec.std),
-                 seed=run.recipe.seed, progress=run.progress, log=run.log)
-    padded = export_qdq(qmodel, run.path(INT8_ONNX), input_shape=input_shape_of(spec), metadata=meta,
-                        opset=run.recipe.export.opset, pad_input_channels_to=settings["pad_input_channels_to"])
+    result = qat(qmodel, inputs["teacher"], train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
+                 val_y=t["val_y"], cfg=cfg.qat, temperature=kd.temperature,
+                 alpha=kd.alpha, calib_images=to_tensor(splits.calib_x, spec.mean, spec.std),
+                 seed=ctx.seed, progress=ctx.progress, log=ctx.log)
+    padded = export_qdq(qmodel, ctx.path(INT8_ONNX), input_shape=input_shape_of(spec), metadata=meta,
+                        opset=inputs["opset"], pad_input_channels_to=settings["pad_input_channels_to"])
     val_x = preprocess(splits.val_x, meta)
-    int8_val = evaluate(make_session(run.path(INT8_ONNX)), val_x, splits.val_y)
-    fp32_val = evaluate(make_session(run.path(STUDENT_ONNX)), val_x, splits.val_y)
+    int8_val = evaluate(make_session(ctx.path(INT8_ONNX)), val_x, splits.val_y)
+    fp32_val = evaluate(make_session(ctx.path(STUDENT_ONNX)), val_x, splits.val_y)
     name = format_name(settings) + " (QAT)"
-    run.log(f"[quantize] QAT {result.total_steps} steps ({result.observe_steps} observing ranges), target "
+    ctx.log(f"[quantize] QAT {result.total_steps} steps ({result.observe_steps} observing ranges), target "
             f"{settings['target']}: {name}; {INT8_ONNX}: val top-1 {int8_val:.2f}% (fake-quant PyTorch "
             f"{result.val_top1:.2f}%, fp32 ONNX {fp32_val:.2f}%)")
     record = {
@@ -127,21 +123,21 @@ def _quantize_qat(run: Run, cfg, *, meta, machine) -> dict:
         "max_drop": cfg.max_drop, "float_nodes": [], "padded_inputs": padded,
     }
     if cfg.max_drop is not None and fp32_val - int8_val > cfg.max_drop:
-        atomic_write_text(run.path("state/quantize-budget.json"), json.dumps(record, indent=2))
-        run.path(INT8_ONNX).unlink(missing_ok=True)
+        atomic_write_text(ctx.path(QUANT_BUDGET_JSON), json.dumps(record, indent=2))
+        ctx.path(INT8_ONNX).unlink(missing_ok=True)
         raise AccuracyBudgetExceeded(
             f"QAT int8 loses {fp32_val - int8_val:.2f} points of val top-1 (fp32 {fp32_val:.2f}%, int8 "
-            f"{int8_val:.2f}%); quantize.max_drop is {cfg.max_drop}. See {run.path('state/quantize-budget.json')}; "
+            f"{int8_val:.2f}%); quantize.max_drop is {cfg.max_drop}. See {ctx.path('state/quantize-budget.json')}; "
             f"train longer (quantize.qat.epochs), raise the budget, or use quantize.method: ptq. {STUDENT_ONNX} is kept")
     return record
 
 
-def _quantize_budget(run: Run, cfg, *, calib, meta, machine, evaluate, fp32_val, int8_val, partial) -> dict:
+def _quantize_budget(ctx: Context, cfg: QuantConfig, *, calib, meta, machine, evaluate, fp32_val, int8_val, partial) -> dict:
     """The budget search; its result goes to state/quantize-budget.json whether it succeeds or not."""
     from edgekd.errors import AccuracyBudgetExceeded
     from edgekd.quant.budget import search
 
-    run.log(f"[quantize] int8 loses {fp32_val - int8_val:.2f} points of val top-1, more than quantize.max_drop "
+    ctx.log(f"[quantize] int8 loses {fp32_val - int8_val:.2f} points of val top-1, more than quantize.max_drop "
             f"{cfg.max_drop}: keeping the most sensitive nodes in float")
     import shutil
     import tempfile
@@ -150,14 +146,14 @@ def _quantize_budget(run: Run, cfg, *, calib, meta, machine, evaluate, fp32_val,
 
     with tempfile.TemporaryDirectory(prefix="edgekd-budget-") as work:
         all_int8 = Path(work) / "all-int8.onnx"  # to price the float nodes in latency afterwards
-        shutil.copyfile(run.path(INT8_ONNX), all_int8)
-        budget = search(run.path(STUDENT_ONNX), run.path(INT8_ONNX), calib_images=calib, cfg=cfg, evaluate=evaluate,
-                        fp32_top1=fp32_val, int8_top1=int8_val, metadata=meta, machine=machine, log=run.log)
+        shutil.copyfile(ctx.path(INT8_ONNX), all_int8)
+        budget = search(ctx.path(STUDENT_ONNX), ctx.path(INT8_ONNX), calib_images=calib, cfg=cfg, evaluate=evaluate,
+                        fp32_top1=fp32_val, int8_top1=int8_val, metadata=meta, machine=machine, log=ctx.log)
         latency = None
         if budget.met:
-            p50 = quick_p50_ms([run.path(STUDENT_ONNX), all_int8, run.path(INT8_ONNX)], calib[0])
+            p50 = quick_p50_ms([ctx.path(STUDENT_ONNX), all_int8, ctx.path(INT8_ONNX)], calib[0])
             latency = dict(zip(("fp32", "int8_all_quantized", "int8_with_float_nodes"), p50))
-            run.log(f"[quantize] rough p50 (batch 1): fp32 {p50[0]:.3f} ms, all int8 {p50[1]:.3f} ms, "
+            ctx.log(f"[quantize] rough p50 (batch 1): fp32 {p50[0]:.3f} ms, all int8 {p50[1]:.3f} ms, "
                     f"with the float nodes {p50[2]:.3f} ms")
     summary = {"met": budget.met, "kept_float": budget.excluded, "val_top1_int8": budget.final_top1,
                "drop": budget.drop, "steps": budget.steps, "sensitivity": budget.sensitivity,
@@ -166,14 +162,14 @@ def _quantize_budget(run: Run, cfg, *, calib, meta, machine, evaluate, fp32_val,
     record = {**partial, "budget": summary}
     if budget.met:
         record.update(val_top1_int8=budget.final_top1, float_nodes=list(partial["float_nodes"]) + budget.excluded)
-    atomic_write_text(run.path("state/quantize-budget.json"), json.dumps(record, indent=2))
+    atomic_write_text(ctx.path(QUANT_BUDGET_JSON), json.dumps(record, indent=2))
     if not budget.met:
-        run.path(INT8_ONNX).unlink(missing_ok=True)  # it failed the gate: nothing to bench or deploy
+        ctx.path(INT8_ONNX).unlink(missing_ok=True)  # it failed the gate: nothing to bench or deploy
         raise AccuracyBudgetExceeded(
             f"int8 loses {budget.drop:.2f} points of val top-1 (fp32 {fp32_val:.2f}%, int8 {budget.final_top1:.2f}%) "
             f"even with {len(budget.excluded)} node(s) kept in float ({', '.join(budget.excluded) or 'none'}); "
-            f"quantize.max_drop is {cfg.max_drop}. See {run.path('state/quantize-budget.json')}; raise the budget, "
+            f"quantize.max_drop is {cfg.max_drop}. See {ctx.path('state/quantize-budget.json')}; raise the budget, "
             f"set quantize.max_drop: null, or quantize.enabled: false. {STUDENT_ONNX} is kept")
-    run.log(f"[quantize] within budget with {len(budget.excluded)} node(s) in float: val top-1 "
+    ctx.log(f"[quantize] within budget with {len(budget.excluded)} node(s) in float: val top-1 "
             f"{budget.final_top1:.2f}% (drop {budget.drop:.2f})")
     return {"val_top1_int8": budget.final_top1, "float_nodes": record["float_nodes"], "budget": summary}

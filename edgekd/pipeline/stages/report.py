@@ -1,18 +1,20 @@
-"""TODO docstring (pipeline -> pipeline.stages.report)"""
+"""The report stage: report.json, report.md, results.csv and pareto.png from the stages'
+records and the bench stage's results."""
 
 from __future__ import annotations
 
 import json
 
-from edgekd.pipeline.context import Run
+from edgekd.pipeline.context import Context, StageResult
+from edgekd.pipeline.layout import BENCH_JSON
 
 
-def stage_report(run: Run) -> dict:
-    """report.json, report.md, results.csv and pareto.png."""
+def run(ctx: Context, cfg: dict, inputs: dict) -> StageResult:
+    """cfg: the whole resolved recipe as plain data (the report repeats it); inputs: `stages`,
+    the records of the stages before."""
     from edgekd.pipeline.report import build_report, write_report
 
-    bench_json = json.loads(run.path("state/bench.json").read_text())
-    stages = {k: v for k, v in run.stages.items() if k != "report"}
-    run.report = build_report(recipe=run.recipe.to_dict(), stages=stages, bench_json=bench_json)
-    paths = write_report(run.report, run.run_dir)
-    return {"files": sorted(p.name for p in paths.values())}
+    bench_json = json.loads(ctx.path(BENCH_JSON).read_text())
+    report = build_report(recipe=cfg, stages=inputs["stages"], bench_json=bench_json)
+    paths = write_report(report, ctx.run_dir)
+    return StageResult({"files": sorted(p.name for p in paths.values())}, {"report": report})

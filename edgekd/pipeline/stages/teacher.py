@@ -1,97 +1,71 @@
-"""TODO docstring (stages_train -> pipeline.stages.teacher)"""
+"""The teacher stage: the teacher trained, loaded from weights, or transferred from pretrained
+weights (edgekd.train.transfer); plus the extra teachers of multi-teacher KD."""
 
 from __future__ import annotations
 
-from edgekd.pipeline.context import (
-    Run,
-    build_arch,
-    fit_summary,
-    load_stage_model,
-    model_summary,
-    run_tensors,
-    teacher_of,
-)
-from edgekd.pipeline.layout import CHECKPOINTS, TEACHER_WEIGHTS
+from edgekd.pipeline.context import Context, StageResult, build_arch, fit_summary, model_summary
+from edgekd.pipeline.layout import CHECKPOINTS, TEACHER_WEIGHTS, extra_teacher_checkpoint, extra_teacher_file
+from edgekd.train.config import TeacherConfig
 
 
-def stage_teacher(run: Run) -> dict:
-    """Train the teacher, or load its weights (and fine-tune them when epochs > 0)."""
+def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
+    """Train the teacher, or load its weights (and fine-tune them when epochs > 0).
+
+    inputs: `splits`, `tensors`, and `extra_teachers`: the TeacherConfigs of
+    distill.extra_teachers when the distillation scheme learns from them, else []."""
     from edgekd.io.artifacts import load_weights, save_weights
     from edgekd.train.loop import accuracy, cross_entropy_step, fit
 
-    cfg = run.recipe.teacher
-    t = run_tensors(run)
-    teacher = build_arch(run, cfg.arch, cfg.arch_args)
+    spec, t = inputs["splits"].spec, inputs["tensors"]
+    teacher = build_arch(spec, cfg.arch, cfg.arch_args)
     if cfg.weights is not None:
         load_weights(teacher, cfg.weights)
-    result = {}
+    record = {}
     if cfg.transfer is not None:  # pretrained backbone, new head: head-only phase, then fine-tuning
         from edgekd.train.transfer import transfer
 
         phases = transfer(teacher, cfg=cfg, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
-                          val_y=t["val_y"], seed=run.recipe.seed, progress=run.progress,
-                          checkpoint_dir=run.path("state"), resume=run.resume, log=run.log)
-        result.update(fit_summary(phases.pop("fit")))
-        result.update(phases)
+                          val_y=t["val_y"], seed=ctx.seed, progress=ctx.progress,
+                          checkpoint_dir=ctx.path("state"), resume=ctx.resume, log=ctx.log)
+        record.update(fit_summary(phases.pop("fit")))
+        record.update(phases)
     elif cfg.epochs > 0:
         fit_result = fit(teacher, cross_entropy_step(teacher), train_x=t["train_x"], train_y=t["train_y"],
-                         val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed,
-                         desc="teacher", progress=run.progress, checkpoint=run.path(CHECKPOINTS["teacher"]),
-                         resume=run.resume, log=run.log)
-        result.update(fit_summary(fit_result))
-    save_weights(teacher, run.path(TEACHER_WEIGHTS))
-    run.teacher = teacher
-    result.update(model_summary(run, teacher, cfg.arch))
-    result["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
-    result["weights"] = TEACHER_WEIGHTS
-    run.log(f"[teacher] {cfg.arch}: val top-1 {result['val_top1']:.2f}%")
-    if run.recipe.distill.extra_teachers and learns_from_teacher_stage(run.recipe.distill):
-        result["extra_teachers"] = _stage_extra_teachers(run)
-    return result
+                         val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=ctx.seed,
+                         desc="teacher", progress=ctx.progress, checkpoint=ctx.path(CHECKPOINTS["teacher"]),
+                         resume=ctx.resume, log=ctx.log)
+        record.update(fit_summary(fit_result))
+    save_weights(teacher, ctx.path(TEACHER_WEIGHTS))
+    record.update(model_summary(teacher, cfg.arch, spec))
+    record["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
+    record["weights"] = TEACHER_WEIGHTS
+    ctx.log(f"[teacher] {cfg.arch}: val top-1 {record['val_top1']:.2f}%")
+    if inputs["extra_teachers"]:
+        record["extra_teachers"] = _extra_teachers(ctx, inputs["extra_teachers"], spec, t)
+    return StageResult(record, {"teacher": teacher})
 
 
-def learns_from_teacher_stage(cfg) -> bool:
-    """Offline KD and born-again's first generation use the teacher(s) of the teacher stage."""
-    return cfg.scheme in ("offline", "born-again")
-
-
-def _extra_teacher_file(i: int) -> str:
-    return f"teacher.extra{i}.safetensors"
-
-
-def _stage_extra_teachers(run: Run) -> list[dict]:
-    """Multi-teacher KD: train or load each of distill.extra_teachers like the main teacher,
-    with its own per-epoch checkpoint (state/teacher.extra<i>.ckpt, so --resume continues
-    it) and weights file (teacher.extra<i>.safetensors)."""
-    from edgekd.distill.config import extra_teacher_configs
+def _extra_teachers(ctx: Context, configs: list, spec, t: dict) -> list[dict]:
+    """Multi-teacher KD: train or load each extra teacher like the main one, with its own
+    per-epoch checkpoint (so --resume continues it) and weights file."""
     from edgekd.io.artifacts import load_weights, save_weights
     from edgekd.train.loop import accuracy, cross_entropy_step, fit
 
-    t = run_tensors(run)
     summaries = []
-    for i, cfg in enumerate(extra_teacher_configs(run.recipe.distill), start=1):
-        model = build_arch(run, cfg.arch, cfg.arch_args)
+    for i, cfg in enumerate(configs, start=1):
+        model = build_arch(spec, cfg.arch, cfg.arch_args)
         if cfg.weights is not None:
             load_weights(model, cfg.weights)
         summary = {}
         if cfg.epochs > 0:
             fit_result = fit(model, cross_entropy_step(model), train_x=t["train_x"], train_y=t["train_y"],
-                             val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=run.recipe.seed + i,
-                             desc=f"teacher.extra{i}", progress=run.progress,
-                             checkpoint=run.path(f"state/teacher.extra{i}.ckpt"), resume=run.resume, log=run.log)
+                             val_x=t["val_x"], val_y=t["val_y"], cfg=cfg, seed=ctx.seed + i,
+                             desc=f"teacher.extra{i}", progress=ctx.progress,
+                             checkpoint=ctx.path(extra_teacher_checkpoint(i)), resume=ctx.resume, log=ctx.log)
             summary.update(fit_summary(fit_result))
-        save_weights(model, run.path(_extra_teacher_file(i)))
-        summary.update(model_summary(run, model, cfg.arch))
-        summary.update(val_top1=accuracy(model, t["val_x"], t["val_y"]), weights=_extra_teacher_file(i))
-        run.log(f"[teacher] extra teacher {i} {cfg.arch}: val top-1 {summary['val_top1']:.2f}%")
+        save_weights(model, ctx.path(extra_teacher_file(i)))
+        summary.update(model_summary(model, cfg.arch, spec))
+        summary.update(val_top1=accuracy(model, t["val_x"], t["val_y"]), weights=extra_teacher_file(i))
+        ctx.log(f"[teacher] extra teacher {i} {cfg.arch}: val top-1 {summary['val_top1']:.2f}%")
         summaries.append(summary)
     return summaries
-
-
-def teachers_of(run: Run) -> list:
-    """The main teacher, then the extra teachers (multi-teacher KD) from their weights files."""
-    from edgekd.distill.config import extra_teacher_configs
-
-    extras = [load_stage_model(run, cfg.arch, cfg.arch_args, _extra_teacher_file(i))
-              for i, cfg in enumerate(extra_teacher_configs(run.recipe.distill), start=1)]
-    return [teacher_of(run), *extras]

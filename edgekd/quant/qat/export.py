@@ -1,4 +1,4 @@
-"""Export of a QAT model (edgekd.qat) to QDQ ONNX: export_qdq runs torch.onnx.export, then
+"""Export of a QAT model (edgekd.quant.qat) to QDQ ONNX: export_qdq runs torch.onnx.export, then
 the graph rewrites below turn its output into the QDQ form ONNX Runtime fuses into int8 kernels and stores compactly, as its own
 quantizer writes it: plain initializers for every constant, int8 weights, int32 biases on
 the s_in * s_w grid, and no ReLU/Clip between an op and the QuantizeLinear that clamps anyway.
@@ -29,7 +29,7 @@ def export_qdq(qmodel: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     """Write the fake-quant model as a QDQ ONNX model: QuantizeLinear -> DequantizeLinear for
     every activation, int8 weight initializers with a DequantizeLinear (per channel, axis 0),
     int32 biases with scale s_in * s_w; ONNX Runtime fuses these groups into int8 kernels.
-    pad_input_channels_to: as the PTQ path (edgekd.quantize_pad); returns what it padded."""
+    pad_input_channels_to: as the PTQ path (edgekd.quant.pad); returns what it padded."""
     import warnings
 
     import onnx
@@ -53,7 +53,7 @@ def export_qdq(qmodel: nn.Module, path: str | Path, *, input_shape: tuple[int, i
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         proto = onnx.load(str(tmp))
-        constants_as_initializers(proto)  # edgekd.qat_onnx: the rewrites below
+        constants_as_initializers(proto)  # the rewrites below
         store_integer_weights(proto)
         remove_clamps_before_quantize(proto)
         padded = pad_input_channels(proto, pad_input_channels_to)

@@ -8,7 +8,7 @@ int8 kernels.
     calibrate(qmodel, images)   first activation ranges (moving-average min/max)
     qat(qmodel, teacher, ...)   KD fine-tuning with train.fit; the ranges keep following a
                                 moving average for the first part of the steps, then freeze
-    qat_onnx.export_qdq(...)    torch.onnx.export maps each fake quantization to
+    export.export_qdq(...)      torch.onnx.export maps each fake quantization to
                                 QuantizeLinear -> DequantizeLinear; the weights are then
                                 stored as int8 and the biases as int32 (scale s_in * s_w),
                                 as ONNX Runtime's own quantizer writes them

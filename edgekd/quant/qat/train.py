@@ -1,4 +1,5 @@
-"""TODO docstring (qat -> quant.qat.train)"""
+"""Training a prepare_qat() model: first activation ranges from images (calibrate), then KD
+fine-tuning with the ranges observed for the first part of the steps and frozen after (qat)."""
 
 from __future__ import annotations
 

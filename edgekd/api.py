@@ -1,0 +1,79 @@
+"""The Python API: what the three commands do, as functions. The CLI calls these.
+
+    import edgekd
+
+    report = edgekd.compress()                                   # the default run, like `edgekd compress`
+    report = edgekd.compress("recipe.yaml", "runs/mine")         # or a Recipe, or a dict
+    print(report["models"][-1]["top1"], report["speedup_vs_teacher"])
+
+    edgekd.export("runs/mine", int8=True)                        # like `edgekd export runs/mine --onnx --int8`
+    result = edgekd.bench(["runs/mine/model.int8.onnx"], data="runs/mine/eval.npz", runs=500)
+    print(result["models"][0]["latency_ms"]["p50"])
+
+Nothing heavy is imported here: `import edgekd` loads neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = False, progress: bool = False) -> dict:
+    """Run the chain (teacher -> distill -> prune -> export -> quantize -> bench -> report)
+    and return the report (report.json's content).
+
+    recipe: a Recipe, a YAML file's path, a dict of sections, or None for the default run.
+    run_dir: where the run goes; None picks runs/<name>, runs/<name>-2, ... A run directory
+    that exists and is not empty is refused unless resume=True (continue it) or force=True
+    (start again there, replacing its artifacts).
+    """
+    import json
+
+    from edgekd.pipeline.chain import compress as run_chain
+    from edgekd.pipeline.layout import new_run_dir
+    from edgekd.recipe import Recipe
+
+    if recipe is None:
+        recipe = Recipe()
+    elif isinstance(recipe, (str, Path)):
+        recipe = Recipe.from_yaml(recipe)
+    elif isinstance(recipe, dict):
+        recipe = Recipe.from_dict(recipe)
+    run_dir = Path(run_dir) if resume else new_run_dir(recipe.name, run_dir, force)
+    report = run_chain(recipe, run_dir, resume=resume, progress=progress)
+    if report is None:  # every stage was already done
+        report = json.loads((run_dir / "report.json").read_text())
+    return report
+
+
+def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | None = None,
+           arch_args: dict | None = None, data: str = "fashion-mnist-subset", data_path=None, int8: bool = False,
+           output=None, opset: int = 17, force: bool = False, progress: bool = False) -> dict:
+    """One model to ONNX, validated against PyTorch: a run's `stage` (student or teacher), or
+    `weights` of `arch` for the dataset `data`. Returns the path, the parity per batch size
+    and, with int8, the argmax agreement with PyTorch."""
+    from edgekd.pipeline.export_one import export_one
+
+    return export_one(run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args,
+                      data_name=data, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
+                      progress=progress)
+
+
+def bench(models, *, data=None, batch_sizes=(1,), threads=(0,), reference=None, progress: bool = False,
+          **settings) -> dict:
+    """Latency and accuracy of ONNX `models` (files, or one run directory) on ONNX Runtime;
+    returns the JSON report (schema edgekd.bench/1). data: an eval set (.npz); settings:
+    the fields of the recipe's `bench` section (provider, runs, warmup, interleave, ...)."""
+    from edgekd.runtime.bench import bench as bench_files
+    from edgekd.runtime.bench import bench_run_dir, to_json
+    from edgekd.runtime.config import BenchConfig
+
+    models = [models] if isinstance(models, (str, Path)) else list(models)
+    batch_sizes, threads = list(batch_sizes), list(threads)
+    cfg = BenchConfig(batch_size=batch_sizes[0], threads=threads[0], **settings)
+    sweep = {"batch_sizes": batch_sizes, "threads": threads}
+    if len(models) == 1 and Path(models[0]).is_dir():
+        rows = bench_run_dir(Path(models[0]), cfg, progress=progress, eval_set=data, reference=reference, **sweep)
+    else:
+        rows = bench_files(models, eval_set=data, cfg=cfg, progress=progress, reference=reference, **sweep)
+    return to_json(rows, {"sweep": sweep}, cfg=cfg)

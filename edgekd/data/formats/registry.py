@@ -1,0 +1,27 @@
+"""FORMATS, the registry of dataset formats (data.name), and the error for a name that is
+neither a registered format nor a path. The built-in formats register in their own modules,
+which edgekd.data.formats imports: see its docstring for the loader's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edgekd.data.base import RawArrays
+from edgekd.errors import ConfigError, DataError
+from edgekd.registry import Registry
+
+Loader = Callable[[str, str | None], RawArrays]  # loader(name, path) -> RawArrays
+
+FORMATS: Registry[Loader] = Registry("dataset")
+
+PATH_HINT = "or a path to an .npz file or an IDX folder"
+
+
+class UnknownDataset(ConfigError, DataError):
+    """data.name is neither a registered format nor an existing path: a recipe error
+    (ConfigError) that is also a dataset that cannot be found (DataError)."""
+
+
+def unknown_dataset(name: str) -> UnknownDataset:
+    """The one-line error for an unknown data.name; it lists the registered formats."""
+    return UnknownDataset(f"unknown {FORMATS.kind} '{name}'; available: {', '.join(FORMATS.names())} ({PATH_HINT})")

@@ -1,0 +1,102 @@
+"""What the chain hands from stage to stage: the data splits, their tensors and the models,
+kept in memory when a stage made them in this process and loaded lazily from the run
+directory otherwise, so a resumed run rebuilds only what the remaining stages need."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from edgekd.errors import ModelFileError
+from edgekd.pipeline.context import Context, build_arch
+from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS, STUDENT_WEIGHTS, TEACHER_WEIGHTS, extra_teacher_file
+from edgekd.recipe import Recipe
+
+
+class RunStore:
+    """Lazily loaded data and models of one run. `records` are the stages' records so far."""
+
+    def __init__(self, recipe: Recipe, ctx: Context, records: dict):
+        self.recipe, self.ctx, self.records = recipe, ctx, records
+        self._splits = None
+        self._tensors: dict = {}
+        self._models: dict = {}
+
+    def splits(self):
+        if self._splits is None:
+            from edgekd.data.splits import load_splits
+
+            self._splits = load_splits(self.recipe.data, seed=self.recipe.seed)
+        return self._splits
+
+    def tensors(self) -> dict:
+        if not self._tensors:
+            import torch
+
+            from edgekd.train.loop import to_tensor
+
+            s = self.splits()
+            self._tensors = {
+                "train_x": to_tensor(s.train_x, s.spec.mean, s.spec.std),
+                "train_y": torch.from_numpy(s.train_y.astype(np.int64)),
+                "val_x": to_tensor(s.val_x, s.spec.mean, s.spec.std),
+                "val_y": torch.from_numpy(s.val_y.astype(np.int64)),
+            }
+        return self._tensors
+
+    def update(self, artifacts: dict) -> None:
+        self._models.update(artifacts)
+
+    def teacher(self):
+        if "teacher" not in self._models:
+            cfg = self.recipe.teacher
+            self._models["teacher"] = self._load(cfg.arch, cfg.arch_args, TEACHER_WEIGHTS)
+        return self._models["teacher"]
+
+    def extra_teachers(self) -> list:
+        """distill.extra_teachers (multi-teacher KD), from their weights files."""
+        from edgekd.distill.config import extra_teacher_configs
+
+        return [self._load(cfg.arch, cfg.arch_args, extra_teacher_file(i))
+                for i, cfg in enumerate(extra_teacher_configs(self.recipe.distill), start=1)]
+
+    def student(self):
+        """The student as the last stage left it: pruned when pruning ran, else distilled."""
+        if "student" not in self._models:
+            cfg = self.recipe.distill
+            if self.pruned():
+                self._models["student"] = self._load(cfg.arch, cfg.arch_args, PRUNED_WEIGHTS, shapes=PRUNED_SHAPES)
+            else:
+                self._models["student"] = self._load(cfg.arch, cfg.arch_args, STUDENT_WEIGHTS)
+        return self._models["student"]
+
+    def pruned(self) -> bool:
+        return bool(self.records.get("prune", {}).get("enabled"))
+
+    def student_record(self) -> dict:
+        return self.records["prune"] if self.pruned() else self.records["distill"]
+
+    def _load(self, arch: str, arch_args: dict, weights: str, shapes: str | None = None):
+        """A stage's model from its weights file; `shapes`: the pruned layer shapes to rebuild first."""
+        import torch
+
+        from edgekd.io.artifacts import load_weights
+
+        path = self.ctx.path(weights)
+        if not path.is_file():
+            raise ModelFileError(f"'{path}' is missing; the run directory is incomplete, start a new run")
+        # the initial weights are overwritten: leave the global RNG as it was, so that a resumed
+        # run builds the student from the same RNG state as an uninterrupted one
+        with torch.random.fork_rng(devices=[]):
+            model = build_arch(self.splits().spec, arch, arch_args)
+        if shapes is not None:
+            from edgekd.models.shapes import rebuild
+
+            try:
+                rebuild(model, json.loads(self.ctx.path(shapes).read_text()))
+            except (OSError, ValueError) as exc:
+                raise ModelFileError(f"cannot read pruned shapes '{self.ctx.path(shapes)}': {exc}; "
+                                     "start a new run") from exc
+        load_weights(model, path)
+        return model.eval()
