@@ -12,28 +12,26 @@ class EdgekdError(Exception):
     exit_code = 1
 
 
-class ConfigError(EdgekdError):
+class BadInput(EdgekdError):
+    """Bad input (exit code 2): the one-line message says what and where."""
+
+    exit_code = 2
+
+
+class ConfigError(BadInput):
     """A recipe, flag or argument is wrong."""
 
-    exit_code = 2
 
-
-class DataError(EdgekdError):
+class DataError(BadInput):
     """A dataset is missing or malformed."""
 
-    exit_code = 2
 
-
-class ModelFileError(EdgekdError):
+class ModelFileError(BadInput):
     """A weights or ONNX file cannot be read safely."""
 
-    exit_code = 2
 
-
-class ProviderUnavailable(EdgekdError):
+class ProviderUnavailable(BadInput):
     """An ONNX Runtime execution provider was asked for but is not installed."""
-
-    exit_code = 2
 
 
 class GateFailed(EdgekdError):

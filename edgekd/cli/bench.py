@@ -10,6 +10,7 @@ import click
 
 from edgekd.cli.group import verbosity_options
 from edgekd.errors import ConfigError
+from edgekd.runtime.providers import PROVIDERS
 
 
 def _int_list(ctx, param, value):
@@ -47,7 +48,8 @@ def _load_bench_json(path) -> dict:
               help="Eval set (.npz with uint8 x in NCHW and labels y), e.g. a run's eval.npz. "
                    "Without it: latency on synthetic input, no accuracy.")
 @click.option("--provider", default="cpu", show_default=True,
-              help="ONNX Runtime execution provider: cpu, cuda, tensorrt, openvino, ... (missing ones are an error).")
+              help=f"ONNX Runtime execution provider: a registered short name ({', '.join(PROVIDERS.names())}) or "
+                   "a full name; --list-providers shows which are installed; a missing one is an error.")
 @click.option("--batch-size", "-b", default="1", show_default=True, callback=_int_list,
               help="Batch size for latency; a comma list (1,8) benches each.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs before timing.")
@@ -91,7 +93,7 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     import onnxruntime as ort
 
     from edgekd.runtime import fmt as benchfmt
-    from edgekd.runtime.session import provider_list
+    from edgekd.runtime.providers import provider_list
 
     if list_providers:
         entries = provider_list()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgekd.cli.group import verbosity_options
+from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
 from edgekd.pipeline.layout import new_run_dir
 
@@ -16,8 +17,8 @@ from edgekd.pipeline.layout import new_run_dir
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set teacher.epochs=3 (repeatable; VALUE is YAML).")
 @click.option("--data", "data_name", metavar="NAME|PATH",
-              help="Dataset: fashion-mnist-subset (embedded), fashion-mnist, mnist, cifar10, cifar100, "
-                   "imagefolder, npz, or a path to an .npz file or IDX folder.")
+              help=f"Dataset: a registered name ({', '.join(FORMATS.names())}; the first is embedded) or a path "
+                   "to an .npz file or IDX folder.")
 @click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
 @click.option("--seed", type=int, help="Random seed for data splits, initialization and order.")
 @click.option("--name", help="Run name (the default output folder is runs/NAME).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgekd.cli.group import verbosity_options
+from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
 from edgekd.recipe import parse_yaml_mapping
 
@@ -16,11 +17,12 @@ from edgekd.recipe import parse_yaml_mapping
               help="Which model of RUN_DIR to export.")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="A weights file (.safetensors, or a .pt/.pth state_dict) to export instead of a run's stage.")
-@click.option("--arch", help="Architecture of --weights: a zoo name (resnet8, resnet20, resnet56, mobilenetv2, "
-                             "tinycnn), torchvision:NAME, or package.module:function.")
+@click.option("--arch", help="Architecture of --weights: a registered name (the zoo's resnet8, resnet20, resnet56, "
+                             "mobilenetv2, tinycnn, or a plugin's), torchvision:NAME, or package.module:function.")
 @click.option("--arch-args", default="{}", metavar="YAML", help="Keyword arguments of --arch, e.g. '{width: 24}'.")
 @click.option("--data", "data_name", default="fashion-mnist-subset", show_default=True, metavar="NAME|PATH",
-              help="Dataset of --weights (gives input shape, classes, normalization and calibration images).")
+              help=f"Dataset of --weights ({', '.join(FORMATS.names())}, or a path): input shape, classes, "
+                   "normalization and calibration images.")
 @click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
 @click.option("--int8", is_flag=True, help="Quantize to int8 (QDQ, per-channel, calibrated on training images).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 from edgekd.io.artifacts import atomic_path, atomic_write_text
-from edgekd.runtime.fmt import format_count as _count
-from edgekd.runtime.fmt import format_size as _size
+from edgekd.runtime.fmt import format_count, format_size
 
 SCHEMA = "edgekd.report/1"
 
@@ -61,9 +60,9 @@ def summary_table(report: dict) -> str:
         rows.append([
             STAGE_LABELS.get(m.get("stage"), m["name"]),
             "-" if m["top1"] is None else f"{m['top1']:.2f}",
-            _count(m["params"]),
-            _count(m["macs"]),
-            _size(m["file_bytes"]),
+            format_count(m["params"]),
+            format_count(m["macs"]),
+            format_size(m["file_bytes"]),
             f"{m['latency_ms']['p50']:.3f}",
             "-" if speed is None else f"{speed:.2f}x",
         ])
@@ -94,8 +93,8 @@ def markdown(report: dict) -> str:
         lat = m["latency_ms"]
         top1 = "-" if m["top1"] is None else f"{m['top1']:.2f}"
         lines.append(
-            f"| {m['name']} | {top1} | {_count(m['params'])} | "
-            f"{_count(m['macs'])} | {_size(m['file_bytes'])} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
+            f"| {m['name']} | {top1} | {format_count(m['params'])} | "
+            f"{format_count(m['macs'])} | {format_size(m['file_bytes'])} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
             f"{lat['p99']:.3f} | {'-' if speed is None else f'{speed:.2f}x'} | "
             f"{'-' if m.get('int8_ops') is None else m['int8_ops']} |"
         )
@@ -126,8 +125,8 @@ def pruning_section(prune: dict) -> list[str]:
         return []
     before, after = prune["before"], prune["after"]
     lines = ["", "## Pruning", "",
-             f"Parameters {_count(before['params'])} -> {_count(after['params'])}, MACs {_count(before['macs'])} -> "
-             f"{_count(after['macs'])} ({before['macs'] / max(after['macs'], 1):.2f}x fewer), val top-1 after "
+             f"Parameters {format_count(before['params'])} -> {format_count(after['params'])}, MACs {format_count(before['macs'])} -> "
+             f"{format_count(after['macs'])} ({before['macs'] / max(after['macs'], 1):.2f}x fewer), val top-1 after "
              f"fine-tuning {prune['val_top1']:.2f}%.", ""]
     latency = prune.get("latency")
     if latency:
@@ -137,13 +136,13 @@ def pruning_section(prune: dict) -> list[str]:
                   "| step | share removed | MACs | params | p50 ms | unpruned p50 ms | speed-up |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for st in latency["steps"]:
-            lines.append(f"| {st['step']} | {st['removed']:.2f} | {_count(st['macs'])} | {_count(st['params'])} | "
+            lines.append(f"| {st['step']} | {st['removed']:.2f} | {format_count(st['macs'])} | {format_count(st['params'])} | "
                          f"{st['p50_ms']:.3f} | {st['reference_p50_ms']:.3f} | {st['speedup']:.2f}x |")
-        lines += [f"| final (after fine-tuning) | | {_count(final['macs'])} | {_count(final['params'])} | "
+        lines += [f"| final (after fine-tuning) | | {format_count(final['macs'])} | {format_count(final['params'])} | "
                   f"{final['p50_ms']:.3f} | {final['reference_p50_ms']:.3f} | {final['speedup']:.2f}x |", ""]
     if prune.get("steps"):
         lines += ["| KD fine-tune after step | MACs | val top-1 % |", "|---:|---:|---:|",
-                  *[f"| {h['step']} | {_count(h['macs'])} | {h['val_top1']:.2f} |" for h in prune["steps"]], ""]
+                  *[f"| {h['step']} | {format_count(h['macs'])} | {h['val_top1']:.2f} |" for h in prune["steps"]], ""]
     lines += ["| layer | channels before | after |", "|---|---:|---:|",
               *[f"| {name} | {n} | {after['channels'].get(name, '-')} |" for name, n in before["channels"].items()]]
     return lines

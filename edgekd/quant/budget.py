@@ -15,6 +15,7 @@ until the drop fits the budget or half of the nodes are float (then the budget f
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -152,14 +153,14 @@ def search(
     int8_top1: float,
     metadata: dict | None = None,
     machine: dict | None = None,
-    log: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], None] = logging.getLogger("edgekd").info,
 ) -> BudgetResult:
     """Keep the most sensitive nodes of `int8_path` (already quantized from `fp32_path` with
     `cfg`) in float until fp32_top1 - evaluate(int8_path) <= cfg.max_drop.
 
     `int8_path` ends as the last model tried. At most half of the Conv/Gemm/MatMul nodes
     (at least one) are kept float; `met` says whether the budget was reached. `log` gets
-    one line per step (the pipeline passes its logger)."""
+    one line per step (the `edgekd` logger unless given)."""
     from edgekd.quant.ptq import prepare, ptq
 
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 
-LOW_CONFIDENCE_MARK = "*"  # after p50 in the table: see bench.low_confidence
+LOW_CONFIDENCE_MARK = "*"  # after p50 in the table: see edgekd.runtime.measure.low_confidence
 
 
 def format_count(n: int | None) -> str:

@@ -66,15 +66,17 @@ ROUND_RUNS = 20
 ROUND_SECONDS = 0.05
 
 
-def measure_interleaved(sessions: list, *, runs: int, min_seconds: float, round_runs: int = ROUND_RUNS,
-                        round_seconds: float = ROUND_SECONDS) -> list:
+def measure_interleaved(sessions: list, *, runs: int, min_seconds: float, round_runs: int | None = None,
+                        round_seconds: float | None = None) -> list:
     """Timed runs of several warmed-up (session, feed) pairs side by side: rounds in which
-    each model runs up to `round_runs` times (or `round_seconds`), the order rotating by one
-    each round, until every model has at least `runs` timed runs and `min_seconds` of them.
-    Returns one list of timings (ms) per pair. A model that is done keeps running with the
-    others, so that the last rounds do not time it alone. With round_seconds=math.inf every
-    round runs each model exactly `round_runs` times (a fixed number of rounds: the quick
-    medians of edgekd.prune.latency and edgekd.quant.budget)."""
+    each model runs up to `round_runs` times (or `round_seconds`; by default ROUND_RUNS and
+    ROUND_SECONDS), the order rotating by one each round, until every model has at least
+    `runs` timed runs and `min_seconds` of them. Returns one list of timings (ms) per pair.
+    A model that is done keeps running with the others, so that the last rounds do not time
+    it alone. With round_seconds=math.inf every round runs each model exactly `round_runs`
+    times (interleaved_medians)."""
+    round_runs = ROUND_RUNS if round_runs is None else round_runs
+    round_seconds = ROUND_SECONDS if round_seconds is None else round_seconds
     clock = time.perf_counter
     timings = [[] for _ in sessions]
     spent = [0.0] * len(sessions)

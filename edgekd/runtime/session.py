@@ -21,7 +21,6 @@ from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.measure import provider_node_counts
 from edgekd.runtime.providers import install_hint, provider_options, resolve_provider, short_names
-from edgekd.runtime.providers import provider_list  # noqa: F401  (edgekd.cli.bench still imports it from here)
 
 # Integer ops after ORT's graph optimisation: QDQ groups fused into these prove that
 # the model really runs int8 kernels (com.microsoft ops included, for example the NHWC

@@ -1,4 +1,5 @@
-"""TODO docstring (recipe -> train.config)"""
+"""The training sections of a recipe: the keys every training stage shares (TrainConfig),
+the teacher (TeacherConfig) and its transfer learning (TransferConfig)."""
 
 from __future__ import annotations
 

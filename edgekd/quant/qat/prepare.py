@@ -180,6 +180,14 @@ class _WeightQuantMixin:
 
     weight_qmax: int = WEIGHT_QMAX
 
+    @classmethod
+    def copy_of(cls, module: nn.Module, *args, **kwargs):
+        """A quantizing copy of a float `module`, built with `args`, with its weights."""
+        q = cls(*args, **kwargs)
+        q.load_state_dict(module.state_dict())
+        q.input_quant = []
+        return q
+
     def quantized_weight_and_bias(self):
         frozen = getattr(self, "frozen_scale", None)
         if frozen is not None:  # export: the weights are final, the bias already rounded
@@ -198,11 +206,8 @@ class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d) -> "QuantConv2d":
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
-        q.load_state_dict(conv.state_dict())
-        q.input_quant = []
-        return q
+        return cls.copy_of(conv, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                           conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
 
     def forward(self, x):
         weight, bias = self.quantized_weight_and_bias()
@@ -214,10 +219,7 @@ class QuantLinear(_WeightQuantMixin, nn.Linear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> "QuantLinear":
-        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        q.load_state_dict(linear.state_dict())
-        q.input_quant = []
-        return q
+        return cls.copy_of(linear, linear.in_features, linear.out_features, bias=linear.bias is not None)
 
     def forward(self, x):
         weight, bias = self.quantized_weight_and_bias()

@@ -180,13 +180,13 @@ def test_impossible_budget_exits_3_and_keeps_fp32(tmp_path):
 
 
 def test_pipeline_stage_keeps_the_hostile_conv_float_and_records_it(tmp_path):
-    """stage_quantize on the hostile model: over budget, the search keeps conv2 float, the stage
+    """The quantize stage on the hostile model: over budget, the search keeps conv2 float, the stage
     report says so, and state/quantize-budget.json holds the same record."""
     from types import SimpleNamespace
 
     from edgekd.pipeline import layout
-    from edgekd.pipeline.context import Run
-    from edgekd.pipeline.stages.quantize import stage_quantize
+    from edgekd.pipeline.context import Context
+    from edgekd.pipeline.stages import quantize as quantize_stage
     from edgekd.recipe import Recipe
 
     rng = np.random.default_rng(2)
@@ -198,10 +198,10 @@ def test_pipeline_stage_keeps_the_hostile_conv_float_and_records_it(tmp_path):
     session = ort.InferenceSession(str(tmp_path / layout.STUDENT_ONNX), providers=["CPUExecutionProvider"])
     labels = session.run(None, {INPUT_NAME: floats[50:]})[0].argmax(1)
     (tmp_path / "state").mkdir()
-    run = Run(recipe=Recipe.from_dict({"quantize": {"target": "x86-avx2", "max_drop": 10.0}}),
-                       run_dir=tmp_path, progress=False, log=lambda line: None)
-    run.splits = SimpleNamespace(calib_x=images[:50], val_x=images[50:], val_y=labels)
-    result = stage_quantize(run)
+    ctx = Context(run_dir=tmp_path, progress=False, log=lambda line: None)
+    cfg = Recipe.from_dict({"quantize": {"target": "x86-avx2", "max_drop": 10.0}}).quantize
+    splits = SimpleNamespace(calib_x=images[:50], val_x=images[50:], val_y=labels)
+    result = quantize_stage.run(ctx, cfg, {"splits": splits}).record
     assert result["target"] == "x86-avx2" and result["settings"]["reduce_range"] is True
     assert result["format"] == "QDQ U8S8" and result["val_top1_fp32"] == 100.0
     budget = result["budget"]

@@ -22,7 +22,7 @@ from edgekd.runtime import fmt as benchfmt
 from edgekd.runtime.measure import MemoryProbe, low_confidence, measure_latency
 from edgekd.runtime.providers import PROVIDERS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "--no-progress"]
 
 

@@ -31,7 +31,7 @@ from edgekd.io import onnxfile
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.session import make_session, optimized_op_counts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST_BENCH = ["--runs", "2", "--warmup", "0", "--min-seconds", "0"]
 W = np.arange(4, dtype=np.float32)  # the external tensor of every model here: 16 bytes
 # `python -c` entry point that hides onnx, as on a device with only onnxruntime installed

@@ -37,7 +37,7 @@ from edgekd.runtime.machine import INT8_CPU_FLAGS, machine_info
 from edgekd.runtime.measure import measure_latency, provider_node_counts
 from edgekd.runtime.session import QDQ_OPS, make_session
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CFG = BenchConfig(warmup=1, runs=5, min_seconds=0.0, batch_size=4)
 CLASSES = 10
 

@@ -29,7 +29,7 @@ from edgekd.io.artifacts import load_checkpoint
 from edgekd.train.config import TrainConfig
 from edgekd.train.loop import cross_entropy_step, fit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # `deterministic` is left out on purpose: the reference run sets it with --deterministic
 RECIPE = """\
