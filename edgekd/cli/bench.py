@@ -44,9 +44,10 @@ def _load_bench_json(path) -> dict:
 
 @click.command()
 @click.argument("models", nargs=-1, type=click.Path())
-@click.option("--data", "eval_set", type=click.Path(dir_okay=False),
-              help="Eval set (.npz with uint8 x in NCHW and labels y), e.g. a run's eval.npz. "
-                   "Without it: latency on synthetic input, no accuracy.")
+@click.option("--data", "eval_set", metavar="NAME|PATH",
+              help="Data to measure accuracy on: an eval set (.npz with uint8 x in NCHW and labels y, e.g. a "
+                   "run's eval.npz) or a registered dataset's name (its test split). Without it: latency on "
+                   "synthetic input, no accuracy.")
 @click.option("--provider", default="cpu", show_default=True,
               help=f"ONNX Runtime execution provider: a registered short name ({', '.join(PROVIDERS.names())}) or "
                    "a full name; --list-providers shows which are installed; a missing one is an error.")

@@ -59,7 +59,16 @@ def meta_int(meta: dict, key: str) -> int | None:
 
 
 def load_eval_set(path):
-    """(x uint8 NCHW, y int64 or None, class_names or None) from an .npz file."""
+    """(x uint8 NCHW, y int64 or None, class_names or None) from an .npz file (a run's
+    eval.npz), or the test split of a registered dataset: `--data` means the same in every
+    command, a dataset by name or path."""
+    from edgekd.data.formats import FORMATS
+
+    if str(path) in FORMATS and not Path(path).exists():
+        from edgekd.data.splits import load_arrays  # numpy only, like the rest of the device path
+
+        _, _, test_x, test_y, class_names = load_arrays(str(path))
+        return test_x, test_y.astype(np.int64), list(class_names)
     path = Path(path)
     if not path.exists():
         raise DataError(f"eval set '{path}' does not exist; check the path")

@@ -621,3 +621,16 @@ def test_interleave_option_reaches_the_report(tmp_path, zoo):
     assert report["config"]["interleave"] is True and len(report["models"]) == 2
     with pytest.raises(Exception, match="bench.interleave must be true or false"):
         BenchConfig(interleave="yes")
+
+
+def test_data_takes_a_dataset_name_as_compress_does():
+    """--data means a dataset by name or path in every command: bench takes a registered
+    name's test split (numpy only), the same images a run writes as eval.npz."""
+    from edgekd.data.splits import load_arrays
+
+    x, y, names = load_eval_set("fashion-mnist-subset")
+    _, _, test_x, test_y, class_names = load_arrays("fashion-mnist-subset")
+    assert x.shape == (2000, 1, 28, 28) and x.dtype == np.uint8
+    assert np.array_equal(x, test_x) and np.array_equal(y, test_y) and names == list(class_names)
+    with pytest.raises(DataError, match="does not exist"):
+        load_eval_set("no-such-dataset-or-file")
