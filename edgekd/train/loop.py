@@ -41,7 +41,13 @@ def to_tensor(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
     """uint8 NCHW -> float32 normalized: edgekd.data.normalize, the ONNX bench's arithmetic too."""
     from edgekd.data.normalize import normalize
 
-    return torch.from_numpy(normalize(images_uint8, mean, std))
+    x = torch.from_numpy(normalize(images_uint8, mean, std))
+    if x.ndim == 4 and x.shape[1] == 1:
+        # the strides PyTorch's own elementwise normalization gave one-channel images (a 1 on the
+        # channel axis, which oneDNN takes for channels_last): kept so that training gives the
+        # same numbers as before the normalizers were merged; the layout choice is issue #15's
+        x = x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)))
+    return x
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
