@@ -109,3 +109,22 @@ def separable():
     x = x[(x.sum(1)).abs() > 0.5][:192]
     y = (x.sum(1) > 0).long()
     return {"train_x": x[:128], "train_y": y[:128], "val_x": x[128:], "val_y": y[128:]}
+
+
+@pytest.fixture
+def imported_modules():
+    """Function: the top-level packages a Python file imports anywhere in it (read with ast,
+    not run), for the checks that a module stays free of torch."""
+    import ast
+    from pathlib import Path
+
+    def read(path) -> set[str]:
+        imported = set()
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        return imported
+
+    return read

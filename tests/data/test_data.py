@@ -520,15 +520,9 @@ def test_save_eval_set_rejects_wrong_shape(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_data_module_does_not_import_torch():
+def test_data_module_does_not_import_torch(imported_modules):
     tree = ast.parse(Path(data.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"torch", "torchvision"}
+    assert not imported_modules(data.__file__) & {"torch", "torchvision"}
     top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert "PIL" not in top_level  # imported lazily inside the image-folder loader
