@@ -12,6 +12,7 @@ architecture to those shapes before the weights are loaded.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -50,8 +51,6 @@ def prune_channels(
     after_step(step): called after each step, for fine-tuning between steps.
     stop(step): called after after_step; True ends the pruning (latency targets use it).
     """
-    import torch_pruning as tp
-
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"prune ratio must be between 0 and 1, got {ratio}")
     scorer = make_importance(importance)  # an unknown name fails here, listing the known ones
@@ -62,34 +61,16 @@ def prune_channels(
     missing = [name for name in protect if name not in modules]
     if missing:
         raise ConfigError(f"prune.protect names unknown layers: {', '.join(missing)}")
-    ignored = [modules[name] for name in {*default_protected(model), *protect}]
     example = torch.zeros(1, *input_shape)
     model.eval()
-    try:
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example,
-            importance=scorer,
-            global_pruning=global_pruning,
-            pruning_ratio=ratio,
-            iterative_steps=steps,
-            ignored_layers=ignored,
-            round_to=round_to,
-        )
-    except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
-        raise ConfigError(f"cannot build the pruning dependency graph: {first_line(exc)}") from exc
+    # every step first on a copy, so that a graph torch-pruning cannot prune fails before the
+    # model is touched (the caller can then go on with the unpruned model)
+    trial = copy.deepcopy(model)
+    _run_pruner(trial, example, scorer, ratio, importance, global_pruning, round_to, protect, steps, loss_batch)
+    del trial
+    pruner = _make_pruner(model, example, scorer, ratio, global_pruning, round_to, protect, steps)
     for step in range(steps):
-        if gradients:
-            images, labels = loss_batch
-            model.zero_grad()
-            nn.functional.cross_entropy(model(images), labels).backward()
-        try:
-            pruner.step()
-        except Exception as exc:
-            layer = layer_in(str(exc), modules)
-            where = f" at layer '{layer}'" if layer else ""
-            raise ConfigError(f"pruning failed{where}: {first_line(exc)}; protect that layer with prune.protect") from exc
-        model.zero_grad(set_to_none=True)
+        _prune_step(model, pruner, loss_batch if gradients else None)
         if after_step is not None:
             after_step(step + 1)
         macs_met = target_macs is None or count_macs(model, input_shape) <= target_macs
@@ -99,6 +80,74 @@ def prune_channels(
         if stop is not None and stop(step + 1):
             break
     return model
+
+
+class PruningFailed(ConfigError):
+    """torch-pruning cannot prune this graph (or left it broken); the message names the layer
+    or operation and the fix. The model passed to prune_channels is unchanged."""
+
+
+# torch-pruning's functions where an operation it cannot follow shows up, and what that operation is
+_TP_OPERATIONS = {
+    "reshape": "a reshape/view that mixes channels (e.g. a channel shuffle)",
+    "concat": "a concatenation",
+    "split": "a split/chunk of channels",
+    "group": "a grouped convolution",
+    "expand": "an expand/broadcast",
+}
+
+
+def _failure(exc: Exception, modules: dict, what: str) -> PruningFailed:
+    """One line: where torch-pruning failed (the layer, or the kind of operation) and the fix."""
+    import traceback
+
+    layer = layer_in(str(exc), modules)
+    frames = [f.name for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
+    operation = next((text for key, text in _TP_OPERATIONS.items() if frames and key in frames[-1].lower()), None)
+    where = f" at layer '{layer}'" if layer else f" in {operation} (torch-pruning's {frames[-1]})" if operation \
+        else f" in torch-pruning's {frames[-1]}" if frames else ""
+    fix = f"protect that layer with prune.protect: ['{layer}']" if layer else \
+        "protect the layers around it with prune.protect, or set prune.enabled: false (this architecture is not " \
+        "supported by structured pruning as it is)"
+    return PruningFailed(f"{what}{where}: {type(exc).__name__}: {first_line(exc)}; {fix}")
+
+
+def _make_pruner(model, example, scorer, ratio, global_pruning, round_to, protect, steps):
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    ignored = [modules[name] for name in {*default_protected(model), *protect}]
+    try:
+        return tp.pruner.MetaPruner(model, example, importance=scorer, global_pruning=global_pruning,
+                                    pruning_ratio=ratio, iterative_steps=steps, ignored_layers=ignored,
+                                    round_to=round_to)
+    except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
+        raise _failure(exc, modules, "cannot build the pruning dependency graph") from exc
+
+
+def _prune_step(model, pruner, loss_batch) -> None:
+    if loss_batch is not None:  # an importance that reads gradients
+        images, labels = loss_batch
+        model.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+    try:
+        pruner.step()
+    except Exception as exc:
+        raise _failure(exc, dict(model.named_modules()), "pruning failed") from exc
+    model.zero_grad(set_to_none=True)
+
+
+def _run_pruner(model, example, scorer, ratio, importance, global_pruning, round_to, protect, steps, loss_batch):
+    """All the steps on `model` (a copy), then one forward pass: a graph that torch-pruning
+    pruned inconsistently fails here, before the real model is touched."""
+    pruner = _make_pruner(model, example, scorer, ratio, global_pruning, round_to, protect, steps)
+    for _ in range(steps):
+        _prune_step(model, pruner, loss_batch if needs_gradients(importance) else None)
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:
+        raise _failure(exc, dict(model.named_modules()), "the pruned model no longer runs") from exc
 
 
 def sparsity_train(model: nn.Module, *, train_x, train_y, val_x, val_y, penalty: float, cfg, seed: int = 0,

@@ -1,0 +1,135 @@
+"""Where and how training computes: the device (auto, cpu, cuda[:N]), the precision
+(auto, fp32, bf16, fp16) and the memory layout (channels_last), resolved once per run.
+
+- device auto: CUDA when torch sees a GPU, else the CPU; `cuda` without one is a
+  ConfigError (exit 2), never a silent CPU run.
+- precision auto: on CUDA bf16 where the GPU supports it, else fp16 with a GradScaler; on a
+  CPU with AVX512-BF16 or AMX-BF16, bf16 autocast (oneDNN's bf16 kernels); else fp32.
+  Autocast keeps the weights, the optimizer and the loss's reductions in fp32.
+- channels_last auto: on with bf16/fp16 (oneDNN and cuDNN pick blocked/NHWC kernels for
+  convolutions), off in fp32, where NCHW is what the earlier results were measured with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from edgekd.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")  # cuda may carry an index: cuda:1
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LAYOUTS = ("auto", True, False)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def check_device_name(device: str) -> None:
+    """A device name's syntax (recipe validation; whether it exists is `resolve_device`'s)."""
+    base, _, index = str(device).partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The resolved device, precision and layout of a run's training."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    @property
+    def device_type(self) -> str:
+        return self.device.partition(":")[0]
+
+    @property
+    def dtype(self):
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        """The context a forward pass runs in: autocast to bf16/fp16, or nothing for fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self):
+        """A GradScaler for fp16 on CUDA (bf16 has fp32's range and needs none), else None."""
+        if self.precision != "fp16" or self.device_type != "cuda":
+            return None
+        import torch
+
+        return torch.amp.GradScaler("cuda")
+
+    def model(self, model):
+        """`model` moved to the device (and layout), in place."""
+        import torch
+
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return model.to(device=self.device, memory_format=fmt)
+
+    def batch(self, x):
+        """An input batch on the device, in the layout."""
+        import torch
+
+        if self.device_type == "cuda":
+            x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "precision": self.precision, "channels_last": self.channels_last}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda:0' when torch sees a GPU, else 'cpu'; 'cuda[:N]' must exist."""
+    import torch
+
+    check_device_name(device)
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{device}' asked for, but torch sees no CUDA GPU here; use --device cpu "
+                              "or auto, or install a CUDA build of torch on a machine with a GPU")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}' does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+        return f"cuda:{index}"
+    return "cpu"
+
+
+def cpu_has_bf16() -> bool:
+    from edgekd.runtime.machine import cpu_flags
+
+    return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> bf16 / fp16 / fp32 for this device (see the module docstring)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'; available: {', '.join(PRECISIONS)}")
+    if device.startswith("cuda"):
+        import torch
+
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if precision == "fp16":
+        raise ConfigError("precision fp16 is for CUDA; on the CPU use bf16 (or auto)")
+    return precision
+
+
+def resolve(device: str = "auto", precision: str = "auto", channels_last="auto") -> Compute:
+    """The Compute for a recipe's device, train.precision and train.channels_last."""
+    resolved_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, resolved_device)
+    if channels_last == "auto":
+        channels_last = resolved_precision != "fp32"
+    return Compute(device=resolved_device, precision=resolved_precision, channels_last=bool(channels_last))
