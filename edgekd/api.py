@@ -22,27 +22,33 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
     """Run the chain (teacher -> distill -> prune -> export -> quantize -> bench -> report)
     and return the report (report.json's content).
 
-    recipe: a Recipe, a YAML file's path, a dict of sections, or None for the default run.
+    recipe: a Recipe, a YAML file's path, a dict of sections, or None for the default run
+    (with resume=True: None means the run's own recipe.yaml).
     run_dir: where the run goes; None picks runs/<name>, runs/<name>-2, ... A run directory
-    that exists and is not empty is refused unless resume=True (continue it) or force=True
-    (start again there, replacing its artifacts).
+    must be new or empty, unless resume=True (continue it; the recipe may differ from the
+    run's only in keys of the stages still to run) or force=True (start again in an earlier
+    run's directory, replacing its artifacts). A directory another run is using is refused.
     """
     import json
 
+    from edgekd.errors import ConfigError
     from edgekd.pipeline.chain import compress as run_chain
     from edgekd.pipeline.layout import new_run_dir
+    from edgekd.pipeline.rundir import real_run_dir, run_recipe
     from edgekd.recipe import Recipe
 
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs run_dir, the run to continue")
     if recipe is None:
-        recipe = Recipe()
+        recipe = run_recipe(run_dir) if resume else Recipe()
     elif isinstance(recipe, (str, Path)):
         recipe = Recipe.from_yaml(recipe)
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     run_dir = Path(run_dir) if resume else new_run_dir(recipe.name, run_dir, force)
-    report = run_chain(recipe, run_dir, resume=resume, progress=progress)
+    report = run_chain(recipe, run_dir, resume=resume, force=force, progress=progress)
     if report is None:  # every stage was already done
-        report = json.loads((run_dir / "report.json").read_text())
+        report = json.loads((real_run_dir(run_dir) / "report.json").read_text())
     return report
 
 
@@ -65,11 +71,16 @@ def bench(models, *, data=None, batch_sizes=(1,), threads=(0,), reference=None, 
     returns the JSON report (schema edgekd.bench/1). data: an eval set (.npz); settings:
     the fields of the recipe's `bench` section (provider, runs, warmup, interleave, ...)."""
     from edgekd.runtime.bench import bench as bench_files
-    from edgekd.runtime.bench import bench_run_dir, to_json
+    from edgekd.runtime.bench import bench_run_dir, check_sweep, to_json
     from edgekd.runtime.config import BenchConfig
+    from edgekd.runtime.measure import check_protocol
 
     models = [models] if isinstance(models, (str, Path)) else list(models)
-    batch_sizes, threads = list(batch_sizes), list(threads)
+    batch_sizes = list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]
+    threads = list(threads) if isinstance(threads, (list, tuple)) else [threads]
+    check_sweep(batch_sizes, threads, settings.get("inter_threads", 0))
+    # NaN, inf, negative or huge durations and run counts: exit 2 before BenchConfig and any model
+    check_protocol(**{k: settings[k] for k in ("warmup", "runs", "min_seconds", "warmup_seconds") if k in settings})
     cfg = BenchConfig(batch_size=batch_sizes[0], threads=threads[0], **settings)
     sweep = {"batch_sizes": batch_sizes, "threads": threads}
     if len(models) == 1 and Path(models[0]).is_dir():

@@ -16,11 +16,13 @@ starts from no arch_args: another architecture's arguments would not fit it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekd.configtools import build_config, require
+from edgekd.configtools import MAX_LIST_LENGTH, MAX_NAME_LENGTH, build_config, clip, require, shown
 from edgekd.data.config import DataConfig
 from edgekd.distill.config import DistillConfig
 from edgekd.errors import ConfigError
@@ -30,6 +32,15 @@ from edgekd.prune.config import PruneConfig
 from edgekd.quant.config import QuantConfig
 from edgekd.runtime.config import BenchConfig
 from edgekd.train.config import TeacherConfig
+
+MAX_SEED = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed take any seed in 0..2**32-1
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few kilobytes; this caps what is parsed at all
+MAX_YAML_NODES = 100_000  # nodes after alias expansion: anchors may share, never multiply
+MAX_YAML_CHARS = 2_000_000  # characters of the scalars after alias expansion
+MAX_YAML_DEPTH = 50  # nesting levels (PyYAML composes nested nodes recursively)
+MAX_OVERRIDE_CHARS = 100_000  # one --set item
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -53,14 +64,28 @@ class Recipe:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self):
-        require(bool(self.name) and "/" not in self.name, "name must be a non-empty string without '/'")
+        name_ok = isinstance(self.name, str) and bool(self.name) and "/" not in self.name
+        require(name_ok, f"name must be a non-empty string without '/', got {shown(self.name)}")
+        require(len(self.name) <= MAX_NAME_LENGTH and self.name.isprintable() and "\\" not in self.name
+                and self.name not in (".", ".."),
+                f"name must be at most {MAX_NAME_LENGTH} printable characters, not '.' or '..', without '\\', "
+                f"got {shown(self.name)}")
+        require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+                f"seed must be a whole number in 0..{MAX_SEED} (2**32-1), got {shown(self.seed)}")
+        check_plugins(self.plugins, "the recipe")
+        require(isinstance(self.deterministic, bool),
+                f"deterministic must be true or false, got {shown(self.deterministic)}")
 
     # -- reading and writing -------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: Any, source: str = "<recipe>") -> "Recipe":
         raw = raw if raw is not None else {}
         if isinstance(raw, dict) and raw.get("plugins"):
-            import_plugins(raw["plugins"], source)  # their names must be known before the sections are checked
+            check_plugins(raw["plugins"], source)
+            try:
+                import_plugins(raw["plugins"], source)  # their names must be known before the sections are checked
+            except ConfigError as exc:
+                raise ConfigError(clip(str(exc))) from exc.__cause__
         return build_config(cls, raw, "", source)
 
     @classmethod
@@ -111,9 +136,12 @@ def resolve_file_paths(raw: dict, recipe_dir: Path) -> None:
     def fix(section, key):
         if not isinstance(section, dict) or not isinstance(section.get(key), str):
             return
-        value = Path(section[key]).expanduser()
-        if not value.is_absolute() and (recipe_dir / value).exists():
-            section[key] = str((recipe_dir / value).resolve())
+        try:
+            value = Path(section[key]).expanduser()
+            if not value.is_absolute() and (recipe_dir / value).exists():
+                section[key] = str((recipe_dir / value).resolve())
+        except (OSError, ValueError, RuntimeError):  # NUL, too long, ~unknown-user: the section's checks say so
+            return
 
     fix(raw.get("data"), "path")
     teacher = raw.get("teacher")
@@ -130,48 +158,149 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe file '{path}' does not exist")
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read recipe '{path}': {exc}") from exc
+        raise ConfigError(clip(f"cannot read recipe '{path}': {exc}")) from exc
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ConfigError(clip(f"recipe '{path}' is larger than {MAX_RECIPE_BYTES:,} bytes; a recipe is a few "
+                               "kilobytes of settings, so this is not one"))
     return parse_yaml_mapping(text, str(path))
 
 
 def parse_yaml_mapping(text: str, source: str, expected: str = "a mapping of stage names to settings") -> dict:
     """YAML text that must hold a mapping (empty text gives {}); errors name `source`."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(text)  # safe_load: no Python object tags are ever constructed
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{source} is not valid YAML: {first}") from exc
+    raw = load_yaml(text, source)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source} must be {expected}, got {type(raw).__name__}")
+        raise ConfigError(clip(f"{source} must be {expected}, got {type(raw).__name__}"))
     return raw
+
+
+def load_yaml(text: str, source: str):
+    """yaml.safe_load with bounds: no Python object tags are ever constructed (SafeLoader),
+    nesting is at most MAX_YAML_DEPTH levels, and what aliases expand to is at most
+    MAX_YAML_NODES nodes and MAX_YAML_CHARS characters (a few hundred bytes of anchors can
+    otherwise stand for gigabytes); checked on the composed nodes, before construction."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=bounded_loader())  # a SafeLoader subclass
+    except YamlTooLarge as exc:
+        raise ConfigError(clip(f"{source}: {exc}; refusing it")) from None
+    except Exception as exc:  # YAMLError, or what constructors raise: ValueError for 2024-13-45, ...
+        lines = str(exc).strip().splitlines()
+        first = lines[0] if lines else type(exc).__name__
+        if isinstance(exc, RecursionError):
+            first = "nested too deeply"
+        raise ConfigError(clip(f"{source} is not valid YAML: {first}")) from None
+
+
+class YamlTooLarge(Exception):
+    """YAML whose nesting or alias expansion exceeds the bounds of load_yaml."""
+
+
+@functools.cache
+def bounded_loader():
+    """The SafeLoader subclass of load_yaml (built on first use: yaml is imported lazily)."""
+    import yaml
+
+    class BoundedSafeLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    raise YamlTooLarge(f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def get_single_node(self):
+            node = super().get_single_node()
+            if node is not None:
+                check_expansion(node, yaml.ScalarNode, yaml.MappingNode)
+            return node
+
+    return BoundedSafeLoader
+
+
+def check_expansion(root, scalar_type, mapping_type) -> None:
+    """YamlTooLarge when the node graph (aliases are shared nodes) expands to more than
+    MAX_YAML_NODES nodes or MAX_YAML_CHARS characters, or refers to itself. Each node is
+    visited once; sizes are capped, so the numbers stay small whatever the expansion."""
+    sizes: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+
+    def children(node):
+        if isinstance(node, scalar_type):
+            return []
+        if isinstance(node, mapping_type):
+            return [item for pair in node.value for item in pair]
+        return list(node.value)
+
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_nodes.discard(key)
+            nodes, chars = 1, len(node.value) if isinstance(node, scalar_type) else 0
+            for child in children(node):
+                child_nodes, child_chars = sizes[id(child)]
+                nodes, chars = min(nodes + child_nodes, MAX_YAML_NODES + 1), min(chars + child_chars, MAX_YAML_CHARS + 1)
+            sizes[key] = (nodes, chars)
+            if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                raise YamlTooLarge(f"its aliases expand to more than {MAX_YAML_NODES:,} values or "
+                                   f"{MAX_YAML_CHARS:,} characters")
+            continue
+        if key in sizes:
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in open_nodes:
+                raise YamlTooLarge("an alias refers to a node that contains it (a recursive structure)")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def check_plugins(modules, source: str) -> None:
+    """The recipe's `plugins` are module names (importing them is importing code): a list of
+    dotted names, checked before anything is imported."""
+    if not modules:
+        return
+    require(isinstance(modules, list) and len(modules) <= MAX_LIST_LENGTH,
+            f"plugins in {source} must be a list of module names, got {shown(modules)}")
+    for name in modules:
+        require(isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and _MODULE_NAME.match(name) is not None,
+                f"plugins in {source}: {shown(name)} is not a module name (dotted Python identifiers)")
 
 
 def apply_override(raw: dict, item: str) -> None:
     """Apply one 'stage.key=value' override (the value is parsed as YAML) to a raw dict."""
-    import yaml
-
-    if "=" not in item:
-        raise ConfigError(f"--set expects KEY=VALUE (for example teacher.epochs=3), got '{item}'")
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(clip(f"--set expects KEY=VALUE (for example teacher.epochs=3), got {shown(item)}"))
+    if len(item) > MAX_OVERRIDE_CHARS:
+        raise ConfigError(f"--set item of {len(item):,} characters; at most {MAX_OVERRIDE_CHARS:,}")
     key, value_text = item.split("=", 1)
+    key_shown = shown(key.strip()).strip("'")
     try:
-        value = yaml.safe_load(value_text) if value_text != "" else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value '{value_text}'") from exc
+        value = load_yaml(value_text, "--set") if value_text != "" else None
+    except ConfigError as exc:
+        raise ConfigError(clip(f"--set {key_shown}: cannot parse value {shown(value_text)} ({exc})")) from None
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        raise ConfigError(clip(f"--set expects KEY=VALUE, got {shown(item)}"))
     node = raw
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: '{part}' is not a section")
+            raise ConfigError(clip(f"--set {key_shown}: {shown(part)} is not a section"))
         node = child
     node[parts[-1]] = value

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import edgekd
 from edgekd.distill.config import DistillConfig
 from edgekd.errors import ConfigError, EdgekdError
 from edgekd.onnx_export import ExportConfig

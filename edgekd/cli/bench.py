@@ -9,19 +9,44 @@ from pathlib import Path
 import click
 
 from edgekd.cli.group import verbosity_options
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, first_line
 from edgekd.runtime.providers import PROVIDERS
 
 
+def _flag(param) -> str:
+    return max(param.opts, key=len) if param is not None and param.opts else "the value"
+
+
 def _int_list(ctx, param, value):
-    """'1,8' -> [1, 8]; a click callback for the comma-list options of bench."""
+    """'1,8' -> [1, 8]; a click callback for the comma-list options of bench (a ConfigError,
+    one line and exit 2, for anything else)."""
     try:
-        numbers = [int(v) for v in value.split(",") if v.strip()]
+        numbers = [int(v) for v in str(value).split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected integers separated by commas, got {value!r}") from None
+        raise ConfigError(f"{_flag(param)}: expected integers separated by commas, got {str(value)[:40]!r}") from None
     if not numbers:
-        raise click.BadParameter("give at least one number")
+        raise ConfigError(f"{_flag(param)}: give at least one number")
+    if len(numbers) > MAX_SWEEP:
+        raise ConfigError(f"{_flag(param)}: at most {MAX_SWEEP} values, got {len(numbers)}")
     return numbers
+
+
+MAX_SWEEP = 64  # values of a comma-list option (--batch-size, --threads)
+
+
+def _protocol_value(ctx, param, value):
+    """--warmup / --runs (whole numbers) and --warmup-seconds / --min-seconds (finite seconds),
+    in the ranges of edgekd.runtime.measure.check_protocol: else a ConfigError (exit 2)."""
+    from edgekd.runtime.measure import check_protocol
+
+    seconds = param.name.endswith("seconds")
+    try:
+        number = float(value) if seconds else int(value)
+    except (TypeError, ValueError):
+        kind = "a number of seconds" if seconds else "a whole number"
+        raise ConfigError(f"{_flag(param)} must be {kind}, got {str(value)[:40]!r}") from None
+    check_protocol(**{param.name: number})
+    return number
 
 
 def _write_output(path, text: str) -> None:
@@ -30,16 +55,39 @@ def _write_output(path, text: str) -> None:
     atomic_write_text(Path(path), text)
 
 
+MAX_COMPARE_BYTES = 256 * 1024**2  # a bench or report JSON file of --compare
+
+
 def _load_bench_json(path) -> dict:
+    """A --compare file, checked for what the comparison reads (fmt.check_compare_report):
+    anything else is a ConfigError (exit 2, one line)."""
+    from edgekd.runtime.fmt import check_compare_report
+
+    hint = "pass two files written by edgekd bench --json-out"
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"'{path}' does not exist; {hint}")
+    if not path.is_file():  # a folder, or a FIFO that would block the reader
+        raise ConfigError(f"'{path}' is not a regular file; {hint}")
+    if path.stat().st_size > MAX_COMPARE_BYTES:
+        raise ConfigError(f"'{path}' is larger than {MAX_COMPARE_BYTES // 1024**2} MiB, not a bench report; {hint}")
     try:
-        report = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"'{path}' does not exist; pass two files written by edgekd bench --json-out") from None
-    except ValueError as exc:
-        raise ConfigError(f"'{path}' is not JSON ({exc}); pass files written by edgekd bench --json-out") from None
-    if not isinstance(report, dict) or not isinstance(report.get("models"), list):
-        raise ConfigError(f"'{path}' has no 'models' list; pass an edgekd bench or report JSON file")
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"'{path}' cannot be read ({exc.strerror or type(exc).__name__}); {hint}") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"'{path}' is not JSON ({first_line(exc)[:80]}); {hint}") from None
+    check_compare_report(report, str(path))
     return report
+
+
+def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> None:
+    """The output files of a bench: never an input, never replaced without --force (exit 2)."""
+    from edgekd.runtime.outputs import check_outputs, input_files
+
+    if any(flags.values()):
+        check_outputs(flags, input_files(models, eval_set, reference), force=force,
+                      run_dirs=[m for m in models if Path(m).is_dir()])
 
 
 @click.command()
@@ -53,21 +101,27 @@ def _load_bench_json(path) -> dict:
                    "a full name; --list-providers shows which are installed; a missing one is an error.")
 @click.option("--batch-size", "-b", default="1", show_default=True, callback=_int_list,
               help="Batch size for latency; a comma list (1,8) benches each.")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs before timing.")
-@click.option("--warmup-seconds", type=float, default=0.0, show_default=True,
-              help="Warm up for at least this long too (both --warmup runs and this time).")
-@click.option("--runs", type=int, default=200, show_default=True, help="Minimum number of timed runs.")
-@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Minimum total timed duration.")
+@click.option("--warmup", default="10", show_default=True, callback=_protocol_value, metavar="N",
+              help="Untimed runs before timing (at most 1000000).")
+@click.option("--warmup-seconds", default="0", show_default=True, callback=_protocol_value, metavar="SECONDS",
+              help="Warm up for at least this long too (both --warmup runs and this time; at most 3600).")
+@click.option("--runs", default="200", show_default=True, callback=_protocol_value, metavar="N",
+              help="Minimum number of timed runs (at most 1000000).")
+@click.option("--min-seconds", default="1", show_default=True, callback=_protocol_value, metavar="SECONDS",
+              help="Minimum total timed duration (at most 3600; timing stops at 1000000 runs or 3600 s).")
 @click.option("--threads", default="0", show_default=True, callback=_int_list,
               help="Intra-op threads (0: ONNX Runtime default); a comma list (1,2) benches each.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema edgekd.bench/1) instead of a table.")
-@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
-@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Also write one CSV line per result.")
-@click.option("--markdown", "--md", "md_out", type=click.Path(dir_okay=False), help="Also write a Markdown table.")
-@click.option("--plot", type=click.Path(dir_okay=False),
+@click.option("--json-out", type=click.Path(), help="Also write the JSON report to this file.")
+@click.option("--csv", "csv_out", type=click.Path(), help="Also write one CSV line per result.")
+@click.option("--markdown", "--md", "md_out", type=click.Path(), help="Also write a Markdown table.")
+@click.option("--plot", type=click.Path(),
               help="Also write a Pareto plot (top-1 vs p50, PNG; needs matplotlib and --data).")
+@click.option("--force", is_flag=True,
+              help="Replace output files that exist (never one of the inputs: models, --data, --reference, "
+                   "a run directory's files).")
 @click.option("--list-providers", is_flag=True, help="List the execution providers of this onnxruntime and exit.")
-@click.option("--compare", nargs=2, type=click.Path(dir_okay=False), metavar="A.json B.json",
+@click.option("--compare", nargs=2, type=click.Path(), metavar="A.json B.json",
               help="Compare two JSON reports (ratios B/A) instead of benching.")
 @verbosity_options
 @click.option("--inter-threads", type=int, default=0, show_default=True,
@@ -83,8 +137,8 @@ def _load_bench_json(path) -> dict:
               help="Time all models side by side in short rotating rounds instead of one after another: "
                    "fair ratios on a machine whose speed changes while it runs (a shared VM, a throttling device).")
 def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
-          csv_out, md_out, plot, list_providers, compare, quiet, verbose, warmup_seconds, inter_threads, intra_spinning,
-          inter_spinning, reference, interleave):
+          csv_out, md_out, plot, force, list_providers, compare, quiet, verbose, warmup_seconds, inter_threads,
+          intra_spinning, inter_spinning, reference, interleave):
     """Latency (p50/p90/p99 after warm-up, throughput), peak memory and top-1 of ONNX MODELS.
 
     MODELS are .onnx files or one run directory (then every model in it is benched on
@@ -124,6 +178,8 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     dirs = [m for m in models if Path(m).is_dir()]
     if dirs and len(models) != 1:
         raise ConfigError("give either one run directory or .onnx files, not both")
+    outputs = {"--json-out": json_out, "--csv": csv_out, "--md": md_out, "--plot": plot}
+    _check_outputs(outputs, models, eval_set, reference, force)  # before any benchmarking
     from edgekd.api import bench as run_bench
 
     report = run_bench(list(models), data=eval_set, batch_sizes=batch_size, threads=threads, reference=reference,
@@ -131,15 +187,20 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
                        warmup_seconds=warmup_seconds, inter_threads=inter_threads,
                        intra_spinning=spin[intra_spinning], inter_spinning=spin[inter_spinning],
                        interleave=interleave)
+    # checked again just before each write: a file may have appeared while benching
     if json_out:
+        _check_outputs({"--json-out": json_out}, models, eval_set, reference, force)
         _write_output(json_out, json.dumps(report, indent=2) + "\n")
     if csv_out:
+        _check_outputs({"--csv": csv_out}, models, eval_set, reference, force)
         _write_output(csv_out, benchfmt.to_csv(report["models"]))
     if md_out:
+        _check_outputs({"--md": md_out}, models, eval_set, reference, force)
         _write_output(md_out, benchfmt.to_markdown(report["models"], report["machine"], report["config"]))
     if plot:
         from edgekd.pipeline.report import pareto_plot_models
 
+        _check_outputs({"--plot": plot}, models, eval_set, reference, force)
         if pareto_plot_models(report["models"], plot, title="edgekd bench") is None:
             click.echo("edgekd: no plot: it needs matplotlib and results with top-1 (--data)", err=True)
     if as_json:

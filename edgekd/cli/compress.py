@@ -10,6 +10,7 @@ from edgekd.cli.group import verbosity_options
 from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
 from edgekd.pipeline.layout import new_run_dir
+from edgekd.pipeline.rundir import run_recipe
 
 
 @click.command()
@@ -22,15 +23,16 @@ from edgekd.pipeline.layout import new_run_dir
 @click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
 @click.option("--seed", type=int, help="Random seed for data splits, initialization and order.")
 @click.option("--name", help="Run name (the default output folder is runs/NAME).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", type=click.Path(),
               help="Run directory. Default: runs/NAME, or runs/NAME-2, -3... if taken.")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+@click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the run in this directory from its last completed stage and, within a training "
-                   "stage, from its last completed epoch (uses its recipe.yaml).")
+                   "stage, from its last completed epoch (uses its recipe.yaml; --set may change keys of the "
+                   "stages still to run).")
 @click.option("--deterministic", is_flag=True,
               help="Use deterministic PyTorch algorithms only (sets the recipe's deterministic: true), so that "
                    "reruns and resumed runs give the same weights.")
-@click.option("--force", is_flag=True, help="Reuse an existing --out directory, replacing its artifacts.")
+@click.option("--force", is_flag=True, help="Start again in the --out directory of an earlier run, replacing its artifacts.")
 @verbosity_options
 def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, deterministic, force, quiet, verbose):
     """Distill, quantize, export and benchmark, from a RECIPE (YAML).
@@ -43,13 +45,11 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     from edgekd.recipe import Recipe
 
     if resume_dir is not None:
-        if (recipe or overrides or data_name or data_path or seed is not None or name or out_dir or force
-                or deterministic):
-            raise ConfigError("--resume takes the run's own recipe.yaml; give no recipe, --set or other run options")
+        if recipe or data_name or data_path or seed is not None or name or out_dir or force or deterministic:
+            raise ConfigError("--resume takes the run's own recipe.yaml; give no recipe or run options other than "
+                              "--set (for keys of the stages still to run)")
         run_dir = Path(resume_dir)
-        if not (run_dir / "recipe.yaml").is_file():
-            raise ConfigError(f"'{run_dir}' is not an edgekd run directory (no recipe.yaml); nothing to resume")
-        resolved = Recipe.from_yaml(run_dir / "recipe.yaml")
+        resolved = run_recipe(run_dir, overrides)
     else:
         resolved = Recipe.from_yaml(recipe, overrides) if recipe else Recipe.default(overrides)
         flags = {"data__name": data_name, "data__path": data_path, "seed": seed, "name": name,

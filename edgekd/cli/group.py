@@ -65,8 +65,12 @@ def _debug(ctx) -> bool:
 
 
 def _run_dir(ctx) -> str | None:
-    """The run directory of `edgekd compress` once it is known (None for export, bench)."""
-    return ctx.obj.get("run_dir") if ctx.obj else None
+    """The run directory of `edgekd compress` once its run has started, i.e. has written its
+    progress file (None before that, and for export and bench: there is nothing to resume)."""
+    run_dir = ctx.obj.get("run_dir") if ctx.obj else None
+    if run_dir is None or not os.path.isfile(os.path.join(run_dir, "state", "progress.json")):
+        return None
+    return run_dir
 
 
 def _kept(ctx) -> str:

@@ -9,9 +9,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgekd.errors import DataError
+from edgekd.errors import ConfigError, DataError
 
 SYSTEM_DATA_DIR = "/usr/share/datasets"  # where Debian's dataset-* packages install
+
+MAX_CLASSES = 100_000  # class names, and the largest label + 1 of a dataset without names
+CLASSES_PER_IMAGE = 10  # without names, the largest label + 1 is at most this many times the images
+MAX_CLASS_NAME = 1024  # characters of one class name
+MIN_IMAGE_SIDE = 2  # pixels: a 1x1 image has no spatial structure to learn from
+MAX_CHANNELS = 1024
+UNKNOWN_MEMORY = 8 * 1024**3  # assumed available when the OS does not say
 
 
 class RawArrays(NamedTuple):
@@ -49,8 +56,62 @@ def search_dirs(name: str, path: str | None, extra: tuple[str, ...] = ()) -> lis
     return dirs
 
 
-def generic_class_names(*labels: np.ndarray) -> tuple[str, ...]:
-    """'0', '1', ... up to the largest label, for datasets that do not name their classes."""
+def generic_class_names(*labels: np.ndarray, source: str = "the dataset") -> tuple[str, ...]:
+    """'0', '1', ... up to the largest label, for datasets that do not name their classes.
+    The largest label is bounded (MAX_CLASSES, and CLASSES_PER_IMAGE times the number of
+    labels) before anything of its size is made: one huge label is a DataError."""
     top = max((int(y.max()) for y in labels if len(y)), default=0)
+    count = sum(len(y) for y in labels)
+    limit = min(MAX_CLASSES, max(1, CLASSES_PER_IMAGE * count))
+    if top + 1 > limit:
+        raise DataError(
+            f"{source}: the largest label is {top}, which would make {top + 1:,} classes, more than "
+            f"{limit:,} (at most {MAX_CLASSES:,}, and {CLASSES_PER_IMAGE} per image: {count:,} labels); "
+            "labels must be 0..number of classes - 1"
+        )
     return tuple(str(i) for i in range(top + 1))
+
+
+def memory_budget() -> int:
+    """Bytes one array (a dataset, a batch) may take: half of the memory available now
+    (edgekd.runtime.machine reads it), or half of UNKNOWN_MEMORY where the OS does not say."""
+    from edgekd.runtime.machine import available_memory_bytes
+
+    available = available_memory_bytes()
+    return (available if available else UNKNOWN_MEMORY) // 2
+
+
+def size_text(nbytes: int) -> str:
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} bytes"
+
+
+def check_memory(nbytes: int, what: str, hint: str, error=DataError) -> None:
+    """`error` (exit 2) before `nbytes` are allocated for `what` when they exceed memory_budget()."""
+    budget = memory_budget()
+    if nbytes > budget:
+        raise error(f"{what} would take {size_text(nbytes)}, more than half of the memory available "
+                    f"({size_text(budget)}); {hint}")
+
+
+def check_batch_memory(batch_size: int, images: int, image_shape, key: str) -> None:
+    """ConfigError when one float32 batch of `key` (min(batch_size, images) images of
+    image_shape (C, H, W)) would exceed a quarter of the memory available: checked before
+    any training, with a message that names the setting to lower."""
+    per_image = 4
+    for d in image_shape:
+        per_image *= int(d)
+    batch = min(int(batch_size), max(int(images), 1))
+    check_memory(2 * batch * per_image, f"{key} {batch_size:,} ({batch:,} images of "
+                 f"{' x '.join(str(int(d)) for d in image_shape)} as float32, twice for the gradients)",
+                 f"lower {key}", error=ConfigError)
+
+
+def check_image_size(height: int, width: int, source: str) -> None:
+    """DataError for images smaller than MIN_IMAGE_SIDE pixels on a side (0x0, 1x1, ...)."""
+    if height < MIN_IMAGE_SIDE or width < MIN_IMAGE_SIDE:
+        raise DataError(f"{source}: images are {width}x{height} pixels; the minimum size is "
+                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; use larger images")
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgekd.configtools import require
+from edgekd.configtools import MAX_BATCH_SIZE, check_number, check_path, clip, require
 from edgekd.data.formats import FORMATS, unknown_dataset
+
+MAX_IMAGES = 10**9  # limit_train / limit_test: more than any dataset held in memory
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,18 @@ class DataConfig:
     limit_test: Optional[int] = None
 
     def __post_init__(self):
+        check_path(self.name, "data.name", optional=False)
         if self.name not in FORMATS and not is_existing_path(self.name):
-            raise unknown_dataset(self.name)
+            error = unknown_dataset(self.name)
+            raise type(error)(clip(str(error))) from None
+        check_path(self.path, "data.path")
+        check_number(self.val_fraction, "data.val_fraction")
         require(0.0 < self.val_fraction < 1.0, "data.val_fraction must be between 0 and 1")
+        check_number(self.calib_size, "data.calib_size", high=MAX_BATCH_SIZE, integer=True)
         require(self.calib_size > 0, "data.calib_size must be positive")
         for key in ("limit_train", "limit_test"):
             value = getattr(self, key)
+            check_number(value, f"data.{key}", high=MAX_IMAGES, integer=True, optional=True)
             require(value is None or value > 0, f"data.{key} must be positive")
 
 

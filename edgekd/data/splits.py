@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays
+from edgekd.data.base import MAX_CHANNELS, MAX_CLASS_NAME, MAX_CLASSES, RawArrays, check_image_size
 from edgekd.data.config import DataConfig
 from edgekd.data.formats import FORMATS, unknown_dataset
 from edgekd.data.formats.idx import IDX_FILES, find_idx_file, read_idx_folder
@@ -152,6 +152,8 @@ def _load(name: str, path: str | None) -> RawArrays:
             )
     else:
         raw = _load_by_path(name)
+    if isinstance(raw.class_names, list):  # a loader of a user's may give a list
+        raw = raw._replace(class_names=tuple(raw.class_names))
     _check_arrays(raw)
     return raw
 
@@ -168,8 +170,16 @@ def _load_by_path(name: str) -> RawArrays:
 
 def _check_arrays(raw: RawArrays) -> None:
     """Checks shared by every loader, so load_splits can trust the arrays."""
+    names = raw.class_names
+    if not isinstance(names, tuple) or not 0 < len(names) <= MAX_CLASSES:
+        count = len(names) if isinstance(names, (tuple, list)) else type(names).__name__
+        raise DataError(f"{raw.source}: class_names must be a tuple of 1 to {MAX_CLASSES:,} names, got {count}")
+    if not all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names):
+        raise DataError(f"{raw.source}: class names must be strings of at most {MAX_CLASS_NAME} characters")
     for split in ("train", "test"):
         x, y = getattr(raw, f"{split}_x"), getattr(raw, f"{split}_y")
+        if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+            raise DataError(f"{raw.source}: {split} images and labels must be numpy arrays")
         if x.dtype != np.uint8 or x.ndim != 4:
             raise DataError(f"{raw.source}: {split} images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
         if y.dtype != np.int64 or y.shape != (len(x),):
@@ -181,6 +191,10 @@ def _check_arrays(raw: RawArrays) -> None:
                 f"{raw.source}: {split} labels must be in 0..{len(raw.class_names) - 1} "
                 f"({len(raw.class_names)} class names), found {y.min()}..{y.max()}"
             )
+    _, channels, height, width = raw.train_x.shape
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise DataError(f"{raw.source}: images have {channels} channels; expected 1 to {MAX_CHANNELS} (N, C, H, W)")
+    check_image_size(height, width, raw.source)
     if raw.train_x.shape[1:] != raw.test_x.shape[1:]:
         raise DataError(
             f"{raw.source}: train images are {raw.train_x.shape[1:]} but test images are "

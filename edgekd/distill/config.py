@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgekd.configtools import build_config, require, require_list
+from edgekd.configtools import build_config, check_names, check_number, clip, require, require_list, shown
 from edgekd.distill.terms import LAYER_KEYS, TERMS
-from edgekd.errors import ConfigError
-from edgekd.train.config import TeacherConfig, TrainConfig
+from edgekd.errors import ConfigError, first_line
+from edgekd.train.config import TeacherConfig, TrainConfig, check_arch_fields
+
+MAX_TEMPERATURE = 100.0  # softmax(z / T) is uniform long before this
+MAX_TERM_VALUE = 1e6  # a term's weights and settings (at's default weight is 1000)
+MAX_TERMS = 64
+MAX_EXTRA_TEACHERS = 16
+MAX_PEERS = 32
+MAX_GENERATIONS = 100
 
 
 @dataclass(frozen=True)
@@ -41,14 +48,25 @@ class DistillConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_arch_fields(self)
+        check_number(self.temperature, "distill.temperature", high=MAX_TEMPERATURE)
         require(self.temperature > 0, "distill.temperature must be positive")
+        check_number(self.alpha, "distill.alpha")
         require(0.0 <= self.alpha <= 1.0, "distill.alpha must be between 0 and 1")
-        object.__setattr__(self, "terms", [_distill_term(t, i) for i, t in enumerate(require_list(self.terms, "terms"))])
+        terms = require_list(self.terms, "terms")
+        require(len(terms) <= MAX_TERMS, f"distill.terms has {len(terms)} entries; at most {MAX_TERMS}")
+        object.__setattr__(self, "terms", [_distill_term(t, i) for i, t in enumerate(terms)])
+        extra = require_list(self.extra_teachers, "extra_teachers")
+        require(len(extra) <= MAX_EXTRA_TEACHERS,
+                f"distill.extra_teachers has {len(extra)} entries; at most {MAX_EXTRA_TEACHERS}")
         extra_teacher_configs(self)  # validates each entry
-        require(self.scheme in DISTILL_SCHEMES,
-               f"unknown distill.scheme '{self.scheme}'; available: {', '.join(DISTILL_SCHEMES)}")
+        require(isinstance(self.scheme, str) and self.scheme in DISTILL_SCHEMES,
+               f"unknown distill.scheme {shown(self.scheme)}; available: {', '.join(DISTILL_SCHEMES)}")
+        check_number(self.peers, "distill.peers", high=MAX_PEERS, integer=True)
         require(self.peers >= 2, f"distill.peers must be >= 2 (mutual learning needs a cohort), got {self.peers}")
+        check_number(self.generations, "distill.generations", high=MAX_GENERATIONS, integer=True)
         require(self.generations >= 1, f"distill.generations must be >= 1, got {self.generations}")
+        check_number(self.ema_decay, "distill.ema_decay")
         require(0.0 < self.ema_decay < 1.0, f"distill.ema_decay must be between 0 and 1, got {self.ema_decay}")
         for key in ("terms", "extra_teachers"):  # these schemes have no teacher to read them from
             require(not (getattr(self, key) and self.scheme in ("online", "ema")),
@@ -66,17 +84,18 @@ def _distill_term(raw, index: int) -> dict:
     require(isinstance(raw, dict) and "kind" in raw, f"{where} must be a mapping with a 'kind'")
     kind = raw["kind"]
     require(isinstance(kind, str) and kind in TERMS,
-            f"unknown {where}.kind '{kind}'; available: {', '.join(TERMS.names())}")
+            f"unknown {where}.kind {shown(kind)}; available: {', '.join(TERMS.names())}")
     term_class = TERMS.get(kind)
     known = term_class.recipe_keys()
     unknown = [k for k in raw if k != "kind" and k not in known]
-    require(not unknown, f"unknown key '{where}.{unknown[0] if unknown else ''}' for kind {kind}; known: {', '.join(known)}")
+    require(not unknown, f"unknown key '{where}.{shown(unknown[0]).strip(chr(39)) if unknown else ''}' "
+                         f"for kind {kind}; known: {', '.join(known)}")
     term = {"kind": kind, **known, **{k: v for k, v in raw.items() if k != "kind"}}
     for key, default in known.items():
         if isinstance(default, float):  # the kind's numbers: weights and settings
             value = term[key]
-            require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"),
-                   f"{where}.{key} must be a number >= 0, got {value!r}")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TERM_VALUE,
+                   f"{where}.{key} must be a number >= 0 (at most {MAX_TERM_VALUE:g}), got {shown(value)}")
             term[key] = float(value)
     for side in LAYER_KEYS:
         value = term[side]
@@ -84,13 +103,21 @@ def _distill_term(raw, index: int) -> dict:
             value = [value]
         require(value is not None or term_class.penultimate,
                f"{where} ({kind}) needs '{side}': a layer name or a list of them")
-        require(value is None or (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)),
-               f"{where}.{side} must be a layer name or a non-empty list of layer names")
+        if value is not None:
+            require(isinstance(value, list) and value, f"{where}.{side} must be a layer name or a non-empty list "
+                    f"of layer names, got {shown(value)}")
+            check_names(value, f"{where}.{side}", max_length=MAX_TERMS)
         term[side] = value
     require((term["student"] is None) == (term["teacher"] is None)
            and (term["student"] is None or len(term["student"]) == len(term["teacher"])),
-           f"{where}: student and teacher must name as many layers each ({term['student']} vs {term['teacher']})")
-    term_class.check(term, where)
+           f"{where}: student and teacher must name as many layers each "
+           f"({shown(term['student'])} vs {shown(term['teacher'])})")
+    try:
+        term_class.check(term, where)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a registered kind's own check that fails on an odd value
+        raise ConfigError(clip(f"{where} ({kind}) is not valid: {first_line(exc)}")) from None
     return term
 
 

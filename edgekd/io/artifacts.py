@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
+from edgekd.configtools import clip
 from edgekd.errors import ModelFileError, first_line
 
 
@@ -81,23 +84,103 @@ def save_weights(model, path: str | Path) -> Path:
     return atomic_write_bytes(path, save(state))
 
 
-def load_state_dict(path: str | Path) -> dict:
-    """Read weights without unpickling code: safetensors, or torch.load(weights_only=True)."""
-    import torch
+SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
 
+
+SAFETENSORS_DTYPES = {  # dtype -> (bytes per element, floating point, torch's name)
+    "F64": (8, True, "float64"), "F32": (4, True, "float32"), "F16": (2, True, "float16"),
+    "BF16": (2, True, "bfloat16"), "F8_E4M3": (1, True, "float8_e4m3fn"), "F8_E5M2": (1, True, "float8_e5m2"),
+    "I64": (8, False, "int64"), "I32": (4, False, "int32"), "I16": (2, False, "int16"), "I8": (1, False, "int8"),
+    "U64": (8, False, "uint64"), "U32": (4, False, "uint32"), "U16": (2, False, "uint16"), "U8": (1, False, "uint8"),
+    "BOOL": (1, False, "bool"),
+}  # fmt: skip
+
+
+class TensorInfo(NamedTuple):
+    """A tensor as a weights file's header declares it, before any of its data is read."""
+
+    shape: tuple
+    dtype: str  # as torch names it: float32, int64, ...
+    floating: bool
+    nbytes: int
+
+
+def safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
+    """The tensors a .safetensors file declares, checked against the file's real size
+    before any data is read: the header fits in the file, every tensor's byte range lies in
+    the data that follows it and matches its dtype and shape. ModelFileError otherwise."""
+    path = Path(path)
+
+    def bad(why: str):
+        return ModelFileError(f"'{path}' is not a valid safetensors file: {why}")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise bad(f"its header claims {length:,} bytes but the file has {size:,}")
+        text = f.read(length)
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"its header is not JSON ({first_line(exc)[:80]})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data_size = size - 8 - length
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shown = repr(name[:60])
+        ok = isinstance(entry, dict) and entry.get("dtype") in SAFETENSORS_DTYPES
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+        ok = ok and isinstance(shape, list) and len(shape) <= 64 and all(
+            type(d) is int and 0 <= d < 2**63 for d in shape)
+        ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+        if not ok:
+            raise bad(f"tensor {shown} needs a known dtype, a shape and two data offsets")
+        itemsize, floating, dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        nbytes = math.prod(shape) * itemsize
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size or end - begin != nbytes:
+            raise bad(f"tensor {shown} declares {nbytes:,} bytes at {begin:,}..{end:,}, but the file holds "
+                      f"{data_size:,} bytes of data")
+        tensors[name] = TensorInfo(tuple(shape), dtype, floating, nbytes)
+    return tensors
+
+
+def load_state_dict(path: str | Path, expected: dict | None = None) -> dict:
+    """Read weights without unpickling code: safetensors, or torch.load(weights_only=True).
+
+    A .safetensors header is checked against the file before any data is read, and a .pt
+    file is memory-mapped; with `expected` (a model's state_dict), names, shapes and dtypes
+    are compared with it before the data is copied, so a file that declares gigabytes for a
+    small model is refused at the cost of its header. `expected` may hold tensors or
+    TensorInfo."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"weights file '{path}' does not exist")
-    data = path.read_bytes()
     if path.suffix == ".safetensors":
-        from safetensors.torch import load
+        declared = safetensors_header(path)  # torch is imported only once the header passed
+        _check_declared(path, declared, expected)
+        from safetensors.torch import load_file
 
         try:
-            return load(data)
+            return load_file(str(path))  # memory-mapped: only what is declared is read
         except Exception as exc:  # safetensors raises several types for corrupt headers
             raise ModelFileError(f"'{path}' is not a valid safetensors file: {first_line(exc)}") from exc
+    import torch
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # mmap needs the zip format: an old-style file is read as before
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for code, RuntimeError/EOFError for corrupt files
         raise ModelFileError(
             f"refused to load '{path}': not a plain weights file ({first_line(exc)}); "
@@ -107,34 +190,67 @@ def load_state_dict(path: str | Path) -> dict:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"'{path}' does not hold a state_dict of tensors")
+    _check_declared(path, state, expected)
     return state
 
 
+def _check_declared(path: Path, state: dict, expected: dict | None) -> None:
+    """Refuse a file whose tensors do not fit `expected` (mismatches, before its data is
+    read), or whose declared bytes exceed half of the memory available."""
+    if expected is not None:
+        problems = state_dict_mismatches(state, expected)
+        if problems:
+            raise ModelFileError(clip(f"weights '{path}' do not fit the model: " + "; ".join(problems)))
+    total = sum(t.nbytes if isinstance(t, TensorInfo) else t.numel() * t.element_size() for t in state.values())
+    from edgekd.data.base import check_memory  # numpy only, like this module
+
+    check_memory(total, f"weights '{path}'", "use a machine with more memory", error=ModelFileError)
+
+
 def load_weights(model, path: str | Path) -> None:
-    """Load weights into `model`, naming every layer whose name or shape does not match."""
-    state = load_state_dict(path)
-    problems = state_dict_mismatches(state, model.state_dict())
-    if problems:
-        raise ModelFileError(f"weights '{path}' do not fit the model: " + "; ".join(problems))
+    """Load weights into `model`, naming every layer whose name, shape or kind of dtype
+    (floating point or not) does not match: nothing is cast silently, nothing is half-loaded.
+    Floating-point weights must be finite (NaN or infinity is a broken file)."""
+    import torch
+
+    state = load_state_dict(path, expected=model.state_dict())
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"weights '{path}': {key} holds NaN or infinite values; the file is broken "
+                                 "(training diverged before it was saved?)")
     model.load_state_dict(state)
 
 
 def state_dict_mismatches(state: dict, own: dict, ignore=lambda key: False) -> list[str]:
     """Why `state` does not load into a model whose state_dict is `own`: shape mismatches,
-    missing and unexpected keys (the first five of each, by layer name), as phrases for a
-    one-line error; empty when it fits. Keys for which ignore(key) is true may be missing."""
+    dtype mismatches (integer values for floating-point weights, or the reverse), missing
+    and unexpected keys (the first five of each, by layer name), as phrases for a one-line
+    error; empty when it fits. Keys for which ignore(key) is true may be missing. `state`
+    may hold tensors or TensorInfo (a header's declarations)."""
     missing = [k for k in own if not ignore(k) and k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-                   for k in own if k in state and state[k].shape != own[k].shape]
+                   for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    wrong_dtype = [f"{k} (file {_dtype_name(state[k])}, model {_dtype_name(own[k])})"
+                   for k in own if k in state and _floating(state[k]) != _floating(own[k])]
     problems = []
     if wrong_shape:
         problems.append("shape mismatch: " + ", ".join(wrong_shape[:5]))
+    if wrong_dtype:
+        problems.append("dtype mismatch, not cast: " + ", ".join(wrong_dtype[:5]))
     if missing:
         problems.append("missing: " + ", ".join(missing[:5]))
     if unexpected:
         problems.append("unexpected: " + ", ".join(unexpected[:5]))
     return problems
+
+
+def _floating(tensor) -> bool:
+    return tensor.floating if isinstance(tensor, TensorInfo) else bool(tensor.is_floating_point())
+
+
+def _dtype_name(tensor) -> str:
+    return tensor.dtype if isinstance(tensor, TensorInfo) else str(tensor.dtype).replace("torch.", "")
 
 
 CHECKPOINT_FORMAT = "edgekd.checkpoint/1"

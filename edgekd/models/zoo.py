@@ -26,8 +26,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgekd.errors import ConfigError
+from edgekd.configtools import check_builtin_arch_args, clip, shown
+from edgekd.errors import ConfigError, first_line
 from edgekd.registry import Registry
+
+
+def check_arch_arg(arch: str, name: str, value) -> None:
+    """ConfigError unless a built-in architecture's argument is in its range
+    (configtools.BUILTIN_ARCH_ARGS): checked before any layer of that size is allocated."""
+    check_builtin_arch_args(arch, {name: value}, "arch_args")
 
 
 class BasicBlock(nn.Module):
@@ -51,6 +58,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
+        check_arch_arg(f"resnet{depth}", "width", width)
         if (depth - 2) % 6 != 0:
             raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (8, 20, 56, ...), got {depth}")
         blocks = (depth - 2) // 6
@@ -107,6 +115,8 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, last_channels: int = 1280):
         super().__init__()
+        check_arch_arg("mobilenetv2", "width", width)
+        check_arch_arg("mobilenetv2", "last_channels", last_channels)
         stem = _round8(32 * width)
         layers: list[nn.Module] = [
             nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6(inplace=True))
@@ -132,6 +142,7 @@ class MobileNetV2(nn.Module):
 class TinyCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 16):
         super().__init__()
+        check_arch_arg("tinycnn", "width", width)
         w = width
 
         def block(cin, cout):
@@ -206,10 +217,17 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, **arch_args) -
 
 
 def _call(factory, arch: str, **kwargs) -> nn.Module:
+    """factory(**kwargs); what it raises for arguments it cannot take (a misspelt key: TypeError;
+    a negative width: ValueError or RuntimeError from torch; too large: MemoryError) is a
+    ConfigError naming the architecture and its arguments."""
     try:
         return factory(**kwargs)
-    except TypeError as exc:  # a misspelt arch_args key lands here
-        raise ConfigError(f"cannot build '{arch}' with arguments {sorted(kwargs)}: {exc}") from exc
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, MemoryError) as exc:
+        args = {k: v for k, v in kwargs.items() if k not in ("in_channels", "num_classes")}
+        raise ConfigError(clip(f"cannot build '{arch}' with arguments {shown(args)} (for {kwargs.get('in_channels')} "
+                               f"channels, {kwargs.get('num_classes')} classes): {first_line(exc)}")) from exc
 
 
 def _import_factory(spec: str) -> Callable:
@@ -235,8 +253,9 @@ def _torchvision_model(name: str, in_channels: int, num_classes: int, arch_args:
     try:
         # weights=None: pretrained weights come from a local file (teacher.weights), never a download
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **arch_args)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot build torchvision model '{name}': {exc}") from exc
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, MemoryError) as exc:
+        raise ConfigError(clip(f"cannot build torchvision model '{name}' with arch_args {shown(arch_args)}: "
+                               f"{first_line(exc)}")) from exc
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
     return model

@@ -21,10 +21,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from edgekd.errors import ConfigError, ModelFileError
+from edgekd.errors import ConfigError
 from edgekd.io.artifacts import atomic_write_text, load_checkpoint, remove_temp_files
-from edgekd.pipeline.context import Context, StageResult, build_arch, logger
-from edgekd.pipeline.layout import CHECKPOINTS, RECIPE_FILE, STAGES
+from edgekd.pipeline.context import Context, StageResult, logger
+from edgekd.pipeline.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, STAGES
+from edgekd.pipeline.preflight import preflight
+from edgekd.pipeline.resume import check_changes, record_changes, stage_notes
+from edgekd.pipeline.rundir import check_new_run_dir, check_resume_dir, real_run_dir, run_folders, run_lock
 from edgekd.pipeline.runstate import (STATE_FILE, check_torch_rng, deterministic_mode, get_torch_rng, load_progress,
                                       save_progress, seed_everything, set_torch_rng)
 from edgekd.pipeline.stages import bench, data, distill, export, prune, quantize, report, teacher
@@ -80,43 +83,104 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
     return {}
 
 
-def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True,
              log: Callable[[str], None] = logger.info) -> dict | None:
     """Run every stage not yet done in `run_dir`; returns the final report (report.json), or
     None when every stage was already done.
 
-    With resume=True, stages recorded in state/progress.json are skipped and a training
-    stage with a checkpoint continues after its last saved epoch. A corrupt progress file
-    or checkpoint is an error before anything is written, never a silent restart.
+    A new run needs `run_dir` new or empty (with force: an earlier run, replaced). With
+    resume=True, stages recorded in state/progress.json are skipped and a training stage
+    with a checkpoint continues after its last saved epoch; the recipe may differ from the
+    run's only in keys of stages still to run (pipeline/resume.py). Every input error
+    (pipeline/preflight.py), a corrupt progress file or checkpoint, a link inside the run
+    directory or another run holding it is an error before anything is written.
     """
-    ctx = Context(run_dir=Path(run_dir), seed=recipe.seed, resume=resume, progress=progress, log=log)
-    state = load_progress(ctx.run_dir, STAGES) if resume else {"done": {}}
-    done = state["done"]
-    if resume:
-        if state.get("torch_rng") is not None:
-            check_torch_rng(state["torch_rng"], ctx.path(STATE_FILE))
-        for name, file in CHECKPOINTS.items():
-            if name not in done and ctx.path(file).is_file():
-                load_checkpoint(ctx.path(file))  # unreadable: refuse now, not after the stages before it
+    real = check_resume_dir(run_dir) if resume else check_new_run_dir(run_dir, force)
+    ctx = Context(run_dir=real, seed=recipe.seed, resume=resume, progress=progress, log=log)
+    state, changes = _resume_state(ctx, recipe, run_dir) if resume else ({"done": {}}, {})
+    if force and not resume:
+        _check_inputs_outside(recipe, real)
     store = RunStore(recipe, ctx, records={})
-    preflight(recipe, store)  # bad data or model names fail here, before anything is written
-    log(f"run directory: {ctx.run_dir}")
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    remove_temp_files(ctx.path("state"))  # left by a process killed mid-write (SIGKILL)
-    if not resume:
-        atomic_write_text(ctx.path(RECIPE_FILE), recipe.to_yaml())
-        save_progress(ctx.run_dir, {})
-        for name in CHECKPOINTS:  # a --force run must not continue an old run's training
-            _remove_checkpoints(ctx, name)
-    with deterministic_mode(recipe.deterministic):
-        seed_everything(recipe.seed)
-        if state.get("torch_rng") is not None:
-            set_torch_rng(state["torch_rng"], ctx.path(STATE_FILE))
-        return _run_stages(ctx, recipe, store, done)
+    preflight(recipe, store, done=state["done"])  # bad data, models, weights, opset: before anything is written
+    with run_lock(real, run_dir):
+        if resume:  # again under the lock: another run may have advanced the state in between
+            state, changes = _resume_state(ctx, recipe, run_dir)
+        elif not force and not _holds_only_lock(real):
+            raise ConfigError(f"run directory '{run_dir}' was filled by another run while this one started; "
+                              "give another --out")
+        log(f"run directory: {real}")
+        for folder in run_folders(real):  # temp files of a process killed mid-write (SIGKILL)
+            remove_temp_files(folder)
+        if not resume:
+            atomic_write_text(ctx.path(RECIPE_FILE), recipe.to_yaml())
+            record_changes(state, {}, recipe.to_dict())
+            save_progress(ctx.run_dir, {}, recipe_state=state)
+            for name in CHECKPOINTS:  # a --force run must not continue an old run's training
+                _remove_checkpoints(ctx, name)
+        elif changes or "recipe" not in state:
+            _apply_changes(ctx, recipe, state, changes)
+        with deterministic_mode(recipe.deterministic):
+            seed_everything(recipe.seed)
+            if state.get("torch_rng") is not None:
+                set_torch_rng(state["torch_rng"], ctx.path(STATE_FILE))
+            return _run_stages(ctx, recipe, store, state, stage_notes(state))
 
 
-def _run_stages(ctx: Context, recipe: Recipe, store: RunStore, done: dict) -> dict | None:
+def _resume_state(ctx: Context, recipe: Recipe, shown) -> tuple[dict, dict]:
+    """The progress state of a run to resume, checked, and the allowed recipe changes."""
+    state = load_progress(ctx.run_dir, STAGES)
+    done = state["done"]
+    if state.get("torch_rng") is not None:
+        check_torch_rng(state["torch_rng"], ctx.path(STATE_FILE))
+    for name, file in CHECKPOINTS.items():
+        if name not in done and ctx.path(file).is_file():
+            load_checkpoint(ctx.path(file))  # unreadable: refuse now, not after the stages before it
+    return state, check_changes(state, recipe.to_dict(), shown, defaults=Recipe().to_dict())
+
+
+def _apply_changes(ctx: Context, recipe: Recipe, state: dict, changes: dict) -> None:
+    """A resume with allowed recipe changes: the stages from the first one that reads a changed
+    key on start again (their checkpoints were written for the old settings), recipe.yaml and
+    progress.json record the new recipe."""
+    first = min((STAGES.index(c["stage"]) for c in changes.values()), default=len(STAGES))
+    for stage in STAGES[first:]:
+        if any(p.is_file() for p in _checkpoint_files(ctx, stage)):
+            ctx.log(f"[{stage}] its settings changed: the stage starts again from its first epoch")
+        _remove_checkpoints(ctx, stage)
+    for key, change in changes.items():
+        ctx.log(f"[resume] {key}: {change['from']!r} -> {change['to']!r} (for the stages still to run; recorded "
+                "in state/progress.json and the report)")
+    atomic_write_text(ctx.path(RECIPE_FILE), recipe.to_yaml())
+    record_changes(state, changes, recipe.to_dict())
+    save_progress(ctx.run_dir, state["done"], torch_rng=state.get("torch_rng"), recipe_state=state)
+
+
+def _holds_only_lock(real: Path) -> bool:
+    """A new run's directory, just locked: nothing in it but state/ with the lock file."""
+    entries = {p.name for p in real.iterdir()}
+    return entries <= {"state"} and {p.name for p in (real / "state").iterdir()} <= {Path(LOCK_FILE).name}
+
+
+def _check_inputs_outside(recipe: Recipe, real: Path) -> None:
+    """--force replaces a run's files: none of the recipe's input files may live in that run."""
+    cfg = recipe.teacher
+    inputs = {"data.name": recipe.data.name, "data.path": recipe.data.path, "teacher.weights": cfg.weights,
+              "teacher.transfer.pretrained": cfg.transfer.pretrained if cfg.transfer is not None else None}
+    for i, extra in enumerate(recipe.distill.extra_teachers):
+        if isinstance(extra, dict) and isinstance(extra.get("weights"), str):
+            inputs[f"distill.extra_teachers[{i}].weights"] = extra["weights"]
+    for key, value in inputs.items():
+        if value is None or not Path(value).expanduser().exists():
+            continue
+        target = Path(real_run_dir(value))
+        if target == real or real in target.parents:
+            raise ConfigError(f"{key} '{value}' is inside the run directory that --force would replace; copy it "
+                              "elsewhere first, or give another --out")
+
+
+def _run_stages(ctx: Context, recipe: Recipe, store: RunStore, state: dict, notes: dict) -> dict | None:
     final = None
+    done = state["done"]
     for name, stage, section in CHAIN:
         if name in done:
             store.records[name] = done[name]
@@ -128,10 +192,12 @@ def _run_stages(ctx: Context, recipe: Recipe, store: RunStore, done: dict) -> di
         cfg = getattr(recipe, section) if section else recipe.to_dict()
         result: StageResult = stage.run(ctx, cfg, _inputs(name, recipe, store))
         record = {**result.record, "seconds": round(time.perf_counter() - start, 3)}
+        if name in notes:  # keys changed on --resume that this stage is the first to read
+            record["recipe_changes"] = notes[name]
         store.update({k: v for k, v in result.artifacts.items() if k != "report"})
         final = result.artifacts.get("report", final)
         store.records[name] = done[name] = record
-        save_progress(ctx.run_dir, done, torch_rng=get_torch_rng())
+        save_progress(ctx.run_dir, done, torch_rng=get_torch_rng(), recipe_state=state)
         _remove_checkpoints(ctx, name)
     return final
 
@@ -140,30 +206,10 @@ def _remove_checkpoints(ctx: Context, name: str) -> None:
     """A stage's per-epoch checkpoint, and those of schemes with several trainings in one
     stage: transfer learning's head phase (state/teacher.head.ckpt), extra teachers
     (state/teacher.extra<i>.ckpt), born-again generations (state/distill.gen<k>.ckpt)."""
-    if name in CHECKPOINTS:
-        ctx.path(CHECKPOINTS[name]).unlink(missing_ok=True)
-    for extra in sorted(ctx.path("state").glob(f"{name}.*.ckpt")):
-        extra.unlink(missing_ok=True)
+    for path in _checkpoint_files(ctx, name):
+        path.unlink(missing_ok=True)
 
 
-def preflight(recipe: Recipe, store: RunStore) -> None:
-    """Load the data and build both architectures once, so that input errors surface
-    before the run directory is touched."""
-    spec = store.splits().spec
-    build_arch(spec, recipe.teacher.arch, recipe.teacher.arch_args)
-    build_arch(spec, recipe.distill.arch, recipe.distill.arch_args)
-    weights = recipe.teacher.weights
-    if weights is not None and not Path(weights).is_file():
-        raise ModelFileError(f"teacher.weights '{weights}' does not exist")
-    transfer = recipe.teacher.transfer
-    if transfer is not None:
-        if weights is not None:
-            raise ConfigError("set teacher.weights or teacher.transfer.pretrained, not both")
-        if not Path(transfer.pretrained).is_file():
-            raise ModelFileError(f"teacher.transfer.pretrained '{transfer.pretrained}' does not exist")
-        if transfer.head_epochs == 0 and recipe.teacher.epochs == 0:
-            raise ConfigError("teacher.transfer.head_epochs and teacher.epochs are both 0: nothing trains the new head")
-    if weights is None and transfer is None and recipe.teacher.epochs == 0:
-        raise ConfigError("teacher.epochs is 0 and teacher.weights is not set: train the teacher or give its weights")
-    distill.check(recipe.distill, spec=spec, teacher_arch=recipe.teacher.arch,
-                  teacher_arch_args=recipe.teacher.arch_args)
+def _checkpoint_files(ctx: Context, name: str) -> list[Path]:
+    files = [ctx.path(CHECKPOINTS[name])] if name in CHECKPOINTS else []
+    return files + sorted(ctx.path("state").glob(f"{name}.*.ckpt"))

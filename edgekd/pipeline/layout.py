@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from edgekd.errors import ConfigError
@@ -20,6 +21,8 @@ EVAL_SET = "eval.npz"  # the test split, uint8, for benching on a device
 BENCH_JSON = "state/bench.json"  # the bench stage's results, read by the report stage
 QUANT_BUDGET_JSON = "state/quantize-budget.json"  # the accuracy-budget search, kept when it fails
 CHECKPOINTS = {"teacher": "state/teacher.ckpt", "distill": "state/distill.ckpt"}  # per-epoch training state
+LOCK_FILE = "state/run.lock"  # held (flock) while a run uses the directory; names the holder
+RUNS_FOLDER = "runs"  # where runs go without --out: runs/NAME, runs/NAME-2, ...
 
 
 def extra_teacher_file(i: int) -> str:
@@ -32,19 +35,30 @@ def extra_teacher_checkpoint(i: int) -> str:
 
 
 def new_run_dir(name: str, out_dir: str | None, force: bool) -> Path:
-    """Never overwrite a run silently: an explicit out_dir (--out) that exists needs force (--force);
-    the default picks the first free runs/NAME, runs/NAME-2, ..."""
+    """The run directory as the user will see it (not resolved): an explicit out_dir (--out),
+    checked by `rundir.check_new_run_dir` (new or empty, or an earlier run with force), or the
+    first free runs/NAME, runs/NAME-2, ... (an entry of that name, even a dangling link, is taken)."""
+    from edgekd.pipeline.rundir import check_new_run_dir
+
     if out_dir is not None:
         path = Path(out_dir)
-        if path.exists() and any(path.iterdir()) and not force:
-            raise ConfigError(
-                f"run directory '{path}' already exists; use --resume {path} to continue it, "
-                "--force to replace its artifacts, or another --out"
-            )
+        check_new_run_dir(path, force)
         return path
-    base = Path("runs") / name
+    check_run_name(name)
+    base = Path(RUNS_FOLDER) / name
     path, n = base, 1
-    while path.exists():
+    while os.path.lexists(path):
         n += 1
         path = base.with_name(f"{name}-{n}")
+    check_new_run_dir(path, force)  # runs/ itself may be a link: the real path must be new too
     return path
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder name under runs/: never '.', '..', a path or a control character."""
+    bad = (not isinstance(name, str) or name.strip() in ("", ".", "..") or any(sep in name for sep in ("/", "\\"))
+           or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8", "replace")) > 200)
+    if bad:
+        shown = repr(name)[:60]
+        raise ConfigError(f"run name {shown} cannot be a folder name under {RUNS_FOLDER}/ (no '.', '..', '/', "
+                          "control characters, at most 200 bytes); set --name or give --out")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from edgekd.io.artifacts import atomic_path, atomic_write_text
@@ -112,6 +113,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {stage.get('seconds', 0):.1f} | {details} |")
     lines += pruning_section(report["stages"].get("prune") or {})
     lines += scheme_section(report["stages"])
+    lines += gates_section(report["stages"])
     return "\n".join(lines) + "\n"
 
 
@@ -265,4 +267,48 @@ def scheme_section(stages: dict) -> list[str]:
         lines += ["", "## Distillation scheme: EMA teacher", "",
                   f"Val top-1 student {distill['student_val_top1']:.2f}%, EMA (decay {distill['ema_decay']}) "
                   f"{distill['ema_val_top1']:.2f}%; the {distill['continues']} continues."]
+    return lines
+
+
+def _worst(per_batch) -> float | None:
+    """The largest of {batch: difference} (NaN counts as the largest); None without any."""
+    values = [v for v in (per_batch or {}).values() if isinstance(v, (int, float))]
+    if not values:
+        return None
+    return max(values, key=lambda v: float("inf") if math.isnan(v) else v)
+
+
+def gates_section(stages: dict) -> list[str]:
+    """report.md lines for the gates: ONNX-vs-PyTorch parity of each exported model (max
+    absolute and relative difference, and the tolerances where the export stage recorded
+    them), and the accuracy budget of int8 with the resolution of the val split."""
+    lines = []
+    export, quantize = stages.get("export") or {}, stages.get("quantize") or {}
+    parity = []
+    for name in ("teacher", "student"):
+        entry = export.get(name)
+        if not isinstance(entry, dict) or _worst(entry.get("max_abs_diff")) is None:
+            continue
+        text = f"{name}: max |onnx - torch| {_worst(entry['max_abs_diff']):.3g}"
+        if _worst(entry.get("max_rel_diff")) is not None:
+            text += f", {_worst(entry['max_rel_diff']):.3g} of the outputs' magnitude"
+        parity.append(text)
+    if parity:
+        tol = ""  # the tolerances, recorded per model or for the stage
+        src = next((e for e in (export.get("student"), export.get("teacher"), export) if isinstance(e, dict)
+                    and all(isinstance(e.get(k), (int, float)) for k in ("atol", "rtol"))), None)
+        if src is not None:
+            tol = f" (gate: |onnx - torch| <= {src['atol']:g} + {src['rtol']:g} x the row's largest |output|)"
+        lines += ["", "## Gates", "", f"ONNX parity vs PyTorch{tol}: " + "; ".join(parity) + "."]
+    fp32, int8 = quantize.get("val_top1_fp32"), quantize.get("val_top1_int8")
+    if isinstance(fp32, (int, float)) and isinstance(int8, (int, float)):
+        if not lines:
+            lines += ["", "## Gates", ""]
+        text = f"Accuracy budget: val top-1 fp32 ONNX {fp32:.2f}%, int8 {int8:.2f}% (drop {fp32 - int8:.2f} points)"
+        budget = quantize.get("budget_resolution")
+        if isinstance(budget, dict) and budget.get("text"):
+            text += f"; {budget['text']}"
+        elif quantize.get("max_drop") is not None:
+            text += f"; quantize.max_drop {quantize['max_drop']}"
+        lines += ["", text + "."]
     return lines

@@ -93,11 +93,34 @@ def load_progress(run_dir: Path, known_stages: tuple) -> dict:
     unknown = [name for name in state["done"] if name not in known_stages]
     if unknown:
         raise ConfigError(f"resume state '{path}' names unknown stages {unknown}; start a new run")
+    if "recipe" in state or "recipe_sha256" in state:
+        from edgekd.pipeline.resume import fingerprint
+
+        if (not isinstance(state.get("recipe"), dict) or not isinstance(state.get("recipe_sha256"), str)
+                or fingerprint(state["recipe"]) != state["recipe_sha256"]):
+            raise ConfigError(f"resume state '{path}' is corrupt (its recipe record does not match its hash); "
+                              "start a new run")
+    if not isinstance(state.get("recipe_changes", []), list):
+        raise ConfigError(f"resume state '{path}' is corrupt (bad recipe_changes); start a new run")
     return state
 
 
-def save_progress(run_dir: Path, done: dict, torch_rng: str | None = None) -> None:
+RECIPE_KEYS = ("recipe", "recipe_sha256", "recipe_changes")  # kept by save_progress when not given
+
+
+def save_progress(run_dir: Path, done: dict, torch_rng: str | None = None, recipe_state: dict | None = None) -> None:
+    """Write the progress state: the stages done, the torch RNG after the last one and the
+    run's recipe record (`recipe_state`: its keys of RECIPE_KEYS; None keeps the file's own)."""
+    path = Path(run_dir) / STATE_FILE
+    if recipe_state is None:
+        recipe_state = {}
+        try:
+            current = json.loads(path.read_bytes().decode("utf-8")) if path.is_file() else {}
+            recipe_state = {k: current[k] for k in RECIPE_KEYS if isinstance(current, dict) and k in current}
+        except (OSError, ValueError):
+            pass
     state = {"done": done}
     if torch_rng is not None:
         state["torch_rng"] = torch_rng
-    atomic_write_text(Path(run_dir) / STATE_FILE, json.dumps(state, indent=2))
+    state.update({k: recipe_state[k] for k in RECIPE_KEYS if k in recipe_state})
+    atomic_write_text(path, json.dumps(state, indent=2))

@@ -6,11 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from edgekd.configtools import require
+from edgekd.configtools import MAX_EPOCHS, check_flag, check_names, check_number, require, shown
 from edgekd.prune.importance import IMPORTANCES
 from edgekd.train.config import TrainConfig
 
 PRUNE_FINETUNE = ("step", "end")
+
+MAX_STEPS = 1000
+MAX_ROUND_TO = 1024
+MAX_COUNT = 10**15  # params or MACs of a target: far beyond any model edgekd prunes
+MAX_LATENCY_MS = 3_600_000.0  # an hour per image
+MAX_SPEEDUP = 1000.0
+MAX_LATENCY_ROUNDS = 10_000
+MAX_SPARSITY = 1.0  # the L1 penalty on batch-norm scales (network slimming uses about 1e-4)
 
 
 @dataclass(frozen=True)
@@ -57,9 +65,22 @@ class PruneConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_flag(self.enabled, "prune.enabled")
+        check_flag(self.global_pruning, "prune.global_pruning")
+        check_number(self.ratio, "prune.ratio")
         require(0.0 < self.ratio < 1.0, "prune.ratio must be between 0 and 1")
-        require(self.finetune in PRUNE_FINETUNE,
-               f"unknown prune.finetune '{self.finetune}'; available: {', '.join(PRUNE_FINETUNE)}")
+        require(isinstance(self.finetune, str) and self.finetune in PRUNE_FINETUNE,
+               f"unknown prune.finetune {shown(self.finetune)}; available: {', '.join(PRUNE_FINETUNE)}")
+        for key in ("target_macs", "target_params"):
+            check_number(getattr(self, key), f"prune.{key}", high=MAX_COUNT, integer=True, optional=True)
+        check_number(self.target_latency_ms, "prune.target_latency_ms", high=MAX_LATENCY_MS, optional=True)
+        check_number(self.target_speedup, "prune.target_speedup", high=MAX_SPEEDUP, optional=True)
+        check_number(self.latency_step, "prune.latency_step")
+        check_number(self.latency_rounds, "prune.latency_rounds", high=MAX_LATENCY_ROUNDS, integer=True)
+        check_number(self.sparsity, "prune.sparsity", high=MAX_SPARSITY)
+        check_number(self.sparsity_epochs, "prune.sparsity_epochs", high=MAX_EPOCHS, integer=True)
+        check_number(self.round_to, "prune.round_to", high=MAX_ROUND_TO, integer=True)
+        check_number(self.steps, "prune.steps", high=MAX_STEPS, integer=True)
         require(self.target_macs is None or self.target_macs > 0, "prune.target_macs must be positive")
         require(self.target_params is None or self.target_params > 0, "prune.target_params must be positive")
         require(self.target_latency_ms is None or self.target_latency_ms > 0, "prune.target_latency_ms must be positive")
@@ -71,8 +92,10 @@ class PruneConfig(TrainConfig):
         require(self.sparsity_epochs >= 0, "prune.sparsity_epochs must be >= 0")
         require(
             isinstance(self.importance, str) and self.importance in IMPORTANCES,
-            f"unknown prune.importance '{self.importance}'; available: {', '.join(IMPORTANCES.names())}",
+            f"unknown prune.importance {shown(self.importance)}; available: {', '.join(IMPORTANCES.names())}",
         )
         require(self.round_to >= 1, "prune.round_to must be >= 1")
         require(self.steps >= 1, "prune.steps must be >= 1")
-        require(all(isinstance(p, str) for p in self.protect), "prune.protect must be a list of layer names")
+        require(isinstance(self.protect, list) and all(isinstance(p, str) for p in self.protect),
+                "prune.protect must be a list of layer names")
+        check_names(self.protect, "prune.protect")

@@ -10,6 +10,13 @@ input and of its output against fp32 is computed. The node's score is the SQNR i
 channel that takes the whole int8 range) loses tens of dB. Then the nodes are kept in
 float one at a time, most sensitive first, re-quantizing and re-evaluating each time,
 until the drop fits the budget or half of the nodes are float (then the budget fails).
+
+The budget knows the size of the val split: one image there is 100 / len(val) top-1 points,
+the smallest difference it can resolve, and a drop of a few images is noise (on 18 images
+one image is 5.6 points). So the drop allowed is max(max_drop, RESOLVABLE_IMAGES images'
+worth; a negative max_drop is taken as given): allowed_drop(); exceeds_budget() is the
+one comparison the quantize stage and search() make, and budget_summary() states the
+resolution in the record and the log.
 """
 
 from __future__ import annotations
@@ -40,9 +47,54 @@ SQNR_CAP_DB = 60.0
 DQ_SUFFIX = "_DequantizeLinear_Output"  # ORT's name for a dequantized activation
 
 
+# The budget never fails on a drop of this many val images or fewer: a difference the val
+# split cannot tell from noise (two models that differ on a handful of borderline images)
+RESOLVABLE_IMAGES = 3
+
+
+def resolution(val_size: int | None) -> float | None:
+    """Top-1 points one val image is worth (100 / val_size): the smallest difference the
+    budget can resolve; None when the size is unknown or zero."""
+    return 100.0 / val_size if val_size else None
+
+
+def allowed_drop(max_drop: float | None, val_size: int | None) -> float | None:
+    """The drop the budget allows: max(max_drop, RESOLVABLE_IMAGES * 100 / val_size); None
+    (no budget) when max_drop is None; max_drop alone when the val size is unknown or
+    max_drop is negative (an explicit demand that int8 beat fp32)."""
+    if max_drop is None:
+        return None
+    step = resolution(val_size)
+    return max(max_drop, RESOLVABLE_IMAGES * step) if step and max_drop >= 0 else max_drop
+
+
+def exceeds_budget(fp32_top1: float, int8_top1: float, max_drop: float | None, val_size: int | None) -> bool:
+    """Whether int8 loses more val top-1 than the budget allows (allowed_drop), up to a
+    millionth of an image's worth of float rounding; never with max_drop None. NaN fails."""
+    allowed = allowed_drop(max_drop, val_size)
+    if allowed is None:
+        return False
+    slack = 1e-6 * (resolution(val_size) or 1.0)
+    return not (fp32_top1 - int8_top1 <= allowed + slack)
+
+
+def budget_summary(max_drop: float | None, val_size: int | None) -> dict:
+    """What the stage records and logs about the budget's resolution: val_size,
+    resolution_points (one image), allowed_drop, and a sentence saying so."""
+    step, allowed = resolution(val_size), allowed_drop(max_drop, val_size)
+    if max_drop is None:
+        text = "no accuracy budget (quantize.max_drop: null)"
+    elif step is None:
+        text = f"accuracy budget {max_drop:g} top-1 points (val size unknown)"
+    else:
+        text = (f"accuracy budget: one val image of {val_size} is {step:.3g} top-1 points; a drop up to "
+                f"{allowed:.3g} points (max(max_drop {max_drop:g}, {RESOLVABLE_IMAGES} images)) passes")
+    return {"val_size": val_size, "resolution_points": step, "allowed_drop": allowed, "text": text}
+
+
 @dataclass
 class BudgetResult:
-    max_drop: float
+    max_drop: float | None
     fp32_top1: float
     int8_top1: float  # before the search (everything quantized)
     final_top1: float  # with `excluded` kept in float
@@ -52,6 +104,8 @@ class BudgetResult:
     steps: list = field(default_factory=list)  # [{keep_float, top1, drop}] one per re-quantization
     max_excluded: int = 0
     seconds: float = 0.0
+    val_size: int | None = None  # images in the val split (None: not given); see allowed_drop
+    allowed_drop: float | None = None  # max(max_drop, RESOLVABLE_IMAGES images' worth)
 
     @property
     def drop(self) -> float:
@@ -154,9 +208,11 @@ def search(
     metadata: dict | None = None,
     machine: dict | None = None,
     log: Callable[[str], None] = logging.getLogger("edgekd").info,
+    val_size: int | None = None,
 ) -> BudgetResult:
     """Keep the most sensitive nodes of `int8_path` (already quantized from `fp32_path` with
-    `cfg`) in float until fp32_top1 - evaluate(int8_path) <= cfg.max_drop.
+    `cfg`) in float until fp32_top1 - evaluate(int8_path) fits the budget: cfg.max_drop, or
+    with `val_size` (the val split's image count) allowed_drop(cfg.max_drop, val_size).
 
     `int8_path` ends as the last model tried. At most half of the Conv/Gemm/MatMul nodes
     (at least one) are kept float; `met` says whether the budget was reached. `log` gets
@@ -164,8 +220,9 @@ def search(
     from edgekd.quant.ptq import prepare, ptq
 
     start = time.perf_counter()
-    result = BudgetResult(max_drop=cfg.max_drop, fp32_top1=fp32_top1, int8_top1=int8_top1,
-                          final_top1=int8_top1, met=fp32_top1 - int8_top1 <= cfg.max_drop)
+    result = BudgetResult(max_drop=cfg.max_drop, fp32_top1=fp32_top1, int8_top1=int8_top1, final_top1=int8_top1,
+                          met=not exceeds_budget(fp32_top1, int8_top1, cfg.max_drop, val_size),
+                          val_size=val_size, allowed_drop=allowed_drop(cfg.max_drop, val_size))
     if result.met:
         return result
     with tempfile.TemporaryDirectory(prefix="edgekd-budget-") as work:
@@ -186,7 +243,7 @@ def search(
         result.steps.append({"keep_float": entry["node"], "top1": top1, "drop": fp32_top1 - top1})
         log(f"[quantize] budget: {entry['node']} ({entry['op_type']}, loses {entry['loss_db']:.1f} dB) "
             f"kept float -> val top-1 {top1:.2f}% (drop {fp32_top1 - top1:.2f})")
-        if fp32_top1 - top1 <= cfg.max_drop:
+        if not exceeds_budget(fp32_top1, top1, cfg.max_drop, val_size):
             result.met = True
             break
     result.seconds = round(time.perf_counter() - start, 3)

@@ -80,6 +80,25 @@ def calibrator(name: str) -> Calibrator:
                       "register a Calibrator or a ranges function")
 
 
+def even_batch_size(count: int, batch_size: int) -> int:
+    """The largest batch size <= `batch_size` that splits `count` images into equal batches
+    (all of them when count <= batch_size; 1 at worst, e.g. for a prime count).
+
+    ONNX Runtime's histogram calibrations (Entropy, Percentile, Distribution) stack every
+    batch's activations into one array, which fails when the last batch is shorter. Equal
+    batches give exactly the histograms of one batch of every image (the order and grouping
+    of the values do not change a histogram), without padding or dropping any image."""
+    if count <= batch_size:
+        return max(count, 1)
+    return next(b for b in range(batch_size, 0, -1) if count % b == 0)
+
+
+def needs_even_batches(method: Calibrator) -> bool:
+    """Whether `method` is an ONNX Runtime calibration other than MinMax (which takes
+    batches of any size): see even_batch_size."""
+    return method.ort_method is not None and method.ort_method != "MinMax"
+
+
 class ArrayCalibrationReader:
     """Feeds calibration images to ONNX Runtime through its CalibrationDataReader protocol
     (get_next() returns one input dict, then None when the data is exhausted)."""

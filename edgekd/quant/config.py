@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from edgekd.configtools import require
+from edgekd.configtools import MAX_BATCH_SIZE, check_flag, check_names, check_number, require, shown
 from edgekd.quant.calibration import CALIBRATORS
 from edgekd.train.config import TrainConfig
 
@@ -18,6 +18,12 @@ QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "cuda")
 
 
 QUANT_METHODS = ("ptq", "qat")
+
+
+MAX_PAD_CHANNELS = 1024
+
+
+MAX_DROP_POINTS = 100.0  # top-1 points: 100 is every image
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class QatConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_number(self.observe_fraction, "quantize.qat.observe_fraction")
         require(0.0 <= self.observe_fraction <= 1.0, "quantize.qat.observe_fraction must be between 0 and 1")
 
 
@@ -72,30 +79,38 @@ class QuantConfig:
     max_drop: Optional[float] = 1.0
 
     def __post_init__(self):
+        check_flag(self.enabled, "quantize.enabled")
+        require(isinstance(self.qat, QatConfig), "quantize.qat must be a mapping of QAT settings")
         require(
-            self.target in QUANT_TARGETS,
-            f"unknown quantize.target '{self.target}'; available: {', '.join(QUANT_TARGETS)}",
+            isinstance(self.target, str) and self.target in QUANT_TARGETS,
+            f"unknown quantize.target {shown(self.target)}; available: {', '.join(QUANT_TARGETS)}",
         )
         require(
-            self.calibration in CALIBRATORS,
-            f"unknown quantize.calibration '{self.calibration}'; available: {', '.join(CALIBRATORS.names())}",
+            isinstance(self.calibration, str) and self.calibration in CALIBRATORS,
+            f"unknown quantize.calibration {shown(self.calibration)}; available: {', '.join(CALIBRATORS.names())}",
         )
+        check_number(self.calib_batch_size, "quantize.calib_batch_size", high=MAX_BATCH_SIZE, integer=True)
         require(self.calib_batch_size > 0, "quantize.calib_batch_size must be positive")
+        for key in ("per_channel", "reduce_range"):
+            check_flag(getattr(self, key), f"quantize.{key}", optional=True)
         for key in ("activation_type", "weight_type"):
             value = getattr(self, key)
-            require(value is None or value in INT8_TYPES,
-                   f"quantize.{key} must be one of {', '.join(INT8_TYPES)}, got '{value}'")
+            require(value is None or (isinstance(value, str) and value in INT8_TYPES),
+                   f"quantize.{key} must be one of {', '.join(INT8_TYPES)}, got {shown(value)}")
         require(self.pad_input_channels_to is None
                or (isinstance(self.pad_input_channels_to, int) and not isinstance(self.pad_input_channels_to, bool)
-                   and self.pad_input_channels_to >= 0),
-               "quantize.pad_input_channels_to must be a whole number >= 0 (0: no padding)")
+                   and 0 <= self.pad_input_channels_to <= MAX_PAD_CHANNELS),
+               f"quantize.pad_input_channels_to must be a whole number >= 0 (0: no padding), at most "
+               f"{MAX_PAD_CHANNELS}, got {shown(self.pad_input_channels_to)}")
         for key in ("exclude_nodes", "exclude_op_types"):
-            require(all(isinstance(v, str) and v for v in getattr(self, key)),
+            require(isinstance(getattr(self, key), list) and all(isinstance(v, str) and v for v in getattr(self, key)),
                    f"quantize.{key} must be a list of names")
-        require(self.max_drop is None or self.max_drop == self.max_drop,  # not NaN
-               "quantize.max_drop must be a number of top-1 points or null")
-        require(self.method in QUANT_METHODS,
-               f"unknown quantize.method '{self.method}'; available: {', '.join(QUANT_METHODS)}")
+            check_names(getattr(self, key), f"quantize.{key}")
+        check_number(self.max_drop, "quantize.max_drop", high=MAX_DROP_POINTS, optional=True)
+        require(self.max_drop is None or self.max_drop >= -MAX_DROP_POINTS,  # < 0: int8 must beat fp32 (tests)
+               f"quantize.max_drop must be a number of top-1 points (-100..100) or null, got {shown(self.max_drop)}")
+        require(isinstance(self.method, str) and self.method in QUANT_METHODS,
+               f"unknown quantize.method {shown(self.method)}; available: {', '.join(QUANT_METHODS)}")
         if self.method == "qat":  # QAT's scheme is fixed: per-channel symmetric int8 weights, nothing float
             require(self.per_channel in (None, True) and self.weight_type in (None, "int8"),
                    "quantize.method qat uses per-channel int8 weights; remove quantize.per_channel / weight_type")

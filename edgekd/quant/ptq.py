@@ -26,7 +26,14 @@ import numpy as np
 
 from edgekd.errors import ConfigError
 from edgekd.io.artifacts import atomic_path
-from edgekd.quant.calibration import ActivationBatches, ArrayCalibrationReader, calibrator, tensors_data
+from edgekd.quant.calibration import (
+    ActivationBatches,
+    ArrayCalibrationReader,
+    calibrator,
+    even_batch_size,
+    needs_even_batches,
+    tensors_data,
+)
 from edgekd.quant.config import QuantConfig
 from edgekd.quant.graph import keep_float, shorten_names
 from edgekd.quant.presets import resolve_quant_settings
@@ -46,6 +53,7 @@ class QuantReport:
     settings: dict = field(default_factory=dict)
     excluded_nodes: list = field(default_factory=list)  # kept in float
     padded_inputs: list = field(default_factory=list)  # [{input, channels, padded_to}] (edgekd.quant.pad)
+    calib_batch_size: int = 0  # the batch size calibration ran with (see calibration.even_batch_size)
 
 
 def prepare(fp32_path: str | Path, prepared_path: str | Path) -> None:
@@ -142,12 +150,15 @@ def ptq(
                               ) from None
     start = time.perf_counter()
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    # histogram calibrations need equal batches: 40 images and calib_batch_size 32 run as 2 x 20
+    batch_size = (even_batch_size(len(calib_images), cfg.calib_batch_size) if needs_even_batches(method)
+                  else cfg.calib_batch_size)
     with tempfile.TemporaryDirectory(prefix="edgekd-ptq-") as work:
         prepared = Path(work) / "prepared.onnx"
         prepare(fp32_path, prepared)
         excluded = nodes_to_keep_float(onnx.load(str(prepared)), cfg, extra_exclude)
         with tqdm(total=len(calib_images), desc="calibrate", unit="img", disable=not progress, leave=False) as bar:
-            reader = ArrayCalibrationReader(calib_images, INPUT_NAME, batch_size=cfg.calib_batch_size, progress=bar)
+            reader = ArrayCalibrationReader(calib_images, INPUT_NAME, batch_size=batch_size, progress=bar)
             with atomic_path(int8_path) as tmp:
                 common = dict(per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                               activation_type=types[settings["activation_type"]],
@@ -180,4 +191,5 @@ def ptq(
         settings=settings,
         excluded_nodes=excluded,
         padded_inputs=padded,
+        calib_batch_size=batch_size,
     )

@@ -22,16 +22,36 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgekd.errors import ModelFileError
+from edgekd.errors import ConfigError, ModelFileError
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import load_eval_set
 from edgekd.runtime.machine import edgekd_version, machine_info
-from edgekd.runtime.measure import measure_interleaved, measure_latency, warm_up
+from edgekd.runtime.measure import (
+    MAX_THREADS,
+    check_protocol,
+    measure_interleaved,
+    measure_latency,
+    warm_up,
+)
 from edgekd.runtime.providers import resolve_provider
 from edgekd.runtime.result import BenchRow, finish_row, open_model
 
 SCHEMA = "edgekd.bench/1"
+
+
+def check_sweep(batch_sizes, threads, inter_threads: int = 0) -> None:
+    """ConfigError (exit 2) unless batch sizes and threads are non-empty lists of whole
+    numbers: batch sizes >= 1 (the memory cap is checked per model, see result.open_model),
+    threads and inter_threads 0..MAX_THREADS."""
+    for key, flag, values, low, high in (("batch_size", "--batch-size", batch_sizes, 1, None),
+                                         ("threads", "--threads", threads, 0, MAX_THREADS),
+                                         ("inter_threads", "--inter-threads", [inter_threads], 0, MAX_THREADS)):
+        if not isinstance(values, (list, tuple)) or not values or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+                for v in values):
+            bound = "must be positive" if low == 1 else f"must be >= 0 and at most {high}"
+            raise ConfigError(f"bench.{key} {bound}, whole numbers ({flag}), got {str(values)[:60]}")
 
 
 def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None = None,
@@ -39,7 +59,7 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None 
     """One model, timed on its own. cache: per bench() call, so that a sweep over batch sizes
     and threads counts op types and runs a reference once. reference: a model to compare
     the outputs with."""
-    opened = open_model(path, cfg, eval_x)
+    opened = open_model(path, cfg, eval_x, eval_y)
     timings, first_run_ms, warmup_runs = measure_latency(
         opened.session, opened.feed, warmup=cfg.warmup, runs=cfg.runs, min_seconds=cfg.min_seconds,
         warmup_seconds=cfg.warmup_seconds,
@@ -72,6 +92,9 @@ def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progres
     model path (reference wins)."""
     cfg = cfg or BenchConfig()
     resolve_provider(cfg.provider)  # a typo fails before any model is loaded
+    # finite and bounded, or exit 2 now (the timing loops also stop at measure's caps)
+    check_protocol(warmup=cfg.warmup, runs=cfg.runs, min_seconds=cfg.min_seconds, warmup_seconds=cfg.warmup_seconds)
+    check_sweep(list(batch_sizes or [cfg.batch_size]), list(threads or [cfg.threads]), cfg.inter_threads)
     configs = [
         dataclasses.replace(cfg, batch_size=b, threads=t)  # BenchConfig validates each
         for b in (batch_sizes or [cfg.batch_size])
@@ -111,7 +134,7 @@ def _bench_interleaved(items: list, eval_x, eval_y, cache: dict, refs: dict, pro
     per thread count, as in the sequential mode."""
     opened, seen = [], set()
     for path, run_cfg in _progress(items, progress):
-        model = open_model(path, run_cfg, eval_x)
+        model = open_model(path, run_cfg, eval_x, eval_y)
         if (path, model.batch, run_cfg.threads) in seen:
             continue  # a fixed batch dim: another batch size would repeat a result
         seen.add((path, model.batch, run_cfg.threads))

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from edgekd.configtools import require
+from edgekd.configtools import MAX_BATCH_SIZE, check_flag, check_name, check_number, clip, require
+from edgekd.errors import ConfigError
+from edgekd.runtime.measure import MAX_RUNS, MAX_THREADS  # the timer's own bounds
+from edgekd.runtime.measure import MAX_SECONDS as MAX_BENCH_SECONDS
 from edgekd.runtime.providers import resolve_provider
 
 
@@ -31,12 +34,25 @@ class BenchConfig:
     interleave: bool = False
 
     def __post_init__(self):
-        resolve_provider(self.provider)  # an unknown name is a ConfigError that lists the known ones
+        check_name(self.provider, "bench.provider")
+        try:
+            resolve_provider(self.provider)  # an unknown name is a ConfigError that lists the known ones
+        except ConfigError as exc:
+            raise ConfigError(clip(str(exc))) from None
+        check_number(self.batch_size, "bench.batch_size", high=MAX_BATCH_SIZE, integer=True)
         require(self.batch_size > 0, "bench.batch_size must be positive")
+        check_number(self.warmup, "bench.warmup", high=MAX_RUNS, integer=True)
         require(self.warmup >= 0, "bench.warmup must be >= 0")
+        check_number(self.runs, "bench.runs", high=MAX_RUNS, integer=True)
         require(self.runs > 0, "bench.runs must be positive")
+        check_number(self.min_seconds, "bench.min_seconds", high=MAX_BENCH_SECONDS)
         require(self.min_seconds >= 0, "bench.min_seconds must be >= 0")
+        check_number(self.threads, "bench.threads", high=MAX_THREADS, integer=True)
         require(self.threads >= 0, "bench.threads must be >= 0")
+        check_number(self.warmup_seconds, "bench.warmup_seconds", high=MAX_BENCH_SECONDS)
         require(self.warmup_seconds >= 0, "bench.warmup_seconds must be >= 0")
+        check_number(self.inter_threads, "bench.inter_threads", high=MAX_THREADS, integer=True)
         require(self.inter_threads >= 0, "bench.inter_threads must be >= 0")
+        check_flag(self.intra_spinning, "bench.intra_spinning", optional=True)
+        check_flag(self.inter_spinning, "bench.inter_spinning", optional=True)
         require(isinstance(self.interleave, bool), "bench.interleave must be true or false")

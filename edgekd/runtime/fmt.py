@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+
+from edgekd.errors import ConfigError
 
 LOW_CONFIDENCE_MARK = "*"  # after p50 in the table: see edgekd.runtime.measure.low_confidence
 
@@ -177,6 +180,46 @@ def to_markdown(rows: list, machine: dict | None = None, config: dict | None = N
     if legend:
         lines += [""] + [f"- {line}" for line in legend.splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def _finite(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float
+        return False
+
+
+def _compare_entry_problem(m) -> str | None:
+    """What is wrong with one `models` entry for compare(), or None."""
+    if not isinstance(m, dict):
+        return f"is {type(m).__name__}, not an object"
+    if not isinstance(m.get("name"), str):
+        return "has no 'name' string"
+    for key in ("batch_size", "threads"):
+        value = m.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"'{key}' must be a whole number or null"
+    latency = m.get("latency_ms")
+    if not isinstance(latency, dict) or not all(_finite(latency.get(p)) for p in ("p50", "p90", "p99")):
+        return "needs 'latency_ms' with finite numbers p50, p90 and p99"
+    for key in ("throughput", "top1"):
+        if m.get(key) is not None and not _finite(m.get(key)):
+            return f"'{key}' must be a finite number or null"
+    return None
+
+
+def check_compare_report(report, where: str) -> None:
+    """ConfigError (exit 2, one line) unless `report` has what compare() reads: a `models`
+    list of objects, each with a name, latency_ms p50/p90/p99, and optional whole-number
+    batch_size/threads and numeric throughput/top1 (an edgekd bench or report JSON file)."""
+    if not isinstance(report, dict) or not isinstance(report.get("models"), list):
+        raise ConfigError(f"'{where}' has no 'models' list; pass an edgekd bench or report JSON file")
+    for i, m in enumerate(report["models"]):
+        problem = _compare_entry_problem(m)
+        if problem:
+            raise ConfigError(f"'{where}': models[{i}] {problem}; pass an edgekd bench or report JSON file")
 
 
 def _key(m: dict) -> tuple:

@@ -36,26 +36,148 @@ SYNTHETIC_ID_LIMIT = 2
 SYNTHETIC_AGREEMENT_SAMPLES = 64  # reference agreement without an eval set
 
 
+# The largest input edgekd builds for one run (a feed, a padded batch, synthetic rows): this
+# many bytes, or half of the memory available now if that is less (feed_bytes_limit).
+MAX_FEED_BYTES = 2 * 1024**3
+
+
+INT_METADATA_MAX = 2**63 - 1  # edgekd.params, edgekd.macs: counts that fit an int64
+
+
+def _shown(text) -> str:
+    return repr(str(text)[:40])
+
+
 def meta_json(meta: dict, key: str):
+    """The JSON value of metadata entry `key` (None when absent); anything that is not JSON
+    is a ModelFileError (exit 2)."""
     if key not in meta:
         return None
     try:
         return json.loads(meta[key])
-    except ValueError as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         raise ModelFileError(
-            f"model metadata {key} is not valid JSON ({meta[key][:40]!r}); re-export the model"
+            f"model metadata {key} is not valid JSON ({_shown(meta[key])}); re-export the model"
         ) from exc
 
 
 def meta_int(meta: dict, key: str) -> int | None:
+    """Metadata entry `key` as a whole number from 0 to INT_METADATA_MAX (None when absent)."""
     if key not in meta:
         return None
     try:
-        return int(meta[key])
-    except ValueError as exc:
+        value = int(str(meta[key]).strip())
+    except ValueError as exc:  # also: more digits than Python converts
         raise ModelFileError(
-            f"model metadata {key} is not an integer ({meta[key][:40]!r}); re-export the model"
+            f"model metadata {key} is not an integer ({_shown(meta[key])}); re-export the model"
         ) from exc
+    if not 0 <= value <= INT_METADATA_MAX:
+        raise ModelFileError(f"model metadata {key} must be a count from 0 to 2**63-1, got {_shown(meta[key])}; "
+                             "re-export the model")
+    return value
+
+
+def meta_floats(meta: dict, key: str, channels: int) -> np.ndarray | None:
+    """Metadata entry `key` (edgekd.mean, edgekd.std) as float64 values, one per channel or
+    one for all (None when absent): a JSON list of 1 or `channels` numbers that float32 holds."""
+    values = meta_json(meta, key)
+    if values is None and key not in meta:
+        return None
+    ok = isinstance(values, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if ok:
+        try:
+            array = np.array(values, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64
+            ok = False
+    if not ok or not (np.abs(array) <= np.finfo(np.float32).max).all():  # NaN fails too
+        raise ModelFileError(f"model metadata {key} must be a JSON list of finite float32 numbers, got "
+                             f"{_shown(meta[key])}; re-export the model")
+    if len(array) not in (1, channels):
+        raise DataError(
+            f"model metadata {key} has {array.size} values but the images have {channels} channels; "
+            "use an eval set made for this model"
+        )
+    return array
+
+
+def feed_bytes_limit() -> int:
+    """MAX_FEED_BYTES, or half of the memory available now if that is less."""
+    from edgekd.runtime.machine import available_memory_bytes
+
+    available = available_memory_bytes()
+    return MAX_FEED_BYTES if available is None else max(1, min(MAX_FEED_BYTES, available // 2))
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} bytes"
+
+
+def check_feed_size(shape, dtype, what: str, hint: str, error=ModelFileError) -> None:
+    """Raise `error` (a BadInput: exit 2) before anything of `shape` and `dtype` is allocated
+    when it would exceed feed_bytes_limit(); `what` names it, `hint` says what to change."""
+    count = 1
+    for d in shape:
+        count *= max(int(d), 0)
+    nbytes, limit = count * np.dtype(dtype).itemsize, feed_bytes_limit()
+    if nbytes > limit:
+        dims = " x ".join(str(int(d)) for d in shape)
+        raise error(f"{what} would be {dims} {np.dtype(dtype).name} = {_size(nbytes)}, more than the limit of "
+                    f"{_size(limit)} (the smaller of 2 GiB and half of the available memory); {hint}")
+
+
+def check_labels(y: np.ndarray | None, num_outputs: int, path) -> None:
+    """DataError unless every eval label indexes one of the model's `num_outputs` outputs."""
+    if y is None or len(y) == 0:
+        return
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_outputs:
+        bad = int(((y < 0) | (y >= num_outputs)).sum())
+        raise DataError(f"eval set labels span {low}..{high} but '{path}' has {num_outputs} outputs "
+                        f"({bad} label(s) out of range); use an eval set made for this model")
+
+
+MAX_CLASS_NAMES_BYTES = 64 * 1024**2
+
+
+def _npz_declared(data, key: str) -> tuple:
+    """(shape, dtype) of member `key` of an open NpzFile, from its .npy header: nothing of
+    its data is read (or decompressed)."""
+    name = key + ".npy" if key + ".npy" in data.zip.namelist() else key
+    with data.zip.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(int(d) for d in shape), np.dtype(dtype)
+
+
+def _check_declared_sizes(path, declared: dict) -> None:
+    """Refuse an eval set by its headers before it is decompressed: x not non-empty uint8
+    N x C x H x W, y not N labels, class_names over MAX_CLASS_NAMES_BYTES, or x (with its
+    float32 copy) larger than the memory available."""
+    from edgekd.runtime.machine import available_memory_bytes
+
+    if "x" in declared:
+        shape, dtype = declared["x"]
+        if dtype != np.uint8 or len(shape) != 4 or not all(shape):
+            raise DataError(f"eval set '{path}': x must be non-empty uint8 N x C x H x W, got {dtype} {list(shape)}; "
+                            "save raw pixels 0-255")
+        need, available = 5 * int(np.prod(shape, dtype=object)), available_memory_bytes()
+        if available is not None and need > available:
+            raise DataError(f"eval set '{path}': x is {list(shape)}, {_size(need)} with its float32 copy, more than "
+                            f"the {_size(available)} of memory available; use a smaller eval set")
+        if "y" in declared and (declared["y"][0] != shape[:1] or declared["y"][1].kind not in "iu"):
+            y_shape, y_dtype = declared["y"]
+            raise DataError(f"eval set '{path}': y must be {shape[0]} integer labels, got {y_dtype} {list(y_shape)}; "
+                            "save one label per image")
+    if "class_names" in declared:
+        shape, dtype = declared["class_names"]
+        if int(np.prod(shape, dtype=object)) * dtype.itemsize > MAX_CLASS_NAMES_BYTES:
+            raise DataError(f"eval set '{path}': class_names is {list(shape)} {dtype}, more than "
+                            f"{_size(MAX_CLASS_NAMES_BYTES)}; save one short name per class")
 
 
 def load_eval_set(path):
@@ -76,7 +198,11 @@ def load_eval_set(path):
         raise DataError(f"eval set '{path}' is not a regular file; pass an .npz file")
     try:
         with np.load(path, allow_pickle=False) as data:  # no pickles: never run code from a file
-            arrays = {key: data[key] for key in ("x", "y", "class_names") if key in data.files}
+            keys = [key for key in ("x", "y", "class_names") if key in data.files]
+            _check_declared_sizes(path, {key: _npz_declared(data, key) for key in keys})
+            arrays = {key: data[key] for key in keys}
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(
             f"eval set '{path}' is not a readable .npz without pickled objects: {first_line(exc)}; "
@@ -98,29 +224,34 @@ def load_eval_set(path):
                 "save one label per image"
             )
         y = y.astype(np.int64)
+        if len(y) and int(y.min()) < 0:
+            raise DataError(f"eval set '{path}': y has negative labels (smallest {int(y.min())}); "
+                            "labels are class indices 0, 1, ...")
     names = arrays.get("class_names")
     return x, y, (None if names is None else [str(n) for n in names])
 
 
 def preprocess(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
     """(x/255 - mean) / std per channel (axis 1), mean/std from the model's metadata;
-    models without them get x/255 only. The arithmetic is edgekd.data.normalize's, as in training."""
+    models without them get x/255 only. The arithmetic is edgekd.data.normalize's, as in training.
+    Metadata that is not 1 or C finite numbers, a std <= 0, or values that would make a pixel
+    overflow float32 (inf inputs) are refused (exit 2)."""
     from edgekd.data.normalize import normalize
 
     channels = x_uint8.shape[1]
-    stats = {}
-    for key in ("edgekd.mean", "edgekd.std"):
-        values = meta_json(meta, key)
-        if values is None:
-            continue
-        values = np.asarray(values, dtype=np.float32)
-        if values.ndim != 1 or len(values) not in (1, channels):
-            raise DataError(
-                f"model metadata {key} has {values.size} values but the images have {channels} channels; "
-                "use an eval set made for this model"
-            )
-        stats[key] = values
-    return normalize(x_uint8, stats.get("edgekd.mean"), stats.get("edgekd.std"))
+    mean, std = (meta_floats(meta, key, channels) for key in ("edgekd.mean", "edgekd.std"))
+    if std is not None and not (std > 0).all():
+        raise ModelFileError(f"model metadata edgekd.std must be positive, got {_shown(meta['edgekd.std'])}; "
+                             "re-export the model")
+    # the largest |input| a pixel can become: at x/255 = 0 or 1, over every channel
+    centred = np.maximum(np.abs(mean), np.abs(1 - mean)) if mean is not None else np.ones(1)
+    with np.errstate(over="ignore", divide="ignore"):
+        largest = float(np.max(centred / (std if std is not None else 1.0)))
+    if not largest < float(np.finfo(np.float32).max) / 2:
+        raise ModelFileError(f"model metadata edgekd.mean / edgekd.std turn pixels into inputs as large as "
+                             f"{largest:.3g}, beyond float32; re-export the model")
+    return normalize(x_uint8, None if mean is None else mean.astype(np.float32),
+                     None if std is None else std.astype(np.float32))
 
 
 def feed_shape(inp, batch: int, eval_shape, path) -> list:
@@ -163,6 +294,8 @@ def id_limit(path, input_name: str) -> int:
 def synthetic(shape: list, dtype, id_limit: int = SYNTHETIC_ID_LIMIT, seed: int = 0) -> np.ndarray:
     """Reproducible random input: standard normal floats, uint8/int8 over their whole
     range (pixels), int32/int64 ids in [0, id_limit)."""
+    check_feed_size(shape, dtype, "the synthetic input", "use a smaller --batch-size or a model with a smaller input",
+                    error=DataError)
     rng = np.random.default_rng(seed)
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
@@ -186,6 +319,8 @@ def predict(session, x: np.ndarray, y: np.ndarray | None = None, batch_size: int
         chunk = x[start : start + step]
         n = len(chunk)
         if fixed and n < fixed:  # a fixed batch dim: pad the last chunk, drop the padding's outputs
+            check_feed_size([fixed, *chunk.shape[1:]], chunk.dtype, f"a batch of input '{inp.name}'",
+                            "export the model with a dynamic or smaller batch dim")
             pad = np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
         out = session.run(None, {inp.name: chunk})[0]

@@ -63,3 +63,15 @@ def edgekd_version() -> str | None:
         return metadata.version("edgekd")
     except metadata.PackageNotFoundError:  # running from a source checkout
         return getattr(sys.modules.get("edgekd"), "__version__", None)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux; None elsewhere or when unreadable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -18,17 +18,58 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.errors import ConfigError
+
+# Every loop here ends. A protocol asks for at most MAX_RUNS runs and MAX_SECONDS seconds of
+# warm-up, and as much of timing, per result (check_protocol refuses more, and NaN, inf or
+# negative values); and whatever it is given, a loop stops after max(asked, MAX_RUNS) runs or
+# max(asked, MAX_SECONDS) seconds (per model, for measure_interleaved), the run under way finished.
+MAX_RUNS = 1_000_000
+
+
+MAX_SECONDS = 3600.0
+
+
+MAX_THREADS = 1024  # intra- and inter-op threads of one benchmark session (edgekd.runtime.bench.check_sweep)
+
+
+PROTOCOL_FLAGS = {"warmup": "--warmup", "runs": "--runs", "min_seconds": "--min-seconds",
+                  "warmup_seconds": "--warmup-seconds"}
+
+
+def check_protocol(**values) -> None:
+    """ConfigError (exit 2, one line) unless each given value of the latency protocol is in
+    range: warmup 0..MAX_RUNS and runs 1..MAX_RUNS (whole numbers), min_seconds and
+    warmup_seconds finite numbers of seconds in 0..MAX_SECONDS."""
+    for key, value in values.items():
+        name = f"{key} ({PROTOCOL_FLAGS[key]})" if key in PROTOCOL_FLAGS else key
+        if key.endswith("seconds"):
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+                raise ConfigError(f"{name} must be a finite number of seconds from 0 to {MAX_SECONDS:g}, "
+                                  f"got {str(value)[:40]}")
+        else:
+            low = 1 if key in ("runs", "rounds") else 0
+            whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if not (whole and low <= value <= MAX_RUNS):
+                raise ConfigError(f"{name} must be a whole number from {low} to {MAX_RUNS}, got {str(value)[:40]}")
+
 
 def warm_up(session, feed: dict, *, warmup: int, warmup_seconds: float = 0.0) -> tuple:
     """(first_run_ms, warmup_runs): the cold first run, then untimed warm-up runs until at
-    least `warmup` are done and `warmup_seconds` have passed."""
+    least `warmup` are done and `warmup_seconds` have passed (at most MAX_RUNS runs and
+    MAX_SECONDS seconds unless more is asked, see check_protocol)."""
+    check_protocol(warmup=warmup, warmup_seconds=warmup_seconds)
     run, clock = session.run, time.perf_counter
     start = clock()
     run(None, feed)
     first_run_ms = (clock() - start) * 1000.0
     warmup_runs = 0
+    cap_runs, cap_seconds = max(warmup, MAX_RUNS), max(warmup_seconds, MAX_SECONDS)
     start = clock()
     while warmup_runs < warmup or clock() - start < warmup_seconds:
+        if warmup_runs >= cap_runs or clock() - start >= cap_seconds:
+            break
         run(None, feed)
         warmup_runs += 1
     return first_run_ms, warmup_runs
@@ -40,21 +81,39 @@ def measure_latency(session, feed: dict, *, warmup: int, runs: int, min_seconds:
     until at least `warmup` are done and `warmup_seconds` have passed, then timed runs
     until at least `runs` are done and `min_seconds` have passed. Only session.run is
     inside the timed interval; the loop adds one clock read per run (see
-    benchmarks/bench_overhead.py for the measured overhead against a bare loop)."""
+    benchmarks/bench_overhead.py for the measured overhead against a bare loop).
+    The timed loop stops at max(runs, MAX_RUNS) runs or max(min_seconds, MAX_SECONDS)
+    seconds even if the other condition is not met (stopped_early says so)."""
+    check_protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, warmup_seconds=warmup_seconds)
     first_run_ms, warmup_runs = warm_up(session, feed, warmup=warmup, warmup_seconds=warmup_seconds)
     run, clock = session.run, time.perf_counter  # bound once: no attribute lookups per run
     timings = []
     append = timings.append
-    deadline = clock() + min_seconds
+    cap_runs = max(runs, MAX_RUNS)
+    start = clock()
+    deadline, cap_deadline = start + min_seconds, start + max(min_seconds, MAX_SECONDS)
     t0 = clock()
     while True:
         run(None, feed)
         t1 = clock()
         append((t1 - t0) * 1000.0)
-        if len(timings) >= runs and t1 >= deadline:
+        if (len(timings) >= runs and t1 >= deadline) or len(timings) >= cap_runs or t1 >= cap_deadline:
             break
         t0 = clock()
     return timings, first_run_ms, warmup_runs
+
+
+def stopped_early(timings_ms, runs: int, min_seconds: float) -> str | None:
+    """A note when the timed loop stopped at a cap (MAX_RUNS, MAX_SECONDS) before it had
+    `runs` runs or `min_seconds` of them; None when it had both."""
+    seconds = float(np.sum(timings_ms)) / 1000.0 if len(timings_ms) else 0.0
+    if len(timings_ms) < runs:
+        return (f"timing stopped at the cap of {max(min_seconds, MAX_SECONDS):g} s after {len(timings_ms)} of the "
+                f"{runs} runs asked for")
+    if len(timings_ms) >= max(runs, MAX_RUNS) and seconds < min_seconds:
+        return (f"timing stopped at the cap of {len(timings_ms)} runs after {seconds:.3g} s of the {min_seconds:g} s "
+                "asked for")
+    return None
 
 
 # Interleaved timing: each model gets at most this many runs, or this long, per round. A
@@ -77,11 +136,18 @@ def measure_interleaved(sessions: list, *, runs: int, min_seconds: float, round_
     times (interleaved_medians)."""
     round_runs = ROUND_RUNS if round_runs is None else round_runs
     round_seconds = ROUND_SECONDS if round_seconds is None else round_seconds
+    check_protocol(runs=runs, min_seconds=min_seconds)
+    if not (isinstance(round_runs, int) and round_runs > 0 and round_seconds > 0):
+        raise ConfigError(f"round_runs and round_seconds must be positive, got {round_runs}, {round_seconds}")
     clock = time.perf_counter
     timings = [[] for _ in sessions]
     spent = [0.0] * len(sessions)
     rounds = 0
+    # the caps (see MAX_RUNS): per model, so the whole loop's wall time is bounded by their sum
+    cap_runs, cap_deadline = max(runs, MAX_RUNS), clock() + len(sessions) * max(min_seconds, MAX_SECONDS)
     while any(len(t) < runs or s < min_seconds for t, s in zip(timings, spent)):
+        if max(len(t) for t in timings) >= cap_runs or clock() >= cap_deadline:
+            break
         shift = rounds % len(sessions)
         for k in [*range(shift, len(sessions)), *range(shift)]:
             (session, feed), append = sessions[k], timings[k].append
@@ -104,6 +170,7 @@ def interleaved_medians(sessions: list, *, rounds: int, round_runs: int = 1, war
     measure_interleaved, `round_runs` runs per model each, after warm_up (the cold run and
     `warmup` runs): the quick side-by-side comparison that pruning to a latency target and
     the accuracy budget use. `edgekd bench` is the real measurement."""
+    check_protocol(rounds=rounds, warmup=warmup)
     for session, feed in sessions:
         warm_up(session, feed, warmup=warmup)
     timings = measure_interleaved(sessions, runs=rounds * round_runs, min_seconds=0.0, round_runs=round_runs,

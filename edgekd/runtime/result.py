@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import ModelFileError, first_line
+from edgekd.errors import ConfigError, ModelFileError, first_line
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import (
     INPUT_TYPES,
     SYNTHETIC_AGREEMENT_SAMPLES,
     agreement,
+    check_feed_size,
+    check_labels,
     feed_shape,
     id_limit,
     meta_int,
@@ -27,7 +29,12 @@ from edgekd.runtime.inputs import (
     synthetic,
     topk_accuracy,
 )
-from edgekd.runtime.measure import MemoryProbe, latency_stats, low_confidence
+from edgekd.runtime.measure import (
+    MemoryProbe,
+    latency_stats,
+    low_confidence,
+    stopped_early,
+)
 from edgekd.runtime.providers import resolve_provider
 from edgekd.runtime.session import (
     INT8_OPS,
@@ -115,6 +122,26 @@ def _accuracy_note(eval_x, eval_y, inp, takes_images: bool) -> str | None:
     return None
 
 
+def _check_input_size(path, inp, dtype, shape: list, fixed_batch: bool) -> None:
+    """Refuse (exit 2) an input too large to build, before it is allocated: the model's own
+    fixed dims (ModelFileError), or the batch size asked for (ConfigError)."""
+    check_feed_size([1, *shape[1:]], dtype, f"one sample of input '{inp.name}' of '{path}'",
+                    "export the model with a smaller input")
+    if fixed_batch:
+        check_feed_size(shape, dtype, f"input '{inp.name}' of '{path}' (its batch dim is fixed)",
+                        "export the model with a dynamic batch dim or a smaller input")
+    check_feed_size(shape, dtype, f"input '{inp.name}' of '{path}' at batch {shape[0]}",
+                    "use a smaller --batch-size (bench.batch_size)", error=ConfigError)
+
+
+def _output_count(session) -> int | None:
+    """Values per row of the model's first output when its shape is fixed but for the batch."""
+    dims = session.get_outputs()[0].shape[1:]
+    if dims and all(isinstance(d, int) and d > 0 for d in dims):
+        return int(np.prod(dims))
+    return None
+
+
 def _synthetic_input(path, inp, dtype, shape: list, seed: int = 0) -> np.ndarray:
     """Synthetic input of `shape`; integer inputs get ids inside the embedding they index."""
     if dtype in (np.int32, np.int64):
@@ -127,6 +154,8 @@ def _agreement_inputs(eval_x, meta: dict, inp, dtype, path, shape: list, takes_i
     this model, else SYNTHETIC_AGREEMENT_SAMPLES synthetic rows of the benchmark's shape."""
     if takes_images and eval_x is not None:
         return preprocess(eval_x, meta), "eval"
+    check_feed_size([SYNTHETIC_AGREEMENT_SAMPLES, *shape[1:]], dtype, f"the synthetic inputs of '{path}' to compare "
+                    "with the reference", "pass --data to compare on the eval set", error=ModelFileError)
     return _synthetic_input(path, inp, dtype, [SYNTHETIC_AGREEMENT_SAMPLES, *shape[1:]], seed=1), "synthetic"
 
 
@@ -185,7 +214,7 @@ class Opened:
     feed: dict
 
 
-def open_model(path: Path, cfg: BenchConfig, eval_x) -> Opened:
+def open_model(path: Path, cfg: BenchConfig, eval_x, eval_y=None) -> Opened:
     """Check the file again (a long benchmark of several models leaves time for a file to
     change after bench()'s check; out of session_ms), open its session and build its input."""
     check_onnx_file(path)
@@ -201,7 +230,11 @@ def open_model(path: Path, cfg: BenchConfig, eval_x) -> Opened:
     batch = inp.shape[0] if fixed_batch else cfg.batch_size
     takes_images = _takes_images(inp, dtype)
     shape = feed_shape(inp, batch, eval_x.shape if takes_images and eval_x is not None else None, path)
+    _check_input_size(path, inp, dtype, shape, fixed_batch)
     x = preprocess(eval_x, meta) if takes_images and eval_x is not None else None
+    count = _output_count(session)
+    if x is not None and eval_y is not None and count is not None:
+        check_labels(eval_y, count, path)  # before timing; finish_row checks the real outputs again
     feed_x = _synthetic_input(path, inp, dtype, shape) if x is None else np.resize(x[:batch], shape)
     return Opened(path, cfg, session, session_ms, memory, meta, inp, dtype, batch, shape, takes_images, x,
                    {inp.name: feed_x})
@@ -223,8 +256,10 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
         outputs = cache.setdefault("outputs", {}).get(key)
         if outputs is None:
             outputs = cache["outputs"][key] = predict(session, x, eval_y)
+        check_labels(eval_y, outputs.shape[1], path)
         top1, top5 = topk_accuracy(outputs, eval_y, 1), topk_accuracy(outputs, eval_y, 5)
-    note = _accuracy_note(eval_x, eval_y, inp, opened.takes_images)
+    notes = [n for n in (_accuracy_note(eval_x, eval_y, inp, opened.takes_images),
+                         stopped_early(timings, cfg.runs, cfg.min_seconds)) if n]
 
     ref = None
     if reference is not None:
@@ -277,5 +312,5 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
         fallback_nodes=fallback if provider_nodes else None,
         reference=ref,
         input_source="synthetic" if x is None else "eval",
-        notes=[note] if note else [],
+        notes=notes,
     )

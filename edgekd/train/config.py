@@ -6,7 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from edgekd.configtools import require
+from edgekd.configtools import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_WEIGHT_DECAY,
+    check_arch_args,
+    check_builtin_arch_args,
+    check_flag,
+    check_name,
+    check_number,
+    check_path,
+    require,
+    shown,
+)
 
 
 @dataclass(frozen=True)
@@ -21,14 +34,20 @@ class TrainConfig:
     augment: bool = True  # random crop (pad 2) + horizontal flip, done on whole batches
 
     def __post_init__(self):
-        require(self.epochs >= 0, f"{self._stage}.epochs must be >= 0, got {self.epochs}")
-        require(self.batch_size > 0, f"{self._stage}.batch_size must be positive")
-        require(self.lr > 0, f"{self._stage}.lr must be positive")
-        require(self.weight_decay >= 0, f"{self._stage}.weight_decay must be >= 0")
+        stage = self._stage
+        check_number(self.epochs, f"{stage}.epochs", high=MAX_EPOCHS, integer=True)
+        require(self.epochs >= 0, f"{stage}.epochs must be >= 0, got {self.epochs}")
+        check_number(self.batch_size, f"{stage}.batch_size", high=MAX_BATCH_SIZE, integer=True)
+        require(self.batch_size > 0, f"{stage}.batch_size must be positive, got {self.batch_size}")
+        check_number(self.lr, f"{stage}.lr", high=MAX_LR)
+        require(self.lr > 0, f"{stage}.lr must be positive, got {self.lr}")
+        check_number(self.weight_decay, f"{stage}.weight_decay", high=MAX_WEIGHT_DECAY)
+        require(self.weight_decay >= 0, f"{stage}.weight_decay must be >= 0, got {self.weight_decay}")
         require(
-            self.optimizer in OPTIMIZERS,
-            f"unknown {self._stage}.optimizer '{self.optimizer}'; available: {', '.join(OPTIMIZERS)}",
+            isinstance(self.optimizer, str) and self.optimizer in OPTIMIZERS,
+            f"unknown {stage}.optimizer {shown(self.optimizer)}; available: {', '.join(OPTIMIZERS)}",
         )
+        check_flag(self.augment, f"{stage}.augment")
 
     _stage = "train"
 
@@ -48,8 +67,12 @@ class TransferConfig:
     finetune_lr: Optional[float] = None
 
     def __post_init__(self):
-        require(bool(self.pretrained), "teacher.transfer.pretrained must name a weights file")
+        require(isinstance(self.pretrained, str) and bool(self.pretrained),
+                "teacher.transfer.pretrained must name a weights file")
+        check_path(self.pretrained, "teacher.transfer.pretrained", optional=False)
+        check_number(self.head_epochs, "teacher.transfer.head_epochs", high=MAX_EPOCHS, integer=True)
         require(self.head_epochs >= 0, f"teacher.transfer.head_epochs must be >= 0, got {self.head_epochs}")
+        check_number(self.finetune_lr, "teacher.transfer.finetune_lr", high=MAX_LR, optional=True)
         require(self.finetune_lr is None or self.finetune_lr > 0, "teacher.transfer.finetune_lr must be positive")
 
 
@@ -65,3 +88,18 @@ class TeacherConfig(TrainConfig):
     weights: Optional[str] = None
     transfer: Optional[TransferConfig] = None  # start from pretrained weights, new head (edgekd.transfer)
     _stage = "teacher"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_arch_fields(self)
+        check_path(self.weights, f"{self._stage}.weights")
+        require(self.transfer is None or isinstance(self.transfer, TransferConfig),
+                f"{self._stage}.transfer must be a mapping like {{pretrained: FILE}}")
+
+
+def check_arch_fields(cfg) -> None:
+    """A section's `arch` (a registered name, 'torchvision:NAME' or 'module:function') and
+    `arch_args` (plain data: check_arch_args); the architecture checks its arguments when built."""
+    check_name(cfg.arch, f"{cfg._stage}.arch")
+    check_arch_args(cfg.arch_args, f"{cfg._stage}.arch_args")
+    check_builtin_arch_args(cfg.arch, cfg.arch_args, f"{cfg._stage}.arch_args")

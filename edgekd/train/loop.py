@@ -183,7 +183,9 @@ def fit(
                     images = augment_batch(images, generator)
                 loss, logits = step_fn(images, labels, index)
                 if not torch.isfinite(loss):
-                    raise _diverged(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint)
+                    step = (epoch - 1) * steps_per_epoch + i // cfg.batch_size + 1
+                    raise _diverged(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint,
+                                    step=step, cause=_non_finite_cause(desc, cfg, images, model, step))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -290,13 +292,42 @@ def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
 
 
-def _diverged(desc: str, what: str, epoch: int, cfg: TrainConfig, checkpoint) -> TrainingDiverged:
+USUAL_LR = {"adamw": 1e-3, "sgd": 0.1}
+LARGE_LR = {"adamw": 0.1, "sgd": 1.0}  # above these, a learning rate is far beyond the usual
+
+
+def _diverged(desc: str, what: str, epoch: int, cfg: TrainConfig, checkpoint, step: int | None = None,
+              cause: str | None = None) -> TrainingDiverged:
+    """One line: what diverged where, the checkpoint kept, and the likely cause with its fix."""
     kept = ""
     if checkpoint is not None and epoch > 1 and Path(checkpoint).is_file():
         kept = f"; the checkpoint of epoch {epoch - 1} is kept in {checkpoint}"
-    return TrainingDiverged(
-        f"{desc}: {what} at epoch {epoch}{kept}; start a new run with a lower {desc}.lr (now {cfg.lr})"
-    )
+    where = f"at epoch {epoch}, step {step}" if step is not None else f"at epoch {epoch}"
+    return TrainingDiverged(f"{desc}: {what} {where}{kept}; {cause or _lr_advice(desc, cfg)}")
+
+
+def _lr_advice(desc: str, cfg: TrainConfig) -> str:
+    limit = LARGE_LR.get(cfg.optimizer, 1.0)
+    if not cfg.lr <= limit:  # inf and NaN included
+        return (f"{desc}.lr {cfg.lr:g} is very large for {cfg.optimizer} (usual: about "
+                f"{USUAL_LR.get(cfg.optimizer, 1e-3):g}): start a new run with a lower {desc}.lr")
+    return f"start a new run with a lower {desc}.lr (now {cfg.lr})"
+
+
+def _non_finite_cause(desc: str, cfg: TrainConfig, images: torch.Tensor, model: nn.Module, step: int) -> str:
+    """Why the loss of `step` is not finite: the inputs, the weights (broken by an earlier
+    update), a very large lr, or else the loss itself (its settings)."""
+    if not bool(torch.isfinite(images).all()):
+        return ("the inputs contain NaN or inf (check the data: a channel with zero variance, or its mean/std); "
+                "a lower lr will not help")
+    if not _all_finite(model):
+        when = f"at step {step - 1}" if step > 1 else "before the first step"
+        return f"the weights became non-finite {when}: {_lr_advice(desc, cfg)}"
+    advice = _lr_advice(desc, cfg)
+    if not cfg.lr <= LARGE_LR.get(cfg.optimizer, 1.0):
+        return advice
+    settings = "" if desc.startswith("teacher") else ", or check the loss settings (distill.temperature, alpha, terms)"
+    return f"the inputs and weights are finite, so the loss itself overflowed: {advice}{settings}"
 
 
 def cross_entropy_step(model: nn.Module) -> StepFn:

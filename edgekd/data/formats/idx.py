@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays, generic_class_names, search_dirs
+from edgekd.data.base import RawArrays, check_memory, generic_class_names, search_dirs
 from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
 
@@ -72,6 +72,7 @@ def read_idx(path) -> np.ndarray:
                         f"{path} is truncated or corrupt: its header says shape {tuple(dims)} "
                         f"({header + expected} bytes) but the file has {size} bytes; {fix}"
                     )
+            check_memory(expected, f"{path} (shape {tuple(dims)})", fix)
             body = _read_at_most(f, expected + 1)
     except (OSError, EOFError, zlib.error) as exc:  # EOFError: a truncated .gz
         raise DataError(f"cannot read {path}: {joined_lines(exc)}; replace it with an intact copy") from exc
@@ -152,5 +153,5 @@ def read_idx_folder(folder: Path, name: str) -> RawArrays:
     elif "fashion" in name.lower():
         class_names = FASHION_MNIST_CLASSES
     else:
-        class_names = generic_class_names(out["train"][1], out["test"][1])
+        class_names = generic_class_names(out["train"][1], out["test"][1], source=str(folder))
     return RawArrays(name, *out["train"], *out["test"], class_names, str(folder))

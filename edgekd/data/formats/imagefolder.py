@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays, need_path
+from edgekd.data.base import MAX_CLASSES, RawArrays, check_image_size, check_memory, need_path
 from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
 
@@ -36,7 +36,9 @@ def load_imagefolder(path: str) -> RawArrays:
     class_names = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
     if not class_names:
         raise DataError(f"{train_dir} has no class folders; expected {layout}")
-    train_files = _list_images(train_dir, class_names, layout)
+    if len(class_names) > MAX_CLASSES:
+        raise DataError(f"{train_dir} has {len(class_names):,} class folders; at most {MAX_CLASSES:,}")
+    train_files = _list_images(train_dir, class_names, layout, every_class=True)
     test_files = _list_images(test_dir, class_names, layout)
 
     from PIL import Image  # lazily: only this loader needs PIL
@@ -49,6 +51,11 @@ def load_imagefolder(path: str) -> RawArrays:
     mode = "L" if modes <= set(_GRAY_MODES) else "RGB"
     with _open_image(Image, train_files[0][0]) as first:
         size = first.size
+    check_image_size(size[1], size[0], str(train_files[0][0]))
+    channels = 1 if mode == "L" else 3
+    check_memory((len(train_files) + len(test_files)) * channels * size[0] * size[1],
+                 f"{root}: {len(train_files) + len(test_files):,} images of {size[0]}x{size[1]}x{channels}",
+                 "use fewer or smaller images")
     train_x = _read_images(Image, train_files, mode, size)
     test_x = _read_images(Image, test_files, mode, size)
     train_y = np.array([label for _, label in train_files], dtype=np.int64)
@@ -56,16 +63,24 @@ def load_imagefolder(path: str) -> RawArrays:
     return RawArrays("imagefolder", train_x, train_y, test_x, test_y, class_names, str(root))
 
 
-def _list_images(split_dir: Path, class_names: tuple[str, ...], layout: str) -> list[tuple[Path, int]]:
+def _list_images(split_dir: Path, class_names: tuple[str, ...], layout: str,
+                 every_class: bool = False) -> list[tuple[Path, int]]:
+    """(file, label) of every image under split_dir/<class>/. `every_class` (train): a class
+    folder without images is an error, not a class no image can ever teach."""
     found = []
+    labels = {name: i for i, name in enumerate(class_names)}
     for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
-        if class_dir.name not in class_names:
+        if class_dir.name not in labels:
             raise DataError(f"{class_dir} is a class that {split_dir.parent / 'train'} lacks; expected {layout}")
-        label = class_names.index(class_dir.name)
+        label = labels[class_dir.name]
         # is_file: regular files (or links to them) only; a FIFO named x.png would block the reader
-        found += [
+        images = [
             (f, label) for f in sorted(class_dir.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES and f.is_file()
         ]
+        if every_class and not images:
+            raise DataError(f"class folder {class_dir} has no images ({', '.join(_IMAGE_SUFFIXES)}); an empty "
+                            "folder is not a class: add its images or remove the folder")
+        found += images
     if not found:
         raise DataError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) under {split_dir}; expected {layout}")
     return found
@@ -75,7 +90,19 @@ def _open_image(Image, file: Path):
     try:
         return Image.open(file)
     except Exception as exc:  # PIL raises several types for unreadable files
+        _check_png_size(file)  # PIL cannot open a 0x0 PNG: say why
         raise DataError(f"cannot read image {file} ({joined_lines(exc)}); replace or remove it") from exc
+
+
+def _check_png_size(file: Path) -> None:
+    """DataError with the minimum size when `file` is a PNG whose header declares a side < MIN_IMAGE_SIDE."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        check_image_size(int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), str(file))
 
 
 def _read_images(Image, files_and_labels, mode: str, size: tuple[int, int]) -> np.ndarray:

@@ -3,16 +3,34 @@
 
 from __future__ import annotations
 
+import math
+import os
+import zipfile
 from importlib.resources import as_file, files
 from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays, generic_class_names, need_path
+from edgekd.configtools import clip
+from edgekd.data.base import (
+    MAX_CLASS_NAME,
+    MAX_CLASSES,
+    RawArrays,
+    check_memory,
+    generic_class_names,
+    need_path,
+    size_text,
+)
 from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
 
 EMBEDDED_FILE = "fashion_mnist_subset.npz"  # inside edgekd/assets/
+
+
+MAX_DEFLATE_RATIO = 1100  # deflate never expands more than 1032:1; a member claiming more lies
+
+
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty zip
 
 
 _NPZ_LAYOUT = "x,y or train_x,train_y,test_x,test_y (uint8 images, integer labels), optional class_names"
@@ -44,14 +62,38 @@ def load_embedded() -> RawArrays:
 
 
 def load_npz(file: Path, name: str) -> RawArrays:
-    """An np.savez file holding x,y (1/6 of it carved out as test) or train_x,train_y,test_x,test_y."""
+    """An np.savez file holding x,y (1/6 of it carved out as test) or train_x,train_y,test_x,test_y.
+
+    Only the members the layout uses are read, each after its header was checked against
+    the file (npz_member): a forged header is a DataError, never a huge allocation. Every
+    DataError is one line of at most 300 characters."""
+    try:
+        return _load_npz(file, name)
+    except DataError as exc:
+        raise DataError(clip(str(exc))) from exc.__cause__
+
+
+def _load_npz(file: Path, name: str) -> RawArrays:
     if not file.is_file():
         raise DataError(f"npz file {file} not found; pass --data-path FILE.npz holding {_NPZ_LAYOUT}")
     try:
-        with np.load(file, allow_pickle=False) as data:  # allow_pickle=False: no code from the file
-            if not hasattr(data, "files"):
-                raise DataError(f"{file} is a single .npy array, not an .npz archive; save {_NPZ_LAYOUT} with np.savez")
-            arrays = {key: data[key] for key in data.files}
+        with open(file, "rb") as f:
+            magic = f.read(6)
+        if magic.startswith(b"\x93NUMPY"):
+            raise DataError(f"{file} is a single .npy array, not an .npz archive; save {_NPZ_LAYOUT} with np.savez")
+        if not magic.startswith(ZIP_MAGICS):
+            raise DataError(f"{file} is not an .npz archive (np.savez writes a zip file); save {_NPZ_LAYOUT} "
+                            "with np.savez")
+        with np.load(file, allow_pickle=False) as data:  # lazy: a member is read when it is used
+            keys = set(data.files)
+            if {"train_x", "train_y", "test_x", "test_y"} <= keys:
+                used = ("train_x", "train_y", "test_x", "test_y")
+            elif {"x", "y"} <= keys:
+                used = ("x", "y")
+            else:
+                raise DataError(f"{file} has arrays {_names(keys)}; expected {_NPZ_LAYOUT}")
+            used += ("class_names",) if "class_names" in keys else ()
+            arrays = {key: npz_member(data, key, file) for key in used}
     except DataError:
         raise
     except Exception as exc:  # zip, format or pickle errors all mean "not a plain .npz"
@@ -59,10 +101,10 @@ def load_npz(file: Path, name: str) -> RawArrays:
             f"cannot read {file} as .npz ({joined_lines(exc)}); expected np.savez output with {_NPZ_LAYOUT}"
         ) from exc
 
-    if {"train_x", "train_y", "test_x", "test_y"} <= arrays.keys():
+    if "train_x" in arrays:
         train_x, train_y = _npz_pair(arrays, "train_x", "train_y", file)
         test_x, test_y = _npz_pair(arrays, "test_x", "test_y", file)
-    elif {"x", "y"} <= arrays.keys():
+    else:
         x, y = _npz_pair(arrays, "x", "y", file)
         if len(x) < 2:
             raise DataError(f"{file} has {len(x)} images; at least 2 are needed to carve out a test split")
@@ -71,17 +113,69 @@ def load_npz(file: Path, name: str) -> RawArrays:
         n_test = max(1, len(x) // 6)
         train_x, train_y = x[order[:-n_test]], y[order[:-n_test]]
         test_x, test_y = x[order[-n_test:]], y[order[-n_test:]]
-    else:
-        raise DataError(f"{file} has arrays {sorted(arrays)}; expected {_NPZ_LAYOUT}")
 
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind not in "US":
             raise DataError(f"{file}: class_names must be a 1-D array of strings, got {names.dtype} {names.shape}")
-        class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
+        if not 0 < len(names) <= MAX_CLASSES or names.dtype.itemsize > 4 * MAX_CLASS_NAME:
+            raise DataError(f"{file}: class_names must hold 1 to {MAX_CLASSES:,} names of at most "
+                            f"{MAX_CLASS_NAME} characters, got {len(names):,} of {names.dtype}")
+        try:
+            class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{file}: class_names are not UTF-8 text ({joined_lines(exc)})") from exc
     else:
-        class_names = generic_class_names(train_y, test_y)
+        class_names = generic_class_names(train_y, test_y, source=str(file))
     return RawArrays(name, train_x, train_y, test_x, test_y, class_names, str(file))
+
+
+def _names(keys) -> str:
+    shown = sorted(str(k)[:20] for k in list(keys)[:8])
+    return str(shown) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+
+def npz_member(data, key: str, file) -> np.ndarray:
+    """Member `key` of an open np.load(.npz) archive, read only after its .npy header was
+    checked against the file: a plain (non-object) dtype, a declared size equal to what the
+    zip entry holds, an entry that fits in the file (stored) or in what deflate can expand
+    to (compressed), and an array that fits in memory. Anything else is a DataError."""
+    zf = data.zip
+    names = set(zf.namelist())
+    member = key if key in names else key + ".npy"  # the member np.load's data[key] reads
+    info = zf.getinfo(member)
+    real_size = os.path.getsize(file)
+    where = f"{file}: member '{key}'"
+    if info.compress_size > real_size:
+        raise DataError(f"{where} claims {size_text(info.compress_size)} but the file has {size_text(real_size)}; "
+                        "the archive is truncated or forged")
+    if info.compress_type == zipfile.ZIP_STORED:
+        expandable = info.compress_size
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        expandable = info.compress_size * MAX_DEFLATE_RATIO
+    else:
+        raise DataError(f"{where} uses zip compression method {info.compress_type}; np.savez writes stored or "
+                        "deflated members only; save it again with np.savez")
+    if info.file_size > expandable:
+        raise DataError(f"{where} declares {size_text(info.file_size)}, more than its {size_text(info.compress_size)} "
+                        "of data can hold; the archive is corrupt or forged")
+    try:
+        with zf.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(f)
+            header = f.tell()
+    except Exception as exc:  # bad magic, a header that is not a dict of shape/dtype, ...
+        raise DataError(f"{where} is not a valid .npy array ({joined_lines(exc)}); save it again with np.savez") from exc
+    if dtype.hasobject:
+        raise DataError(f"cannot read {file}: member '{key}' holds Python objects ({dtype}), which would need "
+                        "pickle; refusing it; save numeric and string arrays only")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header + nbytes != info.file_size:
+        raise DataError(f"{where} declares shape {shape} ({size_text(nbytes)}) but holds "
+                        f"{size_text(max(info.file_size - header, 0))}; the archive is corrupt or forged")
+    check_memory(nbytes, where, "use a smaller dataset or a machine with more memory")
+    return data[key]
 
 
 def _npz_pair(arrays: dict, x_key: str, y_key: str, file: Path):
@@ -92,6 +186,8 @@ def _npz_pair(arrays: dict, x_key: str, y_key: str, file: Path):
         )
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{file}: {y_key} must be a 1-D integer label array, got {y.dtype} {y.shape}")
+    if x.ndim not in (3, 4):
+        _to_nchw(x, x_key, file)  # raises the DataError that names the layouts
     if len(x) != len(y):
         raise DataError(f"{file}: {x_key} has {len(x)} images but {y_key} has {len(y)} labels; they must match")
     return _to_nchw(x, x_key, file), y.astype(np.int64)

@@ -4,10 +4,7 @@ born-again or EMA self-distillation)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgekd.distill.config import DistillConfig
-from edgekd.errors import ModelFileError
 from edgekd.pipeline.context import Context, StageResult, build_arch, fit_summary, model_summary
 from edgekd.pipeline.layout import CHECKPOINTS, STUDENT_WEIGHTS
 
@@ -19,18 +16,11 @@ def learns_from_teacher(cfg: DistillConfig) -> bool:
 
 
 def check(cfg: DistillConfig, *, spec, teacher_arch: str, teacher_arch_args: dict) -> None:
-    """Before the run starts: extra teachers build and their weights exist; every layer that
-    distill.terms names exists in the student and the (first) teacher."""
-    from edgekd.distill.config import extra_teacher_configs
+    """Before the run starts: every layer that distill.terms names exists in the student and the
+    (first) teacher. (The extra teachers and their weights are checked by pipeline/preflight.py.)"""
     from edgekd.distill.terms import check_layer
 
-    if not learns_from_teacher(cfg):
-        return
-    for i, extra in enumerate(extra_teacher_configs(cfg), start=1):
-        build_arch(spec, extra.arch, extra.arch_args)
-        if extra.weights is not None and not Path(extra.weights).is_file():
-            raise ModelFileError(f"distill.extra_teachers[{i - 1}].weights '{extra.weights}' does not exist")
-    if not cfg.terms:
+    if not learns_from_teacher(cfg) or not cfg.terms:
         return
     student = build_arch(spec, cfg.arch, cfg.arch_args)
     teacher = build_arch(spec, teacher_arch, teacher_arch_args)

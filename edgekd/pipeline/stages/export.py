@@ -17,9 +17,25 @@ def run(ctx: Context, cfg: ExportConfig, inputs: dict) -> StageResult:
     record = {}
     for stage, file in (("teacher", TEACHER_ONNX), ("student", STUDENT_ONNX)):
         model, arch, summary = inputs["models"][stage]
+        check_finite_weights(model, stage, arch)
         metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=summary["params"], macs=summary["macs"])
         report = to_onnx(model, ctx.path(file), input_shape=input_shape_of(spec), metadata=metadata, cfg=cfg,
                          check_inputs=check_inputs)
         record[stage] = {"path": file, "max_abs_diff": {str(b): d for b, d in report.max_abs_diff.items()}}
         ctx.log(f"[export] {file}: max |onnx - torch| = {max(report.max_abs_diff.values()):.2e}")
     return StageResult(record)
+
+
+def check_finite_weights(model, stage: str, arch: str) -> None:
+    """NaN or inf weights are the model's fault, not the exporter's: refuse them by name
+    before exporting (the parity check would otherwise report a NaN difference)."""
+    import torch
+
+    from edgekd.errors import ModelFileError
+
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise ModelFileError(f"the {stage} ({arch}) weights are non-finite (NaN or inf in '{bad[0]}'{more}), so it "
+                             "cannot be exported; its weights file is damaged or its training diverged: start a new "
+                             "run (with a lower lr if it diverged)")
