@@ -18,7 +18,8 @@ import traceback
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgekdError
+from edgekd.configtools import clip
+from edgekd.errors import EdgekdError, first_line
 
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 
@@ -88,7 +89,8 @@ def _resume_hint(ctx) -> str:
 def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "", hint: str = ""):
     if debug:
         traceback.print_exc()
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # one line, bounded (a crafted input must not flood the terminal), long enough for two paths
+    message = first_line(exc) if not isinstance(exc, EdgekdError) else clip(str(exc), 1000)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = f" while writing '{exc.filename}'" if exc.filename else ""
         message = f"disk full{where}: {exc.strerror or 'No space left on device'}"

@@ -297,5 +297,6 @@ def remove_temp_files(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_dir():
         for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_file() and not tmp.is_symlink():  # only our own files, never through a link
+                tmp.unlink(missing_ok=True)
 

@@ -26,6 +26,7 @@ def _onnx():
 
 
 
+SPARSE_MIN_BYTES = 1 << 20  # external ranges smaller than this are not checked for sparseness
 _PROTOBUF_DEPTH_LIMIT = 100  # protobuf's own default recursion limit for nested messages
 
 
@@ -61,8 +62,8 @@ def check_onnx_file(path) -> None:
                 f"'{path}' is not a valid ONNX model: {first_line(exc)}; re-export it or pick another file"
             ) from exc
         tensors = _external_tensors(proto)
-    for name, entries in tensors:
-        check_external_data(path, name, entries)
+    external = sum(check_external_data(path, name, entries) for name, entries in tensors)
+    check_fits_in_memory(path, path.stat().st_size + external)
     if onnx is None:
         return  # without onnx, make_session reports what ONNX Runtime cannot parse
     # onnx's shape inference types a sparse initializer as a sparse tensor, which no
@@ -78,9 +79,22 @@ def check_onnx_file(path) -> None:
         ) from exc
 
 
-def check_external_data(model_path, tensor_name: str, entries) -> None:
+def check_fits_in_memory(model_path, nbytes: int) -> None:
+    """ONNX Runtime holds every weight in memory: a model (file plus external data) larger
+    than half of the memory available is refused before a session tries to allocate it."""
+    from edgekd.runtime.machine import available_memory_bytes
+
+    available = available_memory_bytes()
+    if available is not None and nbytes > available // 2:
+        raise ModelFileError(f"'{model_path}' holds {nbytes / 2**30:.1f} GiB of weights, more than half of the "
+                             f"{available / 2**30:.1f} GiB of memory available; refused before loading it")
+
+
+def check_external_data(model_path, tensor_name: str, entries) -> int:
     """Refuse (ModelFileError) external data that is not a byte range of a plain file
-    inside the model's folder. `entries` are the tensor's external_data (key, value) pairs.
+    inside the model's folder, or that the file does not really hold (a sparse file that
+    declares gigabytes it has no data for). `entries` are the tensor's external_data (key,
+    value) pairs. Returns the tensor's byte count.
 
     Only lstat/stat and realpath touch the file system here; nothing is opened.
     """
@@ -137,6 +151,12 @@ def check_external_data(model_path, tensor_name: str, entries) -> None:
     if end > size:
         wanted = f"bytes {start}..{end}" if length is not None else f"offset {start}"
         refuse(f"needs {wanted} but the file has {size} bytes")
+    nbytes = (end if length is not None else size) - start
+    allocated = getattr(st, "st_blocks", None)
+    if allocated is not None and nbytes > SPARSE_MIN_BYTES and allocated * 512 < nbytes // 2:
+        refuse(f"is sparse on disk: it declares {nbytes:,} bytes for this tensor but the file holds only "
+               f"{allocated * 512:,} bytes of data (copy it with cp --sparse=never if it is genuine)")
+    return nbytes
 
 
 def _external_int(info: dict, key: str, refuse):

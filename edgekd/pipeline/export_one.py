@@ -34,7 +34,10 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
 
     precision = "int8" if int8 else "fp32"
     if run_dir is not None:
-        run_dir = Path(run_dir)
+        from edgekd.pipeline.rundir import check_no_links, real_run_dir
+
+        run_dir = real_run_dir(run_dir)
+        check_no_links(run_dir)  # a link inside a run would let export read outside it
         recipe = Recipe.from_yaml(run_dir / RECIPE_FILE)
         cfg = recipe.teacher if stage == "teacher" else recipe.distill
         arch, arch_args = cfg.arch, cfg.arch_args
@@ -67,6 +70,9 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         load_weights(model, weights)
     spec = splits.spec
     model.eval()
+    from edgekd.pipeline.stages.export import check_finite_weights
+
+    check_finite_weights(model, stage, arch)  # NaN weights are the model's fault, not the exporter's
     input_shape = (spec.channels, spec.height, spec.width)
     metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),
                               macs=count_macs(model, input_shape))

@@ -41,6 +41,7 @@ def preflight(recipe: Recipe, store, done=()) -> None:
     check_finite_numbers(recipe.to_dict())
     splits = store.splits()
     spec = splits.spec
+    check_batch_sizes(recipe, len(splits.train_y), (spec.channels, spec.height, spec.width))
     with torch.random.fork_rng(devices=[]):  # building models draws initial weights: leave the RNG alone
         images, labels = check_data(splits)
         teacher = check_model("teacher", recipe.teacher.arch, recipe.teacher.arch_args, spec, images)
@@ -60,6 +61,20 @@ def preflight(recipe: Recipe, store, done=()) -> None:
             check_opset(recipe.export.opset)
         if recipe.prune.enabled and "prune" not in done:
             check_pruning(recipe, student, spec, images, labels)
+
+
+def check_batch_sizes(recipe: Recipe, images: int, image_shape) -> None:
+    """Every batch a stage will hold fits in memory (edgekd.data.base.check_batch_memory)."""
+    from edgekd.data.base import check_batch_memory
+
+    sizes = {"teacher.batch_size": recipe.teacher.batch_size, "distill.batch_size": recipe.distill.batch_size,
+             "quantize.calib_batch_size": recipe.quantize.calib_batch_size}
+    if recipe.prune.enabled:
+        sizes["prune.batch_size"] = recipe.prune.batch_size
+    if recipe.quantize.enabled and recipe.quantize.method == "qat":
+        sizes["quantize.qat.batch_size"] = recipe.quantize.qat.batch_size
+    for key, size in sizes.items():
+        check_batch_memory(size, images, image_shape, key)
 
 
 def check_finite_numbers(values, where: str = "") -> None:

@@ -397,3 +397,44 @@ def test_safetensors_headers_that_lie_are_refused(tmp_path, tensors, fragment):
     with pytest.raises(ModelFileError) as info:
         load_state_dict(path)
     assert fragment in bad_input(info)
+
+
+def _sparse_external_model(folder: Path, side: int = 50_000) -> Path:
+    """A 169-byte ONNX model whose weight is 'stored' in a sparse file declaring side**2 floats."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[side, side],
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(side * side * 4))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, side])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, side])
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "W"], ["logits"])], "g", [x], [y], [weight])
+    path = folder / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with open(folder / "w.bin", "wb") as f:
+        f.truncate(side * side * 4)  # 10 GB on paper, nothing on disk
+    return path
+
+
+def test_onnx_with_sparse_external_data_is_refused_in_bounded_memory(tmp_path):
+    """Benching it used to load 22 GB; now the file's real data is checked first."""
+    path = _sparse_external_model(tmp_path)
+    assert path.stat().st_size < 1000
+    assert_refused_in_bounded_memory(f"from edgekd.io.onnxfile import check_onnx_file; check_onnx_file({str(path)!r})",
+                                     tmp_path, "sparse on disk")
+    result = subprocess.run([sys.executable, "-m", "edgekd", "bench", str(path), "--runs", "1", "--min-seconds", "0",
+                             "--no-progress"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "sparse on disk" in result.stderr
+
+
+def test_onnx_weights_larger_than_memory_are_refused(tmp_path, monkeypatch):
+    from edgekd.io import onnxfile
+    from edgekd.runtime import machine
+
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda: 2 << 20)  # a 2 MiB machine
+    with pytest.raises(ModelFileError, match="more than half of the"):
+        onnxfile.check_fits_in_memory("m.onnx", 3 << 20)
+    onnxfile.check_fits_in_memory("m.onnx", 512 << 10)

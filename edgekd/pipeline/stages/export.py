@@ -21,7 +21,9 @@ def run(ctx: Context, cfg: ExportConfig, inputs: dict) -> StageResult:
         metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=summary["params"], macs=summary["macs"])
         report = to_onnx(model, ctx.path(file), input_shape=input_shape_of(spec), metadata=metadata, cfg=cfg,
                          check_inputs=check_inputs)
-        record[stage] = {"path": file, "max_abs_diff": {str(b): d for b, d in report.max_abs_diff.items()}}
+        record[stage] = {"path": file, "max_abs_diff": {str(b): d for b, d in report.max_abs_diff.items()},
+                         "max_rel_diff": {str(b): d for b, d in report.max_rel_diff.items()},
+                         "atol": report.atol, "rtol": report.rtol}
         ctx.log(f"[export] {file}: max |onnx - torch| = {max(report.max_abs_diff.values()):.2e}")
     return StageResult(record)
 

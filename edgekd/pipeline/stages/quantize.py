@@ -9,6 +9,7 @@ from pathlib import Path
 from edgekd.io.artifacts import atomic_write_text
 from edgekd.pipeline.context import Context, StageResult, fit_summary, input_shape_of
 from edgekd.pipeline.layout import INT8_ONNX, QUANT_BUDGET_JSON, STUDENT_ONNX
+from edgekd.quant.budget import budget_summary, exceeds_budget
 from edgekd.quant.config import QuantConfig
 
 
@@ -77,8 +78,11 @@ def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
         "val_top1_fp32": fp32_val,
         "max_drop": cfg.max_drop,
     }
-    if cfg.max_drop is not None and fp32_val - int8_val > cfg.max_drop:
-        result.update(_quantize_budget(ctx, cfg, calib=calib, meta=meta, machine=machine, evaluate=val_top1,
+    val_size = len(splits.val_y)
+    result["budget_resolution"] = budget_summary(cfg.max_drop, val_size)
+    ctx.log(f"[quantize] {result['budget_resolution']['text']}")
+    if exceeds_budget(fp32_val, int8_val, cfg.max_drop, val_size):
+        result.update(_quantize_budget(ctx, cfg, val_size=val_size, calib=calib, meta=meta, machine=machine, evaluate=val_top1,
                                        fp32_val=fp32_val, int8_val=int8_val, partial=result))
     return StageResult(result)
 
@@ -122,7 +126,7 @@ def _quantize_qat(ctx: Context, cfg: QuantConfig, inputs: dict, *, meta, machine
         "val_top1_int8": int8_val, "val_top1_fake_quant": result.val_top1, "val_top1_fp32": fp32_val,
         "max_drop": cfg.max_drop, "float_nodes": [], "padded_inputs": padded,
     }
-    if cfg.max_drop is not None and fp32_val - int8_val > cfg.max_drop:
+    if exceeds_budget(fp32_val, int8_val, cfg.max_drop, len(splits.val_y)):
         atomic_write_text(ctx.path(QUANT_BUDGET_JSON), json.dumps(record, indent=2))
         ctx.path(INT8_ONNX).unlink(missing_ok=True)
         raise AccuracyBudgetExceeded(
@@ -132,7 +136,7 @@ def _quantize_qat(ctx: Context, cfg: QuantConfig, inputs: dict, *, meta, machine
     return record
 
 
-def _quantize_budget(ctx: Context, cfg: QuantConfig, *, calib, meta, machine, evaluate, fp32_val, int8_val, partial) -> dict:
+def _quantize_budget(ctx: Context, cfg: QuantConfig, *, val_size, calib, meta, machine, evaluate, fp32_val, int8_val, partial) -> dict:
     """The budget search; its result goes to state/quantize-budget.json whether it succeeds or not."""
     from edgekd.errors import AccuracyBudgetExceeded
     from edgekd.quant.budget import search
@@ -148,6 +152,7 @@ def _quantize_budget(ctx: Context, cfg: QuantConfig, *, calib, meta, machine, ev
         all_int8 = Path(work) / "all-int8.onnx"  # to price the float nodes in latency afterwards
         shutil.copyfile(ctx.path(INT8_ONNX), all_int8)
         budget = search(ctx.path(STUDENT_ONNX), ctx.path(INT8_ONNX), calib_images=calib, cfg=cfg, evaluate=evaluate,
+                        val_size=val_size,
                         fp32_top1=fp32_val, int8_top1=int8_val, metadata=meta, machine=machine, log=ctx.log)
         latency = None
         if budget.met:
