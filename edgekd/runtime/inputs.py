@@ -196,6 +196,10 @@ def load_eval_set(path):
         raise DataError(f"eval set '{path}' does not exist; check the path")
     if not path.is_file():  # a folder, or a FIFO that would block the reader
         raise DataError(f"eval set '{path}' is not a regular file; pass an .npz file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would take anything else for a .npy or a pickle
+            raise DataError(f"eval set '{path}' is not an .npz file (not a zip archive); pass a run's eval.npz or "
+                            "a file saved with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as data:  # no pickles: never run code from a file
             keys = [key for key in ("x", "y", "class_names") if key in data.files]
