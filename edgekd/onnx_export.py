@@ -179,16 +179,10 @@ def parity_diff(onnx_out: np.ndarray, torch_out: np.ndarray, atol: float, rtol: 
     }
 
 
-def parity(
-    model: nn.Module,
-    onnx_path: str | Path,
-    input_shape: tuple[int, int, int],
-    cfg: ExportConfig,
-    check_inputs: torch.Tensor | None = None,
-) -> dict[int, float]:
-    """Max absolute difference between ONNX Runtime and PyTorch at each check batch size
-    (parity_check has the relative difference and the gate's verdict too)."""
-    return {b: c["max_abs_diff"] for b, c in parity_check(model, onnx_path, input_shape, cfg, check_inputs).items()}
+def parity(*args, **kwargs) -> dict[int, float]:
+    """Max absolute difference between ONNX Runtime and PyTorch at each check batch size;
+    the arguments are parity_check's, which also has the relative difference and the verdict."""
+    return {b: c["max_abs_diff"] for b, c in parity_check(*args, **kwargs).items()}
 
 
 def parity_check(
@@ -206,7 +200,7 @@ def parity_check(
 
     atol, rtol = parity_tolerances(cfg)
     # to_onnx wrote this file a moment ago, inline (no external data), after a full
-    # onnx.checker pass; checked again because parity() accepts any path and the check
+    # onnx.checker pass; checked again because parity_check() accepts any path and the check
     # costs milliseconds: no ONNX Runtime session in edgekd skips check_onnx_file.
     check_onnx_file(onnx_path)
     options = ort.SessionOptions()
