@@ -77,6 +77,7 @@ def train_and_test(compute, splits, epochs: int, seed: int) -> dict:
 
     from edgekd.models.zoo import build_model
     from edgekd.pipeline.runstate import seed_everything
+    from edgekd.train.compute import use
     from edgekd.train.config import TeacherConfig
     from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor
 
@@ -86,9 +87,11 @@ def train_and_test(compute, splits, epochs: int, seed: int) -> dict:
     model = build_model(cfg.arch, in_channels=spec.channels, num_classes=spec.num_classes)
     t = {k: to_tensor(getattr(splits, k), spec.mean, spec.std) for k in ("train_x", "val_x", "test_x")}
     ty = {k: torch.from_numpy(getattr(splits, k).astype(np.int64)) for k in ("train_y", "val_y", "test_y")}
-    result = fit(model, cross_entropy_step(model), train_x=t["train_x"], train_y=ty["train_y"], val_x=t["val_x"],
-                 val_y=ty["val_y"], cfg=cfg, seed=seed, desc=compute.precision, progress=False, compute=compute)
-    return {"test_top1": accuracy(model, t["test_x"], ty["test_y"], compute=compute),
+    with use(compute):  # what the chain does for a run: every fit and prediction computes this way
+        result = fit(model, cross_entropy_step(model), train_x=t["train_x"], train_y=ty["train_y"],
+                     val_x=t["val_x"], val_y=ty["val_y"], cfg=cfg, seed=seed, desc=compute.precision, progress=False)
+        test_top1 = accuracy(model, t["test_x"], ty["test_y"])
+    return {"test_top1": test_top1,
             "val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
             "train_seconds": result.seconds, "images_per_second": result.images_per_second}
 

@@ -215,7 +215,13 @@ def convert_value(hint, value, key: str, source: str):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return convert_value(args[0], value, key, source)
+        first_error = None
+        for arg in args:  # the first type the value converts to (bool | str: true, false or 'auto')
+            try:
+                return convert_value(arg, value, key, source)
+            except ConfigError as exc:
+                first_error = first_error or exc
+        raise first_error
     expected = origin or hint
 
     def wrong():

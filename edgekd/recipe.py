@@ -31,7 +31,7 @@ from edgekd.onnx_export import ExportConfig
 from edgekd.prune.config import PruneConfig
 from edgekd.quant.config import QuantConfig
 from edgekd.runtime.config import BenchConfig
-from edgekd.train.config import TeacherConfig
+from edgekd.train.config import ComputeConfig, TeacherConfig
 
 MAX_SEED = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed take any seed in 0..2**32-1
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few kilobytes; this caps what is parsed at all
@@ -55,7 +55,10 @@ class Recipe:
     # distillation terms, importances, calibrators or providers (edgekd.registry). Code: trust them
     plugins: list = field(default_factory=list)
     deterministic: bool = False
+    # where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N
+    device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
+    train: ComputeConfig = field(default_factory=ComputeConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -75,6 +78,9 @@ class Recipe:
         check_plugins(self.plugins, "the recipe")
         require(isinstance(self.deterministic, bool),
                 f"deterministic must be true or false, got {shown(self.deterministic)}")
+        from edgekd.train.compute import check_device_name
+
+        check_device_name(self.device)
 
     # -- reading and writing -------------------------------------------------------
     @classmethod

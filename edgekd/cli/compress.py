@@ -32,9 +32,16 @@ from edgekd.pipeline.rundir import run_recipe
 @click.option("--deterministic", is_flag=True,
               help="Use deterministic PyTorch algorithms only (sets the recipe's deterministic: true), so that "
                    "reruns and resumed runs give the same weights.")
+@click.option("--device", metavar="auto|cpu|cuda[:N]",
+              help="Where training runs (the recipe's device; default auto: a CUDA GPU when torch sees one, "
+                   "else the CPU). May change on --resume.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Training precision (train.precision; default auto: bf16 on CPUs with AVX512-BF16/AMX "
+                   "and on GPUs that have it, fp16 on other GPUs, else fp32).")
 @click.option("--force", is_flag=True, help="Start again in the --out directory of an earlier run, replacing its artifacts.")
 @verbosity_options
-def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, deterministic, force, quiet, verbose):
+def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, deterministic, device,
+             precision, force, quiet, verbose):
     """Distill, quantize, export and benchmark, from a RECIPE (YAML).
 
     With no RECIPE, runs the built-in default: a ResNet-8 teacher distilled into a
@@ -45,15 +52,18 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     from edgekd.recipe import Recipe
 
     if resume_dir is not None:
-        if recipe or data_name or data_path or seed is not None or name or out_dir or force or deterministic:
+        if (recipe or data_name or data_path or seed is not None or name or out_dir or force or deterministic
+                or precision):
             raise ConfigError("--resume takes the run's own recipe.yaml; give no recipe or run options other than "
                               "--set (for keys of the stages still to run)")
         run_dir = Path(resume_dir)
         resolved = run_recipe(run_dir, overrides)
+        if device:
+            resolved = resolved.replace(device=device)
     else:
         resolved = Recipe.from_yaml(recipe, overrides) if recipe else Recipe.default(overrides)
         flags = {"data__name": data_name, "data__path": data_path, "seed": seed, "name": name,
-                 "deterministic": True if deterministic else None}
+                 "deterministic": True if deterministic else None, "device": device, "train__precision": precision}
         resolved = resolved.replace(**{k: v for k, v in flags.items() if v is not None})
         run_dir = new_run_dir(resolved.name, out_dir, force)
     ctx = click.get_current_context()

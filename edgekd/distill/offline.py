@@ -19,6 +19,8 @@ student's state_dict and its ONNX export hold only the student.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Sequence
 
 import torch
@@ -27,6 +29,7 @@ from torch import nn
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.losses import averaged_soft_targets, kd_loss, soft_target_loss
 from edgekd.distill.terms import Capture, Term
+from edgekd.train.compute import current
 from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit, predict
 
 __all__ = ["distill", "kd_loss", "kd_step", "knowledge_step", "TEACHER_CACHE_BYTES"]
@@ -35,12 +38,18 @@ __all__ = ["distill", "kd_loss", "kd_step", "knowledge_step", "TEACHER_CACHE_BYT
 TEACHER_CACHE_BYTES = 1 << 30  # beyond this, teacher targets are computed at every step instead of cached
 
 
+def logits_device(model: nn.Module) -> torch.device:
+    """Where a model computes (its first parameter's device; the CPU for a parameterless one)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def kd_step(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, cached_logits: torch.Tensor | None) -> StepFn:
     """Hinton KD from one teacher (the default recipe's path): cached logits or a forward per step."""
 
     def step(images, labels, index):
         if cached_logits is not None:
-            teacher_logits = cached_logits[index]
+            teacher_logits = cached_logits[index].to(logits_device(student))
         else:
             with torch.no_grad():
                 teacher_logits = teacher(images)
@@ -95,7 +104,7 @@ class TeacherTargets:
         self.cache = [store[key] for key in self.keys]
 
     def __call__(self, images, index):
-        values = self.compute(images) if self.cache is None else [v[index] for v in self.cache]
+        values = self.compute(images) if self.cache is None else [v[index].to(images.device) for v in self.cache]
         probs = averaged_soft_targets(values[: len(self.teachers)], self.temperature)
         rest, targets = values[len(self.teachers) :], []
         for term in self.terms:
@@ -149,6 +158,17 @@ def distill(
         t.eval()
         for p in t.parameters():
             p.requires_grad_(False)
+    compute = current()
+    with contextlib.ExitStack() as on_device:  # the teachers run where the student trains, then come back
+        for t in teachers:
+            on_device.enter_context(compute.borrowed(t))
+        return _distill(student, teachers, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg,
+                        seed=seed, progress=progress, checkpoint=checkpoint, resume=resume, log=log,
+                        teacher_cache=teacher_cache)
+
+
+def _distill(student, teachers, *, train_x, train_y, val_x, val_y, cfg, seed, progress, checkpoint, resume, log,
+             teacher_cache):
     terms = [Term.from_config(raw) for raw in cfg.terms]
     fit_args = dict(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed, desc="distill",
                     progress=progress, checkpoint=checkpoint, resume=resume, log=log)

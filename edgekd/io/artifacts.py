@@ -164,14 +164,17 @@ def load_state_dict(path: str | Path, expected: dict | None = None) -> dict:
     if not path.is_file():
         raise ModelFileError(f"weights file '{path}' does not exist")
     if path.suffix == ".safetensors":
-        declared = safetensors_header(path)  # torch is imported only once the header passed
+        declared, _ = strip_wrapper_prefixes(safetensors_header(path))  # torch only once the header passed
         _check_declared(path, declared, expected)
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))  # memory-mapped: only what is declared is read
+            state = load_file(str(path))  # memory-mapped: only what is declared is read
         except Exception as exc:  # safetensors raises several types for corrupt headers
             raise ModelFileError(f"'{path}' is not a valid safetensors file: {first_line(exc)}") from exc
+        state, stripped = strip_wrapper_prefixes(state)
+        _note(path, stripped, "")
+        return state
     import torch
 
     try:
@@ -186,12 +189,76 @@ def load_state_dict(path: str | Path, expected: dict | None = None) -> dict:
             f"refused to load '{path}': not a plain weights file ({first_line(exc)}); "
             "save a state_dict or use .safetensors"
         ) from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFileError(f"'{path}' does not hold a state_dict of tensors")
+    found, where = unwrap_checkpoint(state)
+    if found is None:
+        keys = f" (its keys: {', '.join(str(k) for k in list(state)[:8])})" if isinstance(state, dict) else ""
+        raise ModelFileError(clip(f"'{path}' does not hold a state_dict of tensors{keys}; save model.state_dict(), "
+                                  f"or a checkpoint dict holding it under one of {', '.join(CHECKPOINT_KEYS[:4])}"))
+    state, stripped = strip_wrapper_prefixes(found)
+    _note(path, stripped, where)
     _check_declared(path, state, expected)
     return state
+
+
+# where training scripts keep the weights in a checkpoint dict, in order of preference (EMA last)
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "ema", "model_ema", "state_dict_ema", "module")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def unwrap_checkpoint(obj) -> tuple[dict | None, str]:
+    """The state_dict in `obj`, and where it was ("" for a plain state_dict, "model",
+    "model.state_dict", ...): a dict of tensors itself, or one under a CHECKPOINT_KEYS key,
+    at the top or one level down ({"model": {"state_dict": ...}}); the other entries (epoch,
+    optimizer, ...) are ignored. (None, "") when there is none."""
+    if _tensor_dict(obj):
+        return obj, ""
+    if not isinstance(obj, dict):
+        return None, ""
+    for key in CHECKPOINT_KEYS:
+        inner = obj.get(key)
+        if _tensor_dict(inner):
+            return inner, key
+        if isinstance(inner, dict):
+            for sub in CHECKPOINT_KEYS:
+                if _tensor_dict(inner.get(sub)):
+                    return inner[sub], f"{key}.{sub}"
+    return None, ""
+
+
+def _tensor_dict(obj) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def strip_wrapper_prefixes(state: dict) -> tuple[dict, list[str]]:
+    """`state` without the prefix DataParallel/DDP ('module.') or torch.compile ('_orig_mod.')
+    put on every key, and the prefixes removed. An AveragedModel's (EMA) 'n_averaged' counter,
+    beside its 'module.' keys, is dropped."""
+    stripped: list[str] = []
+    while state:
+        keys = [k for k in state if k != "n_averaged"]
+        prefix = next((p for p in WRAPPER_PREFIXES if keys and all(k.startswith(p) for k in keys)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items() if k != "n_averaged"}
+        stripped.append(prefix)
+    return state, stripped
+
+
+_NOTED: set = set()
+
+
+def _note(path: Path, stripped: list[str], where: str) -> None:
+    """Log once per file what was unwrapped (the 'edgekd' logger)."""
+    import logging
+
+    parts = ([f"the state_dict under '{where}' of a checkpoint used"] if where else []) + \
+        [f"prefix '{p}' stripped ({'torch.compile' if p == '_orig_mod.' else 'DataParallel/DDP'})" for p in stripped]
+    key = (str(path), tuple(parts))
+    if parts and key not in _NOTED:
+        _NOTED.add(key)
+        logging.getLogger("edgekd").info("weights '%s': %s", path, "; ".join(parts))
 
 
 def _check_declared(path: Path, state: dict, expected: dict | None) -> None:
@@ -200,7 +267,8 @@ def _check_declared(path: Path, state: dict, expected: dict | None) -> None:
     if expected is not None:
         problems = state_dict_mismatches(state, expected)
         if problems:
-            raise ModelFileError(clip(f"weights '{path}' do not fit the model: " + "; ".join(problems)))
+            raise ModelFileError(clip(f"weights '{path}' do not fit the model: " + "; ".join(problems) +
+                                      transfer_hint(state, expected)))
     total = sum(t.nbytes if isinstance(t, TensorInfo) else t.numel() * t.element_size() for t in state.values())
     from edgekd.data.base import check_memory  # numpy only, like this module
 
@@ -243,6 +311,27 @@ def state_dict_mismatches(state: dict, own: dict, ignore=lambda key: False) -> l
     if unexpected:
         problems.append("unexpected: " + ", ".join(unexpected[:5]))
     return problems
+
+
+def transfer_hint(state: dict, own: dict) -> str:
+    """For weights of the same architecture whose only misfits are the first convolution
+    (input channels) and the classifier head (classes): the advice to use teacher.transfer,
+    which sums RGB kernels for grey input and trains a new head. Empty otherwise."""
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not wrong or set(state) != set(own):
+        return ""
+    first_conv = next((k for k in own if k.endswith("weight") and len(own[k].shape) == 4), None)
+    head = next((k for k in reversed(list(own)) if k.endswith("weight") and len(own[k].shape) == 2), None)
+    edges = {first_conv, head, head and head[: -len("weight")] + "bias"}
+    if not all(k in edges for k in wrong):
+        return ""
+    file_in = state[first_conv].shape[1] if first_conv else "?"
+    model_in = own[first_conv].shape[1] if first_conv else "?"
+    file_classes = state[head].shape[0] if head else "?"
+    model_classes = own[head].shape[0] if head else "?"
+    return (f"; they were made for other input channels or classes (the file has {file_in} channel(s) and "
+            f"{file_classes} classes, the model {model_in} and {model_classes}): use teacher.transfer: "
+            "{pretrained: PATH} instead of teacher.weights")
 
 
 def _floating(tensor) -> bool:

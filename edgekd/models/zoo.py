@@ -1,8 +1,10 @@
 """Models by name: the architectures registered in ARCHITECTURES (a small zoo: resnet8,
-resnet20, resnet56, mobilenetv2, tinycnn), any torchvision classifier, or a user factory.
+resnet20, resnet56, mobilenetv2, tinycnn), any torchvision or timm classifier, or a user
+factory (models/external.py).
 
     build_model("resnet20", in_channels=1, num_classes=10)
-    build_model("torchvision:resnet18", in_channels=1, num_classes=10)
+    build_model("torchvision:resnet18", in_channels=1, num_classes=10, input_size=(28, 28))
+    build_model("timm:resnet18", in_channels=1, num_classes=10)       # pip install 'edgekd[timm]'
     build_model("mypkg.nets:make", in_channels=1, num_classes=10, width=2)
 
 A registered architecture or a user factory is called as
@@ -20,14 +22,16 @@ own, registered from a module named in the recipe's `plugins:` (then `arch: mlp`
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from edgekd.configtools import check_builtin_arch_args, clip, shown
 from edgekd.errors import ConfigError, first_line
+from edgekd.models.adapt import adapt_to_input
+from edgekd.models.external import import_factory, timm_model, torchvision_model
 from edgekd.registry import Registry
 
 
@@ -196,14 +200,29 @@ ARCHITECTURES.register("tinycnn", TinyCNN)
 
 
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
 
 
-def build_model(arch: str, *, in_channels: int, num_classes: int, **arch_args) -> nn.Module:
-    """Build a model by registered name (ARCHITECTURES), 'torchvision:NAME' or 'package.module:function'."""
+def build_model(arch: str, *, in_channels: int, num_classes: int, input_size: tuple[int, int] | None = None,
+                search_dirs: Iterable[str | Path] = (), **arch_args) -> nn.Module:
+    """Build a model by registered name (ARCHITECTURES), 'torchvision:NAME', 'timm:NAME' or
+    'package.module:function'.
+
+    input_size: the data's (height, width). A torchvision or timm classifier given images
+    below adapt.SMALL_INPUT pixels gets a full-resolution stem (stride 1, no early max-pool);
+    what was changed is `adapt.adaptations(model)`. None: built as it comes.
+    search_dirs: where 'module:function' looks for module.py when it is not importable
+    (then the current folder), e.g. the recipe's folder."""
     if arch.startswith(TORCHVISION_PREFIX):
-        return _torchvision_model(arch[len(TORCHVISION_PREFIX):], in_channels, num_classes, arch_args)
+        model = torchvision_model(arch[len(TORCHVISION_PREFIX):], in_channels, num_classes, arch_args)
+        adapt_to_input(model, input_size)
+        return model
+    if arch.startswith(TIMM_PREFIX):
+        model = timm_model(arch[len(TIMM_PREFIX):], in_channels, num_classes, arch_args)
+        adapt_to_input(model, input_size)
+        return model
     if ":" in arch:
-        factory = _import_factory(arch)
+        factory = import_factory(arch, search_dirs)
         model = _call(factory, arch, in_channels=in_channels, num_classes=num_classes, **arch_args)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"factory '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
@@ -211,8 +230,8 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, **arch_args) -
     try:
         factory = ARCHITECTURES.get(arch)
     except ConfigError as exc:
-        raise ConfigError(f"{exc}; or '{TORCHVISION_PREFIX}NAME' (any torchvision classifier) "
-                          "or 'package.module:function'") from None
+        raise ConfigError(f"{exc}; or '{TORCHVISION_PREFIX}NAME' (any torchvision classifier), "
+                          f"'{TIMM_PREFIX}NAME' (with pip install 'edgekd[timm]') or 'package.module:function'") from None
     return _call(factory, arch, in_channels=in_channels, num_classes=num_classes, **arch_args)
 
 
@@ -228,55 +247,3 @@ def _call(factory, arch: str, **kwargs) -> nn.Module:
         args = {k: v for k, v in kwargs.items() if k not in ("in_channels", "num_classes")}
         raise ConfigError(clip(f"cannot build '{arch}' with arguments {shown(args)} (for {kwargs.get('in_channels')} "
                                f"channels, {kwargs.get('num_classes')} classes): {first_line(exc)}")) from exc
-
-
-def _import_factory(spec: str) -> Callable:
-    module_name, _, func_name = spec.partition(":")
-    if not module_name or module_name.startswith(".") or not func_name:
-        raise ConfigError(f"model '{spec}' must be 'package.module:function' (absolute module, a function name)")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import module '{module_name}' for model '{spec}': {exc}") from exc
-    factory = getattr(module, func_name, None)
-    if not callable(factory):
-        raise ConfigError(f"module '{module_name}' has no function '{func_name}' (model '{spec}')")
-    return factory
-
-
-def _torchvision_model(name: str, in_channels: int, num_classes: int, arch_args: dict) -> nn.Module:
-    import torchvision
-
-    available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        raise ConfigError(f"unknown torchvision model '{name}'; available: {', '.join(sorted(available))}")
-    try:
-        # weights=None: pretrained weights come from a local file (teacher.weights), never a download
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **arch_args)
-    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, MemoryError) as exc:
-        raise ConfigError(clip(f"cannot build torchvision model '{name}' with arch_args {shown(arch_args)}: "
-                               f"{first_line(exc)}")) from exc
-    if in_channels != 3:
-        _replace_first_conv(model, in_channels)
-    return model
-
-
-def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Swap the first Conv2d for one taking `in_channels` (torchvision models expect RGB)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            new = nn.Conv2d(
-                in_channels,
-                module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                module.groups if module.groups == 1 else in_channels,
-                module.bias is not None,
-            )
-            setattr(parent, attr, new)
-            return
-    raise ConfigError("model has no Conv2d layer to adapt to the input channels")

@@ -33,6 +33,8 @@ from edgekd.pipeline.runstate import (STATE_FILE, check_torch_rng, deterministic
 from edgekd.pipeline.stages import bench, data, distill, export, prune, quantize, report, teacher
 from edgekd.pipeline.store import RunStore
 from edgekd.recipe import Recipe
+from edgekd.train.compute import resolve as resolve_compute
+from edgekd.train.compute import use as use_compute
 
 # (stage, its module, the recipe section it reads); the order is the chain's
 CHAIN = (
@@ -100,6 +102,7 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force
     state, changes = _resume_state(ctx, recipe, run_dir) if resume else ({"done": {}}, {})
     if force and not resume:
         _check_inputs_outside(recipe, real)
+    compute = resolve_compute(recipe.device, recipe.train.precision, recipe.train.channels_last)  # cuda w/o GPU: exit 2
     store = RunStore(recipe, ctx, records={})
     preflight(recipe, store, done=state["done"])  # bad data, models, weights, opset: before anything is written
     with run_lock(real, run_dir):
@@ -119,7 +122,9 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force
                 _remove_checkpoints(ctx, name)
         elif changes or "recipe" not in state:
             _apply_changes(ctx, recipe, state, changes)
-        with deterministic_mode(recipe.deterministic):
+        log(f"training on {compute.device}, {compute.precision}"
+            + (", channels_last" if compute.channels_last else ""))
+        with deterministic_mode(recipe.deterministic), use_compute(compute):
             seed_everything(recipe.seed)
             if state.get("torch_rng") is not None:
                 set_torch_rng(state["torch_rng"], ctx.path(STATE_FILE))

@@ -68,4 +68,5 @@ def fit_summary(fit_result) -> dict:
         "best_epoch": fit_result.best_epoch,
         "train_seconds": round(fit_result.seconds, 3),
         "images_per_second": round(fit_result.images_per_second, 1),
+        "compute": getattr(fit_result, "compute", {}),  # device, precision, channels_last it trained with
     }

@@ -55,7 +55,7 @@ def first_stage(key: str, old: dict, new: dict) -> str:
     pruning = bool((old.get("prune") or {}).get("enabled") or (new.get("prune") or {}).get("enabled"))
     if section in ("data", "seed", "plugins"):
         return "data"
-    if section in ("teacher", "deterministic"):
+    if section in ("teacher", "deterministic", "train"):
         return "teacher"
     if section == "distill":  # the teacher stage trains distill.extra_teachers when the scheme uses them
         return "teacher" if field in ("extra_teachers", "scheme") else "distill"
@@ -63,7 +63,7 @@ def first_stage(key: str, old: dict, new: dict) -> str:
         return "prune" if pruning else section
     if section in ("prune", "export"):
         return section
-    if section == "name":
+    if section in ("name", "device"):  # where the remaining stages compute, not what: any time
         return "report"
     return "data"  # unknown: assume everything reads it
 

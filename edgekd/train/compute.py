@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass
 
 from edgekd.errors import ConfigError
@@ -83,6 +84,58 @@ class Compute:
 
     def to_dict(self) -> dict:
         return {"device": self.device, "precision": self.precision, "channels_last": self.channels_last}
+
+    def holds(self, model) -> bool:
+        """Whether `model` is already on the device, in the layout (a 4-D weight tells)."""
+        import torch
+
+        params = list(model.parameters())
+        if not params:
+            return True
+        if str(params[0].device) != (self.device if self.device_type == "cuda" else "cpu"):
+            return False
+        conv = next((p for p in params if p.dim() == 4), None)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return conv is None or conv.is_contiguous(memory_format=fmt)
+
+    @contextlib.contextmanager
+    def borrowed(self, model):
+        """`model` on the device and in the layout for the block, and back as it was after
+        (a model that was already there stays)."""
+        if self.holds(model):
+            yield model
+            return
+        self.model(model)
+        try:
+            yield model
+        finally:
+            self.leave(model)
+
+    def leave(self, model):
+        """`model` back on the CPU in the standard layout: what saving, export and ONNX expect."""
+        import torch
+
+        return model.to(device="cpu", memory_format=torch.contiguous_format)
+
+
+# The run's compute, set once by the chain (`with use(compute):`) and read by the training
+# loop and predictions, so every stage that trains (teacher, distill, its schemes, prune's
+# fine-tuning, QAT, transfer) computes the same way without each passing it on. Outside a
+# run: the CPU in fp32 NCHW, what the functions did before there was a choice.
+_CURRENT = contextvars.ContextVar("edgekd_compute", default=Compute())
+
+
+def current() -> Compute:
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def use(compute: Compute):
+    token = _CURRENT.set(compute)
+    try:
+        yield compute
+    finally:
+        _CURRENT.reset(token)
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -4,7 +4,7 @@ the teacher (TeacherConfig) and its transfer learning (TransferConfig)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from edgekd.configtools import (
     MAX_BATCH_SIZE,
@@ -20,6 +20,25 @@ from edgekd.configtools import (
     require,
     shown,
 )
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How every training stage computes (edgekd.train.compute): `precision` auto, fp32,
+    bf16 or fp16 (auto: bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA GPUs that
+    support it, fp16 with a GradScaler on other GPUs, else fp32); `channels_last` auto (on
+    with bf16/fp16), true or false. The device is the recipe's top-level `device`."""
+
+    precision: str = "auto"
+    channels_last: Union[bool, str] = "auto"
+
+    def __post_init__(self):
+        from edgekd.train.compute import PRECISIONS
+
+        require(self.precision in PRECISIONS,
+                f"unknown train.precision {shown(self.precision)}; available: {', '.join(PRECISIONS)}")
+        require(self.channels_last in ("auto", True, False),
+                f"train.channels_last must be auto, true or false, got {shown(self.channels_last)}")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ModelFileError, TrainingDiverged, first_line
+from edgekd.train.compute import current
 from edgekd.train.config import TrainConfig
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -35,6 +36,7 @@ class FitResult:
     epochs: list = field(default_factory=list)  # per epoch: loss, train_top1, val_top1, seconds
     seconds: float = 0.0
     images_per_second: float = 0.0
+    compute: dict = field(default_factory=dict)  # device, precision, channels_last it trained with
 
 
 def to_tensor(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
@@ -76,12 +78,18 @@ def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for every row of x, in eval mode, batched."""
+    """Logits for every row of x, in eval mode, batched, computed as the run computes
+    (edgekd.train.compute: device, precision, layout); returned as float32 on the CPU."""
+    compute = current()
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    parts = []
+    with compute.borrowed(model):
+        for i in range(0, len(x), batch_size):
+            with compute.autocast():
+                parts.append(model(compute.batch(x[i : i + batch_size])).float().cpu())
     model.train(was_training)
-    return out
+    return torch.cat(parts)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -134,6 +142,9 @@ def fit(
     # in-memory tensors: no DataLoader, no worker processes), so its state plus the
     # global torch RNG (dropout, if a model has any) is all the randomness to checkpoint.
     generator = torch.Generator().manual_seed(seed)
+    compute = current()
+    compute.model(model)  # in place: the optimizer below holds the same parameters
+    scaler = compute.grad_scaler()
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
     total_steps = max(1, cfg.epochs * steps_per_epoch)
@@ -181,14 +192,21 @@ def fit(
                 images, labels = train_x[index], train_y[index]
                 if cfg.augment:
                     images = augment_batch(images, generator)
-                loss, logits = step_fn(images, labels, index)
+                images, labels = compute.batch(images), labels.to(compute.device)
+                with compute.autocast():
+                    loss, logits = step_fn(images, labels, index)
                 if not torch.isfinite(loss):
                     step = (epoch - 1) * steps_per_epoch + i // cfg.batch_size + 1
                     raise _diverged(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint,
                                     step=step, cause=_non_finite_cause(desc, cfg, images, model, step))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:  # fp16 on CUDA: scaled gradients, steps skipped on overflow
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 scheduler.step()
                 loss_sum += loss.item() * len(index)
                 correct += int((logits.argmax(1) == labels).sum())
@@ -223,6 +241,8 @@ def fit(
     if cfg.epochs == 0:
         result.best_val_top1 = accuracy(model, val_x, val_y)
     model.load_state_dict(best_state)
+    compute.leave(model)
+    result.compute = compute.to_dict()
     result.seconds = seconds_before + time.perf_counter() - start
     result.images_per_second = seen / result.seconds if result.seconds > 0 else 0.0
     return result
