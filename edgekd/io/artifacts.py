@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from edgekd.configtools import clip
+from edgekd.configtools import MAX_MESSAGE, clip
 from edgekd.errors import ModelFileError, first_line
 
 
@@ -164,7 +164,7 @@ def load_state_dict(path: str | Path, expected: dict | None = None) -> dict:
     if not path.is_file():
         raise ModelFileError(f"weights file '{path}' does not exist")
     if path.suffix == ".safetensors":
-        declared, _ = strip_wrapper_prefixes(safetensors_header(path))  # torch only once the header passed
+        declared, _ = strip_wrapper_prefixes(safetensors_header(path), expected)  # torch only once the header passed
         _check_declared(path, declared, expected)
         from safetensors.torch import load_file
 
@@ -172,7 +172,7 @@ def load_state_dict(path: str | Path, expected: dict | None = None) -> dict:
             state = load_file(str(path))  # memory-mapped: only what is declared is read
         except Exception as exc:  # safetensors raises several types for corrupt headers
             raise ModelFileError(f"'{path}' is not a valid safetensors file: {first_line(exc)}") from exc
-        state, stripped = strip_wrapper_prefixes(state)
+        state, stripped = strip_wrapper_prefixes(state, expected)
         _note(path, stripped, "")
         return state
     import torch
@@ -194,7 +194,7 @@ def load_state_dict(path: str | Path, expected: dict | None = None) -> dict:
         keys = f" (its keys: {', '.join(str(k) for k in list(state)[:8])})" if isinstance(state, dict) else ""
         raise ModelFileError(clip(f"'{path}' does not hold a state_dict of tensors{keys}; save model.state_dict(), "
                                   f"or a checkpoint dict holding it under one of {', '.join(CHECKPOINT_KEYS[:4])}"))
-    state, stripped = strip_wrapper_prefixes(found)
+    state, stripped = strip_wrapper_prefixes(found, expected)
     _note(path, stripped, where)
     _check_declared(path, state, expected)
     return state
@@ -226,19 +226,20 @@ def unwrap_checkpoint(obj) -> tuple[dict | None, str]:
 
 
 def _tensor_dict(obj) -> bool:
-    import torch
+    from torch import Tensor
 
-    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
 
 
-def strip_wrapper_prefixes(state: dict) -> tuple[dict, list[str]]:
+def strip_wrapper_prefixes(state: dict, expected: dict | None = None) -> tuple[dict, list[str]]:
     """`state` without the prefix DataParallel/DDP ('module.') or torch.compile ('_orig_mod.')
-    put on every key, and the prefixes removed. An AveragedModel's (EMA) 'n_averaged' counter,
-    beside its 'module.' keys, is dropped."""
+    put on every key (unless the `expected` keys have it too), and the prefixes removed. An
+    AveragedModel's (EMA) 'n_averaged' counter beside such keys is dropped."""
     stripped: list[str] = []
+    has = lambda keys, p: bool(keys) and all(k.startswith(p) for k in keys)
     while state:
         keys = [k for k in state if k != "n_averaged"]
-        prefix = next((p for p in WRAPPER_PREFIXES if keys and all(k.startswith(p) for k in keys)), None)
+        prefix = next((p for p in WRAPPER_PREFIXES if has(keys, p) and not has(list(expected or ()), p)), None)
         if prefix is None:
             break
         state = {k[len(prefix):]: v for k, v in state.items() if k != "n_averaged"}
@@ -246,18 +247,16 @@ def strip_wrapper_prefixes(state: dict) -> tuple[dict, list[str]]:
     return state, stripped
 
 
-_NOTED: set = set()
+_NOTED: set = set()  # (file, note): each note is logged once per file
 
 
 def _note(path: Path, stripped: list[str], where: str) -> None:
-    """Log once per file what was unwrapped (the 'edgekd' logger)."""
     import logging
 
     parts = ([f"the state_dict under '{where}' of a checkpoint used"] if where else []) + \
         [f"prefix '{p}' stripped ({'torch.compile' if p == '_orig_mod.' else 'DataParallel/DDP'})" for p in stripped]
-    key = (str(path), tuple(parts))
-    if parts and key not in _NOTED:
-        _NOTED.add(key)
+    if parts and (str(path), tuple(parts)) not in _NOTED:
+        _NOTED.add((str(path), tuple(parts)))
         logging.getLogger("edgekd").info("weights '%s': %s", path, "; ".join(parts))
 
 
@@ -267,8 +266,11 @@ def _check_declared(path: Path, state: dict, expected: dict | None) -> None:
     if expected is not None:
         problems = state_dict_mismatches(state, expected)
         if problems:
-            raise ModelFileError(clip(f"weights '{path}' do not fit the model: " + "; ".join(problems) +
-                                      transfer_hint(state, expected)))
+            line = f"weights '{path}' do not fit the model: " + "; ".join(problems)
+            hint = transfer_hint(state, expected)
+            if len(line) + len(hint) > MAX_MESSAGE:
+                hint = transfer_hint(state, expected, short=True)
+            raise ModelFileError(clip(line, MAX_MESSAGE - len(hint)) + hint)
     total = sum(t.nbytes if isinstance(t, TensorInfo) else t.numel() * t.element_size() for t in state.values())
     from edgekd.data.base import check_memory  # numpy only, like this module
 
@@ -313,25 +315,27 @@ def state_dict_mismatches(state: dict, own: dict, ignore=lambda key: False) -> l
     return problems
 
 
-def transfer_hint(state: dict, own: dict) -> str:
-    """For weights of the same architecture whose only misfits are the first convolution
-    (input channels) and the classifier head (classes): the advice to use teacher.transfer,
-    which sums RGB kernels for grey input and trains a new head. Empty otherwise."""
+def transfer_hint(state: dict, own: dict, short: bool = False) -> str:
+    """For weights of the same architecture whose only misfits are the first convolution's
+    input channels and the classifier head's classes: the advice to use teacher.transfer
+    (RGB kernels summed for grey input, a new head). Empty otherwise."""
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if not wrong or set(state) != set(own):
         return ""
-    first_conv = next((k for k in own if k.endswith("weight") and len(own[k].shape) == 4), None)
+    conv = next((k for k in own if k.endswith("weight") and len(own[k].shape) == 4), None)
     head = next((k for k in reversed(list(own)) if k.endswith("weight") and len(own[k].shape) == 2), None)
-    edges = {first_conv, head, head and head[: -len("weight")] + "bias"}
-    if not all(k in edges for k in wrong):
+    if conv is None or head is None:
         return ""
-    file_in = state[first_conv].shape[1] if first_conv else "?"
-    model_in = own[first_conv].shape[1] if first_conv else "?"
-    file_classes = state[head].shape[0] if head else "?"
-    model_classes = own[head].shape[0] if head else "?"
-    return (f"; they were made for other input channels or classes (the file has {file_in} channel(s) and "
-            f"{file_classes} classes, the model {model_in} and {model_classes}): use teacher.transfer: "
-            "{pretrained: PATH} instead of teacher.weights")
+    fits = {conv: lambda a, b: len(a) == 4 and a[0] == b[0] and a[2:] == b[2:],  # only the input channels differ
+            head: lambda a, b: len(a) == 2 and a[1] == b[1],  # only the classes differ
+            head[: -len("weight")] + "bias": lambda a, b: len(a) == 1}
+    if not all(k in fits and fits[k](tuple(state[k].shape), tuple(own[k].shape)) for k in wrong):
+        return ""
+    if short:
+        return "; other input channels or classes: use teacher.transfer: {pretrained: PATH} instead of teacher.weights"
+    return (f"; they were made for other input channels or classes (file: {state[conv].shape[1]} channel(s), "
+            f"{state[head].shape[0]} classes; model: {own[conv].shape[1]}, {own[head].shape[0]}): use "
+            "teacher.transfer: {pretrained: PATH} instead of teacher.weights")
 
 
 def _floating(tensor) -> bool:

@@ -22,8 +22,8 @@ own, registered from a module named in the recipe's `plugins:` (then `arch: mlp`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn

@@ -6,8 +6,8 @@
 - precision auto: on CUDA bf16 where the GPU supports it, else fp16 with a GradScaler; on a
   CPU with AVX512-BF16 or AMX-BF16, bf16 autocast (oneDNN's bf16 kernels); else fp32.
   Autocast keeps the weights, the optimizer and the loss's reductions in fp32.
-- channels_last auto: on with bf16/fp16 (oneDNN and cuDNN pick blocked/NHWC kernels for
-  convolutions), off in fp32, where NCHW is what the earlier results were measured with.
+- channels_last auto: on (oneDNN and cuDNN pick blocked/NHWC kernels for convolutions; on
+  this project's Xeon a ResNet-8 step ran 1.4x faster in fp32 and 1.1x in bf16 than in NCHW).
 """
 
 from __future__ import annotations
@@ -184,5 +184,5 @@ def resolve(device: str = "auto", precision: str = "auto", channels_last="auto")
     resolved_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, resolved_device)
     if channels_last == "auto":
-        channels_last = resolved_precision != "fp32"
+        channels_last = True
     return Compute(device=resolved_device, precision=resolved_precision, channels_last=bool(channels_last))

@@ -26,8 +26,8 @@ from edgekd.configtools import (
 class ComputeConfig:
     """How every training stage computes (edgekd.train.compute): `precision` auto, fp32,
     bf16 or fp16 (auto: bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA GPUs that
-    support it, fp16 with a GradScaler on other GPUs, else fp32); `channels_last` auto (on
-    with bf16/fp16), true or false. The device is the recipe's top-level `device`."""
+    support it, fp16 with a GradScaler on other GPUs, else fp32); `channels_last` auto (on),
+    true or false. The device is the recipe's top-level `device`."""
 
     precision: str = "auto"
     channels_last: Union[bool, str] = "auto"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ModelFileError, TrainingDiverged, first_line
+from edgekd.train.batches import as_source
 from edgekd.train.compute import current
 from edgekd.train.config import TrainConfig
 
@@ -43,13 +44,8 @@ def to_tensor(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
     """uint8 NCHW -> float32 normalized: edgekd.data.normalize, the ONNX bench's arithmetic too."""
     from edgekd.data.normalize import normalize
 
-    x = torch.from_numpy(normalize(images_uint8, mean, std))
-    if x.ndim == 4 and x.shape[1] == 1:
-        # the strides PyTorch's own elementwise normalization gave one-channel images (a 1 on the
-        # channel axis, which oneDNN takes for channels_last): kept so that training gives the
-        # same numbers as before the normalizers were merged; the layout choice is issue #15's
-        x = x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)))
-    return x
+    # plain NCHW: the training loop puts each batch in the run's layout (edgekd.train.compute)
+    return torch.from_numpy(normalize(images_uint8, mean, std))
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -77,26 +73,28 @@ def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for every row of x, in eval mode, batched, computed as the run computes
-    (edgekd.train.compute: device, precision, layout); returned as float32 on the CPU."""
+def predict(model: nn.Module, x, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for every image of x (a tensor or a source, edgekd.train.batches), in eval
+    mode, batched, computed as the run computes (edgekd.train.compute: device, precision,
+    layout); returned as float32 on the CPU."""
     compute = current()
     was_training = model.training
     model.eval()
     parts = []
     with compute.borrowed(model):
-        for i in range(0, len(x), batch_size):
+        for images in as_source(x).images(batch_size):
             with compute.autocast():
-                parts.append(model(compute.batch(x[i : i + batch_size])).float().cpu())
+                parts.append(model(compute.batch(images)).float().cpu())
     model.train(was_training)
-    return torch.cat(parts)
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 in percent."""
-    if len(x) == 0:
+def accuracy(model: nn.Module, x, y: torch.Tensor | None = None) -> float:
+    """Top-1 in percent, of a tensor and its labels or of a source."""
+    source = as_source(x, y)
+    if len(source) == 0:
         return float("nan")
-    return float((predict(model, x).argmax(1) == y).float().mean() * 100)
+    return float((predict(model, source).argmax(1) == source.labels).float().mean() * 100)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -146,7 +144,8 @@ def fit(
     compute.model(model)  # in place: the optimizer below holds the same parameters
     scaler = compute.grad_scaler()
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
+    train, val = as_source(train_x, train_y), as_source(val_x, val_y)
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     warmup = max(1, total_steps // 10)
 
@@ -161,7 +160,7 @@ def fit(
     # the first epoch always counts as the best so far: never hand back untrained weights
     result = FitResult(best_val_top1=-math.inf, best_epoch=0)
     best_state = copy.deepcopy(model.state_dict())
-    identity = _identity(cfg, desc, seed, len(train_x), len(val_x))
+    identity = _identity(cfg, desc, seed, len(train), len(val))
     first_epoch, seen, seconds_before = 1, 0, 0.0
     if checkpoint is not None and resume and Path(checkpoint).is_file():
         saved = _restore(Path(checkpoint), identity, cfg, model, optimizer, scheduler, generator)
@@ -183,20 +182,13 @@ def fit(
         for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            order = torch.randperm(len(train_x), generator=generator)
             loss_sum, correct, trained = 0.0, 0, 0
-            for i in range(0, len(order), cfg.batch_size):
-                index = order[i : i + cfg.batch_size]
-                if len(index) < 2:  # batch norm cannot train on one sample
-                    continue
-                images, labels = train_x[index], train_y[index]
-                if cfg.augment:
-                    images = augment_batch(images, generator)
+            for i, (images, labels, index) in enumerate(train.batches(cfg.batch_size, generator, cfg.augment)):
                 images, labels = compute.batch(images), labels.to(compute.device)
                 with compute.autocast():
                     loss, logits = step_fn(images, labels, index)
                 if not torch.isfinite(loss):
-                    step = (epoch - 1) * steps_per_epoch + i // cfg.batch_size + 1
+                    step = (epoch - 1) * steps_per_epoch + i + 1
                     raise _diverged(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint,
                                     step=step, cause=_non_finite_cause(desc, cfg, images, model, step))
                 optimizer.zero_grad(set_to_none=True)
@@ -215,7 +207,7 @@ def fit(
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
             if not _all_finite(model):  # a finite loss can still leave inf/NaN weights behind
                 raise _diverged(desc, "weights became non-finite", epoch, cfg, checkpoint)
-            val_top1 = accuracy(model, val_x, val_y)
+            val_top1 = accuracy(model, val)
             result.epochs.append(
                 {
                     "epoch": epoch,
@@ -239,7 +231,7 @@ def fit(
     finally:
         bar.close()
     if cfg.epochs == 0:
-        result.best_val_top1 = accuracy(model, val_x, val_y)
+        result.best_val_top1 = accuracy(model, val)
     model.load_state_dict(best_state)
     compute.leave(model)
     result.compute = compute.to_dict()

@@ -46,8 +46,10 @@ def find_head(model: nn.Module) -> str:
 def load_backbone(model: nn.Module, path: str | Path, *, log=None) -> dict:
     """Load every pretrained tensor except the head's; the head stays freshly initialized.
 
-    Any layer outside the head that is missing, unexpected or of another shape is a
-    ModelFileError naming the layers. One exception is adapted rather than refused: a
+    The file may be a plain state_dict or a training checkpoint (a dict holding it under
+    model, state_dict, model_state_dict or ema), with or without DataParallel's 'module.'
+    prefix (io.artifacts.load_state_dict unwraps it). Any layer outside the head that is
+    missing, unexpected or of another shape is a ModelFileError naming the layers. One exception is adapted rather than refused: a
     first convolution pretrained on RGB while the data is grey gets the sum of its three
     input-channel kernels (what the RGB network computes on a grey image copied to R, G, B).
     """
@@ -65,13 +67,23 @@ def load_backbone(model: nn.Module, path: str | Path, *, log=None) -> dict:
         adapted.append(first_conv)
     problems = state_dict_mismatches(pretrained, own, ignore=is_head)
     if problems:
-        raise ModelFileError(f"pretrained weights '{path}' do not fit the backbone: " + "; ".join(problems))
+        raise ModelFileError(f"pretrained weights '{path}' do not fit the backbone: " + "; ".join(problems)
+                             + _channels_hint(pretrained, own, first_conv))
     model.load_state_dict(pretrained, strict=False)  # strict=False: only the head's keys are left out
     head_shape = [tuple(v.shape) for k, v in state.items() if is_head(k) and k.endswith("weight")]
     if log is not None and adapted:
         log(f"[teacher] {adapted[0]}: RGB kernels summed for grey input")
     return {"pretrained": str(path), "head": head, "loaded_tensors": len(pretrained),
             "pretrained_head_shape": list(head_shape[0]) if head_shape else None, "adapted": adapted}
+
+
+def _channels_hint(pretrained: dict, own: dict, first_conv: str | None) -> str:
+    """When the first convolution is the only layer of another shape: its input channels."""
+    wrong = [k for k in own if k in pretrained and tuple(pretrained[k].shape) != tuple(own[k].shape)]
+    if wrong != [first_conv] or pretrained[first_conv].ndim != 4:
+        return " (check the arch and arch_args they were saved with)"
+    return (f" (the first convolution takes {pretrained[first_conv].shape[1]} input channel(s) in the file and "
+            f"{own[first_conv].shape[1]} for the data; only RGB weights for grey data are adapted)")
 
 
 def _grey_from_rgb(pretrained: torch.Tensor, own: torch.Tensor | None) -> bool:
