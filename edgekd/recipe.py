@@ -152,6 +152,7 @@ def resolve_file_paths(raw: dict, recipe_dir: Path) -> None:
     fix(raw.get("data"), "path")
     teacher = raw.get("teacher")
     fix(teacher, "weights")
+    fix(teacher, "onnx")
     fix(teacher.get("transfer") if isinstance(teacher, dict) else None, "pretrained")
     distill = raw.get("distill")
     extra = distill.get("extra_teachers") if isinstance(distill, dict) else None

@@ -27,7 +27,7 @@ class OnnxTeacher(nn.Module):
         from edgekd.runtime.inputs import meta_json
         from edgekd.runtime.session import make_session
 
-        self.path = str(path)
+        self.path = self.onnx_path = str(path)
         self.session = make_session(path, provider)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

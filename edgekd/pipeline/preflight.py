@@ -44,7 +44,8 @@ def preflight(recipe: Recipe, store, done=()) -> None:
     check_batch_sizes(recipe, len(splits.train_y), (spec.channels, spec.height, spec.width))
     with torch.random.fork_rng(devices=[]):  # building models draws initial weights: leave the RNG alone
         images, labels = check_data(splits)
-        teacher = check_model("teacher", recipe.teacher.arch, recipe.teacher.arch_args, spec, images)
+        teacher = None if recipe.teacher.onnx is not None else \
+            check_model("teacher", recipe.teacher.arch, recipe.teacher.arch_args, spec, images)
         student = check_model("distill", recipe.distill.arch, recipe.distill.arch_args, spec, images)
         if "teacher" not in done:
             check_teacher(recipe, teacher, spec)
@@ -146,8 +147,32 @@ def check_model(what: str, arch: str, arch_args: dict, spec, images):
     return model.eval()
 
 
+def check_onnx_teacher(recipe: Recipe, spec) -> None:
+    """teacher.onnx: a safe ONNX file taking the data's input, giving one logit per class, and
+    a distillation that needs only its logits."""
+    from edgekd.distill.onnx_teacher import OnnxTeacher, check_usable
+
+    cfg = recipe.teacher
+    _check_file("teacher.onnx", cfg.onnx)
+    teacher = OnnxTeacher(cfg.onnx, data_mean=spec.mean, data_std=spec.std)
+    teacher.check_input((spec.channels, spec.height, spec.width))
+    import torch
+
+    out = teacher(torch.zeros(2, spec.channels, spec.height, spec.width))
+    if tuple(out.shape) != (2, spec.num_classes):
+        raise ConfigError(f"teacher.onnx '{cfg.onnx}' gives outputs of shape {tuple(out.shape)} for 2 images; "
+                          f"expected ({2}, {spec.num_classes}): one logit per class of the data")
+    if recipe.distill.scheme not in ("offline", "born-again"):
+        raise ConfigError(f"teacher.onnx is used by the offline and born-again schemes, not "
+                          f"'{recipe.distill.scheme}'")
+    check_usable(recipe.distill.terms)
+
+
 def check_teacher(recipe: Recipe, teacher, spec) -> None:
     cfg = recipe.teacher
+    if cfg.onnx is not None:
+        check_onnx_teacher(recipe, spec)
+        return
     if cfg.weights is not None:
         check_weights("teacher.weights", cfg.weights, teacher, spec, transfer_hint=True)
     transfer = cfg.transfer

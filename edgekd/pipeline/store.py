@@ -51,7 +51,13 @@ class RunStore:
     def teacher(self):
         if "teacher" not in self._models:
             cfg = self.recipe.teacher
-            self._models["teacher"] = self._load(cfg.arch, cfg.arch_args, TEACHER_WEIGHTS)
+            if cfg.onnx is not None:  # a teacher that exists only as ONNX (edgekd.distill.onnx_teacher)
+                from edgekd.distill.onnx_teacher import OnnxTeacher
+
+                spec = self.splits().spec
+                self._models["teacher"] = OnnxTeacher(cfg.onnx, data_mean=spec.mean, data_std=spec.std)
+            else:
+                self._models["teacher"] = self._load(cfg.arch, cfg.arch_args, TEACHER_WEIGHTS)
         return self._models["teacher"]
 
     def extra_teachers(self) -> list:

@@ -106,12 +106,17 @@ class TeacherConfig(TrainConfig):
     augment: bool = False
     weights: Optional[str] = None
     transfer: Optional[TransferConfig] = None  # start from pretrained weights, new head (edgekd.transfer)
+    # a teacher that exists only as ONNX: response KD from ONNX Runtime's logits (edgekd.distill.onnx_teacher)
+    onnx: Optional[str] = None
     _stage = "teacher"
 
     def __post_init__(self):
         super().__post_init__()
         check_arch_fields(self)
         check_path(self.weights, f"{self._stage}.weights")
+        check_path(self.onnx, f"{self._stage}.onnx")
+        require(self.onnx is None or (self.weights is None and self.transfer is None),
+                f"{self._stage}.onnx is a finished teacher: give it without {self._stage}.weights or .transfer")
         require(self.transfer is None or isinstance(self.transfer, TransferConfig),
                 f"{self._stage}.transfer must be a mapping like {{pretrained: FILE}}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edgekd.onnx_export import ExportConfig
 from edgekd.pipeline.context import Context, StageResult, input_shape_of
 from edgekd.pipeline.layout import STUDENT_ONNX, TEACHER_ONNX
@@ -17,6 +19,10 @@ def run(ctx: Context, cfg: ExportConfig, inputs: dict) -> StageResult:
     record = {}
     for stage, file in (("teacher", TEACHER_ONNX), ("student", STUDENT_ONNX)):
         model, arch, summary = inputs["models"][stage]
+        if getattr(model, "onnx_path", None) is not None:  # teacher.onnx: it is ONNX already
+            record[stage] = copy_onnx_teacher(model.onnx_path, ctx.path(file), spec)
+            ctx.log(f"[export] {file}: the ONNX teacher, copied with edgekd metadata")
+            continue
         check_finite_weights(model, stage, arch)
         metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=summary["params"], macs=summary["macs"])
         report = to_onnx(model, ctx.path(file), input_shape=input_shape_of(spec), metadata=metadata, cfg=cfg,
@@ -41,3 +47,24 @@ def check_finite_weights(model, stage: str, arch: str) -> None:
         raise ModelFileError(f"the {stage} ({arch}) weights are non-finite (NaN or inf in '{bad[0]}'{more}), so it "
                              "cannot be exported; its weights file is damaged or its training diverged: start a new "
                              "run (with a lower lr if it diverged)")
+
+
+def copy_onnx_teacher(source: str, target, spec) -> dict:
+    """teacher.onnx into the run as teacher.fp32.onnx, with edgekd's metadata added where the
+    file has none (the data's normalization: what the distillation fed it), so that bench
+    evaluates it as the chain did."""
+    import onnx
+
+    from edgekd.io.artifacts import atomic_path
+    from edgekd.onnx_export import model_metadata, set_metadata
+    from edgekd.runtime.session import count_params
+
+    proto = onnx.load(str(source))
+    own = {p.key: p.value for p in proto.metadata_props}
+    ours = model_metadata(stage="teacher", arch=f"onnx:{Path(source).name}", spec=spec,
+                          params=count_params(source) or 0, macs=0)
+    del ours["edgekd.macs"]  # not known for a foreign graph
+    set_metadata(proto, {**ours, **own, "edgekd.stage": "teacher"})
+    with atomic_path(target) as tmp:
+        onnx.save(proto, str(tmp))
+    return {"path": str(target.name), "copied_from": str(source), "max_abs_diff": {}}

@@ -17,6 +17,8 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     from edgekd.train.loop import accuracy, cross_entropy_step, fit
 
     spec, t = inputs["splits"].spec, inputs["tensors"]
+    if cfg.onnx is not None:
+        return _onnx_teacher(ctx, cfg, inputs)
     teacher = build_arch(spec, cfg.arch, cfg.arch_args)
     if cfg.weights is not None:
         load_weights(teacher, cfg.weights)
@@ -40,6 +42,23 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     record["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
     record["weights"] = TEACHER_WEIGHTS
     ctx.log(f"[teacher] {cfg.arch}: val top-1 {record['val_top1']:.2f}%")
+    if inputs["extra_teachers"]:
+        record["extra_teachers"] = _extra_teachers(ctx, inputs["extra_teachers"], spec, t)
+    return StageResult(record, {"teacher": teacher})
+
+
+def _onnx_teacher(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
+    """teacher.onnx: nothing trains; the model is checked on val (ONNX Runtime) and the
+    extra teachers, if any, are trained or loaded as usual."""
+    from edgekd.distill.onnx_teacher import OnnxTeacher
+    from edgekd.runtime.session import count_params
+    from edgekd.train.loop import accuracy
+
+    spec, t = inputs["splits"].spec, inputs["tensors"]
+    teacher = OnnxTeacher(cfg.onnx, data_mean=spec.mean, data_std=spec.std)
+    record = {"arch": f"onnx:{cfg.onnx}", "onnx": cfg.onnx, "params": count_params(cfg.onnx), "macs": None,
+              "val_top1": accuracy(teacher, t["val_x"], t["val_y"])}
+    ctx.log(f"[teacher] ONNX teacher {cfg.onnx}: val top-1 {record['val_top1']:.2f}% (ONNX Runtime)")
     if inputs["extra_teachers"]:
         record["extra_teachers"] = _extra_teachers(ctx, inputs["extra_teachers"], spec, t)
     return StageResult(record, {"teacher": teacher})
