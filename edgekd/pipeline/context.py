@@ -70,3 +70,16 @@ def fit_summary(fit_result) -> dict:
         "images_per_second": round(fit_result.images_per_second, 1),
         "compute": getattr(fit_result, "compute", {}),  # device, precision, channels_last it trained with
     }
+
+
+def degenerate_flags(ctx: Context, name: str, model, val_x, val_y, num_classes: int) -> list[dict]:
+    """The degenerate-model guard (edgekd.train.guard) on a model's val predictions: the flags
+    for the stage's record (report.json `flags`, red in report.md), logged as a warning."""
+    from edgekd.train.guard import degenerate_reasons, flag
+    from edgekd.train.loop import predict
+
+    entry = flag(name, degenerate_reasons(predict(model, val_x).argmax(1).numpy(), val_y.numpy(), num_classes))
+    if entry is None:
+        return []
+    logger.warning(f"[{name}] warning: {entry['message']}")
+    return [entry]

@@ -49,6 +49,8 @@ def build_report(*, recipe: dict, stages: dict, bench_json: dict) -> dict:
         "stages": stages,
         "models": models,
         "speedup_vs_teacher": speedups(models),
+        # warnings a reader must not miss (e.g. a degenerate model), collected from the stages
+        "flags": [f for record in stages.values() if isinstance(record, dict) for f in record.get("flags") or []],
     }
 
 
@@ -86,6 +88,7 @@ def markdown(report: dict) -> str:
         f"{bench_cfg.get('warmup', '?')} warm-up runs, then at least {bench_cfg.get('runs', '?')} runs "
         f"and {bench_cfg.get('min_seconds', '?')} s. Top-1 on the test split (`eval.npz`).",
         "",
+        *[f'<span style="color:red">**Warning: {f["message"]}**</span>\n' for f in report.get("flags") or []],
         "| model | top-1 % | params | MACs | file | p50 ms | p90 ms | p99 ms | speed-up | int8 ops |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

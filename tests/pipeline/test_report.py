@@ -195,3 +195,15 @@ def test_no_plot_without_accuracies(tmp_path):
     report = build_report(recipe={"name": "x"}, stages={}, bench_json={"models": models})
     paths = write_report(report, tmp_path)
     assert "pareto" not in paths and not (tmp_path / "pareto.png").exists()
+
+
+def test_a_degenerate_model_is_flagged_in_the_json_and_in_red_in_markdown():
+    from edgekd.pipeline.report import build_report, markdown
+
+    flag = {"model": "student", "kind": "degenerate", "message": "student looks degenerate: predicts class 3 for all"}
+    bench = {"models": [], "config": {}, "machine": {}}
+    report = build_report(recipe={"name": "r"}, stages={"distill": {"flags": [flag]}, "teacher": {"flags": []}},
+                          bench_json=bench)
+    assert report["flags"] == [flag]
+    text = markdown(report)
+    assert 'color:red' in text and "predicts class 3 for all" in text

@@ -5,7 +5,7 @@ born-again or EMA self-distillation)."""
 from __future__ import annotations
 
 from edgekd.distill.config import DistillConfig
-from edgekd.pipeline.context import Context, StageResult, build_arch, fit_summary, model_summary
+from edgekd.pipeline.context import Context, StageResult, build_arch, degenerate_flags, fit_summary, model_summary
 from edgekd.pipeline.layout import CHECKPOINTS, STUDENT_WEIGHTS
 
 
@@ -53,6 +53,7 @@ def run(ctx: Context, cfg: DistillConfig, inputs: dict) -> StageResult:
     save_weights(student, ctx.path(STUDENT_WEIGHTS))
     offline = cfg.scheme == "offline"
     record = {**fit_summary(fit_result), **model_summary(student, cfg.arch, spec), **({} if offline else details)}
+    record["flags"] = degenerate_flags(ctx, "student", student, t["val_x"], t["val_y"], spec.num_classes)
     record.update(val_top1=accuracy(student, t["val_x"], t["val_y"]), weights=STUDENT_WEIGHTS,
                   temperature=cfg.temperature, alpha=cfg.alpha, **(details if offline else {}))
     name = f"{cfg.arch}:" if offline else f"{cfg.scheme}: {cfg.arch}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from edgekd.io.artifacts import atomic_write_text
-from edgekd.pipeline.context import Context, StageResult, input_shape_of
+from edgekd.pipeline.context import Context, StageResult, degenerate_flags, input_shape_of
 from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS
 from edgekd.prune.config import PruneConfig
 
@@ -66,6 +66,8 @@ def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
     save_weights(student, ctx.path(PRUNED_WEIGHTS))
     after = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
     val_top1 = accuracy(student, t["val_x"], t["val_y"])
+    extra["flags"] = degenerate_flags(ctx, "pruned student", student, t["val_x"], t["val_y"],
+                                      inputs["splits"].spec.num_classes)
     ctx.log(f"[prune] MACs {before['macs']:,} -> {after['macs']:,}, params {before['params']:,} -> "
             f"{after['params']:,}, val top-1 {val_top1:.2f}%")
     return StageResult({"enabled": True, "before": before, "after": after, "steps": history, "val_top1": val_top1,

@@ -3,7 +3,7 @@ weights (edgekd.train.transfer); plus the extra teachers of multi-teacher KD."""
 
 from __future__ import annotations
 
-from edgekd.pipeline.context import Context, StageResult, build_arch, fit_summary, model_summary
+from edgekd.pipeline.context import Context, StageResult, build_arch, degenerate_flags, fit_summary, model_summary
 from edgekd.pipeline.layout import CHECKPOINTS, TEACHER_WEIGHTS, extra_teacher_checkpoint, extra_teacher_file
 from edgekd.train.config import TeacherConfig
 
@@ -40,6 +40,7 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     save_weights(teacher, ctx.path(TEACHER_WEIGHTS))
     record.update(model_summary(teacher, cfg.arch, spec))
     record["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
+    record["flags"] = degenerate_flags(ctx, "teacher", teacher, t["val_x"], t["val_y"], spec.num_classes)
     record["weights"] = TEACHER_WEIGHTS
     ctx.log(f"[teacher] {cfg.arch}: val top-1 {record['val_top1']:.2f}%")
     if inputs["extra_teachers"]:
