@@ -45,6 +45,11 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
         recipe = Recipe.from_yaml(recipe)
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
+    from edgekd.train.distributed import is_main
+
+    if not is_main():  # another torchrun rank: it trains in a private copy, rank 0 owns run_dir and the report
+        run_chain(recipe, Path(run_dir or Path("runs") / recipe.name), resume=resume, force=force, progress=False)
+        return {}
     run_dir = Path(run_dir) if resume else new_run_dir(recipe.name, run_dir, force)
     report = run_chain(recipe, run_dir, resume=resume, force=force, progress=progress)
     if report is None:  # every stage was already done

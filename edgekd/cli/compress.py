@@ -10,6 +10,7 @@ from edgekd.cli.group import verbosity_options
 from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
 from edgekd.pipeline.layout import new_run_dir
+from edgekd.train.distributed import is_main
 from edgekd.pipeline.rundir import run_recipe
 
 
@@ -65,7 +66,8 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
         flags = {"data__name": data_name, "data__path": data_path, "seed": seed, "name": name,
                  "deterministic": True if deterministic else None, "device": device, "train__precision": precision}
         resolved = resolved.replace(**{k: v for k, v in flags.items() if v is not None})
-        run_dir = new_run_dir(resolved.name, out_dir, force)
+        # under torchrun only rank 0 picks and checks the run directory; the others train in a private copy
+        run_dir = new_run_dir(resolved.name, out_dir, force) if is_main() else Path(out_dir or "runs/" + resolved.name)
     ctx = click.get_current_context()
     ctx.obj["run_dir"] = str(run_dir)  # for the resume hint after Ctrl-C, SIGTERM or a full disk
 
@@ -73,6 +75,7 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     from edgekd.pipeline.report import summary_table
 
     report = run_compress(resolved, run_dir, resume=resume_dir is not None, force=force, progress=not quiet)
-
+    if not report:  # another torchrun rank: rank 0 prints the table
+        return
     click.echo(summary_table(report))
     click.echo(f"\nReport: {run_dir / 'report.md'}  Models: {run_dir / 'model.int8.onnx'}")

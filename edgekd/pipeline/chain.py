@@ -33,6 +33,7 @@ from edgekd.pipeline.runstate import (STATE_FILE, check_torch_rng, deterministic
 from edgekd.pipeline.stages import bench, data, distill, export, prune, quantize, report, teacher
 from edgekd.pipeline.store import RunStore
 from edgekd.recipe import Recipe
+from edgekd.train import distributed
 from edgekd.train.compute import resolve as resolve_compute
 from edgekd.train.compute import use as use_compute
 
@@ -48,6 +49,7 @@ CHAIN = (
     ("report", report, None),  # the report repeats the whole recipe
 )
 assert tuple(name for name, _, _ in CHAIN) == STAGES
+RANK0_ONLY = ("export", "quantize", "bench", "report")  # under torchrun, the stages that do not train
 
 
 def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
@@ -88,7 +90,56 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
 def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True,
              log: Callable[[str], None] = logger.info) -> dict | None:
     """Run every stage not yet done in `run_dir`; returns the final report (report.json), or
-    None when every stage was already done.
+    None when every stage was already done (or on a torchrun rank other than 0).
+
+    Under torchrun (edgekd.train.distributed) every rank joins the process group first; rank
+    0 runs the chain in `run_dir`, the others in a private copy, where they train their share
+    of each batch and skip the stages that do not train.
+    """
+    ranks = distributed.world()[1]
+    if ranks > 1:
+        check_distributable(recipe)
+        distributed.setup(resolve_compute(recipe.device, recipe.train.precision, recipe.train.channels_last).device)
+        if not distributed.is_main():
+            return _follow(recipe, run_dir, resume)
+    try:
+        return _compress(recipe, run_dir, resume=resume, force=force, progress=progress, log=log)
+    finally:
+        if ranks > 1:
+            distributed.teardown()
+
+
+def check_distributable(recipe: Recipe) -> None:
+    """What the ranks cannot do together yet: stages whose decisions rank 0 alone makes."""
+    if recipe.quantize.enabled and recipe.quantize.method == "qat":
+        raise ConfigError("quantize.method qat is not supported under torchrun yet; run it in one process, or "
+                          "use method ptq")
+    if recipe.prune.enabled and recipe.prune.latency_targeted:
+        raise ConfigError("latency-targeted pruning (prune.target_latency_ms / target_speedup) times candidates on "
+                          "rank 0 alone; run it in one process, or prune by ratio or target_macs")
+
+
+def _follow(recipe: Recipe, run_dir, resume: bool) -> None:
+    """A rank other than 0: the same chain in a private copy of the run (a resumed run is
+    copied as rank 0 left it), training its share; nothing is written to `run_dir`."""
+    import shutil
+    import tempfile
+
+    private = Path(tempfile.mkdtemp(prefix=f"edgekd-rank{distributed.world()[0]}-"))
+    work = private / "run"
+    try:
+        if resume:
+            shutil.copytree(real_run_dir(run_dir), work, ignore=shutil.ignore_patterns(Path(LOCK_FILE).name))
+        _compress(recipe, work, resume=resume, force=False, progress=False, log=logger.debug)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        distributed.teardown()
+    return None
+
+
+def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool, progress: bool,
+              log: Callable[[str], None]) -> dict | None:
+    """The chain in one process (see compress).
 
     A new run needs `run_dir` new or empty (with force: an earlier run, replaced). With
     resume=True, stages recorded in state/progress.json are skipped and a training stage
@@ -187,6 +238,8 @@ def _run_stages(ctx: Context, recipe: Recipe, store: RunStore, state: dict, note
     final = None
     done = state["done"]
     for name, stage, section in CHAIN:
+        if not distributed.is_main() and name in RANK0_ONLY and not (name == "quantize" and recipe.quantize.method == "qat"):
+            continue  # another torchrun rank: only what trains together
         if name in done:
             store.records[name] = done[name]
             ctx.log(f"[{name}] done in an earlier run; skipped")

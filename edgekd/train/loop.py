@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ModelFileError, TrainingDiverged, first_line
+from edgekd.train import distributed
 from edgekd.train.batches import as_source
 from edgekd.train.compute import current
 from edgekd.train.config import TrainConfig
@@ -143,6 +144,9 @@ def fit(
     compute = current()
     compute.model(model)  # in place: the optimizer below holds the same parameters
     scaler = compute.grad_scaler()
+    ranks = distributed.world()[1] if distributed.active() else 1  # torchrun: each global batch split over ranks
+    if ranks > 1:
+        distributed.broadcast_parameters(model)
     optimizer = make_optimizer(model, cfg)
     train, val = as_source(train_x, train_y), as_source(val_x, val_y)
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
@@ -184,6 +188,10 @@ def fit(
             model.train()
             loss_sum, correct, trained = 0.0, 0, 0
             for i, (images, labels, index) in enumerate(train.batches(cfg.batch_size, generator, cfg.augment)):
+                if ranks > 1:
+                    if len(index) < 2 * ranks:  # every rank needs two samples for batch norm
+                        continue
+                    images, labels, index = distributed.shard(images, labels, index)
                 images, labels = compute.batch(images), labels.to(compute.device)
                 with compute.autocast():
                     loss, logits = step_fn(images, labels, index)
@@ -194,9 +202,13 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
+                    if ranks > 1:
+                        distributed.average_gradients(model)
                     optimizer.step()
                 else:  # fp16 on CUDA: scaled gradients, steps skipped on overflow
                     scaler.scale(loss).backward()
+                    if ranks > 1:
+                        distributed.average_gradients(model)
                     scaler.step(optimizer)
                     scaler.update()
                 scheduler.step()
@@ -205,6 +217,8 @@ def fit(
                 trained += len(index)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+            if ranks > 1:
+                distributed.average_buffers(model)
             if not _all_finite(model):  # a finite loss can still leave inf/NaN weights behind
                 raise _diverged(desc, "weights became non-finite", epoch, cfg, checkpoint)
             val_top1 = accuracy(model, val)
@@ -217,11 +231,11 @@ def fit(
                     "seconds": time.perf_counter() - epoch_start,
                 }
             )
-            seen += trained
+            seen += trained * ranks
             if val_top1 > result.best_val_top1:
                 result.best_val_top1, result.best_epoch = val_top1, epoch
                 best_state = copy.deepcopy(model.state_dict())
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_main():  # rank 0 alone writes
                 from edgekd.io.artifacts import save_checkpoint
 
                 save_checkpoint(checkpoint, _checkpoint_state(
