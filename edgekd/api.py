@@ -59,15 +59,18 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
 
 def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | None = None,
            arch_args: dict | None = None, data: str = "fashion-mnist-subset", data_path=None, int8: bool = False,
-           output=None, opset: int = 17, force: bool = False, progress: bool = False) -> dict:
+           output=None, opset: int = 17, force: bool = False, progress: bool = False, input_size=None,
+           dynamic_hw: bool = False, fp16: bool = False, fp32_io: bool = False, name: str | None = None) -> dict:
     """One model to ONNX, validated against PyTorch: a run's `stage` (student or teacher), or
     `weights` of `arch` for the dataset `data`. Returns the path, the parity per batch size
-    and, with int8, the argmax agreement with PyTorch."""
+    and, with int8, the argmax agreement with PyTorch. input_size (H, W), dynamic_hw, fp16 (with
+    fp32_io), and the labels stage / name: as `edgekd export --help` says."""
     from edgekd.pipeline.export_one import export_one
 
     return export_one(run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args,
                       data_name=data, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
-                      progress=progress)
+                      progress=progress, input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io,
+                      name=name)
 
 
 def bench(models, *, data=None, batch_sizes=(1,), threads=(0,), reference=None, progress: bool = False,

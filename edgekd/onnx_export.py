@@ -13,6 +13,7 @@ import json
 import math
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +60,11 @@ class ExportReport:
 
 
 def model_metadata(*, stage: str, arch: str, spec, params: int, macs: int) -> dict[str, str]:
-    """The metadata_props that let `edgekd bench` run a model with nothing but the file."""
+    """The metadata_props that let `edgekd bench` run a model with nothing but the file;
+    `edgekd.preprocess` holds every step from a decoded image to the input (colour, resize of
+    the shorter side, center crop, scaling, mean, std), which edgekd.runtime.inputs repeats."""
+    from edgekd.data.preprocess import preprocess_metadata
+
     return {
         "edgekd.version": __version__,
         "edgekd.stage": stage,
@@ -68,6 +73,8 @@ def model_metadata(*, stage: str, arch: str, spec, params: int, macs: int) -> di
         "edgekd.input_shape": json.dumps([spec.channels, spec.height, spec.width]),
         "edgekd.mean": json.dumps(list(spec.mean)),
         "edgekd.std": json.dumps(list(spec.std)),
+        "edgekd.preprocess": preprocess_metadata(channels=spec.channels, height=spec.height, width=spec.width,
+                                                 resize=getattr(spec, "resize", None), mean=spec.mean, std=spec.std),
         "edgekd.class_names": json.dumps(list(spec.class_names)),
         "edgekd.params": str(params),
         "edgekd.macs": str(macs),
@@ -92,17 +99,29 @@ def to_onnx(
     metadata: dict[str, str],
     cfg: ExportConfig,
     check_inputs: torch.Tensor | None = None,
+    fp16: bool = False,
+    fp32_io: bool = False,
+    dynamic_hw: bool = False,
 ) -> ExportReport:
     """Export `model` (eval mode) to `path` and validate it; returns the parity report.
 
     `check_inputs` are real samples used for the parity check (random ones otherwise).
+    fp16: a float16 model (for GPU providers), its input and output float16 too unless
+    fp32_io; it is checked against the fp32 PyTorch model with fp16's tolerance
+    (FP16_ATOL, FP16_RTOL). dynamic_hw: height and width are dynamic axes as the batch is.
     """
+    import copy
+
     import onnx
     import torch
 
     start = time.perf_counter()
-    model = model.eval()
-    example = torch.zeros(EXAMPLE_BATCH, *input_shape)
+    reference = model.eval()
+    model = Float16(copy.deepcopy(reference), fp32_io) if fp16 else reference
+    example = torch.zeros(EXAMPLE_BATCH, *input_shape, dtype=torch.float16 if fp16 and not fp32_io else torch.float32)
+    if fp16:
+        cfg = dataclasses.replace(cfg, atol=max(cfg.atol, FP16_ATOL), rtol=max(parity_tolerances(cfg)[1], FP16_RTOL))
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             # the TorchScript exporter is deprecated in favour of dynamo, but it is
@@ -114,7 +133,7 @@ def to_onnx(
                 str(tmp),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
                 opset_version=cfg.opset,
                 do_constant_folding=True,
                 dynamo=False,
@@ -125,7 +144,7 @@ def to_onnx(
         onnx.save(proto, str(tmp))
         atol, rtol = parity_tolerances(cfg)
         report = ExportReport(path=str(path), atol=atol, rtol=rtol)
-        checks = parity_check(model, tmp, input_shape, cfg, check_inputs)
+        checks = parity_check(reference, tmp, input_shape, cfg, check_inputs)
         report.max_abs_diff = {b: c["max_abs_diff"] for b, c in checks.items()}
         report.max_rel_diff = {b: c["max_rel_diff"] for b, c in checks.items()}
         batch, worst = max(checks.items(), key=lambda item: _nan_last(item[1]["excess"]))
@@ -138,6 +157,25 @@ def to_onnx(
             )
     report.seconds = time.perf_counter() - start
     return report
+
+
+FP16_ATOL = 1e-2  # fp16 keeps about 3 significant digits: logits agree to about 1e-2 of their size
+FP16_RTOL = 1e-2
+
+
+def Float16(model, fp32_io: bool):  # noqa: N802  (builds a module; torch is imported only when exporting)
+    """`model` in float16; with fp32_io its input is cast to float16 and its logits back to float32."""
+    import torch
+
+    class Half(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model.half()
+
+        def forward(self, x):
+            return self.model(x.half()).float() if fp32_io else self.model(x)
+
+    return Half().eval()
 
 
 def _nan_last(value: float) -> float:
@@ -217,7 +255,9 @@ def parity_check(
             x = torch.randn(batch, *input_shape, generator=generator)
         with torch.no_grad():
             expected = model(x).numpy()
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        feed = x.numpy().astype(np.float16) if session.get_inputs()[0].type == "tensor(float16)" else x.numpy()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: feed})
+        got = got.astype(np.float32)
         if got.shape != expected.shape:  # broadcasting would hide it
             raise ExportMismatch(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
         checks[batch] = parity_diff(got, expected, atol, rtol)

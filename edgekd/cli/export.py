@@ -14,7 +14,8 @@ from edgekd.recipe import parse_yaml_mapping
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Export to ONNX (the only format so far).")
 @click.option("--stage", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
-              help="Which model of RUN_DIR to export.")
+              help="Which model of RUN_DIR to export; with --weights, the label it gets (edgekd.stage).")
+@click.option("--name", help="A name for the model (edgekd.name in its metadata; the default output file's stem).")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="A weights file (.safetensors, or a .pt/.pth state_dict) to export instead of a run's stage.")
 @click.option("--arch", help="Architecture of --weights: a registered name (the zoo's resnet8, resnet20, resnet56, "
@@ -27,10 +28,17 @@ from edgekd.recipe import parse_yaml_mapping
 @click.option("--int8", is_flag=True, help="Quantize to int8 (QDQ, per-channel, calibrated on training images).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Output file. Default: RUN_DIR/export/STAGE.{fp32,int8}.onnx, or beside --weights.")
+@click.option("--fp16", is_flag=True, help="A float16 model (for GPU providers), checked against PyTorch's fp32 "
+                                         "outputs within 1e-2 of their magnitude.")
+@click.option("--fp32-io", is_flag=True, help="With --fp16: keep the input and output float32 (casts inside).")
+@click.option("--input-size", metavar="H,W", callback=lambda ctx, param, value: _size(value),
+              help="Export for this input size instead of the data's (the architecture must take it).")
+@click.option("--dynamic-hw", is_flag=True, help="Make height and width dynamic axes, as the batch is.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @verbosity_options
-def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_path, int8, output, opset, force, quiet, verbose):
+def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, data_path, int8, output, fp16, fp32_io,
+           input_size, dynamic_hw, opset, force, quiet, verbose):
     """Export one model to ONNX, validated against PyTorch at two batch sizes.
 
     \b
@@ -46,10 +54,26 @@ def export(run_dir, to_onnx, stage, weights, arch, arch_args, data_name, data_pa
         raise ConfigError("--weights needs --arch NAME (the architecture the weights belong to)")
     arch_args = parse_yaml_mapping(arch_args, "--arch-args", "a mapping such as '{width: 24}'")
     result = run_export(run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args, data=data_name,
-                        data_path=data_path, int8=int8, output=output, opset=opset, force=force, progress=not quiet)
+                        data_path=data_path, int8=int8, output=output, opset=opset, force=force, progress=not quiet,
+                        input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io, name=name)
     for batch, diff in result["max_abs_diff"].items():
         click.echo(f"batch {batch}: max |onnx - torch| = {diff:.3e}")
     if "int8_top1_agreement" in result:
         click.echo(f"int8 vs PyTorch argmax agreement on {result['agreement_samples']} val images: "
                    f"{result['int8_top1_agreement']:.2f}%")
     click.echo(f"wrote {result['path']}")
+
+
+def _size(value):
+    """'224,224' or '224' -> (224, 224); None stays None."""
+    if value is None:
+        return None
+    try:
+        sizes = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected H,W (for example 224,224), got {value!r}") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or not all(2 <= v <= 8192 for v in sizes):
+        raise click.BadParameter(f"expected H,W with each from 2 to 8192, got {value!r}")
+    return tuple(sizes)

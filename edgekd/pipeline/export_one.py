@@ -4,20 +4,26 @@ argmax agreement."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from edgekd.errors import ConfigError
-from edgekd.pipeline.layout import RECIPE_FILE, STAGES
+from edgekd.errors import ConfigError, ModelFileError
+from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS, RECIPE_FILE, STAGES
 from edgekd.recipe import Recipe
 
 
 def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_args=None,
                data_name="fashion-mnist-subset", data_path=None, int8=False, output=None, opset=17,
-               force=False, progress=True) -> dict:
-    """Export a run's stage, or a weights file plus an architecture, to ONNX (optionally int8).
+               force=False, progress=True, input_size=None, dynamic_hw=False, fp16=False, fp32_io=False,
+               name=None) -> dict:
+    """Export a run's stage, or a weights file plus an architecture, to ONNX (optionally int8
+    or float16).
 
-    Returns the path, the fp32 parity per batch size and, for int8, the argmax agreement
-    of the int8 model with PyTorch on val images.
+    input_size (H, W): export for another input size than the data's (the architecture must
+    take it); dynamic_hw: height and width dynamic; fp16: a float16 model, fp32_io keeping
+    float32 input and output; stage / name: labels in the metadata (edgekd.stage, edgekd.name).
+    Returns the path, the parity per batch size and, for int8, the argmax agreement of the
+    int8 model with PyTorch on val images.
     """
     import dataclasses
     import tempfile
@@ -32,7 +38,11 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     from edgekd.onnx_export import ExportConfig, model_metadata, to_onnx
     from edgekd.train.loop import to_tensor
 
-    precision = "int8" if int8 else "fp32"
+    if int8 and fp16:
+        raise ConfigError("--int8 and --fp16 are two different models: give one of them")
+    if fp32_io and not fp16:
+        raise ConfigError("--fp32-io keeps a float16 model's input and output in float32: it needs --fp16")
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     if run_dir is not None:
         from edgekd.pipeline.rundir import check_no_links, real_run_dir
 
@@ -43,13 +53,12 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         arch, arch_args = cfg.arch, cfg.arch_args
         data_cfg, seed, quant_cfg = recipe.data, recipe.seed, recipe.quantize
         export_cfg = dataclasses.replace(recipe.export, opset=opset)
-        default_output = run_dir / "export" / f"{stage}.{precision}.onnx"
+        default_output = run_dir / "export" / f"{name or stage}.{precision}.onnx"
     else:
         from edgekd.quant.config import QuantConfig
 
         data_cfg, seed, quant_cfg = DataConfig(name=data_name, path=data_path), 0, QuantConfig()
         export_cfg = ExportConfig(opset=opset)
-        stage = "student"
         default_output = Path(weights).with_suffix(f".{precision}.onnx")
     output = Path(output) if output else default_output
     if output.exists() and not force:
@@ -67,28 +76,49 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         splits = load_splits(data_cfg, seed=seed)
         model = build_model(arch, in_channels=splits.spec.channels, num_classes=splits.spec.num_classes,
                             **(arch_args or {}))
-        load_weights(model, weights)
+        try:
+            load_weights(model, weights)
+        except ModelFileError as exc:
+            if (Path(weights).parent / PRUNED_SHAPES).is_file() or Path(weights).name == PRUNED_WEIGHTS:
+                raise ModelFileError(f"'{weights}' are a pruned model's weights, whose layers are smaller than a "
+                                     f"fresh '{arch}': export the run directory instead (edgekd export RUN_DIR "
+                                     f"--onnx), which rebuilds the pruned shapes from {PRUNED_SHAPES}") from exc
+            raise
     spec = splits.spec
     model.eval()
     from edgekd.pipeline.stages.export import check_finite_weights
 
     check_finite_weights(model, stage, arch)  # NaN weights are the model's fault, not the exporter's
-    input_shape = (spec.channels, spec.height, spec.width)
+    input_shape = (spec.channels, *(input_size or (spec.height, spec.width)))
     metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),
                               macs=count_macs(model, input_shape))
-    val_x = to_tensor(splits.val_x, spec.mean, spec.std)
+    metadata["edgekd.input_shape"] = json.dumps(list(input_shape))
+    if name:
+        metadata["edgekd.name"] = name
+    if fp16:
+        metadata["edgekd.precision"] = "fp16" + (" (fp32 input and output)" if fp32_io else "")
+    # real images check the parity where the model was trained; another input size gets random ones
+    val_x = to_tensor(splits.val_x, spec.mean, spec.std) if input_size is None else None
     result = {"path": str(output)}
     if not int8:
-        report = to_onnx(model, output, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x)
+        report = to_onnx(model, output, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x,
+                         fp16=fp16, fp32_io=fp32_io, dynamic_hw=dynamic_hw)
         result["max_abs_diff"] = report.max_abs_diff
+        result["tolerance"] = {"atol": report.atol, "rtol": report.rtol}
         return result
+    if input_size is not None:
+        val_x = to_tensor(splits.val_x, spec.mean, spec.std)  # calibration and agreement need the data's size
+        if tuple(input_size) != (spec.height, spec.width):
+            raise ConfigError("--int8 calibrates on the data's images: export it at the data's input size "
+                              f"({spec.height},{spec.width}), or without --input-size")
 
     from edgekd.quant.ptq import ptq
     from edgekd.runtime.session import make_session
 
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as work:
         fp32 = Path(work) / "model.fp32.onnx"
-        report = to_onnx(model, fp32, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x)
+        report = to_onnx(model, fp32, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x,
+                         dynamic_hw=dynamic_hw)
         calib = to_tensor(splits.calib_x, spec.mean, spec.std).numpy()
         ptq(fp32, output, calib_images=calib, cfg=quant_cfg, metadata={**metadata, "edgekd.stage": "int8"},
             progress=progress)
