@@ -61,13 +61,11 @@ def _workers(parent: int) -> dict[int, int]:
         if not proc.name.isdigit():
             continue
         try:
-            stat = (proc / "stat").read_text()
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
         ranks = [e for e in env if e.startswith(b"RANK=")]
-        if ranks and ppid != parent and _descends(int(proc.name), parent):
+        if ranks and _descends(int(proc.name), parent):
             found[int(ranks[0][5:])] = int(proc.name)
     return found
 
