@@ -78,7 +78,8 @@ def degenerate_flags(ctx: Context, name: str, model, val_x, val_y, num_classes: 
     from edgekd.train.guard import degenerate_reasons, flag
     from edgekd.train.loop import predict
 
-    entry = flag(name, degenerate_reasons(predict(model, val_x).argmax(1).numpy(), val_y.numpy(), num_classes))
+    predictions = predict(model, val_x, full_precision=True).argmax(1).numpy()
+    entry = flag(name, degenerate_reasons(predictions, val_y.numpy(), num_classes))
     if entry is None:
         return []
     logger.warning(f"[{name}] warning: {entry['message']}")

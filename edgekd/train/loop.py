@@ -74,11 +74,14 @@ def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, x, batch_size: int = 1024, *, full_precision: bool = False) -> torch.Tensor:
     """Logits for every image of x (a tensor or a source, edgekd.train.batches), in eval
     mode, batched, computed as the run computes (edgekd.train.compute: device, precision,
-    layout); returned as float32 on the CPU."""
+    layout; full_precision: in fp32 whatever the run's precision, as the exported model
+    computes); returned as float32 on the CPU."""
     compute = current()
+    if full_precision:
+        compute = dataclasses.replace(compute, precision="fp32")
     was_training = model.training
     model.eval()
     parts = []
@@ -91,11 +94,12 @@ def predict(model: nn.Module, x, batch_size: int = 1024) -> torch.Tensor:
 
 
 def accuracy(model: nn.Module, x, y: torch.Tensor | None = None) -> float:
-    """Top-1 in percent, of a tensor and its labels or of a source."""
+    """Top-1 in percent (computed in fp32), of a tensor and its labels or of a source."""
     source = as_source(x, y)
     if len(source) == 0:
         return float("nan")
-    return float((predict(model, source).argmax(1) == source.labels).float().mean() * 100)
+    # in fp32: accuracy picks the best epoch and is reported; the deployed model computes in fp32
+    return float((predict(model, source, full_precision=True).argmax(1) == source.labels).float().mean() * 100)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
