@@ -12,8 +12,15 @@ SMALL_INPUT pixels the stem keeps the full resolution, as CIFAR ResNets do:
   (replaced by nn.Identity); a model whose first downsampling layer is a pool (VGG) loses
   that pool instead.
 
-Patchify stems (stride 4 or more: ConvNeXt, ViT, Swin) are left as they are. What was
-changed is kept on the model as `model.edgekd_adapted` (a list of phrases such as
+Patchify stems (stride 4 or more: ConvNeXt, ViT, Swin) are left as they are.
+
+Whatever the size, a model built for data (input_size given) also gets batch-norm momentum
+of at least BN_MOMENTUM: torchvision's MobileNetV3 uses 0.01, tuned for hundreds of
+ImageNet epochs; after a short schedule its running statistics are still mostly their
+initial values, and in eval mode the model predicts one class (measured: 70 % train
+accuracy, 11 % eval after 3 epochs; 72 % eval with 0.1).
+
+What was changed is kept on the model as `model.edgekd_adapted` (a list of phrases such as
 "features.0.0: stride 2 -> 1", "maxpool: MaxPool2d removed"), read with `adaptations(model)`,
 so the report can say it. Only standard modules are changed, so ONNX export is unaffected.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 from torch import nn
 
 SMALL_INPUT = 64  # pixels: an input whose smaller side is below this gets a full-resolution stem
+BN_MOMENTUM = 0.1  # torch's default: running statistics that follow a short schedule
 ATTRIBUTE = "edgekd_adapted"
 
 
@@ -37,7 +45,8 @@ def needs_adaptation(input_size: tuple[int, int] | None) -> bool:
 
 def adapt_to_input(model: nn.Module, input_size: tuple[int, int] | None) -> list[str]:
     """Give `model` a full-resolution stem when `input_size` (height, width) is below
-    SMALL_INPUT pixels (in place); returns and records what was changed."""
+    SMALL_INPUT pixels, and batch-norm momentum of at least BN_MOMENTUM when `input_size` is
+    given (in place); returns and records what was changed."""
     changes: list[str] = []
     if needs_adaptation(input_size):
         downsamplers = [(name, module) for name, module in model.named_modules() if _downsamples(module)]
@@ -51,8 +60,21 @@ def adapt_to_input(model: nn.Module, input_size: tuple[int, int] | None) -> list
                         changes.append(_remove(model, downsamplers[1][0]))
             elif isinstance(first, (nn.MaxPool2d, nn.AvgPool2d)):
                 changes.append(_remove(model, name))
+    if input_size is not None:
+        changes += _raise_bn_momentum(model)
     setattr(model, ATTRIBUTE, changes)
     return changes
+
+
+def _raise_bn_momentum(model: nn.Module) -> list[str]:
+    slow = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.momentum is not None and m.momentum < BN_MOMENTUM]
+    if not slow:
+        return []
+    before = sorted({m.momentum for m in slow})
+    for module in slow:
+        module.momentum = BN_MOMENTUM
+    return [f"batch-norm momentum {'/'.join(f'{b:g}' for b in before)} -> {BN_MOMENTUM:g} ({len(slow)} layers)"]
 
 
 def _downsamples(module: nn.Module) -> bool:

@@ -103,6 +103,17 @@ def import_factory(spec: str, search_dirs: Iterable[str | Path] = ()) -> Callabl
     return factory
 
 
+def preload_factories(arches: Iterable[str], search_dirs: Iterable[str | Path] = ()) -> None:
+    """Import the modules of the 'module:function' architectures among `arches` now, looking
+    in `search_dirs` (the recipe's folder) too: afterwards they are in sys.modules (and their
+    folder on sys.path), so every later build_model in this process finds them without
+    search_dirs. torchvision:, timm: and registered names are skipped."""
+    dirs = list(search_dirs)
+    for arch in arches:
+        if isinstance(arch, str) and ":" in arch and not arch.startswith(("torchvision:", "timm:")):
+            import_factory(arch, dirs)
+
+
 def import_module(module_name: str, spec: str, search_dirs: Iterable[str | Path] = ()):
     top = module_name.partition(".")[0]
     dirs = _unique([Path(d) for d in search_dirs] + [Path.cwd()])
@@ -119,8 +130,8 @@ def import_module(module_name: str, spec: str, search_dirs: Iterable[str | Path]
             logger.debug("model '%s': module '%s' imported from %s", spec, module_name, folder)
             return module
     looked = ", ".join(str(d) for d in dirs)
-    raise ConfigError(f"cannot import module '{module_name}' for model '{spec}': {error} "
-                      f"(looked on sys.path and in {looked})") from error
+    raise ConfigError(clip(f"cannot import module '{module_name}' for model '{spec}': {error} "
+                           f"(looked on sys.path and in {looked})")) from error
 
 
 def _import_from(folder: Path, module_name: str, spec: str):

@@ -3,7 +3,9 @@ can be found cheaply is found here, as one line with exit code 2, instead of aft
 expensive stages.
 
 - the recipe's numbers are finite (an inf/NaN lr or temperature never reaches training);
-- the data: its train split is not constant, and its normalized images are finite;
+- the data: every image file was decoded once when listed (edgekd.data.files: bad ones are
+  refused or, with data.skip_bad, skipped), its train split is not constant, and its
+  normalized images are finite;
 - the teacher, the student and the extra teachers build, and a batch at the data's size
   passes through each, giving one logit per class;
 - every weights file (teacher.weights, teacher.transfer.pretrained, extra teachers) is
@@ -92,15 +94,18 @@ def check_finite_numbers(values, where: str = "") -> None:
 
 
 def check_data(splits):
-    """The train split can be learnt from; returns a first batch (normalized images, labels)."""
+    """The train split can be learnt from; returns a first batch (normalized images, labels).
+    Streamed image files were each decoded once when listed (bad ones refused or skipped);
+    their pixel checks look at the calibration sample, random train images."""
     import torch
 
     from edgekd.train.loop import to_tensor
 
-    x = splits.train_x
-    if len(x) < BATCH:
-        raise DataError(f"{splits.spec.source}: the train split has {len(x)} image(s) after the validation split; "
-                        f"training needs at least {BATCH}")
+    x = splits.train_x if splits.train_x is not None else splits.calib_x
+    y = splits.train_y if splits.train_x is not None else splits.calib_y
+    if len(splits.train_y) < BATCH or len(x) < BATCH:
+        raise DataError(f"{splits.spec.source}: the train split has {len(splits.train_y)} image(s) after the "
+                        f"validation split; training needs at least {BATCH}")
     flat = x.reshape(len(x), -1)
     if int(flat.min()) == int(flat.max()):
         raise DataError(f"{splits.spec.source}: every train image is the same constant value {int(flat.min())} "
@@ -115,7 +120,7 @@ def check_data(splits):
             f"the normalization (mean {list(splits.spec.mean)}, std {list(splits.spec.std)}) is not usable"
         raise DataError(f"{splits.spec.source}: the normalized train images contain NaN or inf: {why}; "
                         "check the dataset")
-    labels = torch.from_numpy(splits.train_y[:BATCH].astype(np.int64))
+    labels = torch.from_numpy(y[:BATCH].astype(np.int64))
     return images, labels
 
 

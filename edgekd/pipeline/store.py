@@ -31,12 +31,21 @@ class RunStore:
         return self._splits
 
     def tensors(self) -> dict:
+        """train_x / val_x: normalized float tensors (small data), or sources that decode or
+        normalize per batch when the splits are streamed (edgekd.data.stream); train_y / val_y
+        their labels. Either goes wherever the training loop takes images."""
         if not self._tensors:
             import torch
 
             from edgekd.train.loop import to_tensor
 
             s = self.splits()
+            if s.stream is not None:
+                from edgekd.data.stream import sources
+
+                train, val = sources(s)
+                self._tensors = {"train_x": train, "train_y": train.labels, "val_x": val, "val_y": val.labels}
+                return self._tensors
             self._tensors = {
                 "train_x": to_tensor(s.train_x, s.spec.mean, s.spec.std),
                 "train_y": torch.from_numpy(s.train_y.astype(np.int64)),

@@ -235,13 +235,43 @@ def load_eval_set(path):
     return x, y, (None if names is None else [str(n) for n in names])
 
 
+MAX_PREPROCESS_SIDE = 16384  # pixels: edgekd.preprocess sizes beyond this are not a model's input
+
+
+def fit_to_model(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
+    """Eval images at another size or colour than the model's input, brought to it as training
+    did (metadata `edgekd.preprocess`: grey <-> RGB, shorter side resized, center crop; numpy and
+    PIL, edgekd.data.preprocess). Images at the input size (a run's eval.npz) pass unchanged."""
+    steps = meta_json(meta, "edgekd.preprocess")
+    if steps is None:
+        return x_uint8
+    get = steps.get if isinstance(steps, dict) else {}.get
+    crop, resize, color = get("center_crop"), get("resize_shorter"), get("color")
+    sides = [*(crop if isinstance(crop, list) and len(crop) == 2 else [None]), *([] if resize is None else [resize])]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_PREPROCESS_SIDE for v in sides):
+        raise ModelFileError(f"model metadata edgekd.preprocess is not a valid preprocessing "
+                             f"({_shown(meta['edgekd.preprocess'])}); re-export the model")
+    from edgekd.data.preprocess import convert_channels, fit_array
+
+    x, want = x_uint8, {"L": 1, "RGB": 3}.get(color)
+    if want is not None and x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[1] != want:
+        x = convert_channels(x, want)
+    if x.ndim == 4 and tuple(x.shape[2:]) != tuple(crop) and resize is not None and min(x.shape[2:]) >= 2:
+        check_feed_size([len(x), x.shape[1], *crop], np.uint8, "the eval images resized for the model",
+                        "use fewer eval images", error=DataError)
+        x = fit_array(x, resize, (crop[0], crop[1]))
+    return x
+
+
 def preprocess(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
     """(x/255 - mean) / std per channel (axis 1), mean/std from the model's metadata;
     models without them get x/255 only. The arithmetic is edgekd.data.normalize's, as in training.
+    Images at another size or colour are first brought to the model's input (fit_to_model).
     Metadata that is not 1 or C finite numbers, a std <= 0, or values that would make a pixel
     overflow float32 (inf inputs) are refused (exit 2)."""
     from edgekd.data.normalize import normalize
 
+    x_uint8 = fit_to_model(x_uint8, meta)
     channels = x_uint8.shape[1]
     mean, std = (meta_floats(meta, key, channels) for key in ("edgekd.mean", "edgekd.std"))
     if std is not None and not (std > 0).all():
@@ -309,6 +339,9 @@ def synthetic(shape: list, dtype, id_limit: int = SYNTHETIC_ID_LIMIT, seed: int 
     return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
 
 
+PREDICT_BYTES = 16 << 20  # predict(): at most this many bytes of input per run (batch_size rows, fewer if larger)
+
+
 def predict(session, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
     """Outputs (N, K) of the model's first output for every input row, flattened per row
     ((N, C, 1, 1) logits become (N, C)), batched. y: labels, checked to match x."""
@@ -317,7 +350,10 @@ def predict(session, x: np.ndarray, y: np.ndarray | None = None, batch_size: int
         raise DataError(f"evaluation needs one label per image, got {len(x)} images and {n_labels} labels")
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    step = fixed or batch_size
+    # large inputs (224x224 RGB: 0.6 MB a row) run in fewer rows at a time: ONNX Runtime's
+    # activations grow with the rows, and a few hundred large images would take gigabytes
+    row_bytes = max(1, int(np.prod(x.shape[1:])) * x.dtype.itemsize)
+    step = fixed or max(1, min(batch_size, PREDICT_BYTES // row_bytes))
     outputs = []
     for start in range(0, len(x), step):
         chunk = x[start : start + step]

@@ -94,6 +94,16 @@ def test_module_next_to_the_recipe(tmp_path, monkeypatch, module_name):
     assert model[-1].out_features == 2
 
 
+def test_preload_makes_later_builds_find_the_module(tmp_path, monkeypatch, module_name):
+    from edgekd.models.external import preload_factories
+
+    (tmp_path / f"{module_name}.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path.parent)  # not the module's folder
+    preload_factories(["resnet8", "torchvision:resnet18", f"{module_name}:build"], search_dirs=[tmp_path])
+    model = build_model(f"{module_name}:build", in_channels=1, num_classes=2)  # no search_dirs now
+    assert model[-1].out_features == 2
+
+
 def test_package_in_the_current_folder(tmp_path, monkeypatch, module_name):
     package = tmp_path / module_name
     package.mkdir()

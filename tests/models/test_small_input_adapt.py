@@ -66,6 +66,17 @@ def test_large_or_unknown_inputs_keep_the_model_as_it_comes(input_size):
     assert adaptations(model) == []
 
 
+def test_slow_batch_norm_momentum_is_raised_for_data_whatever_the_size():
+    """MobileNetV3's 0.01 leaves the running statistics at their initial values after a short
+    schedule (one class predicted in eval mode); a model built for data gets 0.1."""
+    model = build_model("torchvision:mobilenet_v3_small", in_channels=3, num_classes=5, input_size=(64, 64))
+    momenta = {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert momenta == {0.1}
+    assert adaptations(model) == ["batch-norm momentum 0.01 -> 0.1 (34 layers)"]
+    plain = build_model("torchvision:mobilenet_v3_small", in_channels=3, num_classes=5)
+    assert {m.momentum for m in plain.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
+
+
 def test_the_smaller_side_decides():
     model = build_model("torchvision:mobilenet_v2", in_channels=3, num_classes=5, input_size=(200, 40))
     assert adaptations(model) == ["features.0.0: stride 2 -> 1"]

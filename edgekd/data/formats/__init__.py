@@ -31,6 +31,6 @@ from edgekd.data.formats.registry import (
 )
 
 # The built-in formats register on import, in this order (the order of `available:` lists).
-from edgekd.data.formats import npz, idx, cifar, imagefolder  # noqa: F401  isort: skip
+from edgekd.data.formats import npz, idx, cifar, imagefolder, manifest  # noqa: F401  isort: skip
 
 __all__ = ["FORMATS", "Loader", "RawArrays", "UnknownDataset", "unknown_dataset"]

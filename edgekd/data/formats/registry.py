@@ -14,7 +14,7 @@ Loader = Callable[[str, str | None], RawArrays]  # loader(name, path) -> RawArra
 
 FORMATS: Registry[Loader] = Registry("dataset")
 
-PATH_HINT = "or a path to an .npz file or an IDX folder"
+PATH_HINT = "or a path to an .npz file, an IDX folder, an image folder or a .csv/.jsonl manifest"
 
 
 class UnknownDataset(ConfigError, DataError):

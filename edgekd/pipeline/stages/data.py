@@ -1,5 +1,7 @@
-"""The data stage: the splits are loaded (by the chain) and the test split is written as the
-portable eval set (eval.npz) for benching on a device."""
+"""The data stage: the splits are loaded (by the chain; bad images were refused or skipped
+there, before the run directory existed) and the test split is written as the portable eval
+set (eval.npz, at the model's input size, at most data.eval_size images) for benching on a
+device."""
 
 from __future__ import annotations
 
@@ -15,13 +17,32 @@ def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
     splits = inputs["splits"]
     spec = splits.spec
     save_eval_set(ctx.path(EVAL_SET), splits.test_x, splits.test_y, spec)
-    return StageResult({
+    stream = splits.stream
+    record = {
         "dataset": spec.name,
         "source": spec.source,
         "shape": [spec.channels, spec.height, spec.width],
         "classes": spec.num_classes,
         "train": len(splits.train_y),
-        "val": len(splits.val_y),
+        "val": len(stream.val) if stream is not None and stream.kind == "files" else
+        len(stream.val[1]) if stream is not None else len(splits.val_y),
         "test": len(splits.test_y),
         "calib": len(splits.calib_y),
-    })
+        "streaming": stream.kind if stream is not None else False,
+        "preprocess": {"resize_shorter": spec.resize, "center_crop": [spec.height, spec.width],
+                       "mean": list(spec.mean), "std": list(spec.std)},
+    }
+    record.update(splits.record)
+    skipped = splits.record.get("skipped")
+    if skipped:
+        total = sum(sum(v.values()) if isinstance(v, dict) else v for v in skipped.values())
+        ctx.log(f"[data] skipped {total} bad image(s) or empty class folder(s) (data.skip_bad): {skipped}")
+    if cfg.augment_policy is not None and (stream is None or stream.kind != "files"):
+        record["augment_policy_ignored"] = True
+        ctx.log(f"[data] note: data.augment_policy {cfg.augment_policy} applies to streamed image files (data.image_size "
+                "set); these images train with the in-memory augmentation (shift and flip)")
+    if stream is not None:
+        ctx.log(f"[data] streaming {record['train']:,} train and {record['val']:,} val images ({stream.kind}"
+                + (f", {stream.workers} worker(s)" if stream.kind == "files" else "") + "); eval.npz holds "
+                f"{record['test']:,} test images at {spec.width}x{spec.height}")
+    return StageResult(record)

@@ -10,12 +10,18 @@ from edgekd.pipeline.layout import STUDENT_ONNX, TEACHER_ONNX
 
 
 def run(ctx: Context, cfg: ExportConfig, inputs: dict) -> StageResult:
-    """inputs: `splits`, `tensors`, and `models`: {stage: (model, arch, record with params and macs)}
-    for 'teacher' and 'student'."""
-    from edgekd.onnx_export import model_metadata, to_onnx
+    """inputs: `splits`, `tensors` (val_x: the parity check's images), and `models`: {stage:
+    (model, arch, record with params and macs)} for 'teacher' and 'student'."""
+    import torch
 
-    spec = inputs["splits"].spec
+    from edgekd.onnx_export import model_metadata, to_onnx
+    from edgekd.train.loop import to_tensor
+
+    splits = inputs["splits"]
+    spec = splits.spec
     check_inputs = inputs["tensors"]["val_x"]
+    if not isinstance(check_inputs, torch.Tensor):  # streamed: the first images of the bounded in-memory val set
+        check_inputs = to_tensor(splits.val_x[: max(cfg.check_batch_sizes, default=0)], spec.mean, spec.std)
     record = {}
     for stage, file in (("teacher", TEACHER_ONNX), ("student", STUDENT_ONNX)):
         model, arch, summary = inputs["models"][stage]

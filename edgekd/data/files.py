@@ -1,0 +1,256 @@
+"""Datasets of image files (an image folder, a manifest): their file lists, the check of every
+file before training, and decoding.
+
+numpy and PIL only (PIL imported where an image is opened). A format lists its files as a
+FileDataset (paths and labels, nothing decoded); `scan` then opens and decodes every file
+once, in a thread pool, and sorts out the bad ones (unreadable, truncated or corrupt, smaller
+than the crop): a DataError naming the first, or, with data.skip_bad, a list to skip and
+count. JPEGs are decoded at 1/8 scale for the check (libjpeg still reads every byte, so a
+truncated file fails), which keeps the check of 50,000 files to seconds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from edgekd.data.base import MIN_IMAGE_SIDE
+from edgekd.data.preprocess import GRAY_MODES, fit_image, to_chw, to_mode
+from edgekd.errors import DataError, joined_lines
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MAX_FILES = 10**8
+CHUNK = 256  # files per task of the thread pool
+
+
+@dataclass(frozen=True, eq=False)
+class FileSplit:
+    """One split of a file dataset: paths and int64 labels."""
+
+    files: list
+    labels: np.ndarray
+
+    def take(self, index) -> FileSplit:
+        index = np.asarray(index, dtype=np.int64)
+        return FileSplit([self.files[i] for i in index], self.labels[index])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+class FileDataset(NamedTuple):
+    """What a file format lists: train and test splits, class names, where it came from, and
+    `skipped`: entries already left out (empty class folders with data.skip_bad)."""
+
+    name: str
+    train: FileSplit
+    test: FileSplit
+    class_names: tuple
+    source: str
+    skipped: dict
+
+
+class Scan(NamedTuple):
+    """`scan`'s answer: the files that passed (positions into the list), their modes and
+    sizes (width, height), and the bad ones as {reason: [file, ...]}."""
+
+    good: np.ndarray
+    modes: set
+    sizes: np.ndarray
+    bad: dict
+
+
+def file_split(files_and_labels: list) -> FileSplit:
+    return FileSplit([str(f) for f, _ in files_and_labels], np.array([y for _, y in files_and_labels], dtype=np.int64))
+
+
+def open_image(path: str):
+    """The PIL image at `path` (header read only); DataError when it cannot be opened."""
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except Exception as exc:  # PIL raises several types for unreadable files
+        check_png_header(Path(path))  # PIL cannot open a 0x0 PNG: say why
+        raise DataError(f"cannot read image {path} ({joined_lines(exc)}); replace or remove it "
+                        "(or set data.skip_bad: true)") from exc
+
+
+def check_png_header(file: Path) -> None:
+    """DataError with the minimum size when `file` is a PNG whose header declares a side < MIN_IMAGE_SIDE."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if min(width, height) < MIN_IMAGE_SIDE:
+            raise DataError(f"{file}: images are {width}x{height} pixels; the minimum size is "
+                            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; use larger images")
+
+
+def decode(path: str, mode: str, resize: int | None = None):
+    """The image at `path` decoded and converted to `mode` ('L' or 'RGB'). With `resize`, a
+    large JPEG is decoded at the smallest 1/2^k scale whose shorter side is still at least
+    `resize` (libjpeg's DCT scaling, much faster)."""
+    with open_image(path) as image:
+        if resize is not None and image.format == "JPEG":
+            short = min(image.size)
+            scale = 1
+            while scale < 8 and short // (scale * 2) >= resize:
+                scale *= 2
+            if scale > 1:
+                image.draft(image.mode, (image.width // scale, image.height // scale))
+        try:
+            image.load()
+            return to_mode(image, mode)
+        except Exception as exc:  # truncated and corrupt files fail only when the pixels are decoded
+            raise DataError(f"cannot decode image {path} ({joined_lines(exc)}); replace or remove it "
+                            "(or set data.skip_bad: true)") from exc
+
+
+def decode_fitted(path: str, mode: str, resize: int | None, crop: tuple | None) -> np.ndarray:
+    """uint8 (C, H, W): decoded, resized and center-cropped (edgekd.data.preprocess.fit_image)."""
+    return to_chw(fit_image(decode(path, mode, resize), resize, crop))
+
+
+def probe(path: str, crop: tuple | None) -> tuple:
+    """(mode, width, height) of a readable, fully decodable image, else (None, reason, message)."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+    except Exception as exc:  # noqa: BLE001 - PIL raises several types
+        try:
+            check_png_header(Path(path))
+        except DataError as small:
+            return None, "too_small", str(small)
+        return None, "unreadable", f"cannot read image {path} ({joined_lines(exc)})"
+    with image:
+        width, height = image.size
+        if min(width, height) < MIN_IMAGE_SIDE:
+            return None, "too_small", (f"{path}: images are {width}x{height} pixels; the minimum size is "
+                                       f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; use larger images")
+        if crop is not None and (height < crop[0] or width < crop[1]):
+            return None, "too_small", (f"{path} is {width}x{height}, smaller than the crop {crop[1]}x{crop[0]} "
+                                       "(data.image_size); use larger images or a smaller data.image_size")
+        mode = image.mode
+        try:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            image.load()
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
+            return None, "corrupt", f"cannot decode image {path} ({joined_lines(exc)})"
+    return mode, width, height
+
+
+def thread_map(fn, items: list, workers: int) -> list:
+    """[fn(item) for item in items], in a pool of `workers` threads (PIL decodes without the GIL)."""
+    if workers <= 1 or len(items) <= CHUNK:
+        return [fn(item) for item in items]
+    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = pool.map(lambda chunk: [fn(item) for item in chunk], chunks)
+        return [result for part in parts for result in part]
+
+
+def scan(files: list, *, crop: tuple | None, workers: int) -> Scan:
+    """Open and decode every file once (see `probe`)."""
+    results = thread_map(lambda f: probe(f, crop), list(files), max(1, workers))
+    good, modes, sizes, bad = [], set(), [], {}
+    for i, (mode, *rest) in enumerate(results):
+        if mode is None:
+            bad.setdefault(rest[0], []).append((files[i], rest[1]))
+        else:
+            good.append(i)
+            modes.add(mode)
+            sizes.append(rest)
+    return Scan(np.array(good, dtype=np.int64), modes, np.array(sizes, dtype=np.int64).reshape(-1, 2), bad)
+
+
+def refuse_or_skip(found: Scan, split: FileSplit, skip_bad: bool, what: str) -> tuple[FileSplit, dict]:
+    """The split without its bad files and {reason: count} when skip_bad; else the DataError of
+    the first bad file (its own message, one line)."""
+    if not found.bad:
+        return split, {}
+    if not skip_bad:
+        entries = next(iter(found.bad.values()))
+        total = sum(len(v) for v in found.bad.values())
+        more = f" ({total - 1} more bad file(s) in the {what} split)" if total > 1 else ""
+        raise DataError(f"{entries[0][1]}{more}; replace or remove it, or set data.skip_bad: true to skip bad images")
+    return split.take(found.good), {reason: len(entries) for reason, entries in found.bad.items()}
+
+
+def dataset_mode(modes: set, channels: int | None) -> str:
+    """'L' or 'RGB': data.channels, else grey when every image is, else RGB."""
+    if channels is not None:
+        return "L" if channels == 1 else "RGB"
+    return "L" if modes and modes <= set(GRAY_MODES) else "RGB"
+
+
+def list_class_folder(split_dir: Path, class_names: tuple, layout: str, *, every_class: bool,
+                      skip_empty: bool = False, ignore: tuple = ()) -> tuple[list, list]:
+    """([(file, label)], [empty class folder]) of the images under split_dir/<class>/. An empty
+    class folder of the train split is a DataError unless `skip_empty` (then it is listed);
+    the folders named in `ignore` (classes skipped as empty) are left out."""
+    found, empty = [], []
+    labels = {name: i for i, name in enumerate(class_names)}
+    for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+        if class_dir.name in ignore:
+            continue
+        if class_dir.name not in labels:
+            raise DataError(f"{class_dir} is a class that {split_dir.parent / 'train'} lacks; expected {layout}")
+        label = labels[class_dir.name]
+        # is_file: regular files (or links to them) only; a FIFO named x.png would block the reader
+        with os.scandir(class_dir) as entries:
+            names = sorted(e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        images = [(class_dir / n, label) for n in names if (class_dir / n).is_file()]
+        if every_class and not images:
+            if skip_empty:
+                empty.append(str(class_dir))
+                continue
+            raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)}); an empty "
+                            "folder is not a class: add its images or remove the folder (or set data.skip_bad: true)")
+        found += images
+        if len(found) > MAX_FILES:
+            raise DataError(f"{split_dir} holds more than {MAX_FILES:,} images; split the dataset")
+    return found, empty
+
+
+def list_imagefolder(path: str, skip_empty: bool = False) -> FileDataset:
+    """train/<class>/* and test/<class>/* (or val/) under `path`, listed, not decoded."""
+    root = Path(path).expanduser()
+    layout = f"{root}/train/<class>/*.png and {root}/test/<class>/*.png (or val/ for test)"
+    train_dir = root / "train"
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise DataError(
+            f"image folder dataset not found: expected {layout}; create that layout or pass --data-path DIR"
+        )
+    from edgekd.data.base import MAX_CLASSES
+
+    class_names = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
+    if not class_names:
+        raise DataError(f"{train_dir} has no class folders; expected {layout}")
+    if len(class_names) > MAX_CLASSES:
+        raise DataError(f"{train_dir} has {len(class_names):,} class folders; at most {MAX_CLASSES:,}")
+    train, empty = list_class_folder(train_dir, class_names, layout, every_class=True, skip_empty=skip_empty)
+    skipped = {}
+    ignore = tuple(Path(e).name for e in empty)
+    if empty:  # with skip_bad: the empty classes are no classes; labels renumbered without them
+        class_names = tuple(n for n in class_names if n not in ignore)
+        if not class_names:
+            raise DataError(f"every class folder under {train_dir} is empty; expected {layout}")
+        train, _ = list_class_folder(train_dir, class_names, layout, every_class=True, ignore=ignore)
+        skipped["empty_class_folders"] = len(empty)
+    test, _ = list_class_folder(test_dir, class_names, layout, every_class=False, ignore=ignore)
+    for split_dir, found in ((train_dir, train), (test_dir, test)):
+        if not found:
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}; expected {layout}")
+    return FileDataset("imagefolder", file_split(train), file_split(test), class_names, str(root), skipped)

@@ -1,0 +1,205 @@
+"""Splits of image-file datasets (an image folder, a manifest).
+
+Every file is opened and decoded once before training (data/files.py: `scan`), so a bad
+image is refused (exit 2, naming it) or, with data.skip_bad, skipped and counted, before the
+run directory exists. Then:
+
+- small datasets without a data.image_size are decoded into arrays and follow the arrays'
+  path (data/splits.py: one float tensor in memory, today's fast path);
+- otherwise the train and val splits stay file lists, decoded per batch by DataLoader
+  workers (data/stream.py), and only bounded sets are decoded up front at the model's input
+  size: val and calibration images for export parity and int8 (data.eval_size), the test
+  images of eval.npz, and a sample for the mean and std ('dataset').
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.data.base import RawArrays, check_memory, need_path
+from edgekd.data.config import DATASET, DataConfig
+from edgekd.data.files import (
+    FileDataset,
+    FileSplit,
+    dataset_mode,
+    decode_fitted,
+    list_imagefolder,
+    refuse_or_skip,
+    scan,
+    thread_map,
+)
+from edgekd.data.formats.idx import IDX_FILES, find_idx_file
+from edgekd.data.formats.manifest import is_manifest, list_manifest
+from edgekd.data.memory import shared_copy, shared_empty
+from edgekd.data.splits import (
+    Splits,
+    Stream,
+    array_splits,
+    channel_mean_std,
+    choose_streaming,
+    eval_cap,
+    eval_subset,
+    make_spec,
+    stratified_split,
+)
+from edgekd.errors import DataError
+
+STATS_SAMPLE = 1000  # train images the mean and std of a streamed dataset are computed from
+IMAGEFOLDER_HINT = "DIR (with train/<class>/*.png and test/<class>/*.png)"
+MANIFEST_HINT = "FILE.csv|FILE.jsonl|DIR (with train.csv and test.csv)"
+
+
+def list_files(cfg: DataConfig) -> FileDataset | None:
+    """The file list of data.name when it is a file format (imagefolder, manifest, or a path
+    to one), else None (an array format)."""
+    from edgekd.data.formats import FORMATS
+
+    if cfg.name == "imagefolder":
+        return list_imagefolder(need_path(cfg.name, cfg.path, IMAGEFOLDER_HINT), skip_empty=cfg.skip_bad)
+    if cfg.name == "manifest":
+        return list_manifest(need_path(cfg.name, cfg.path, MANIFEST_HINT))
+    if cfg.name in FORMATS:
+        return None
+    return list_path(Path(cfg.name).expanduser(), skip_empty=cfg.skip_bad)
+
+
+def list_path(path: Path, skip_empty: bool = False) -> FileDataset | None:
+    """A dataset path that is a manifest file or an image folder (not an IDX folder), listed."""
+    if path.is_file() and is_manifest(path):
+        return list_manifest(str(path))
+    if path.is_dir() and (path / "train").is_dir() and not find_idx_file(path, IDX_FILES["train_x"]):
+        return list_imagefolder(str(path), skip_empty=skip_empty)
+    return None
+
+
+def checked(ds: FileDataset, cfg: DataConfig) -> tuple[FileSplit, FileSplit, str, tuple, dict]:
+    """(train, test, mode, (height, width), skipped) after scanning every file: bad files
+    refused or skipped, the colour mode chosen, and the size every image is used at (the crop,
+    or the one size all images share)."""
+    workers = max(1, cfg.worker_count())
+    crop = cfg.crop
+    splits, skipped, modes, sizes = {}, dict(ds.skipped), set(), {}
+    for what, split in (("train", ds.train), ("test", ds.test)):
+        found = scan(split.files, crop=crop, workers=workers)
+        kept, bad = refuse_or_skip(found, split, cfg.skip_bad, what)
+        if not len(kept):
+            raise DataError(f"{ds.source}: every image of the {what} split is bad ({bad}); check the dataset")
+        splits[what] = kept
+        if bad:
+            skipped[what] = bad
+        modes |= found.modes
+        sizes[what] = found.sizes
+    if crop is None:
+        crop = _common_size(splits, sizes)
+    return splits["train"], splits["test"], dataset_mode(modes, cfg.channels), crop, skipped
+
+
+def _common_size(splits: dict, sizes: dict) -> tuple[int, int]:
+    """The one (height, width) every image has; a DataError naming the first that differs."""
+    width, height = (int(v) for v in sizes["train"][0])
+    first = splits["train"].files[0]
+    for what in ("train", "test"):
+        differ = np.flatnonzero((sizes[what][:, 0] != width) | (sizes[what][:, 1] != height))
+        if len(differ):
+            w, h = sizes[what][differ[0]]
+            raise DataError(f"{splits[what].files[differ[0]]} is {w}x{h} but the first image ({first}) is "
+                            f"{width}x{height}; all images must share one size: resize them first, or set "
+                            "data.image_size to resize and crop them")
+    return height, width
+
+
+def decode_many(files: list, mode: str, resize: int | None, crop: tuple, workers: int,
+                shared: bool = False) -> np.ndarray:
+    """uint8 (N, C, crop height, crop width): every file decoded and fitted, in a thread pool.
+    `shared`: in a shared mapping, which the forked DataLoader workers do not count
+    (edgekd.data.memory)."""
+    channels = 1 if mode == "L" else 3
+    shape = (len(files), channels, *crop)
+    out = shared_empty(shape) if shared else np.empty(shape, dtype=np.uint8)
+
+    def one(i: int) -> None:
+        out[i] = decode_fitted(files[i], mode, resize, crop)
+
+    thread_map(one, list(range(len(files))), max(1, workers))
+    return out
+
+
+def decode_dataset(ds: FileDataset, cfg: DataConfig | None = None) -> RawArrays:
+    """Every image of `ds` decoded into arrays (the registered loaders' answer, and the in-memory
+    path): checked first, then at data.image_size or the one size they all share."""
+    cfg = cfg or DataConfig()
+    train, test, mode, crop, _ = checked(ds, cfg)
+    channels = 1 if mode == "L" else 3
+    count = len(train) + len(test)
+    check_memory(count * channels * crop[0] * crop[1], f"{ds.source}: {count:,} images of {crop[1]}x{crop[0]}x"
+                 f"{channels}", "use fewer or smaller images, or set data.image_size (streamed from the files)")
+    workers = cfg.worker_count()
+    x_train, x_test = (decode_many(s.files, mode, cfg.resize, crop, workers) for s in (train, test))
+    return RawArrays(ds.name, x_train, train.labels, x_test, test.labels, ds.class_names, ds.source)
+
+
+def file_splits(ds: FileDataset, cfg: DataConfig, seed: int) -> Splits:
+    """Split a file dataset: decoded into arrays when small and without image_size, else streamed."""
+    rng = np.random.default_rng(seed)
+    ds = ds._replace(train=_limit(ds.train, cfg.limit_train, rng),
+                     test=_limit(ds.test, cfg.limit_test, np.random.default_rng(0)))
+    train, test, mode, crop, skipped = checked(ds, cfg)
+    channels = 1 if mode == "L" else 3
+    record = {"skipped": skipped} if skipped else {}
+    if not choose_streaming(cfg, len(train), channels * crop[0] * crop[1], files=True):
+        workers = cfg.worker_count()
+        count = len(train) + len(test)
+        check_memory(count * channels * crop[0] * crop[1], f"{ds.source}: {count:,} images of {crop[1]}x{crop[0]}x"
+                     f"{channels}", "set data.streaming: true (decoded per batch from the files)")
+        raw = RawArrays(ds.name, decode_many(train.files, mode, cfg.resize, crop, workers), train.labels,
+                        decode_many(test.files, mode, cfg.resize, crop, workers), test.labels, ds.class_names,
+                        ds.source)
+        return array_splits(raw, cfg, seed, fitted=True, record=record)
+    return _streamed(ds, cfg, rng, train, test, mode, crop, record)
+
+
+def _streamed(ds, cfg: DataConfig, rng, train: FileSplit, test: FileSplit, mode: str, crop: tuple,
+              record: dict) -> Splits:
+    workers = cfg.worker_count()
+    channels = 1 if mode == "L" else 3
+    cap = eval_cap(cfg, channels * crop[0] * crop[1])
+    train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, rng)
+    needs_stats = DATASET in (cfg.mean, cfg.std)
+    calib_n = min(cfg.calib_size, cap, len(train_idx))
+    sample_n = min(len(train_idx), max(calib_n, STATS_SAMPLE if needs_stats else 0))
+    sample_idx = rng.choice(train_idx, size=sample_n, replace=False)
+    sample = decode_many(train.take(sample_idx).files, mode, cfg.resize, crop, workers, shared=True)
+    calib_x, calib_y = shared_copy(sample[:calib_n]), train.labels[sample_idx[:calib_n]]
+    spec = make_spec(ds, cfg, channels, crop[0], crop[1], lambda: channel_mean_std(sample))
+    del sample
+    val_keep = val_idx[eval_subset(len(val_idx), cap)]
+    test_keep = eval_subset(len(test), cap)
+    val, test_part = train.take(val_keep), test.take(test_keep)
+    record.update(streaming="files", workers=workers, val_in_memory=len(val_keep),
+                  mean_std_from=sample_n if needs_stats else None)
+    if len(test_keep) < len(test):
+        record["test_capped_from"] = len(test)
+    stream = Stream("files", train.take(train_idx), train.take(val_idx), mode=mode, resize=cfg.resize, crop=crop,
+                    policy=cfg.augment_policy, workers=workers)
+    return Splits(
+        spec=spec,
+        train_x=None,
+        train_y=train.labels[train_idx],
+        val_x=decode_many(val.files, mode, cfg.resize, crop, workers, shared=True),
+        val_y=val.labels,
+        test_x=decode_many(test_part.files, mode, cfg.resize, crop, workers, shared=True),
+        test_y=test_part.labels,
+        calib_x=calib_x,
+        calib_y=calib_y,
+        stream=stream,
+        record=record,
+    )
+
+
+def _limit(split: FileSplit, limit: int | None, rng) -> FileSplit:
+    """`limit` random files of the split (in their order); None keeps all."""
+    if limit is None or limit >= len(split):
+        return split
+    return split.take(np.sort(rng.permutation(len(split))[:limit]))
