@@ -261,7 +261,7 @@ def markdown(result: dict) -> str:
         f"{result['limit_bytes'] / gb:.0f} GB in every stage: **{'pass' if result['ok'] else 'FAIL'}** "
         f"(peak {result['peak_rss_bytes'] / gb:.2f} GB summed RSS, {result['peak_pss_bytes'] / gb:.2f} GB PSS).",
         "",
-        "| stage | seconds | peak RSS, summed (GB) | peak PSS (GB) | processes |",
+        "| phase | seconds | peak RSS, summed (GB) | peak PSS (GB) | processes |",
         "|---|---|---|---|---|",
     ]
     for stage, peak in result["peak_bytes"].items():
@@ -280,7 +280,10 @@ def markdown(result: dict) -> str:
         top1 = "" if m["top1"] is None else f"{m['top1']:.2f}"
         p50 = "" if m["p50_ms"] is None else f"{m['p50_ms']:.3f}"
         lines.append(f"| {m['stage']} | {top1} | {m['params']:,} | {m['macs'] or 0:,} | {p50} |")
-    lines += ["", "Top-1 is not the point here (one epoch of a 20 k-parameter model); memory is."]
+    params = max((m["params"] or 0) for m in result["models"])
+    lines += ["", f"Top-1 is not the point here (one epoch of a {params:,}-parameter model, quantize.max_drop null); "
+              "memory is. Stage seconds are the run's own records; the startup phase (before the run directory "
+              "exists) lists, opens and decodes every file once and runs the preflight checks."]
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,8 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),
                               macs=count_macs(model, input_shape))
     metadata["edgekd.input_shape"] = json.dumps(list(input_shape))
+    if input_size is not None and tuple(input_size) != (spec.height, spec.width):
+        metadata.pop("edgekd.preprocess", None)  # it describes the data's size, not this input
     if name:
         metadata["edgekd.name"] = name
     if fp16:
