@@ -1,4 +1,5 @@
-"""edgekd bench's p50 vs a bare `session.run` loop on the same model and settings.
+"""edgekd bench's p50 vs a bare `session.run` loop on the same model and settings, one model
+at a time and interleaved (both models side by side, as `edgekd bench RUN_DIR` times them).
 
     python benchmarks/bench_overhead.py [--run-dir DIR] [--reps 21] [--runs 3000] [--threads 1]
 
@@ -9,7 +10,10 @@ optimizations, the same intra-op threads, the same input: the first eval image,
 preprocessed from the model's metadata), with the same warm-up and number of runs. The
 order alternates per repetition (AB, BA, ...) so that drift of a shared machine hits both;
 the result is the median over repetitions of the per-repetition ratio edgekd p50 / bare
-p50. Target: within 3 % (0.97 <= ratio <= 1.03). The models are the default run's model.int8.onnx
+p50. Interleaved: edgekd.bench.bench() on both models with bench.interleave against a bare loop
+that rotates the same rounds (ROUND_RUNS runs of each model per round, the order shifting
+by one each round) with the same clock reads, per model.
+Target: within 3 % (0.97 <= ratio <= 1.03). The models are the default run's model.int8.onnx
 and model.fp32.onnx (`edgekd compress --out DIR` makes one; the default DIR is made when
 missing). Writes benchmarks/results/bench-overhead.md and .json; exits 1 if the target is
 missed.
@@ -37,20 +41,26 @@ from edgekd.runtime import bench  # noqa: E402  (after the path: runs from a sou
 from edgekd.runtime.inputs import load_eval_set, preprocess
 
 from edgekd.runtime.machine import machine_info
+from edgekd.runtime.measure import ROUND_RUNS
 from edgekd.runtime.config import BenchConfig  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TOLERANCE = 0.03  # |edgekd p50 / bare p50 - 1|
 
 
-def bare_p50(path: Path, x: np.ndarray, *, threads: int, warmup: int, runs: int) -> float:
-    """p50 in ms of a plain timed loop around session.run, nothing else."""
+def bare_session(path: Path, x: np.ndarray, threads: int) -> tuple:
+    """(session, feed) with edgekd's options: all graph optimizations, the intra-op threads."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
+    return session, {session.get_inputs()[0].name: x}
+
+
+def bare_p50(path: Path, x: np.ndarray, *, threads: int, warmup: int, runs: int) -> float:
+    """p50 in ms of a plain timed loop around session.run, nothing else."""
+    session, feed = bare_session(path, x, threads)
     session.run(None, feed)  # the cold run, also out of edgekd's statistics
     for _ in range(warmup):
         session.run(None, feed)
@@ -104,6 +114,66 @@ def measure(path: Path, eval_set: Path, args) -> dict:
     }
 
 
+def bare_interleaved_p50s(paths: list, xs: list, *, threads: int, warmup: int, runs: int) -> list:
+    """p50 in ms per model of a plain loop that rotates rounds of ROUND_RUNS runs of each
+    model (the order shifting by one per round) until each has `runs` timed runs."""
+    sessions = []
+    for path, x in zip(paths, xs):
+        session, feed = bare_session(path, x, threads)
+        for _ in range(1 + warmup):  # the cold run and the warm-up, out of the statistics as in edgekd
+            session.run(None, feed)
+        sessions.append((session, feed))
+    timings = [[] for _ in sessions]
+    rounds = 0
+    while min(len(t) for t in timings) < runs:
+        shift = rounds % len(sessions)
+        for k in [*range(shift, len(sessions)), *range(shift)]:
+            (session, feed), append = sessions[k], timings[k].append
+            for _ in range(ROUND_RUNS):
+                start = time.perf_counter()
+                session.run(None, feed)
+                append((time.perf_counter() - start) * 1000.0)
+        rounds += 1
+    return [float(np.percentile(t, 50)) for t in timings]
+
+
+def measure_interleaved(paths: list, eval_set: Path, args) -> list:
+    """edgekd's interleaved p50 per model vs the bare rotating loop's, `reps` times, in
+    alternating order; one summary per model, as measure() gives."""
+    cfg = BenchConfig(batch_size=1, warmup=args.warmup, runs=args.runs, min_seconds=0.0, threads=args.threads,
+                      interleave=True)
+    xs = [first_image(p, eval_set) for p in paths]
+    reps = []
+    for i in range(args.reps):
+        rep = {}
+        for side in (("edgekd", "bare") if i % 2 == 0 else ("bare", "edgekd")):
+            if side == "edgekd":
+                rows = bench.bench(paths, eval_set=eval_set, cfg=cfg, progress=False)
+                assert all("timed interleaved" in " ".join(r.notes) for r in rows)
+                rep["edgekd"] = [r.latency_ms["p50"] for r in rows]
+            else:
+                rep["bare"] = bare_interleaved_p50s(paths, xs, threads=args.threads, warmup=args.warmup,
+                                                    runs=args.runs)
+        rep["ratio"] = [e / b for e, b in zip(rep["edgekd"], rep["bare"])]
+        reps.append(rep)
+        print(f"interleaved rep {i + 1}/{args.reps}: ratios "
+              + ", ".join(f"{p.name} {r:.4f}" for p, r in zip(paths, rep["ratio"])), flush=True)
+    out = []
+    for k, path in enumerate(paths):
+        ratio = statistics.median(r["ratio"][k] for r in reps)
+        out.append({
+            "model": f"{path.name} (interleaved)",
+            "edgekd_p50_ms_median": statistics.median(r["edgekd"][k] for r in reps),
+            "bare_p50_ms_median": statistics.median(r["bare"][k] for r in reps),
+            "ratio_median": ratio,
+            "ratio_min": min(r["ratio"][k] for r in reps),
+            "ratio_max": max(r["ratio"][k] for r in reps),
+            "within_target": abs(ratio - 1) <= TOLERANCE,
+            "reps": [{"edgekd": r["edgekd"][k], "bare": r["bare"][k], "ratio": r["ratio"][k]} for r in reps],
+        })
+    return out
+
+
 def markdown(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -116,7 +186,9 @@ def markdown(result: dict) -> str:
         "cancel that drift.",
         f"Settings on both sides: CPU provider, batch 1, intra-op threads {s['threads']}, {s['warmup']} warm-up "
         f"runs after the cold run, {s['runs']} timed runs, a fresh session per repetition, {s['reps']} repetitions "
-        "in alternating order; input: the first eval image of the run's eval.npz.",
+        "in alternating order; input: the first eval image of the run's eval.npz. Interleaved rows: both "
+        f"models timed side by side in rounds of {ROUND_RUNS} runs each (edgekd with bench.interleave; the bare "
+        "loop rotating the same rounds), one session per model and repetition.",
         "",
         f"Target: edgekd's p50 within {100 * TOLERANCE:.0f} % of the bare loop's "
         f"(median ratio between {1 - TOLERANCE:.2f} and {1 + TOLERANCE:.2f}).",
@@ -149,7 +221,9 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "edgekd", "compress", "--out", str(run_dir), "--force", "--no-progress"],
                        check=True)
     eval_set = run_dir / "eval.npz"
-    models = [measure(run_dir / name, eval_set, args) for name in ("model.int8.onnx", "model.fp32.onnx")]
+    names = ("model.int8.onnx", "model.fp32.onnx")
+    models = [measure(run_dir / name, eval_set, args) for name in names]
+    models += measure_interleaved([run_dir / name for name in names], eval_set, args)
     result = {
         "command": "python " + " ".join(["benchmarks/bench_overhead.py", *sys.argv[1:]]),
         "wall_seconds": time.perf_counter() - start,

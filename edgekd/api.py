@@ -31,6 +31,9 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
     """
     import json
 
+    from edgekd.extras import require_train
+
+    require_train("edgekd.compress")
     from edgekd.errors import ConfigError
     from edgekd.pipeline.chain import compress as run_chain
     from edgekd.pipeline.layout import new_run_dir
@@ -60,28 +63,43 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
 def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | None = None,
            arch_args: dict | None = None, data: str = "fashion-mnist-subset", data_path=None, int8: bool = False,
            output=None, opset: int = 17, force: bool = False, progress: bool = False, input_size=None,
-           dynamic_hw: bool = False, fp16: bool = False, fp32_io: bool = False, name: str | None = None) -> dict:
+           dynamic_hw: bool = False, fp16: bool = False, fp32_io: bool = False, name: str | None = None,
+           preprocess: dict | None = None) -> dict:
     """One model to ONNX, validated against PyTorch: a run's `stage` (student or teacher), or
     `weights` of `arch` for the dataset `data`. Returns the path, the parity per batch size
     and, with int8, the argmax agreement with PyTorch. input_size (H, W), dynamic_hw, fp16 (with
-    fp32_io), and the labels stage / name: as `edgekd export --help` says."""
+    fp32_io), and the labels stage / name: as `edgekd export --help` says. preprocess: with
+    `weights`, the preprocessing they were trained with, written into the metadata
+    ({"preset": "imagenet"}, or mean, std, scale, channel_order, crop_fraction; see
+    edgekd.runtime.preprocessing)."""
+    from edgekd.extras import require_train
+
+    require_train("edgekd.export")
     from edgekd.pipeline.export_one import export_one
 
     return export_one(run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args,
                       data_name=data, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
                       progress=progress, input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io,
-                      name=name)
+                      name=name, preprocess=preprocess)
 
 
 def bench(models, *, data=None, batch_sizes=(1,), threads=(0,), reference=None, progress: bool = False,
-          **settings) -> dict:
+          accuracy_tolerance: float = 0.5, **settings) -> dict:
     """Latency and accuracy of ONNX `models` (files, or one run directory) on ONNX Runtime;
-    returns the JSON report (schema edgekd.bench/1). data: an eval set (.npz); settings:
-    the fields of the recipe's `bench` section (provider, runs, warmup, interleave, ...)."""
+    returns the JSON report (schema edgekd.bench/1). data: an eval set (.npz), a dataset's name
+    or an image folder; settings: the fields of the recipe's `bench` section (provider, runs,
+    warmup, interleave, preprocess={"preset": "imagenet", "layout": "NHWC"}, ...).
+    provider may be a comma list ("cpu,openvino") or "all" (every installed provider): each
+    model runs on each, and the report's provider_ranking names the fastest per model and the
+    fastest whose top-1 stays within accuracy_tolerance points of the CPU provider's. A model
+    a provider cannot load or run is an entry of the report's "failed" list."""
+    from edgekd.errors import ConfigError
     from edgekd.runtime.bench import bench as bench_files
     from edgekd.runtime.bench import bench_run_dir, check_sweep, to_json
     from edgekd.runtime.config import BenchConfig
     from edgekd.runtime.measure import check_protocol
+    from edgekd.runtime.providers import expand_providers
+    from edgekd.runtime.ranking import check_tolerance, rank_providers
 
     models = [models] if isinstance(models, (str, Path)) else list(models)
     batch_sizes = list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]
@@ -89,10 +107,24 @@ def bench(models, *, data=None, batch_sizes=(1,), threads=(0,), reference=None, 
     check_sweep(batch_sizes, threads, settings.get("inter_threads", 0))
     # NaN, inf, negative or huge durations and run counts: exit 2 before BenchConfig and any model
     check_protocol(**{k: settings[k] for k in ("warmup", "runs", "min_seconds", "warmup_seconds") if k in settings})
+    tolerance = check_tolerance(accuracy_tolerance)
+    providers, skipped = expand_providers(settings.get("provider", "cpu"))
+    if not providers:
+        raise ConfigError(f"--provider all: no installed provider can run here ({'; '.join(skipped)})")
+    settings["provider"] = providers[0]
     cfg = BenchConfig(batch_size=batch_sizes[0], threads=threads[0], **settings)
     sweep = {"batch_sizes": batch_sizes, "threads": threads}
+    run = {"providers": providers, "keep_failures": True}
     if len(models) == 1 and Path(models[0]).is_dir():
-        rows = bench_run_dir(Path(models[0]), cfg, progress=progress, eval_set=data, reference=reference, **sweep)
+        rows = bench_run_dir(Path(models[0]), cfg, progress=progress, eval_set=data, reference=reference, **sweep,
+                             **run)
     else:
-        rows = bench_files(models, eval_set=data, cfg=cfg, progress=progress, reference=reference, **sweep)
-    return to_json(rows, {"sweep": sweep}, cfg=cfg)
+        rows = bench_files(models, eval_set=data, cfg=cfg, progress=progress, reference=reference, **sweep, **run)
+    if len(providers) > 1:
+        sweep["providers"] = providers
+    report = to_json(rows, {"sweep": sweep}, cfg=cfg)
+    if len(providers) > 1:
+        report["provider_ranking"] = rank_providers(report["models"], report["failed"], tolerance)
+    if skipped:
+        report["providers_skipped"] = skipped  # --provider all: installed plugins without a device
+    return report

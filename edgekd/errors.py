@@ -30,8 +30,18 @@ class ModelFileError(BadInput):
     """A weights or ONNX file cannot be read safely."""
 
 
+class ProviderFailed(ModelFileError):
+    """ONNX Runtime could not load or run a model on the provider asked for (an op or type
+    it lacks, an option it refuses): when several results are compared, a failed result."""
+
+
 class ProviderUnavailable(BadInput):
     """An ONNX Runtime execution provider was asked for but is not installed."""
+
+
+class MissingDependency(BadInput):
+    """A command needs packages of an extra that is not installed (edgekd compress and
+    export without `edgekd[train]`, e.g. on a device): the message says what to install."""
 
 
 class GateFailed(EdgekdError):

@@ -135,7 +135,7 @@ class Recipe:
 
 
 def resolve_file_paths(raw: dict, recipe_dir: Path) -> None:
-    """A recipe names files (data.path, teacher.weights, teacher.transfer.pretrained,
+    """A recipe names files (data.path, data.unlabeled, teacher.weights, teacher.transfer.pretrained,
     distill.extra_teachers[i].weights) relative to its own folder, so that it runs from any
     current folder; a relative path that is not there keeps meaning the current folder's."""
 
@@ -150,6 +150,7 @@ def resolve_file_paths(raw: dict, recipe_dir: Path) -> None:
             return
 
     fix(raw.get("data"), "path")
+    fix(raw.get("data"), "unlabeled")
     teacher = raw.get("teacher")
     fix(teacher, "weights")
     fix(teacher, "onnx")

@@ -128,3 +128,32 @@ def imported_modules():
         return imported
 
     return read
+
+
+TINY_RUN_RECIPE = """\
+name: tiny
+data: {{name: {data}, calib_size: 16}}
+teacher: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 2, batch_size: 32}}
+distill: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 2, batch_size: 32}}
+quantize: {{max_drop: null}}
+export: {{check_batch_sizes: [2]}}
+bench: {{warmup: 0, runs: 2, min_seconds: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run_inputs(tmp_path_factory):
+    """A folder with tiny.npz (150 train and 30 test grey 8x8 images of 3 classes, told apart by
+    their brightness) and tiny.yaml, a recipe for it: a whole `edgekd compress` in seconds."""
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 150), ("test", 30)):
+        labels = rng.integers(0, 3, n)
+        arrays[f"{split}_x"] = (rng.integers(0, 60, (n, 1, 8, 8)) + labels[:, None, None, None] * 60).astype(np.uint8)
+        arrays[f"{split}_y"] = labels.astype(np.int64)
+    np.savez(folder / "tiny.npz", **arrays)
+    (folder / "tiny.yaml").write_text(TINY_RUN_RECIPE.format(data=folder / "tiny.npz"))
+    return folder

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from edgekd.cli.group import verbosity_options
+from edgekd.cli.preprocess_options import preprocess_options
+from edgekd.cli.provider_options import echo_provider_list, provider_control_options
 from edgekd.errors import ConfigError, first_line
 from edgekd.runtime.providers import PROVIDERS
 
@@ -86,19 +88,21 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
     from edgekd.runtime.outputs import check_outputs, input_files
 
     if any(flags.values()):
-        check_outputs(flags, input_files(models, eval_set, reference), force=force,
-                      run_dirs=[m for m in models if Path(m).is_dir()])
+        check_outputs(flags, input_files(models, eval_set, reference), force=force,  # an image folder: guarded as a run directory
+                      run_dirs=[m for m in [*models, eval_set or ""] if m and Path(m).is_dir()])
 
 
 @click.command()
 @click.argument("models", nargs=-1, type=click.Path())
 @click.option("--data", "eval_set", metavar="NAME|PATH",
               help="Data to measure accuracy on: an eval set (.npz with uint8 x in NCHW and labels y, e.g. a "
-                   "run's eval.npz) or a registered dataset's name (its test split). Without it: latency on "
-                   "synthetic input, no accuracy.")
+                   "run's eval.npz), a registered dataset's name (its test split) or an image folder (one "
+                   "subfolder per class, classes in sorted order). Without it: latency on synthetic input, no "
+                   "accuracy.")
 @click.option("--provider", default="cpu", show_default=True,
-              help=f"ONNX Runtime execution provider: a registered short name ({', '.join(PROVIDERS.names())}) or "
-                   "a full name; --list-providers shows which are installed; a missing one is an error.")
+              help=f"ONNX Runtime execution provider: a registered short name ({', '.join(PROVIDERS.names())}), "
+                   "a full name or an installed plugin (onnxruntime-ep-ID); a comma list (cpu,openvino) or 'all' "
+                   "benches each model on each, side by side; --list-providers shows which are installed.")
 @click.option("--batch-size", "-b", default="1", show_default=True, callback=_int_list,
               help="Batch size for latency; a comma list (1,8) benches each.")
 @click.option("--warmup", default="10", show_default=True, callback=_protocol_value, metavar="N",
@@ -133,12 +137,15 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="Reference model (e.g. the fp32 one): argmax agreement and max abs difference of the "
                    "outputs, on --data or synthetic input. A run directory compares int8 with fp32 by itself.")
-@click.option("--interleave", is_flag=True,
+@click.option("--interleave/--no-interleave", default=None,
               help="Time all models side by side in short rotating rounds instead of one after another: "
-                   "fair ratios on a machine whose speed changes while it runs (a shared VM, a throttling device).")
+                   "fair ratios on a machine whose speed changes while it runs (a shared VM, a throttling device). "
+                   "Default: on whenever several models or providers are compared.")
+@provider_control_options  # --provider-option, --session-config, ...: one `provider_control` argument
+@preprocess_options()  # --preprocess, --mean, --std, ...: one `preprocess` argument
 def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
           csv_out, md_out, plot, force, list_providers, compare, quiet, verbose, warmup_seconds, inter_threads,
-          intra_spinning, inter_spinning, reference, interleave):
+          intra_spinning, inter_spinning, reference, interleave, preprocess, provider_control):
     """Latency (p50/p90/p99 after warm-up, throughput), peak memory and top-1 of ONNX MODELS.
 
     MODELS are .onnx files or one run directory (then every model in it is benched on
@@ -155,13 +162,7 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
         if as_json:
             click.echo(json.dumps({"onnxruntime": ort.__version__, "providers": entries}, indent=2))
             return
-        click.echo(f"onnxruntime {ort.__version__}")
-        for e in entries:
-            if e["available"]:
-                click.echo(f"  available  {e['short'] or '-':<9} {e['ort_name']}")
-        for e in entries:
-            if not e["available"]:
-                click.echo(f"  missing    {e['short']:<9} {e['ort_name']}: {e['hint']}")
+        echo_provider_list(entries, ort.__version__)
         return
     if compare:
         a, b = (_load_bench_json(p) for p in compare)
@@ -186,17 +187,18 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
                        progress=not quiet, provider=provider, warmup=warmup, runs=runs, min_seconds=min_seconds,
                        warmup_seconds=warmup_seconds, inter_threads=inter_threads,
                        intra_spinning=spin[intra_spinning], inter_spinning=spin[inter_spinning],
-                       interleave=interleave)
+                       interleave=interleave, preprocess=preprocess, **provider_control)
     # checked again just before each write: a file may have appeared while benching
     if json_out:
         _check_outputs({"--json-out": json_out}, models, eval_set, reference, force)
         _write_output(json_out, json.dumps(report, indent=2) + "\n")
     if csv_out:
         _check_outputs({"--csv": csv_out}, models, eval_set, reference, force)
-        _write_output(csv_out, benchfmt.to_csv(report["models"]))
+        _write_output(csv_out, benchfmt.to_csv(report["models"] + report["failed"]))
     if md_out:
         _check_outputs({"--md": md_out}, models, eval_set, reference, force)
-        _write_output(md_out, benchfmt.to_markdown(report["models"], report["machine"], report["config"]))
+        _write_output(md_out, benchfmt.to_markdown(report["models"] + report["failed"], report["machine"],
+                                                   report["config"], report.get("provider_ranking")))
     if plot:
         from edgekd.pipeline.report import pareto_plot_models
 
@@ -206,4 +208,5 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(benchfmt.format_table(report["models"]))
+        click.echo(benchfmt.format_table(report["models"] + report["failed"], report.get("provider_ranking"),
+                                         report.get("providers_skipped")))

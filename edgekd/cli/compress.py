@@ -39,10 +39,13 @@ from edgekd.pipeline.rundir import run_recipe
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Training precision (train.precision; default auto: bf16 on CPUs with AVX512-BF16/AMX "
                    "and on GPUs that have it, fp16 on other GPUs, else fp32).")
+@click.option("--baseline", is_flag=True,
+              help="Also train the student alone (cross-entropy only, same initialization, schedule and steps) and "
+                   "report distillation's gain (sets distill.baseline: true).")
 @click.option("--force", is_flag=True, help="Start again in the --out directory of an earlier run, replacing its artifacts.")
 @verbosity_options
 def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resume_dir, deterministic, device,
-             precision, force, quiet, verbose):
+             precision, baseline, force, quiet, verbose):
     """Distill, quantize, export and benchmark, from a RECIPE (YAML).
 
     With no RECIPE, runs the built-in default: a ResNet-8 teacher distilled into a
@@ -50,11 +53,14 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     ONNX Runtime, benched on the CPU. The run directory gets the resolved recipe,
     weights, model.fp32.onnx, model.int8.onnx, eval.npz and report.{json,md}.
     """
+    from edgekd.extras import require_train
+
+    require_train("edgekd compress")  # before a recipe is read or a run directory made
     from edgekd.recipe import Recipe
 
     if resume_dir is not None:
         if (recipe or data_name or data_path or seed is not None or name or out_dir or force or deterministic
-                or precision):
+                or precision or baseline):
             raise ConfigError("--resume takes the run's own recipe.yaml; give no recipe or run options other than "
                               "--set (for keys of the stages still to run)")
         run_dir = Path(resume_dir)
@@ -64,7 +70,8 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     else:
         resolved = Recipe.from_yaml(recipe, overrides) if recipe else Recipe.default(overrides)
         flags = {"data__name": data_name, "data__path": data_path, "seed": seed, "name": name,
-                 "deterministic": True if deterministic else None, "device": device, "train__precision": precision}
+                 "deterministic": True if deterministic else None, "device": device, "train__precision": precision,
+                 "distill__baseline": True if baseline else None}
         resolved = resolved.replace(**{k: v for k, v in flags.items() if v is not None})
         # under torchrun only rank 0 picks and checks the run directory; the others train in a private copy
         run_dir = new_run_dir(resolved.name, out_dir, force) if is_main() else Path(out_dir or "runs/" + resolved.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgekd.cli.group import verbosity_options
+from edgekd.cli.preprocess_options import preprocess_options
 from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
 from edgekd.recipe import parse_yaml_mapping
@@ -37,8 +38,9 @@ from edgekd.recipe import parse_yaml_mapping
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @verbosity_options
+@preprocess_options(input_size=False)  # with --weights: the preprocessing written into the metadata for bench
 def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, data_path, int8, output, fp16, fp32_io,
-           input_size, dynamic_hw, opset, force, quiet, verbose):
+           input_size, dynamic_hw, opset, force, quiet, verbose, preprocess):
     """Export one model to ONNX, validated against PyTorch at two batch sizes.
 
     \b
@@ -47,7 +49,9 @@ def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, d
     edgekd export --onnx --weights w.safetensors --arch resnet20 -o resnet20.onnx
     """
     from edgekd.api import export as run_export
+    from edgekd.extras import require_train
 
+    require_train("edgekd export")
     if (run_dir is None) == (weights is None):
         raise ConfigError("give either RUN_DIR or --weights FILE (with --arch)")
     if weights is not None and not arch:
@@ -55,7 +59,8 @@ def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, d
     arch_args = parse_yaml_mapping(arch_args, "--arch-args", "a mapping such as '{width: 24}'")
     result = run_export(run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args, data=data_name,
                         data_path=data_path, int8=int8, output=output, opset=opset, force=force, progress=not quiet,
-                        input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io, name=name)
+                        input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io, name=name,
+                        preprocess=preprocess)
     for batch, diff in result["max_abs_diff"].items():
         click.echo(f"batch {batch}: max |onnx - torch| = {diff:.3e}")
     if "int8_top1_agreement" in result:

@@ -43,6 +43,10 @@ class DataConfig:
     workers: DataLoader worker processes (None: min(4, CPUs)). eval_size: at most this many
     images in eval.npz and, when streaming, in the in-memory val and calibration sets
     (None: as many as fit in EVAL_BYTES of pixels).
+    labels_per_class: keep this many labels per class of the train split (chosen per seed,
+    class-balanced); the other train images stay without labels. unlabeled: a folder of
+    images without classes, or an .npz holding `x` only, added to the train split without
+    labels. Unlabeled images teach the student through the teacher (edgekd.data.unlabeled).
     """
 
     name: str = "fashion-mnist-subset"
@@ -61,6 +65,8 @@ class DataConfig:
     streaming: Union[bool, str] = "auto"
     workers: Optional[int] = None
     eval_size: Optional[int] = None
+    labels_per_class: Optional[int] = None
+    unlabeled: Optional[str] = None
 
     def __post_init__(self):
         check_path(self.name, "data.name", optional=False)
@@ -90,6 +96,10 @@ class DataConfig:
                 f"data.streaming must be true, false or 'auto', got {shown(self.streaming)}")
         check_number(self.workers, "data.workers", high=MAX_WORKERS, integer=True, optional=True)
         require(self.workers is None or self.workers >= 0, "data.workers must be 0 or more")
+        check_number(self.labels_per_class, "data.labels_per_class", high=MAX_IMAGES, integer=True, optional=True)
+        require(self.labels_per_class is None or self.labels_per_class >= 1,
+                f"data.labels_per_class must be 1 or more, got {shown(self.labels_per_class)}")
+        check_path(self.unlabeled, "data.unlabeled")
 
     @property
     def crop(self) -> Optional[tuple[int, int]]:

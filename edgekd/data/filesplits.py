@@ -157,6 +157,9 @@ def file_splits(ds: FileDataset, cfg: DataConfig, seed: int) -> Splits:
                         decode_many(test.files, mode, cfg.resize, crop, workers), test.labels, ds.class_names,
                         ds.source)
         return array_splits(raw, cfg, seed, fitted=True, record=record)
+    if cfg.labels_per_class is not None or cfg.unlabeled is not None:
+        raise DataError("data.labels_per_class and data.unlabeled work on images held in memory, and these image "
+                        "files would be streamed; set data.streaming: false to decode them up front")
     return _streamed(ds, cfg, rng, train, test, mode, crop, record)
 
 

@@ -118,25 +118,53 @@ def array_splits(raw: RawArrays, cfg: DataConfig, seed: int, *, fitted: bool = F
     part_x = train_x[train_idx]
     _, channels, height, width = train_x.shape
     spec = make_spec(raw, cfg, channels, height, width, lambda: channel_mean_std(part_x))
+    train_labels = train_y.copy()  # label-scarce: the train split's removed labels become UNLABELED
+    part_x, part_y = label_scarce(cfg, seed, raw.class_names, part_x, train_labels, train_idx, record)
     stream = None
-    if choose_streaming(cfg, len(train_x), channels * height * width, files=False):
-        stream = Stream("arrays", (part_x, train_y[train_idx]), (train_x[val_idx], train_y[val_idx]))
+    if choose_streaming(cfg, len(part_x) + len(val_idx), channels * height * width, files=False):
+        stream = Stream("arrays", (part_x, part_y), (train_x[val_idx], train_y[val_idx]))
         cap = eval_cap(cfg, train_x[0].nbytes)
         val_idx = val_idx[eval_subset(len(val_idx), cap)]
         calib_idx = calib_idx[:cap]
     return Splits(
         spec=spec,
         train_x=part_x,
-        train_y=train_y[train_idx],
+        train_y=part_y,
         val_x=train_x[val_idx],
         val_y=train_y[val_idx],
         test_x=test_x,
         test_y=test_y,
         calib_x=train_x[calib_idx],
-        calib_y=train_y[calib_idx],
+        calib_y=train_labels[calib_idx],
         stream=stream,
         record=record,
     )
+
+
+def label_scarce(cfg: DataConfig, seed: int, class_names: tuple, part_x: np.ndarray, train_labels: np.ndarray,
+                 train_idx: np.ndarray, record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The train split's images and labels after data.labels_per_class (labels removed, in
+    `train_labels` too) and data.unlabeled (images added without labels); counts in `record`."""
+    if cfg.labels_per_class is None and cfg.unlabeled is None:
+        return part_x, train_labels[train_idx]
+    from edgekd.data.unlabeled import (
+        UNLABELED,
+        choose_labeled,
+        image_counts,
+        load_unlabeled,
+    )
+
+    if cfg.labels_per_class is not None:
+        keep = choose_labeled(train_labels[train_idx], cfg.labels_per_class, seed, class_names)
+        train_labels[train_idx[~keep]] = UNLABELED
+    part_y = train_labels[train_idx]
+    if cfg.unlabeled is not None:
+        extra, skipped = load_unlabeled(cfg.unlabeled, cfg, part_x.shape[1], part_x.shape[2:])
+        part_x = np.concatenate([part_x, extra])
+        part_y = np.concatenate([part_y, np.full(len(extra), UNLABELED, dtype=np.int64)])
+        record.update(unlabeled_from_path=len(extra), **({"unlabeled_skipped": skipped} if skipped else {}))
+    record.update(image_counts(part_y))
+    return part_x, part_y
 
 
 def make_spec(raw, cfg: DataConfig, channels: int, height: int, width: int, computed) -> DataSpec:

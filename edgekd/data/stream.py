@@ -66,6 +66,11 @@ class ArraySource:
 
         return torch.from_numpy(normalize(self.x[key], self.mean, self.std))
 
+    def take(self, index) -> ArraySource:
+        """The samples at `index` (the labeled ones, say) as a source of their own."""
+        index = np.asarray(index, dtype=np.int64)
+        return ArraySource(self.x[index], self.labels.numpy()[index], self.mean, self.std)
+
     def batches(self, batch_size: int, generator, augment: bool):
         import torch
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgekd.configtools import build_config, check_names, check_number, clip, require, require_list, shown
+from edgekd.configtools import (build_config, check_flag, check_names, check_number, clip, require, require_list,
+                                shown)
 from edgekd.distill.terms import LAYER_KEYS, TERMS
 from edgekd.errors import ConfigError, first_line
 from edgekd.train.config import TeacherConfig, TrainConfig, check_arch_fields
@@ -16,6 +17,7 @@ MAX_TERMS = 64
 MAX_EXTRA_TEACHERS = 16
 MAX_PEERS = 32
 MAX_GENERATIONS = 100
+MAX_MIXUP = 100.0  # Beta(a, a) is nearly always 0.5 long before this
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,17 @@ class DistillConfig(TrainConfig):
     peers: int = 2
     generations: int = 2
     ema_decay: float = 0.999
+    # what the teacher sees (edgekd.distill.offline): auto (its outputs computed once on the plain
+    # images when neither augment nor mixup is on, else on every batch), per_batch (the very batch
+    # the student sees, augmented or mixed: consistent teaching, Beyer et al. 2022) or cached (once
+    # on the plain images, also under augmentation: Beyer et al.'s "fixed teacher", for comparison)
+    teacher_outputs: str = "auto"
+    # function matching (Beyer et al. 2022): each batch mixed with a shuffled copy of itself,
+    # lambda ~ Beta(mixup, mixup), teacher and student on the same mixed images; 0: off
+    mixup: float = 0.0
+    # also train the student alone (cross-entropy only, same initialization, schedule, data and
+    # optimizer steps) and report distillation's gain (edgekd.distill.baseline)
+    baseline: bool = False
     _stage = "distill"
 
     def __post_init__(self):
@@ -68,13 +81,33 @@ class DistillConfig(TrainConfig):
         require(self.generations >= 1, f"distill.generations must be >= 1, got {self.generations}")
         check_number(self.ema_decay, "distill.ema_decay")
         require(0.0 < self.ema_decay < 1.0, f"distill.ema_decay must be between 0 and 1, got {self.ema_decay}")
-        for key in ("terms", "extra_teachers"):  # these schemes have no teacher to read them from
-            require(not (getattr(self, key) and self.scheme in ("online", "ema")),
+        require(self.teacher_outputs in TEACHER_OUTPUTS, f"unknown distill.teacher_outputs "
+                f"{shown(self.teacher_outputs)}; available: {', '.join(TEACHER_OUTPUTS)}")
+        check_number(self.mixup, "distill.mixup", high=MAX_MIXUP)
+        require(self.mixup >= 0, f"distill.mixup must be >= 0 (0: off), got {self.mixup}")
+        require(not (self.mixup > 0 and self.teacher_outputs == "cached"),
+                "distill.mixup mixes every batch anew, so the teacher must see each mixed batch: set "
+                "distill.teacher_outputs to auto or per_batch")
+        require(not (self.mixup > 0 and self.alpha == 0 and not self.terms),
+                "distill.mixup matches the teacher on mixed images, and with alpha 0 and no terms nothing is "
+                "learnt from the teacher; raise distill.alpha or set distill.mixup: 0")
+        check_flag(self.baseline, "distill.baseline")
+        teacher_keys = {"terms": self.terms, "extra_teachers": self.extra_teachers, "mixup": self.mixup,
+                        "teacher_outputs": self.teacher_outputs != "auto"}
+        for key, used in teacher_keys.items():  # these schemes have no teacher to read them from
+            require(not (used and self.scheme in ("online", "ema")),
                    f"distill.{key} needs the teacher, and distill.scheme '{self.scheme}' trains without one; "
                    f"remove distill.{key} or use scheme offline or born-again")
 
+    def caches_teacher(self) -> bool:
+        """Whether the teacher's outputs are computed once on the plain images (see teacher_outputs)."""
+        if self.teacher_outputs == "auto":
+            return not self.augment and self.mixup == 0
+        return self.teacher_outputs == "cached"
+
 
 DISTILL_SCHEMES = ("offline", "online", "born-again", "ema")
+TEACHER_OUTPUTS = ("auto", "per_batch", "cached")
 
 
 def _distill_term(raw, index: int) -> dict:

@@ -25,13 +25,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekd.errors import ConfigError
+from edgekd.train.labels import labeled_cross_entropy
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
             temperature: float, alpha: float) -> torch.Tensor:
     """Hinton KD, averaged over the batch:
-    (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))."""
-    ce = F.cross_entropy(student_logits, labels)
+    (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T)).
+    CE skips the unlabeled images (label -1), which learn from the KL term alone
+    (edgekd.train.labels)."""
+    ce = labeled_cross_entropy(student_logits, labels)
     return (1.0 - alpha) * ce + alpha * soft_kl(teacher_logits, student_logits, temperature)
 
 
@@ -55,7 +58,7 @@ def averaged_soft_targets(teacher_logits: Sequence[torch.Tensor], temperature: f
 def soft_target_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor, *,
                      temperature: float, alpha: float) -> torch.Tensor:
     """kd_loss against given soft-target probabilities (one teacher's, or an average)."""
-    ce = F.cross_entropy(student_logits, labels)
+    ce = labeled_cross_entropy(student_logits, labels)
     if alpha == 0.0:
         return ce
     soft_student = F.log_softmax(student_logits / temperature, dim=1)

@@ -9,12 +9,19 @@ several teachers' (multi-teacher), and the terms are feature- and relation-based
 (FitNets, attention transfer, RKD, similarity-preserving, or a kind registered in TERMS)
 read from named layers with forward hooks; feature terms always use the first teacher.
 
-The teachers are frozen and in eval mode, run under torch.no_grad. When the inputs are
-not augmented, what the loss needs from them (soft targets, and the per-sample targets of
-the terms) is computed once and reused every epoch, if it fits in TEACHER_CACHE_BYTES;
-otherwise the teachers run at every step. A term's own modules (FitNets regressors) are
-trained together with the student (an optimizer over both) but are not part of it: the
-student's state_dict and its ONNX export hold only the student.
+The teachers are frozen and in eval mode, run under torch.no_grad, in the training
+precision (the step runs inside the training loop's autocast; edgekd.train.compute).
+distill.teacher_outputs says what they see. By default (auto), when the inputs are neither
+augmented nor mixed, what the loss needs from them (soft targets, and the per-sample targets
+of the terms) is computed once and reused every epoch, if it fits in TEACHER_CACHE_BYTES;
+otherwise the teachers run at every step on exactly the batch the student sees (consistent
+teaching, Beyer et al. 2022; with distill.mixup, on the mixed images: function matching,
+edgekd.distill.mixup). `per_batch` always runs them per step; `cached` always computes them
+once on the plain images (under augmentation, Beyer et al.'s "fixed teacher").
+
+A term's own modules (FitNets regressors) are trained together with the student (an
+optimizer over both) but are not part of it: the student's state_dict and its ONNX export
+hold only the student.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from torch import nn
 
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.losses import averaged_soft_targets, kd_loss, soft_target_loss
+from edgekd.distill.mixup import mixed_batch
 from edgekd.distill.terms import Capture, Term
+from edgekd.errors import ConfigError
 from edgekd.train.compute import current
 from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit, predict
 
@@ -45,16 +54,18 @@ def logits_device(model: nn.Module) -> torch.device:
 
 
 def kd_step(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, cached_logits: torch.Tensor | None) -> StepFn:
-    """Hinton KD from one teacher (the default recipe's path): cached logits or a forward per step."""
+    """Hinton KD from one teacher (the default recipe's path): cached logits, or the teacher run
+    on the very batch the student sees (mixed first with distill.mixup)."""
 
     def step(images, labels, index):
+        images, mix = mixed_batch(images, labels, cfg.mixup)
         if cached_logits is not None:
             teacher_logits = cached_logits[index].to(logits_device(student))
         else:
-            with torch.no_grad():
+            with torch.no_grad():  # within fit's autocast: the training precision
                 teacher_logits = teacher(images)
         logits = student(images)
-        loss = kd_loss(logits, teacher_logits, labels, temperature=cfg.temperature, alpha=cfg.alpha)
+        loss = mix.loss(lambda y: kd_loss(logits, teacher_logits, y, temperature=cfg.temperature, alpha=cfg.alpha))
         return loss, logits
 
     return step
@@ -118,9 +129,10 @@ def knowledge_step(student: nn.Module, teachers: Sequence[nn.Module], terms: lis
     """KD (from one teacher or the average of several) plus the weighted feature/relation terms."""
 
     def step(images, labels, index):
+        images, mix = mixed_batch(images, labels, cfg.mixup)
         probs, targets = teacher_targets(images, index)
         logits = student(images)
-        loss = soft_target_loss(logits, probs, labels, temperature=cfg.temperature, alpha=cfg.alpha)
+        loss = mix.loss(lambda y: soft_target_loss(logits, probs, y, temperature=cfg.temperature, alpha=cfg.alpha))
         for term, term_targets in zip(terms, targets):
             loss = loss + term.loss(student_capture.take(term.student), term_targets)
         return loss, logits
@@ -176,9 +188,9 @@ def _distill(student, teachers, *, train_x, train_y, val_x, val_y, cfg, seed, pr
     if not terms and cfg.alpha == 0.0:  # nothing to learn from the teachers: plain cross-entropy
         return fit(student, cross_entropy_step(student), **fit_args)
     if not terms and len(teachers) == 1:
-        if not cfg.augment and ("logits", 0) not in store:
+        if cfg.caches_teacher() and ("logits", 0) not in store:
             store[("logits", 0)] = predict(teachers[0], train_x)
-        cached = None if cfg.augment else store[("logits", 0)]
+        cached = store[("logits", 0)] if cfg.caches_teacher() else None
         return fit(student, kd_step(student, teachers[0], cfg, cached), **fit_args)
 
     student_capture = Capture(student, [n for term in terms for n in term.student])
@@ -186,8 +198,12 @@ def _distill(student, teachers, *, train_x, train_y, val_x, val_y, cfg, seed, pr
     try:
         model = _attach_term_modules(student, teachers[0], terms, train_x[:2], student_capture, teacher_capture, seed)
         targets = TeacherTargets(teachers, terms, teacher_capture, cfg.temperature)
-        if not cfg.augment and _cache_bytes(targets, train_x) <= TEACHER_CACHE_BYTES:
-            targets.fill_cache(store, train_x)
+        if cfg.caches_teacher():
+            if _cache_bytes(targets, train_x) <= TEACHER_CACHE_BYTES:
+                targets.fill_cache(store, train_x)
+            elif cfg.teacher_outputs == "cached":
+                raise ConfigError(f"distill.teacher_outputs cached: the teachers' outputs for the terms would take "
+                                  f"more than {TEACHER_CACHE_BYTES >> 20} MiB; use auto or per_batch")
         step = knowledge_step(student, teachers, terms, cfg, targets, student_capture)
         return fit(model, step, **fit_args)
     finally:  # the student leaves without hooks (they would run in export and later stages)

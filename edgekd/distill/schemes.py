@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.losses import soft_kl
+from edgekd.train.labels import labeled_cross_entropy
 from edgekd.train.loop import FitResult, accuracy, fit
 
 
@@ -46,7 +46,7 @@ def mutual_losses(peer_logits: list[torch.Tensor], labels: torch.Tensor, *, temp
     losses = []
     for k, logits in enumerate(peer_logits):
         others = [soft_kl(z, logits, temperature) for j, z in enumerate(peer_logits) if j != k]
-        ce = F.cross_entropy(logits, labels)
+        ce = labeled_cross_entropy(logits, labels)  # unlabeled images (-1): the peers' KL alone
         losses.append((1.0 - alpha) * ce + alpha * torch.stack(others).mean())
     return losses
 

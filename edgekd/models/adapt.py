@@ -18,7 +18,8 @@ Whatever the size, a model built for data (input_size given) also gets batch-nor
 of at least BN_MOMENTUM: torchvision's MobileNetV3 uses 0.01, tuned for hundreds of
 ImageNet epochs; after a short schedule its running statistics are still mostly their
 initial values, and in eval mode the model predicts one class (measured: 70 % train
-accuracy, 11 % eval after 3 epochs; 72 % eval with 0.1).
+accuracy, 11 % eval after 3 epochs; 72 % eval with 0.1). Statistics that lag behind fast-
+moving weights are fixed in general by edgekd.models.bn (recomputed after each epoch).
 
 What was changed is kept on the model as `model.edgekd_adapted` (a list of phrases such as
 "features.0.0: stride 2 -> 1", "maxpool: MaxPool2d removed"), read with `adaptations(model)`,
@@ -37,6 +38,12 @@ ATTRIBUTE = "edgekd_adapted"
 def adaptations(model: nn.Module) -> list[str]:
     """What adapt_to_input changed on `model` (empty when nothing was, or it was not called)."""
     return list(getattr(model, ATTRIBUTE, None) or [])
+
+
+def built_externally(model: nn.Module) -> bool:
+    """Whether `model` came from torchvision: or timm: through build_model (which calls
+    adapt_to_input on them, at any size, and so marks them)."""
+    return hasattr(model, ATTRIBUTE)
 
 
 def needs_adaptation(input_size: tuple[int, int] | None) -> bool:

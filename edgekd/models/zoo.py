@@ -209,8 +209,9 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, input_size: tu
     'package.module:function'.
 
     input_size: the data's (height, width). A torchvision or timm classifier given images
-    below adapt.SMALL_INPUT pixels gets a full-resolution stem (stride 1, no early max-pool);
-    what was changed is `adapt.adaptations(model)`. None: built as it comes.
+    below adapt.SMALL_INPUT pixels gets a full-resolution stem (stride 1, no early max-pool),
+    and at any size batch-norm momentum of at least 0.1; what was changed is
+    `adapt.adaptations(model)`. None: built as it comes.
     search_dirs: where 'module:function' looks for module.py when it is not importable
     (then the current folder), e.g. the recipe's folder."""
     if arch.startswith(TORCHVISION_PREFIX):

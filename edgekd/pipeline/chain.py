@@ -17,6 +17,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -60,7 +61,8 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
         from edgekd.distill.config import extra_teacher_configs
 
         extra = extra_teacher_configs(recipe.distill) if distill.learns_from_teacher(recipe.distill) else []
-        return {"splits": store.splits(), "tensors": store.tensors(), "extra_teachers": extra}
+        # the teacher learns from the labeled images only (label-scarce data: edgekd.data.unlabeled)
+        return {"splits": store.splits(), "tensors": store.labeled_tensors(), "extra_teachers": extra}
     if name == "distill":
         teachers = [store.teacher(), *store.extra_teachers()] if distill.learns_from_teacher(recipe.distill) else []
         return {"splits": store.splits(), "tensors": store.tensors(), "teachers": teachers}
@@ -71,8 +73,8 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
 
         deployed = {"int8": recipe.quantize.enabled, "quant_cfg": recipe.quantize, "provider": recipe.bench.provider,
                     "threads": recipe.bench.threads, "session_options": session_settings(recipe.bench)}
-        return {"splits": store.splits(), "tensors": store.tensors(), "teacher": store.teacher(),
-                "student": store.student(), "kd": recipe.distill, "deployed": deployed}
+        return {"splits": store.splits(), "tensors": store.tensors(), "labeled": store.labeled_tensors(),
+                "teacher": store.teacher(), "student": store.student(), "kd": recipe.distill, "deployed": deployed}
     if name == "export":
         models = {"teacher": (store.teacher(), recipe.teacher.arch, store.records["teacher"]),
                   "student": (store.student(), recipe.distill.arch, store.student_record())}
@@ -99,7 +101,7 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force
     ranks = distributed.world()[1]
     if ranks > 1:
         check_distributable(recipe)
-        distributed.setup(resolve_compute(recipe.device, recipe.train.precision, recipe.train.channels_last).device)
+        distributed.setup(resolve_compute(recipe.device, **dataclasses.asdict(recipe.train)).device)
         if not distributed.is_main():
             return _follow(recipe, run_dir, resume)
     try:
@@ -153,7 +155,7 @@ def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool,
     state, changes = _resume_state(ctx, recipe, run_dir) if resume else ({"done": {}}, {})
     if force and not resume:
         _check_inputs_outside(recipe, real)
-    compute = resolve_compute(recipe.device, recipe.train.precision, recipe.train.channels_last)  # cuda w/o GPU: exit 2
+    compute = resolve_compute(recipe.device, **dataclasses.asdict(recipe.train))  # cuda w/o GPU: exit 2
     store = RunStore(recipe, ctx, records={})
     preflight(recipe, store, done=state["done"])  # bad data, models, weights, opset: before anything is written
     with run_lock(real, run_dir):
@@ -220,7 +222,8 @@ def _holds_only_lock(real: Path) -> bool:
 def _check_inputs_outside(recipe: Recipe, real: Path) -> None:
     """--force replaces a run's files: none of the recipe's input files may live in that run."""
     cfg = recipe.teacher
-    inputs = {"data.name": recipe.data.name, "data.path": recipe.data.path, "teacher.weights": cfg.weights,
+    inputs = {"data.name": recipe.data.name, "data.path": recipe.data.path, "data.unlabeled": recipe.data.unlabeled,
+              "teacher.weights": cfg.weights,
               "teacher.transfer.pretrained": cfg.transfer.pretrained if cfg.transfer is not None else None}
     for i, extra in enumerate(recipe.distill.extra_teachers):
         if isinstance(extra, dict) and isinstance(extra.get("weights"), str):

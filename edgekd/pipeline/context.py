@@ -50,16 +50,24 @@ def input_shape_of(spec) -> tuple[int, int, int]:
 
 
 def build_arch(spec, arch: str, arch_args: dict):
-    """A fresh model of `arch` for the data's channels and classes."""
+    """A fresh model of `arch` for the data's channels, classes and image size (torchvision
+    and timm models are adapted to small images: edgekd.models.adapt)."""
     from edgekd.models.zoo import build_model
 
-    return build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes, **arch_args)
+    return build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes,
+                       input_size=(spec.height, spec.width), **arch_args)
 
 
 def model_summary(model, arch: str, spec) -> dict:
+    """arch, params, MACs, and `adapted`: what edgekd changed in a torchvision/timm model for
+    the data (edgekd.models.adapt), when anything was."""
+    from edgekd.models.adapt import adaptations
     from edgekd.models.cost import count_macs, count_params
 
-    return {"arch": arch, "params": count_params(model), "macs": count_macs(model, input_shape_of(spec))}
+    summary = {"arch": arch, "params": count_params(model), "macs": count_macs(model, input_shape_of(spec))}
+    if adaptations(model):
+        summary["adapted"] = adaptations(model)
+    return summary
 
 
 def fit_summary(fit_result) -> dict:

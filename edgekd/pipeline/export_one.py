@@ -15,13 +15,14 @@ from edgekd.recipe import Recipe
 def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_args=None,
                data_name="fashion-mnist-subset", data_path=None, int8=False, output=None, opset=17,
                force=False, progress=True, input_size=None, dynamic_hw=False, fp16=False, fp32_io=False,
-               name=None) -> dict:
+               name=None, preprocess=None) -> dict:
     """Export a run's stage, or a weights file plus an architecture, to ONNX (optionally int8
     or float16).
 
     input_size (H, W): export for another input size than the data's (the architecture must
     take it); dynamic_hw: height and width dynamic; fp16: a float16 model, fp32_io keeping
-    float32 input and output; stage / name: labels in the metadata (edgekd.stage, edgekd.name).
+    float32 input and output; stage / name: labels in the metadata (edgekd.stage, edgekd.name);
+    preprocess: with weights, the stated preprocessing for the metadata (runtime.preprocessing).
     Returns the path, the parity per batch size and, for int8, the argmax agreement of the
     int8 model with PyTorch on val images.
     """
@@ -34,7 +35,7 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     from edgekd.data.splits import load_splits
     from edgekd.io.artifacts import load_weights
     from edgekd.models.cost import count_macs, count_params
-    from edgekd.models.zoo import build_model
+    from edgekd.pipeline.context import build_arch
     from edgekd.onnx_export import ExportConfig, model_metadata, to_onnx
     from edgekd.train.loop import to_tensor
 
@@ -42,6 +43,12 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         raise ConfigError("--int8 and --fp16 are two different models: give one of them")
     if fp32_io and not fp16:
         raise ConfigError("--fp32-io keeps a float16 model's input and output in float32: it needs --fp16")
+    from edgekd.runtime.preprocessing import check_stated, metadata_entries
+
+    preprocess = check_stated(preprocess, where="preprocess")
+    if preprocess and run_dir is not None:
+        raise ConfigError("--preprocess, --mean, --std, ... describe user weights (--weights); a run's model keeps "
+                          "the preprocessing it was trained with")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     if run_dir is not None:
         from edgekd.pipeline.rundir import check_no_links, real_run_dir
@@ -74,8 +81,7 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         model = store.teacher() if stage == "teacher" else store.student()
     else:
         splits = load_splits(data_cfg, seed=seed)
-        model = build_model(arch, in_channels=splits.spec.channels, num_classes=splits.spec.num_classes,
-                            **(arch_args or {}))
+        model = build_arch(splits.spec, arch, arch_args or {})
         try:
             load_weights(model, weights)
         except ModelFileError as exc:
@@ -97,6 +103,12 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         metadata.pop("edgekd.preprocess", None)  # it describes the data's size, not this input
     if name:
         metadata["edgekd.name"] = name
+    stated = metadata_entries(preprocess, channels=spec.channels, height=input_shape[1], width=input_shape[2])
+    for key, value in stated.items():  # the weights' own preprocessing, not the data's
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
     if fp16:
         metadata["edgekd.precision"] = "fp16" + (" (fp32 input and output)" if fp32_io else "")
     # real images check the parity where the model was trained; another input size gets random ones

@@ -12,6 +12,7 @@ STAGES = ("data", "teacher", "distill", "prune", "export", "quantize", "bench", 
 RECIPE_FILE = "recipe.yaml"  # the resolved recipe: `edgekd compress RUN/recipe.yaml` repeats the run
 TEACHER_WEIGHTS = "teacher.safetensors"
 STUDENT_WEIGHTS = "student.safetensors"
+STUDENT_ALONE_WEIGHTS = "student-alone.safetensors"  # distill.baseline: the student trained without the teacher
 PRUNED_WEIGHTS = "pruned.safetensors"
 PRUNED_SHAPES = "pruned.shapes.json"  # layer shapes as plain data: no pickled modules
 TEACHER_ONNX = "teacher.fp32.onnx"
@@ -21,6 +22,7 @@ EVAL_SET = "eval.npz"  # the test split, uint8, for benching on a device
 BENCH_JSON = "state/bench.json"  # the bench stage's results, read by the report stage
 QUANT_BUDGET_JSON = "state/quantize-budget.json"  # the accuracy-budget search, kept when it fails
 CHECKPOINTS = {"teacher": "state/teacher.ckpt", "distill": "state/distill.ckpt"}  # per-epoch training state
+BASELINE_CHECKPOINT = "state/distill.baseline.ckpt"  # removed with the distill stage's (chain._checkpoint_files)
 LOCK_FILE = "state/run.lock"  # held (flock) while a run uses the directory; names the holder
 RUNS_FOLDER = "runs"  # where runs go without --out: runs/NAME, runs/NAME-2, ...
 

@@ -120,7 +120,8 @@ def check_data(splits):
             f"the normalization (mean {list(splits.spec.mean)}, std {list(splits.spec.std)}) is not usable"
         raise DataError(f"{splits.spec.source}: the normalized train images contain NaN or inf: {why}; "
                         "check the dataset")
-    labels = torch.from_numpy(y[:BATCH].astype(np.int64))
+    # an unlabeled image (-1) counts as class 0 here: the dry runs need some class, not the right one
+    labels = torch.from_numpy(np.maximum(y[:BATCH], 0).astype(np.int64))
     return images, labels
 
 

@@ -14,6 +14,12 @@ import math
 from pathlib import Path
 
 from edgekd.io.artifacts import atomic_path, atomic_write_text
+from edgekd.pipeline.report_distill import (
+    gain_section,
+    labels_section,
+    student_alone_row,
+    table_cells,
+)
 from edgekd.runtime.fmt import format_count, format_size
 
 SCHEMA = "edgekd.report/1"
@@ -51,6 +57,8 @@ def build_report(*, recipe: dict, stages: dict, bench_json: dict) -> dict:
         "speedup_vs_teacher": speedups(models),
         # warnings a reader must not miss (e.g. a degenerate model), collected from the stages
         "flags": [f for record in stages.values() if isinstance(record, dict) for f in record.get("flags") or []],
+        # distill.baseline: the student trained alone (PyTorch top-1; not among the benched models)
+        "student_alone": student_alone_row(stages),
     }
 
 
@@ -69,6 +77,8 @@ def summary_table(report: dict) -> str:
             f"{m['latency_ms']['p50']:.3f}",
             "-" if speed is None else f"{speed:.2f}x",
         ])
+        if m.get("stage") == "student" and report.get("student_alone"):
+            rows.append([*table_cells(report["student_alone"]), "-", "-", "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -102,6 +112,8 @@ def markdown(report: dict) -> str:
             f"{lat['p99']:.3f} | {'-' if speed is None else f'{speed:.2f}x'} | "
             f"{'-' if m.get('int8_ops') is None else m['int8_ops']} |"
         )
+        if m.get("stage") == "student" and report.get("student_alone"):
+            lines.append("| " + " | ".join(table_cells(report["student_alone"])) + " | - | - | - | - | - | - |")
     for m in report["models"]:  # edgekd bench compares the int8 model with the fp32 one
         ref = m.get("reference")
         if ref:
@@ -110,14 +122,25 @@ def markdown(report: dict) -> str:
                           f"{ref['max_abs_diff']:.4g}."]
     lines += ["", "## Stages", "", "| stage | seconds | details |", "|---|---:|---|"]
     for name, stage in report["stages"].items():
-        shown_below = PRUNE_DETAILS if name == "prune" else ()
+        shown_below = PRUNE_DETAILS if name == "prune" else ("baseline",) if name == "distill" else ()
         details = ", ".join(f"{k}={_short(v)}" for k, v in stage.items()
-                            if k not in ("seconds", "epochs", *shown_below))
+                            if k not in ("seconds", "epochs", "adapted", *shown_below))
         lines.append(f"| {name} | {stage.get('seconds', 0):.1f} | {details} |")
+    lines += adaptation_section(report["stages"])
+    lines += gain_section(report["stages"])
+    lines += labels_section(report["stages"])
     lines += pruning_section(report["stages"].get("prune") or {})
     lines += scheme_section(report["stages"])
     lines += gates_section(report["stages"])
     return "\n".join(lines) + "\n"
+
+
+def adaptation_section(stages: dict) -> list[str]:
+    """What edgekd changed in torchvision/timm models for the data's size (small-input stems,
+    batch-norm momentum): their accuracy depends on it, so the report says it."""
+    lines = [f"- {name} ({record.get('arch')}): {'; '.join(record['adapted'])}"
+             for name, record in stages.items() if isinstance(record, dict) and record.get("adapted")]
+    return ["", "## Models adapted to the input", "", *lines] if lines else []
 
 
 PRUNE_DETAILS = ("before", "after", "steps", "latency")  # tables of their own in report.md
@@ -163,6 +186,10 @@ def results_csv(report: dict) -> str:
         writer.writerow([m["name"], m.get("stage"), m["top1"], m["params"], m["macs"], m["file_bytes"],
                          m["provider"], m["batch_size"], lat["p50"], lat["p90"], lat["p99"],
                          m["throughput"], speed])
+    alone = report.get("student_alone")
+    if alone:
+        writer.writerow([alone["name"], alone["stage"], alone["top1"], alone["params"], alone["macs"],
+                         *[""] * (len(CSV_COLUMNS) - 5)])
     return buffer.getvalue()
 
 

@@ -54,6 +54,15 @@ class RunStore:
             }
         return self._tensors
 
+    def labeled_tensors(self) -> dict:
+        """tensors() with the train split cut to its labeled images (edgekd.data.unlabeled):
+        what the teacher learns from; the same dict when every image has its label."""
+        from edgekd.train.labels import labeled_part
+
+        t = self.tensors()
+        train_x, train_y = labeled_part(t["train_x"], t["train_y"])
+        return t if train_y is t["train_y"] else {**t, "train_x": train_x, "train_y": train_y}
+
     def update(self, artifacts: dict) -> None:
         self._models.update(artifacts)
 

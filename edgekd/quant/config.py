@@ -14,7 +14,7 @@ from edgekd.train.config import TrainConfig
 INT8_TYPES = ("int8", "uint8")
 
 
-QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "cuda")
+QUANT_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "cuda", "openvino")
 
 
 QUANT_METHODS = ("ptq", "qat")

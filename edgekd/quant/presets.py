@@ -1,4 +1,4 @@
-"""int8 settings per deployment target (x86 with or without VNNI, ARM64, CUDA): the presets,
+"""int8 settings per deployment target (x86 with or without VNNI, ARM64, CUDA, OpenVINO): the presets,
 the target 'auto' picks from the CPU flags, and the settings a quantization ends up with."""
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ TARGET_PRESETS = {
     # CUDA / TensorRT: symmetric int8 activations and weights
     "cuda": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False, "per_channel": True,
              "pad_input_channels_to": 0},
+    # OpenVINO EP, chosen by measurement (benchmarks/results/openvino-int8-presets.md: the default run's
+    # student and teacher, CPU and OpenVINO interleaved, 1 thread, AMD EPYC with AVX-512 VNNI,
+    # onnxruntime-openvino 1.24.1): U8S8 and S8S8 compile every conv to u8 and run 1.3-1.8x faster
+    # than OpenVINO's fp32; U8U8 leaves the convs in f32/bf16 (0.76-0.85x). U8S8 per-channel had the
+    # best geometric-mean speed-up (1.60x) and kept top-1 within 0.5 points; padding the first conv's
+    # input (the x86 CPU kernel's need) did not help OpenVINO (1.33x vs 1.40x on the student).
+    "openvino": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False, "per_channel": True,
+                 "pad_input_channels_to": 0},
 }
 
 

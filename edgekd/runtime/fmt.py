@@ -12,6 +12,7 @@ import io
 import math
 
 from edgekd.errors import ConfigError
+from edgekd.runtime.ranking import ranking_lines
 
 LOW_CONFIDENCE_MARK = "*"  # after p50 in the table: see edgekd.runtime.measure.low_confidence
 
@@ -69,11 +70,32 @@ def provider_nodes_text(m: dict) -> str:
     return "; ".join(f"{ep}={n}" for ep, n in nodes.items())
 
 
+def failed(m: dict) -> bool:
+    """A FailedRow's entry: a result ONNX Runtime could not produce on its provider."""
+    return m.get("status") == "failed"
+
+
+def _where(m: dict, models: list) -> str:
+    """'model (batch 1, threads default)', with 'on PROVIDER' when several providers were benched."""
+    on = f" on {m['provider']}" if len({x["provider"] for x in models}) > 1 else ""
+    return f"{m['name']}{on} (batch {m['batch_size']}, threads {_threads(m)})"
+
+
 def _legend(models: list) -> str:
-    """Lines under a table: reference models, where nodes fell back to the CPU, notes."""
+    """Lines under a table: failed results with the provider's message, reference models,
+    where another provider than the CPU one ran the nodes and which fell back, notes."""
     lines = []
     for m in models:
-        where = f"{m['name']} (batch {m['batch_size']}, threads {_threads(m)})"
+        where = _where(m, models)
+        if failed(m):
+            lines.append(f"{m['name']}: FAILED on {m['provider']}: {m['message']}")
+            continue
+        route = m.get("provider_route") or {}
+        if route.get("kind") == "plugin":
+            lines.append(f"{m['provider']}: plugin {route['package']} on {route['device']}")
+        if (m.get("providers_used") or ["CPUExecutionProvider"])[0] != "CPUExecutionProvider" \
+                and m.get("provider_nodes") and not m.get("fallback_nodes"):
+            lines.append(f"{where}: nodes per provider {provider_nodes_text(m)}, none fell back")
         ref = m.get("reference")
         if ref:
             lines.append(f"{m['name']}: compared with {ref['path']} on {ref['samples']} {ref['inputs']} inputs")
@@ -84,11 +106,20 @@ def _legend(models: list) -> str:
     return "\n".join(dict.fromkeys(lines))  # a sweep repeats a model's lines
 
 
-def format_table(rows: list) -> str:
+def _failed_cells(m: dict, columns: int) -> list:
+    """A failed result's table cells: its name, provider and settings, 'failed' for p50."""
+    cells = [m["name"], "-", m["provider"], str(m["batch_size"]), _threads(m)] + ["-"] * (columns - 5)
+    cells[9] = "failed"
+    return cells
+
+
+def format_table(rows: list, ranking: list | None = None, skipped: list | None = None) -> str:
     """The terminal table; a '*' after p50 marks a low-confidence result (reasons in
     the legend below the table and in the JSON's low_confidence). With a reference
     model: its argmax agreement and max abs difference; notes (why accuracy was not
-    measured, nodes that fell back to the CPU) under the table."""
+    measured, nodes that fell back to the CPU, failed results) under the table; with
+    several providers, the fastest per model (edgekd.runtime.ranking) and the providers
+    --provider all skipped."""
     models = [_as_dict(r) for r in rows]
     with_ref = _has_reference(models)
     header = ["model", "stage", "provider", "batch", "threads", "top1 %", "params", "MACs", "size",
@@ -96,6 +127,9 @@ def format_table(rows: list) -> str:
     lines = [header]
     flagged = []
     for m in models:
+        if failed(m):
+            lines.append(_failed_cells(m, len(header)))
+            continue
         lat = m["latency_ms"]
         low = m.get("low_confidence") or []
         if low:
@@ -110,10 +144,13 @@ def format_table(rows: list) -> str:
         ] + (_reference_cells(m) if with_ref else []))
     text = _align(lines, text_columns=3)
     for m in flagged:
-        text += (f"\n{LOW_CONFIDENCE_MARK} {m['name']} (batch {m['batch_size']}, threads {_threads(m)}): "
+        text += (f"\n{LOW_CONFIDENCE_MARK} {_where(m, models)}: "
                  f"low confidence: {'; '.join(m['low_confidence'])}")
     legend = _legend(models)
-    return text + ("\n" + legend if legend else "")
+    text += "\n" + legend if legend else ""
+    for line in ranking_lines(ranking or []) + [f"skipped {s}" for s in skipped or []]:
+        text += "\n" + line
+    return text
 
 
 CSV_COLUMNS = ("name", "stage", "provider", "batch_size", "threads", "top1", "samples", "params", "macs",
@@ -131,6 +168,10 @@ def to_csv(rows: list) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for m in (_as_dict(r) for r in rows):
+        if failed(m):  # settings and the provider's message; no measurements
+            values = {**m, "notes": f"FAILED: {m['message']}"}
+            writer.writerow(["" if values.get(c) is None else values.get(c) for c in CSV_COLUMNS])
+            continue
         lat = m["latency_ms"]
         ref = m.get("reference") or {}
         values = {**m, **{f"{k}_ms": v for k, v in lat.items()}, "low_confidence": "; ".join(m.get("low_confidence") or []),
@@ -140,7 +181,8 @@ def to_csv(rows: list) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(rows: list, machine: dict | None = None, config: dict | None = None) -> str:
+def to_markdown(rows: list, machine: dict | None = None, config: dict | None = None,
+                ranking: list | None = None) -> str:
     machine, config = machine or {}, config or {}
     lines = ["# edgekd bench", ""]
     if machine:
@@ -166,6 +208,10 @@ def to_markdown(rows: list, machine: dict | None = None, config: dict | None = N
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if with_ref else "") + "---|",
     ]
     for m in models:
+        if failed(m):
+            lines.append(f"| {m['name']} | {m['provider']} | {m['batch_size']} | {_threads(m)} | - | - | - | failed |"
+                         + " - |" * (6 + 2 * with_ref))
+            continue
         lat = m["latency_ms"]
         top1 = "-" if m.get("top1") is None else f"{m['top1']:.2f}"
         low = "; ".join(m.get("low_confidence") or []) or "-"
@@ -179,6 +225,8 @@ def to_markdown(rows: list, machine: dict | None = None, config: dict | None = N
     legend = _legend(models)
     if legend:
         lines += [""] + [f"- {line}" for line in legend.splitlines()]
+    if ranking:
+        lines += ["", "Providers compared:", ""] + [f"- {line}" for line in ranking_lines(ranking)]
     return "\n".join(lines) + "\n"
 
 

@@ -77,9 +77,10 @@ def meta_int(meta: dict, key: str) -> int | None:
     return value
 
 
-def meta_floats(meta: dict, key: str, channels: int) -> np.ndarray | None:
+def meta_floats(meta: dict, key: str, channels: int | None) -> np.ndarray | None:
     """Metadata entry `key` (edgekd.mean, edgekd.std) as float64 values, one per channel or
-    one for all (None when absent): a JSON list of 1 or `channels` numbers that float32 holds."""
+    one for all (None when absent): a JSON list of 1 or `channels` numbers that float32 holds
+    (any count with channels None: checked where the images are known)."""
     values = meta_json(meta, key)
     if values is None and key not in meta:
         return None
@@ -93,7 +94,7 @@ def meta_floats(meta: dict, key: str, channels: int) -> np.ndarray | None:
     if not ok or not (np.abs(array) <= np.finfo(np.float32).max).all():  # NaN fails too
         raise ModelFileError(f"model metadata {key} must be a JSON list of finite float32 numbers, got "
                              f"{_shown(meta[key])}; re-export the model")
-    if len(array) not in (1, channels):
+    if channels is not None and len(array) not in (1, channels):
         raise DataError(
             f"model metadata {key} has {array.size} values but the images have {channels} channels; "
             "use an eval set made for this model"
@@ -242,50 +243,21 @@ def fit_to_model(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
     """Eval images at another size or colour than the model's input, brought to it as training
     did (metadata `edgekd.preprocess`: grey <-> RGB, shorter side resized, center crop; numpy and
     PIL, edgekd.data.preprocess). Images at the input size (a run's eval.npz) pass unchanged."""
-    steps = meta_json(meta, "edgekd.preprocess")
-    if steps is None:
-        return x_uint8
-    get = steps.get if isinstance(steps, dict) else {}.get
-    crop, resize, color = get("center_crop"), get("resize_shorter"), get("color")
-    sides = [*(crop if isinstance(crop, list) and len(crop) == 2 else [None]), *([] if resize is None else [resize])]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_PREPROCESS_SIDE for v in sides):
-        raise ModelFileError(f"model metadata edgekd.preprocess is not a valid preprocessing "
-                             f"({_shown(meta['edgekd.preprocess'])}); re-export the model")
-    from edgekd.data.preprocess import convert_channels, fit_array
+    from edgekd.runtime.preprocessing import fit_images, from_metadata
 
-    x, want = x_uint8, {"L": 1, "RGB": 3}.get(color)
-    if want is not None and x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[1] != want:
-        x = convert_channels(x, want)
-    if x.ndim == 4 and tuple(x.shape[2:]) != tuple(crop) and resize is not None and min(x.shape[2:]) >= 2:
-        check_feed_size([len(x), x.shape[1], *crop], np.uint8, "the eval images resized for the model",
-                        "use fewer eval images", error=DataError)
-        x = fit_array(x, resize, (crop[0], crop[1]))
-    return x
+    spec = from_metadata(meta)
+    return x_uint8 if spec is None else fit_images(spec, x_uint8)
 
 
 def preprocess(x_uint8: np.ndarray, meta: dict) -> np.ndarray:
     """(x/255 - mean) / std per channel (axis 1), mean/std from the model's metadata;
-    models without them get x/255 only. The arithmetic is edgekd.data.normalize's, as in training.
-    Images at another size or colour are first brought to the model's input (fit_to_model).
-    Metadata that is not 1 or C finite numbers, a std <= 0, or values that would make a pixel
-    overflow float32 (inf inputs) are refused (exit 2)."""
-    from edgekd.data.normalize import normalize
+    models without them get x/255 only (bench itself refuses that guess: runtime.preprocessing).
+    The arithmetic is edgekd.data.normalize's, as in training; images at another size or colour
+    are first brought to the model's input (fit_to_model). Metadata that is not 1 or C finite
+    numbers, a std <= 0, or values that would make a pixel overflow float32 are refused (exit 2)."""
+    from edgekd.runtime.preprocessing import Preprocessing, apply, from_metadata
 
-    x_uint8 = fit_to_model(x_uint8, meta)
-    channels = x_uint8.shape[1]
-    mean, std = (meta_floats(meta, key, channels) for key in ("edgekd.mean", "edgekd.std"))
-    if std is not None and not (std > 0).all():
-        raise ModelFileError(f"model metadata edgekd.std must be positive, got {_shown(meta['edgekd.std'])}; "
-                             "re-export the model")
-    # the largest |input| a pixel can become: at x/255 = 0 or 1, over every channel
-    centred = np.maximum(np.abs(mean), np.abs(1 - mean)) if mean is not None else np.ones(1)
-    with np.errstate(over="ignore", divide="ignore"):
-        largest = float(np.max(centred / (std if std is not None else 1.0)))
-    if not largest < float(np.finfo(np.float32).max) / 2:
-        raise ModelFileError(f"model metadata edgekd.mean / edgekd.std turn pixels into inputs as large as "
-                             f"{largest:.3g}, beyond float32; re-export the model")
-    return normalize(x_uint8, None if mean is None else mean.astype(np.float32),
-                     None if std is None else std.astype(np.float32))
+    return apply(from_metadata(meta) or Preprocessing("x / 255"), x_uint8)
 
 
 def feed_shape(inp, batch: int, eval_shape, path) -> list:

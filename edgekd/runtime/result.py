@@ -25,7 +25,6 @@ from edgekd.runtime.inputs import (
     id_limit,
     meta_int,
     predict,
-    preprocess,
     synthetic,
     topk_accuracy,
 )
@@ -35,6 +34,7 @@ from edgekd.runtime.measure import (
     low_confidence,
     stopped_early,
 )
+from edgekd.runtime.preprocessing import NO_PREPROCESSING_NOTE, apply, resolve
 from edgekd.runtime.providers import resolve_provider
 from edgekd.runtime.session import (
     INT8_OPS,
@@ -42,6 +42,7 @@ from edgekd.runtime.session import (
     count_params,
     make_session,
     optimized_op_counts,
+    provider_route,
     providers_per_node,
     session_settings,
 )
@@ -89,9 +90,38 @@ class BenchRow:
     reference: dict | None = None
     input_source: str = "synthetic"  # "eval": eval-set images; "synthetic": see edgekd.runtime.inputs.synthetic
     notes: list = dataclasses.field(default_factory=list)  # e.g. why accuracy was not measured
+    # what the eval images went through (edgekd.runtime.preprocessing.Preprocessing.describe);
+    # None: no eval images reached the model
+    preprocessing: dict | None = None
+    # how the provider ran: kind ("built-in" or "plugin"), package (name and version), device (a plugin's)
+    provider_route: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class FailedRow:
+    """A result that ONNX Runtime could not produce on its provider (edgekd.errors.ProviderFailed
+    or ProviderUnavailable for that model): its name, settings and the provider's message.
+    In the JSON report's "failed" list; `error` (the exception) is not part of it."""
+
+    name: str
+    path: str
+    provider: str
+    batch_size: int
+    threads: int
+    message: str
+    error: Exception | None = dataclasses.field(default=None, repr=False, compare=False)
+    status: str = "failed"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "error"}
+
+
+def failed_row(path: Path, cfg: BenchConfig, error: Exception) -> FailedRow:
+    return FailedRow(name=path.stem, path=str(path), provider=cfg.provider, batch_size=cfg.batch_size,
+                     threads=cfg.threads, message=str(error), error=error)
 
 
 def _model_input(session, path):
@@ -111,12 +141,14 @@ def _takes_images(inp, dtype) -> bool:
     return dtype == np.float32 and len(inp.shape) == 4
 
 
-def _accuracy_note(eval_x, eval_y, inp, takes_images: bool) -> str | None:
-    if eval_x is None:
+def _accuracy_note(eval_x, eval_y, inp, takes_images: bool, spec) -> str | None:
+    if eval_x is None and eval_y is None:
         return "synthetic input (no eval set): accuracy not measured"
     if not takes_images:
         return (f"synthetic input (input '{inp.name}' is {inp.type} {list(inp.shape)}, not float32 "
                 "N x C x H x W images): accuracy not measured")
+    if spec is None:  # no metadata, nothing stated: x/255 would be a guess, and a wrong number is worse than none
+        return NO_PREPROCESSING_NOTE
     if eval_y is None:
         return "the eval set has no labels: accuracy not measured"
     return None
@@ -149,11 +181,11 @@ def _synthetic_input(path, inp, dtype, shape: list, seed: int = 0) -> np.ndarray
     return synthetic(shape, dtype, seed=seed)
 
 
-def _agreement_inputs(eval_x, meta: dict, inp, dtype, path, shape: list, takes_images: bool):
+def _agreement_inputs(x, inp, dtype, path, shape: list):
     """(inputs, source) for comparing with a reference: the eval images preprocessed for
-    this model, else SYNTHETIC_AGREEMENT_SAMPLES synthetic rows of the benchmark's shape."""
-    if takes_images and eval_x is not None:
-        return preprocess(eval_x, meta), "eval"
+    this model (x), else SYNTHETIC_AGREEMENT_SAMPLES synthetic rows of the benchmark's shape."""
+    if x is not None:
+        return x, "eval"
     check_feed_size([SYNTHETIC_AGREEMENT_SAMPLES, *shape[1:]], dtype, f"the synthetic inputs of '{path}' to compare "
                     "with the reference", "pass --data to compare on the eval set", error=ModelFileError)
     return _synthetic_input(path, inp, dtype, [SYNTHETIC_AGREEMENT_SAMPLES, *shape[1:]], seed=1), "synthetic"
@@ -174,9 +206,10 @@ def _compare_with_reference(outputs, x, source: str, reference: Path, cfg: Bench
     if key not in outputs_cache:
         session = make_session(reference, cfg.provider, cfg.threads, check=False, **session_settings(cfg))
         ref_inp, ref_dtype = _model_input(session, reference)
-        if source == "eval":
-            feed_shape(ref_inp, 1, cache["eval_x"].shape, reference)  # the images fit, or a DataError
-            ref_x = preprocess(cache["eval_x"], session.get_modelmeta().custom_metadata_map)
+        spec = resolve(cfg.preprocess, session.get_modelmeta().custom_metadata_map)
+        if source == "eval" and spec is not None:  # else the reference runs on the model's own inputs
+            ref_x = apply(spec, cache["eval_x"])
+            feed_shape(ref_inp, 1, ref_x.shape, reference)  # the images fit, or a DataError
         else:
             ref_x = x
         if np.dtype(ref_dtype) != ref_x.dtype or len(ref_inp.shape) != ref_x.ndim:
@@ -212,6 +245,16 @@ class Opened:
     takes_images: bool
     x: object  # the preprocessed eval images, or None
     feed: dict
+    spec: object = None  # the Preprocessing of the eval images; None: none known (no accuracy)
+
+
+def _images_shape(x, eval_x, inp):
+    """The eval images' shape for the feed: the preprocessed images' (x); without preprocessing
+    the raw images lend theirs to a dynamic input only (the values fed are synthetic then)."""
+    if x is not None:
+        return x.shape
+    dynamic = not all(isinstance(d, int) for d in inp.shape[1:])
+    return eval_x.shape if eval_x is not None and dynamic else None
 
 
 def open_model(path: Path, cfg: BenchConfig, eval_x, eval_y=None) -> Opened:
@@ -229,15 +272,16 @@ def open_model(path: Path, cfg: BenchConfig, eval_x, eval_y=None) -> Opened:
     fixed_batch = isinstance(inp.shape[0], int) and inp.shape[0] > 0
     batch = inp.shape[0] if fixed_batch else cfg.batch_size
     takes_images = _takes_images(inp, dtype)
-    shape = feed_shape(inp, batch, eval_x.shape if takes_images and eval_x is not None else None, path)
+    spec = resolve(cfg.preprocess, meta) if takes_images else None
+    x = apply(spec, eval_x) if spec is not None and eval_x is not None else None
+    shape = feed_shape(inp, batch, _images_shape(x, eval_x if takes_images else None, inp), path)
     _check_input_size(path, inp, dtype, shape, fixed_batch)
-    x = preprocess(eval_x, meta) if takes_images and eval_x is not None else None
     count = _output_count(session)
-    if x is not None and eval_y is not None and count is not None:
-        check_labels(eval_y, count, path)  # before timing; finish_row checks the real outputs again
+    if takes_images and eval_y is not None and count is not None:  # with or without preprocessing: a wrong
+        check_labels(eval_y, count, path)  # eval set is an error; before timing, finish_row checks again
     feed_x = _synthetic_input(path, inp, dtype, shape) if x is None else np.resize(x[:batch], shape)
     return Opened(path, cfg, session, session_ms, memory, meta, inp, dtype, batch, shape, takes_images, x,
-                   {inp.name: feed_x})
+                   {inp.name: feed_x}, spec)
 
 
 def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: int, memory: tuple,
@@ -258,23 +302,24 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
             outputs = cache["outputs"][key] = predict(session, x, eval_y)
         check_labels(eval_y, outputs.shape[1], path)
         top1, top5 = topk_accuracy(outputs, eval_y, 1), topk_accuracy(outputs, eval_y, 5)
-    notes = [n for n in (_accuracy_note(eval_x, eval_y, inp, opened.takes_images),
+    notes = [n for n in (_accuracy_note(eval_x, eval_y, inp, opened.takes_images, opened.spec),
                          stopped_early(timings, cfg.runs, cfg.min_seconds)) if n]
 
     ref = None
     if reference is not None:
-        ref_x, source = _agreement_inputs(eval_x, meta, inp, opened.dtype, path, shape, opened.takes_images)
+        ref_x, source = _agreement_inputs(x, inp, opened.dtype, path, shape)
         if outputs is None or source != "eval":
             outputs = predict(session, ref_x)
         ref = _compare_with_reference(outputs, ref_x, source, reference, cfg, cache)
 
     ops, nodes = cache.setdefault("ops", {}), cache.setdefault("nodes", {})
-    if path not in ops:
-        ops[path] = optimized_op_counts(path, cfg.provider, cfg.threads, check=False)
-    node_key = (path, batch, cfg.threads)
+    ops_key = (path, cfg.provider)  # what ORT runs depends on the provider (and the sweep's settings do not)
+    if ops_key not in ops:
+        ops[ops_key] = optimized_op_counts(path, cfg.provider, cfg.threads, check=False, **session_settings(cfg))
+    node_key = (path, batch, cfg.threads, cfg.provider)
     if node_key not in nodes:
         nodes[node_key] = providers_per_node(path, cfg, feed, check=False)
-    op_counts, provider_nodes = ops[path], nodes[node_key]
+    op_counts, provider_nodes = ops[ops_key], nodes[node_key]
     requested = resolve_provider(cfg.provider)
     fallback = 0 if requested == "CPUExecutionProvider" else provider_nodes.get("CPUExecutionProvider", 0)
     params = meta_int(meta, "edgekd.params")
@@ -313,4 +358,6 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
         reference=ref,
         input_source="synthetic" if x is None else "eval",
         notes=notes,
+        preprocessing=None if x is None else opened.spec.describe(),
+        provider_route=provider_route(cfg.provider, cfg.provider_options),
     )

@@ -15,12 +15,25 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgekd.errors import ModelFileError, ProviderUnavailable, first_line
+from edgekd.errors import (
+    ModelFileError,
+    ProviderFailed,
+    ProviderUnavailable,
+    first_line,
+)
 from edgekd.io import onnxfile
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.measure import provider_node_counts
-from edgekd.runtime.providers import install_hint, provider_options, resolve_provider, short_names
+from edgekd.runtime.plugins import (
+    DEVICE_OPTION,
+    add_plugin_provider,
+    pick_device,
+    plugin_for_ep,
+)
+from edgekd.runtime.providers import install_hint, resolve_provider, short_names
+from edgekd.runtime.providers import provider_options as provider_options_of
+from edgekd.runtime.session_options import GRAPH_OPTIMIZATION, options_for
 
 # Integer ops after ORT's graph optimisation: QDQ groups fused into these prove that
 # the model really runs int8 kernels (com.microsoft ops included, for example the NHWC
@@ -41,35 +54,40 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None, check: bool = True,
                  inter_threads: int = 0, intra_spinning: bool | None = None, inter_spinning: bool | None = None,
-                 profile_prefix=None):
+                 profile_prefix=None, provider_options: dict | None = None, session_config: dict | None = None,
+                 graph_optimization: str = "all"):
     """An InferenceSession on `provider` (a registered short name, whose provider options it
-    passes, or an ONNX Runtime provider name), which must really be the one used.
+    passes, an ONNX Runtime provider name, or an installed plugin's id), which must really
+    be the one used.
 
     Every session edgekd creates on a model file comes from here, and the file passes
     check_onnx_file first (external data inside the model's folder, onnx.checker).
+    A provider built into the installed onnxruntime is used as such; otherwise an installed
+    plugin package that brings it is registered and its device picked (edgekd.runtime.plugins).
     optimized_path: where ORT writes the optimised graph (used for the int8 op counts).
     check: False only right after check_onnx_file(path) has passed, to skip repeating it.
     inter_threads > 0 switches to the parallel execution mode (ORT uses inter-op threads
     only there); intra_spinning / inter_spinning set the session.*.allow_spinning
     options (None: ORT's default). profile_prefix: enable ORT's profiler, writing there.
+    provider_options: bench.provider_options (plain and 'PROVIDER:KEY' entries, see
+    session_options.options_for), over the registered ones; session_config: config entries;
+    graph_optimization: a key of session_options.GRAPH_OPTIMIZATION.
     """
     ep = resolve_provider(provider)
-    available = ort.get_available_providers()
-    if ep not in available:
-        names = ", ".join((short_names(p) or [p])[0] for p in available)
-        raise ProviderUnavailable(
-            f"execution provider '{provider}' ({ep}) is not in this onnxruntime {ort.__version__} "
-            f"(available: {names}); {install_hint(provider)}"
-        )
+    plugin = None if ep in ort.get_available_providers() else plugin_for_ep(ep)
+    if plugin is None:
+        check_provider_available(provider, provider_options)
     if check:
         check_onnx_file(path)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization])
     if threads > 0:
         options.intra_op_num_threads = threads
     if inter_threads > 0:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         options.inter_op_num_threads = inter_threads
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(key, value)
     for key, value in (("session.intra_op.allow_spinning", intra_spinning),
                        ("session.inter_op.allow_spinning", inter_spinning)):
         if value is not None:
@@ -80,14 +98,18 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
         options.log_severity_level = 3  # ORT warns that NCHWc graphs are machine specific; known
-    # CPU stays in the list so ops the accelerator lacks still run.
-    options_of_ep = provider_options(provider)
-    asked = (ep, options_of_ep) if options_of_ep else ep
-    providers = [asked] if ep == "CPUExecutionProvider" else [asked, "CPUExecutionProvider"]
+    options_of_ep = {**provider_options_of(provider), **options_for(provider, provider_options or {})}
+    if plugin is not None:
+        add_plugin_provider(options, plugin, ep, options_of_ep)  # ORT adds the CPU provider after it
+        providers = None
+    else:
+        # CPU stays in the list so ops the accelerator lacks still run.
+        asked = (ep, options_of_ep) if options_of_ep else ep
+        providers = [asked] if ep == "CPUExecutionProvider" else [asked, "CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # ORT's exception classes share no common base but Exception
-        raise ModelFileError(
+        raise ProviderFailed(
             f"ONNX Runtime cannot load '{path}' with {provider}: {first_line(exc)}; "
             "re-export the model or try another provider"
         ) from exc
@@ -100,16 +122,53 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
     return session
 
 
+def check_provider_available(provider: str, provider_options: dict | None = None) -> None:
+    """ProviderUnavailable (exit 2) unless `provider` can run here: built into the installed
+    onnxruntime, or brought by an installed plugin package that offers a device (the one
+    provider option device_type names, if given)."""
+    ep = resolve_provider(provider)
+    available = ort.get_available_providers()
+    if ep in available:
+        return
+    plugin = plugin_for_ep(ep)
+    if plugin is not None:
+        pick_device(plugin, ep, options_for(provider, provider_options or {}).get(DEVICE_OPTION))  # or raises
+        return
+    names = ", ".join((short_names(p) or [p])[0] for p in available)
+    raise ProviderUnavailable(
+        f"execution provider '{provider}' ({ep}) is not in this onnxruntime {ort.__version__} "
+        f"(available: {names}); {install_hint(provider)}"
+    )
+
+
+def provider_route(provider: str, provider_options: dict | None = None) -> dict:
+    """How `provider` runs here: {"kind": "built-in" | "plugin", "package": the distribution
+    and version that brings it, "device": the plugin device's description, or None}."""
+    from edgekd.runtime.plugins import describe_device
+    from edgekd.runtime.providers import runtime_package
+
+    ep = resolve_provider(provider)
+    plugin = None if ep in ort.get_available_providers() else plugin_for_ep(ep)
+    if plugin is None:
+        check_provider_available(provider)  # neither built in nor a plugin: ProviderUnavailable
+        return {"kind": "built-in", "package": runtime_package(), "device": None}
+    device = pick_device(plugin, ep, options_for(provider, provider_options or {}).get(DEVICE_OPTION))
+    return {"kind": "plugin", "package": plugin.package.label, "device": describe_device(device)}
+
+
 def session_settings(cfg: BenchConfig) -> dict:
-    """make_session's keyword arguments for a BenchConfig's thread and spinning options."""
+    """make_session's keyword arguments for a BenchConfig's thread, spinning, provider and
+    session options."""
     return {"inter_threads": cfg.inter_threads, "intra_spinning": cfg.intra_spinning,
-            "inter_spinning": cfg.inter_spinning}
+            "inter_spinning": cfg.inter_spinning, "provider_options": cfg.provider_options,
+            "session_config": cfg.session_config, "graph_optimization": cfg.graph_optimization}
 
 
-def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check: bool = True) -> dict | None:
+def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check: bool = True,
+                        **settings) -> dict | None:
     """op_type -> count in the graph ORT actually runs; None without onnx or when the
     provider compiles nodes that ORT cannot save (TensorRT, OpenVINO, ...).
-    check: as for make_session."""
+    check: as for make_session; settings: make_session's other options (session_settings)."""
     onnx = onnxfile._onnx()
     if onnx is None:
         return None
@@ -118,8 +177,10 @@ def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check:
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         try:
-            make_session(path, provider, threads, optimized_path=optimized, check=False)
-        except ModelFileError:
+            make_session(path, provider, threads, optimized_path=optimized, check=False, **settings)
+        except (ModelFileError, ProviderUnavailable):
+            return None
+        if not optimized.is_file():  # a compiling provider (a plugin) may write nothing
             return None
         graph = onnx.load(str(optimized), load_external_data=False).graph
         return dict(Counter(node.op_type for node in graph.node))

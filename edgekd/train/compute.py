@@ -38,6 +38,17 @@ class Compute:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
+    recompute_batch_norm: bool | str = "auto"  # after each epoch; auto: models from torchvision/timm
+
+    def recomputes_batch_norm(self, model) -> bool:
+        """Whether the training loop recomputes `model`'s batch-norm statistics after each
+        epoch: auto does for models built from torchvision: or timm: (edgekd.models.adapt
+        marks them), which predicted one class in eval mode after short schedules."""
+        if self.recompute_batch_norm == "auto":
+            from edgekd.models.adapt import built_externally
+
+            return built_externally(model)
+        return bool(self.recompute_batch_norm)
 
     @property
     def device_type(self) -> str:
@@ -179,10 +190,13 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def resolve(device: str = "auto", precision: str = "auto", channels_last="auto") -> Compute:
-    """The Compute for a recipe's device, train.precision and train.channels_last."""
+def resolve(device: str = "auto", precision: str = "auto", channels_last="auto",
+            recompute_batch_norm="auto") -> Compute:
+    """The Compute for a recipe's device and train section (precision, channels_last,
+    recompute_batch_norm)."""
     resolved_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, resolved_device)
     if channels_last == "auto":
         channels_last = True
-    return Compute(device=resolved_device, precision=resolved_precision, channels_last=bool(channels_last))
+    return Compute(device=resolved_device, precision=resolved_precision, channels_last=bool(channels_last),
+                   recompute_batch_norm=recompute_batch_norm)

@@ -27,10 +27,14 @@ class ComputeConfig:
     """How every training stage computes (edgekd.train.compute): `precision` auto, fp32,
     bf16 or fp16 (auto: bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA GPUs that
     support it, fp16 with a GradScaler on other GPUs, else fp32); `channels_last` auto (on),
-    true or false. The device is the recipe's top-level `device`."""
+    true or false; `recompute_batch_norm` auto, true or false: batch-norm statistics
+    recomputed from training images after each epoch (edgekd.models.bn; auto: for
+    torchvision: and timm: models, whose deep stacks lag a short schedule). The device is the
+    recipe's top-level `device`."""
 
     precision: str = "auto"
     channels_last: Union[bool, str] = "auto"
+    recompute_batch_norm: Union[bool, str] = "auto"
 
     def __post_init__(self):
         from edgekd.train.compute import PRECISIONS
@@ -39,6 +43,8 @@ class ComputeConfig:
                 f"unknown train.precision {shown(self.precision)}; available: {', '.join(PRECISIONS)}")
         require(self.channels_last in ("auto", True, False),
                 f"train.channels_last must be auto, true or false, got {shown(self.channels_last)}")
+        require(self.recompute_batch_norm in ("auto", True, False),
+                f"train.recompute_batch_norm must be auto, true or false, got {shown(self.recompute_batch_norm)}")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ModelFileError, TrainingDiverged, first_line
+from edgekd.models.bn import recalibrate_batch_norm
 from edgekd.train import distributed
 from edgekd.train.batches import as_source
 from edgekd.train.compute import current
@@ -153,6 +154,7 @@ def fit(
         distributed.broadcast_parameters(model)
     optimizer = make_optimizer(model, cfg)
     train, val = as_source(train_x, train_y), as_source(val_x, val_y)
+    recompute_bn = compute.recomputes_batch_norm(model)
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     warmup = max(1, total_steps // 10)
@@ -190,7 +192,7 @@ def fit(
         for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            loss_sum, correct, trained = 0.0, 0, 0
+            loss_sum, correct, trained, labeled = 0.0, 0, 0, 0
             for i, (images, labels, index) in enumerate(train.batches(cfg.batch_size, generator, cfg.augment)):
                 if ranks > 1:
                     if len(index) < 2 * ranks:  # every rank needs two samples for batch norm
@@ -217,20 +219,24 @@ def fit(
                     scaler.update()
                 scheduler.step()
                 loss_sum += loss.item() * len(index)
-                correct += int((logits.argmax(1) == labels).sum())
+                correct += int((logits.argmax(1) == labels).sum())  # an unlabeled image (-1) never matches
                 trained += len(index)
+                labeled += int((labels >= 0).sum())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
             if ranks > 1:
                 distributed.average_buffers(model)
             if not _all_finite(model):  # a finite loss can still leave inf/NaN weights behind
                 raise _diverged(desc, "weights became non-finite", epoch, cfg, checkpoint)
+            if recompute_bn:  # statistics that match this epoch's weights, before val picks the best epoch
+                recalibrate_batch_norm(model, _shuffled_images(train, cfg.batch_size, seed, epoch, compute),
+                                       autocast=compute.autocast)
             val_top1 = accuracy(model, val)
             result.epochs.append(
                 {
                     "epoch": epoch,
                     "loss": loss_sum / max(1, trained),
-                    "train_top1": 100.0 * correct / max(1, trained),
+                    "train_top1": 100.0 * correct / max(1, labeled),
                     "val_top1": val_top1,
                     "seconds": time.perf_counter() - epoch_start,
                 }
@@ -252,10 +258,19 @@ def fit(
         result.best_val_top1 = accuracy(model, val)
     model.load_state_dict(best_state)
     compute.leave(model)
-    result.compute = compute.to_dict()
+    result.compute = {**compute.to_dict(), "recompute_batch_norm": recompute_bn}
     result.seconds = seconds_before + time.perf_counter() - start
     result.images_per_second = seen / result.seconds if result.seconds > 0 else 0.0
     return result
+
+
+def _shuffled_images(train, batch_size: int, seed: int, epoch: int, compute):
+    """Un-augmented training images in a random order of their own (a folder's files come
+    sorted by class; the training generator's state is left alone, so data order and resume
+    stay as they were), on the device: what batch-norm statistics are recomputed from."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    for images, _labels, _index in train.batches(batch_size, generator, False):
+        yield compute.batch(images)
 
 
 def _identity(cfg: TrainConfig, desc: str, seed: int, train_size: int, val_size: int) -> dict:
@@ -361,10 +376,11 @@ def _non_finite_cause(desc: str, cfg: TrainConfig, images: torch.Tensor, model: 
 
 
 def cross_entropy_step(model: nn.Module) -> StepFn:
-    """Plain supervised step (used to train a teacher)."""
+    """Plain supervised step (used to train a teacher); unlabeled images (-1) add nothing."""
+    from edgekd.train.labels import labeled_cross_entropy
 
     def step(images, labels, _index):
         logits = model(images)
-        return nn.functional.cross_entropy(logits, labels), logits
+        return labeled_cross_entropy(logits, labels), logits
 
     return step

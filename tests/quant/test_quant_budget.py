@@ -230,3 +230,64 @@ def test_warning_when_int8_is_not_faster():
 class SimpleRow:
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+
+def gated_model(path: Path, center_images: np.ndarray) -> None:
+    """input 1x8x8 -> conv (4 ch) -> c; gate = Sigmoid(c * [1000, 1, 1, 1]); c * gate -> GAP -> head.
+
+    The gate's input has one channel 1000 times the others: per-tensor uint8 activations spend
+    their range on it, the other channels' gate inputs round to 0, every gate reads 0.5, and
+    the prediction is lost, whichever Conv/Gemm is kept float. With the element-wise ops
+    (Mul, Sigmoid) float, int8 is right again."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    scale = np.array([1000.0, 1.0, 1.0, 1.0], np.float32).reshape(1, 4, 1, 1)
+    wh = rng.standard_normal((3, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             ((w, "w"), (np.zeros(4, np.float32), "b"), (scale, "scale"), (wh, "wh"), (np.zeros(3, np.float32), "bh"))]
+    nodes = [
+        helper.make_node("Conv", [INPUT_NAME, "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "scale"], ["scaled"], name="scale_gate"),
+        helper.make_node("Sigmoid", ["scaled"], ["gate"], name="gate"),
+        helper.make_node("Mul", ["c", "gate"], ["gated"], name="apply_gate"),
+        helper.make_node("GlobalAveragePool", ["gated"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wh", "bh"], [OUTPUT_NAME], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "gated",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.save(model, str(path))
+    import onnxruntime as ort
+
+    (logits,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: center_images})
+    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(-logits.mean(0).astype(np.float32), "bh"))
+    onnx.save(model, str(path))
+
+
+def test_budget_search_keeps_the_elementwise_ops_float_as_a_group(tmp_path):
+    rng = np.random.default_rng(4)
+    calib, val_x = (rng.standard_normal((n, 1, 8, 8)).astype(np.float32) for n in (48, 90))
+    fp32, int8 = tmp_path / "gated.fp32.onnx", tmp_path / "gated.int8.onnx"
+    gated_model(fp32, calib)
+    import onnxruntime as ort
+
+    (logits,) = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: val_x})
+    val_y = logits.argmax(1)
+    cfg = QuantConfig(target="x86-vnni", max_drop=5.0)
+    ptq(fp32, int8, calib_images=calib, cfg=cfg, progress=False)
+    int8_top1 = top1(int8, val_x, val_y)
+    assert int8_top1 < 90.0
+    lines = []
+    result = quant_budget.search(fp32, int8, calib_images=calib, cfg=cfg, fp32_top1=100.0, int8_top1=int8_top1,
+                                 evaluate=lambda p: top1(p, val_x, val_y), log=lines.append)
+    assert result.met and result.excluded_op_types == ["Mul", "Sigmoid"] and result.excluded == []
+    assert result.steps[0]["keep_float"] == "op types Mul, Sigmoid" and len(result.steps) == 1
+    assert "element-wise ops (Mul, Sigmoid) kept float" in lines[0]
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops  # the conv and the head are still int8
+    assert top1(int8, val_x, val_y) == result.final_top1 >= 95.0

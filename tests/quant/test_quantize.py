@@ -261,6 +261,7 @@ OLD_X86 = {"arch": "x86_64", "flags": ["sse4_2"]}
         ("x86-avx2", VNNI, ("x86-avx2", "uint8", "int8", True, True)),
         ("arm64", VNNI, ("arm64", "int8", "int8", False, True)),
         ("cuda", AVX2, ("cuda", "int8", "int8", False, True)),
+        ("openvino", ARM, ("openvino", "uint8", "int8", False, True)),  # benchmarks/results/openvino-int8-presets.md
     ],
 )
 def test_target_presets(target, machine, expected):

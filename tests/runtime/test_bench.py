@@ -38,7 +38,9 @@ from edgekd.runtime.measure import measure_latency, provider_node_counts
 from edgekd.runtime.session import QDQ_OPS, make_session
 
 REPO = Path(__file__).resolve().parents[2]
-CFG = BenchConfig(warmup=1, runs=5, min_seconds=0.0, batch_size=4)
+# The hand-made models have no edgekd metadata: they state x/255 (a model with metadata keeps its own)
+CFG = BenchConfig(warmup=1, runs=5, min_seconds=0.0, batch_size=4, preprocess={"scale": "1/255"},
+                  interleave=False)  # sequential, unless a test asks for interleaving
 CLASSES = 10
 
 

@@ -16,8 +16,9 @@ from edgekd.runtime import bench
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import SYNTHETIC_AGREEMENT_SAMPLES, id_limit, synthetic
 
-CFG = BenchConfig(warmup=1, runs=3, min_seconds=0.0)
-FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "--no-progress"]
+# foreign models have no edgekd metadata: they state x/255 (--scale 1/255)
+CFG = BenchConfig(warmup=1, runs=3, min_seconds=0.0, preprocess={"scale": "1/255"})
+FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "--no-progress", "--scale", "1/255"]
 
 
 def _save(nodes, inputs, outputs, inits, path, opset):

@@ -77,13 +77,7 @@ def _load_npz(file: Path, name: str) -> RawArrays:
     if not file.is_file():
         raise DataError(f"npz file {file} not found; pass --data-path FILE.npz holding {_NPZ_LAYOUT}")
     try:
-        with open(file, "rb") as f:
-            magic = f.read(6)
-        if magic.startswith(b"\x93NUMPY"):
-            raise DataError(f"{file} is a single .npy array, not an .npz archive; save {_NPZ_LAYOUT} with np.savez")
-        if not magic.startswith(ZIP_MAGICS):
-            raise DataError(f"{file} is not an .npz archive (np.savez writes a zip file); save {_NPZ_LAYOUT} "
-                            "with np.savez")
+        check_npz_magic(file, _NPZ_LAYOUT)
         with np.load(file, allow_pickle=False) as data:  # lazy: a member is read when it is used
             keys = set(data.files)
             if {"train_x", "train_y", "test_x", "test_y"} <= keys:
@@ -91,7 +85,7 @@ def _load_npz(file: Path, name: str) -> RawArrays:
             elif {"x", "y"} <= keys:
                 used = ("x", "y")
             else:
-                raise DataError(f"{file} has arrays {_names(keys)}; expected {_NPZ_LAYOUT}")
+                raise DataError(f"{file} has arrays {array_names(keys)}; expected {_NPZ_LAYOUT}")
             used += ("class_names",) if "class_names" in keys else ()
             arrays = {key: npz_member(data, key, file) for key in used}
     except DataError:
@@ -130,7 +124,18 @@ def _load_npz(file: Path, name: str) -> RawArrays:
     return RawArrays(name, train_x, train_y, test_x, test_y, class_names, str(file))
 
 
-def _names(keys) -> str:
+def check_npz_magic(file: Path, layout: str) -> None:
+    """A DataError unless `file` starts like a zip archive (what np.savez writes); `layout`
+    says what it should hold."""
+    with open(file, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{file} is a single .npy array, not an .npz archive; save {layout} with np.savez")
+    if not magic.startswith(ZIP_MAGICS):
+        raise DataError(f"{file} is not an .npz archive (np.savez writes a zip file); save {layout} with np.savez")
+
+
+def array_names(keys) -> str:
     shown = sorted(str(k)[:20] for k in list(keys)[:8])
     return str(shown) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
 
@@ -187,13 +192,13 @@ def _npz_pair(arrays: dict, x_key: str, y_key: str, file: Path):
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{file}: {y_key} must be a 1-D integer label array, got {y.dtype} {y.shape}")
     if x.ndim not in (3, 4):
-        _to_nchw(x, x_key, file)  # raises the DataError that names the layouts
+        to_nchw(x, x_key, file)  # raises the DataError that names the layouts
     if len(x) != len(y):
         raise DataError(f"{file}: {x_key} has {len(x)} images but {y_key} has {len(y)} labels; they must match")
-    return _to_nchw(x, x_key, file), y.astype(np.int64)
+    return to_nchw(x, x_key, file), y.astype(np.int64)
 
 
-def _to_nchw(x: np.ndarray, key: str, file) -> np.ndarray:
+def to_nchw(x: np.ndarray, key: str, file) -> np.ndarray:
     """Accept (N,H,W), (N,H,W,C) with C in 1 or 3, or (N,C,H,W); return (N,C,H,W)."""
     if x.ndim == 3:
         return x[:, None]

@@ -33,6 +33,9 @@ def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
                        "mean": list(spec.mean), "std": list(spec.std)},
     }
     record.update(splits.record)
+    if splits.record.get("unlabeled"):
+        ctx.log(f"[data] {record['labeled']:,} labeled and {record['unlabeled']:,} unlabeled train images: the "
+                "teacher learns from the labeled ones, the student from all (KD alone on the unlabeled)")
     skipped = splits.record.get("skipped")
     if skipped:
         total = sum(sum(v.values()) if isinstance(v, dict) else v for v in skipped.values())

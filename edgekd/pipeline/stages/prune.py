@@ -16,11 +16,13 @@ def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
     step (or once at the end): to a share of the channels, a MACs count, or a measured
     latency (prune.target_latency_ms / target_speedup, edgekd.prune.latency).
 
-    inputs: `splits`, `tensors`, `teacher`, `student`; `kd`: the distill section, whose KD
+    inputs: `splits`, `tensors`, `labeled` (tensors with the labeled train images only: what
+    the steps on labels alone read), `teacher`, `student`; `kd`: the distill section, whose KD
     settings the fine-tuning uses; `deployed`: how the latency target times a candidate
     ({"int8": quantize.enabled, "quant_cfg", "provider", "threads", "session_options"})."""
     import dataclasses
 
+    from edgekd.data.unlabeled import image_counts
     from edgekd.distill.offline import distill
     from edgekd.io.artifacts import save_weights
     from edgekd.models.cost import count_macs, count_params
@@ -37,7 +39,7 @@ def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
     before = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
     extra = {}
     if cfg.sparsity > 0 and cfg.sparsity_epochs > 0:  # network slimming: push unneeded BN scales to zero
-        slim = sparsity_train(student, **t, penalty=cfg.sparsity, seed=ctx.seed, progress=ctx.progress,
+        slim = sparsity_train(student, **inputs["labeled"], penalty=cfg.sparsity, seed=ctx.seed, progress=ctx.progress,
                               cfg=dataclasses.replace(cfg, epochs=cfg.sparsity_epochs))
         extra["sparsity"] = {"penalty": cfg.sparsity, "epochs": cfg.sparsity_epochs, "val_top1": slim.best_val_top1}
     finetune = dataclasses.replace(inputs["kd"], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -52,7 +54,8 @@ def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
         history.append({"step": step, "macs": count_macs(student, shape), "val_top1": result.best_val_top1})
 
     each_step = cfg.finetune == "step"
-    batch = (t["train_x"][: cfg.batch_size], t["train_y"][: cfg.batch_size])  # gradients for 'taylor'
+    labeled = inputs["labeled"]
+    batch = (labeled["train_x"][: cfg.batch_size], labeled["train_y"][: cfg.batch_size])  # gradients for 'taylor'
     if cfg.latency_targeted:
         extra["latency"] = _prune_to_latency(ctx, cfg, inputs, student, shape, batch, finetune_step).to_dict()
     else:
@@ -70,6 +73,8 @@ def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
                                       inputs["splits"].spec.num_classes)
     ctx.log(f"[prune] MACs {before['macs']:,} -> {after['macs']:,}, params {before['params']:,} -> "
             f"{after['params']:,}, val top-1 {val_top1:.2f}%")
+    if finetune.epochs:  # the KD fine-tuning's images (labels are scarce: KD alone on the unlabeled ones)
+        extra["images"] = image_counts(t["train_y"])
     return StageResult({"enabled": True, "before": before, "after": after, "steps": history, "val_top1": val_top1,
             "params": after["params"], "macs": after["macs"], "weights": PRUNED_WEIGHTS, "shapes": PRUNED_SHAPES,
             **extra}, {"student": student})

@@ -160,21 +160,33 @@ def _quantize_budget(ctx: Context, cfg: QuantConfig, *, val_size, calib, meta, m
             latency = dict(zip(("fp32", "int8_all_quantized", "int8_with_float_nodes"), p50))
             ctx.log(f"[quantize] rough p50 (batch 1): fp32 {p50[0]:.3f} ms, all int8 {p50[1]:.3f} ms, "
                     f"with the float nodes {p50[2]:.3f} ms")
-    summary = {"met": budget.met, "kept_float": budget.excluded, "val_top1_int8": budget.final_top1,
+    summary = {"met": budget.met, "kept_float": budget.excluded, "kept_float_op_types": budget.excluded_op_types,
+               "val_top1_int8": budget.final_top1,
                "drop": budget.drop, "steps": budget.steps, "sensitivity": budget.sensitivity,
                "max_excluded": budget.max_excluded, "seconds": budget.seconds,
                "val_top1_int8_all_quantized": int8_val, "rough_p50_ms": latency}
     record = {**partial, "budget": summary}
     if budget.met:
-        record.update(val_top1_int8=budget.final_top1, float_nodes=list(partial["float_nodes"]) + budget.excluded)
+        record.update(val_top1_int8=budget.final_top1, float_nodes=list(partial["float_nodes"]) + budget.excluded,
+                      float_op_types=budget.excluded_op_types)
     atomic_write_text(ctx.path(QUANT_BUDGET_JSON), json.dumps(record, indent=2))
     if not budget.met:
         ctx.path(INT8_ONNX).unlink(missing_ok=True)  # it failed the gate: nothing to bench or deploy
         raise AccuracyBudgetExceeded(
             f"int8 loses {budget.drop:.2f} points of val top-1 (fp32 {fp32_val:.2f}%, int8 {budget.final_top1:.2f}%) "
-            f"even with {len(budget.excluded)} node(s) kept in float ({', '.join(budget.excluded) or 'none'}); "
+            f"even with {_kept_float(budget)} kept in float; "
             f"quantize.max_drop is {cfg.max_drop}. See {ctx.path('state/quantize-budget.json')}; raise the budget, "
             f"set quantize.max_drop: null, or quantize.enabled: false. {STUDENT_ONNX} is kept")
-    ctx.log(f"[quantize] within budget with {len(budget.excluded)} node(s) in float: val top-1 "
-            f"{budget.final_top1:.2f}% (drop {budget.drop:.2f})")
-    return {"val_top1_int8": budget.final_top1, "float_nodes": record["float_nodes"], "budget": summary}
+    ctx.log(f"[quantize] within budget with {_kept_float(budget)} in float: val top-1 {budget.final_top1:.2f}% "
+            f"(drop {budget.drop:.2f})")
+    return {"val_top1_int8": budget.final_top1, "float_nodes": record["float_nodes"],
+            "float_op_types": budget.excluded_op_types, "budget": summary}
+
+
+def _kept_float(budget, shown: int = 3) -> str:
+    """'2 node(s) (/a/Conv, /b/Conv) and the op types Mul, Sigmoid': a few names, the full list
+    is in state/quantize-budget.json (an error message stays one readable line)."""
+    names = ", ".join(budget.excluded[:shown]) + (", ..." if len(budget.excluded) > shown else "")
+    parts = [f"{len(budget.excluded)} node(s) ({names})" if budget.excluded else "",
+             f"the op types {', '.join(budget.excluded_op_types)}" if budget.excluded_op_types else ""]
+    return " and ".join(filter(None, parts)) or "no node"

@@ -11,8 +11,10 @@ from edgekd.train.config import TeacherConfig
 def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     """Train the teacher, or load its weights (and fine-tune them when epochs > 0).
 
-    inputs: `splits`, `tensors`, and `extra_teachers`: the TeacherConfigs of
-    distill.extra_teachers when the distillation scheme learns from them, else []."""
+    inputs: `splits`, `tensors` (the labeled train images only, edgekd.data.unlabeled), and
+    `extra_teachers`: the TeacherConfigs of distill.extra_teachers when the distillation scheme
+    learns from them, else []."""
+    from edgekd.data.unlabeled import image_counts
     from edgekd.io.artifacts import load_weights, save_weights
     from edgekd.train.loop import accuracy, cross_entropy_step, fit
 
@@ -42,6 +44,7 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     record["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
     record["flags"] = degenerate_flags(ctx, "teacher", teacher, t["val_x"], t["val_y"], spec.num_classes)
     record["weights"] = TEACHER_WEIGHTS
+    record["images"] = image_counts(t["train_y"])  # the labeled share only, when labels are scarce
     ctx.log(f"[teacher] {cfg.arch}: val top-1 {record['val_top1']:.2f}%")
     if inputs["extra_teachers"]:
         record["extra_teachers"] = _extra_teachers(ctx, inputs["extra_teachers"], spec, t)

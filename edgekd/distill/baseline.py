@@ -1,0 +1,45 @@
+"""The student trained alone: what distillation is measured against (distill.baseline).
+
+The same architecture from the same initial weights, trained by the same loop with the same
+schedule, seed, augmentation and number of optimizer steps as the distilled student, on
+cross-entropy alone. Without labels it cannot use unlabeled images, so it trains on the
+labeled ones, repeated in turn to as many images per epoch as the distilled student's train
+split holds: every epoch has as many steps as the distilled student's (edgekd.data.unlabeled).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgekd.train.labels import labeled_part
+from edgekd.train.loop import FitResult, cross_entropy_step, fit
+
+
+def alone_training_set(train_x, train_y: torch.Tensor):
+    """The labeled images and labels, repeated in turn up to len(train_y) images (the inputs
+    themselves when every image is labeled)."""
+    labeled_x, labeled_y = labeled_part(train_x, train_y)
+    if len(labeled_y) == len(train_y):
+        return train_x, train_y
+    picks = torch.arange(len(train_y)) % len(labeled_y)
+    if isinstance(labeled_x, torch.Tensor):
+        return labeled_x[picks], labeled_y[picks]
+    part = labeled_x.take(picks.numpy())  # a streamed source of arrays
+    return part, part.labels
+
+
+def optimizer_steps(images: int, batch_size: int, epochs: int) -> int:
+    """The training loop's optimizer steps: a batch of one image is skipped (batch norm)."""
+    full, rest = divmod(images, batch_size)
+    return epochs * (full + (1 if rest >= 2 else 0))
+
+
+def train_alone(student: nn.Module, *, train_x, train_y, val_x, val_y, cfg, seed: int = 0, progress: bool = True,
+                checkpoint=None, resume: bool = False, log=None) -> FitResult:
+    """Train `student` in place on cross-entropy only, as the distilled student was scheduled
+    (cfg: the distill section); `checkpoint` and `resume` as in train.fit."""
+    x, y = alone_training_set(train_x, train_y)
+    with torch.random.fork_rng(devices=[]):  # the chain's RNG continues as if there were no baseline
+        return fit(student, cross_entropy_step(student), train_x=x, train_y=y, val_x=val_x, val_y=val_y, cfg=cfg,
+                   seed=seed, desc="distill", progress=progress, checkpoint=checkpoint, resume=resume, log=log)

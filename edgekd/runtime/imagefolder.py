@@ -1,0 +1,129 @@
+"""`edgekd bench --data FOLDER`: an image folder as the eval set. FOLDER/<class>/*.png (.jpg,
+.jpeg, .bmp, .webp); the class index is the position of the folder's name in sorted order, as
+edgekd's training and torchvision's ImageFolder number them.
+
+Every image is decoded in full (no JPEG draft scaling: the pixels must be the ones PyTorch
+sees), brought to the models' colour and resized and center-cropped per their preprocessing
+(edgekd.runtime.preprocessing.geometry), so all models of one bench share one uint8 array.
+numpy and PIL (imported when a folder is read; a one-line error says to install it); no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ConfigError, DataError, joined_lines
+from edgekd.runtime.inputs import check_feed_size, load_eval_set
+from edgekd.runtime.preprocessing import geometry, require_pillow, resolve
+
+log = logging.getLogger("edgekd")
+
+
+def list_image_folder(root: Path) -> tuple[list, np.ndarray, tuple]:
+    """(files, int64 labels, class names) of root/<class>/<image>; DataError when the folder
+    has no class folders or no images at all (an empty class folder keeps its index)."""
+    from edgekd.data.base import MAX_CLASSES
+    from edgekd.data.files import IMAGE_SUFFIXES, list_class_folder
+
+    layout = f"{root}/<class>/*.png (one folder per class)"
+    class_names = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
+    if not class_names:
+        raise DataError(f"image folder '{root}' has no class folders; expected {layout}")
+    if len(class_names) > MAX_CLASSES:
+        raise DataError(f"image folder '{root}' has {len(class_names):,} class folders; at most {MAX_CLASSES:,}")
+    found, _ = list_class_folder(root, class_names, layout, every_class=False)
+    if not found:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of '{root}'; "
+                        f"expected {layout}")
+    return [str(f) for f, _ in found], np.array([y for _, y in found], dtype=np.int64), class_names
+
+
+def _image_input(path):
+    """(metadata, first input) of a model, from a session without graph optimizations (cheap);
+    None when it cannot be opened here (its own row reports why)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT's errors share no base class
+        log.debug("image folder: cannot read the input of %s: %s", path, exc)
+        return None
+    return session.get_modelmeta().custom_metadata_map, session.get_inputs()[0]
+
+
+def models_geometry(paths: list, stated: dict | None) -> tuple | None:
+    """(channels, resize, crop) that every image model of `paths` needs, or None when none of
+    them has preprocessing (no accuracy: nothing to decode). ConfigError when a model's input
+    size is not fixed and not stated, or when the models need different images."""
+    found = {}
+    for path in paths:
+        opened = _image_input(path)
+        if opened is None or opened[1].type != "tensor(float)" or len(opened[1].shape) != 4:
+            continue
+        meta, inp = opened
+        spec = resolve(stated, meta)
+        if spec is None:
+            continue
+        channels, resize, crop = geometry(spec, inp.shape)
+        if crop is None:
+            raise ConfigError(f"'{path}' takes images of any size ({list(inp.shape)}): state --input-size H,W "
+                              "to bench it on an image folder")
+        found.setdefault((channels or 3, resize or max(crop), tuple(crop)), []).append(Path(path).name)
+    if len(found) > 1:
+        shown = "; ".join(f"{', '.join(names[:2])}: {c}x{h}x{w} from a shorter side of {r}"
+                          for (c, r, (h, w)), names in found.items())
+        raise ConfigError(f"the models need different images ({shown[:200]}); bench them one at a time, or "
+                          "state --input-size H,W")
+    return next(iter(found), None)
+
+
+def _decode(file: str, mode: str, resize: int, crop: tuple) -> np.ndarray:
+    """uint8 (C, H, W): the whole image decoded, converted, resized and center-cropped."""
+    from PIL import Image
+
+    from edgekd.data.preprocess import fit_image, to_chw, to_mode
+
+    try:
+        with Image.open(file) as image:
+            image.load()  # truncated and corrupt files fail only when the pixels are decoded
+            converted = to_mode(image, mode)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types (and DecompressionBombError)
+        raise DataError(f"cannot read image {file} ({joined_lines(exc)}); replace or remove it") from None
+    return to_chw(fit_image(converted, resize, crop))
+
+
+def load_image_folder(root, wanted: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N x C x H x W, int64 labels) of the folder's images at `wanted` (channels,
+    resize, crop). The decoded set must fit the feed limit (with its float32 copy) before any
+    image is decoded."""
+    from edgekd.data.files import thread_map
+
+    require_pillow(f"reading the image folder '{root}'")
+    files, labels, _ = list_image_folder(Path(root))
+    channels, resize, crop = wanted
+    check_feed_size([len(files), channels, *crop], np.float32, f"the {len(files)} images of '{root}' as float32",
+                    "use fewer images (or a smaller --input-size)", error=DataError)
+    mode = "L" if channels == 1 else "RGB"
+    images = thread_map(lambda f: _decode(f, mode, resize, crop), files, os.cpu_count() or 1)
+    return np.stack(images), labels
+
+
+def load_eval_data(eval_set, paths: list, stated: dict | None) -> tuple:
+    """(x uint8 NCHW or None, y or None) for bench: an image folder decoded for `paths` (x None
+    when no model has preprocessing: only labels), else load_eval_set's .npz or dataset."""
+    if eval_set is None:
+        return None, None
+    if not Path(eval_set).is_dir():
+        x, y, _ = load_eval_set(eval_set)
+        return x, y
+    wanted = models_geometry(paths, stated)
+    if wanted is None:
+        return None, list_image_folder(Path(eval_set))[1]
+    return load_image_folder(eval_set, wanted)

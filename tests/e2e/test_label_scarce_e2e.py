@@ -1,0 +1,80 @@
+"""Label-scarce distillation through `edgekd compress` on a tiny run: 4 labels per class kept
+(data.labels_per_class) plus unlabeled images from an .npz (data.unlabeled). The teacher learns
+from the 12 labeled images, the student (and pruning's KD fine-tuning) from all of them, the
+student alone (distill.baseline) from the 12 repeated; the report says so, and a resumed run
+keeps the comparison. Bad values are refused in one line, exit 2, with no run directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekd.cli import main
+
+SCARCE = ["data.labels_per_class=4", "distill.baseline=true", "distill.augment=true", "prune.enabled=true",
+          "prune.importance=taylor", "prune.ratio=0.25", "prune.round_to=1", "prune.epochs=1"]
+
+
+def unlabeled_npz(folder, n: int = 30, shape=(8, 8)):
+    """n images without labels, (N, H, W) grey or (N, H, W, C)."""
+    images = np.random.default_rng(7).integers(0, 180, (n, *shape)).astype(np.uint8)
+    np.savez(folder / "unlabeled.npz", x=images)
+    return folder / "unlabeled.npz"
+
+
+def test_label_scarce_distillation_end_to_end_and_resumed(tiny_run_inputs, tmp_path):
+    from edgekd.pipeline.chain import compress
+    from edgekd.pipeline.runstate import load_progress, save_progress
+    from edgekd.recipe import Recipe
+
+    recipe = Recipe.from_yaml(tiny_run_inputs / "tiny.yaml", [*SCARCE, f"data.unlabeled={unlabeled_npz(tmp_path)}"])
+    run_dir = tmp_path / "run"
+    report = compress(recipe, run_dir, progress=False, log=lambda line: None)
+    stages = report["stages"]
+    train = stages["data"]["train"]  # 135 of the 150 images after val, plus the 30 unlabeled ones
+    assert train == 135 + 30 and stages["data"]["labeled"] == 12 and stages["data"]["unlabeled"] == train - 12
+    assert stages["teacher"]["images"] == {"labeled": 12, "unlabeled": 0}
+    assert stages["distill"]["images"] == stages["prune"]["images"] == {"labeled": 12, "unlabeled": train - 12}
+    alone = stages["distill"]["baseline"]
+    assert alone["images"] == {"labeled": 12, "unlabeled": 0} and alone["images_per_epoch"] == train
+    assert alone["steps"] == stages["distill"]["steps"]
+    assert isinstance(stages["distill"]["gain_points"], float) and report["student_alone"]["top1"] is not None
+    text = (run_dir / "report.md").read_text()
+    assert "## Labels" in text and f"| distill | 12 | {train - 12} |" in text and "| teacher | 12 | 0 |" in text
+
+    # stopped after the distill stage: the resumed run keeps the baseline's result, without training it again
+    state = load_progress(run_dir, tuple(stages) + ("report",))
+    save_progress(run_dir, {k: v for k, v in state["done"].items() if k in ("data", "teacher", "distill")},
+                  torch_rng=state.get("torch_rng"))
+    lines = []
+    resumed = compress(recipe, run_dir, resume=True, progress=False, log=lines.append)
+    assert "[distill] done in an earlier run; skipped" in lines
+    assert resumed["student_alone"] == report["student_alone"]
+
+
+def refused(result, expected: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgekd: error: ") and expected in lines[0], result.output
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("more labels than a class has", "data.labels_per_class 60 is more than the train split holds of class"),
+    ("no labels", "data.labels_per_class must be 1 or more"),
+    ("missing unlabeled", "does not exist"),
+    ("empty unlabeled folder", "has no images"),
+    ("unlabeled RGB for grey data", "images have 3 channel(s), the dataset's have 1"),
+])
+def test_bad_label_scarce_settings_are_refused_before_the_run_directory_exists(tiny_run_inputs, tmp_path, case, expected):
+    setting = {"more labels than a class has": "data.labels_per_class=60",
+               "no labels": "data.labels_per_class=0",
+               "missing unlabeled": f"data.unlabeled={tmp_path / 'nowhere'}",
+               "empty unlabeled folder": f"data.unlabeled={tmp_path}",
+               "unlabeled RGB for grey data": f"data.unlabeled={unlabeled_npz(tmp_path, 4, (8, 8, 3))}"}[case]
+    if case == "empty unlabeled folder":
+        (tmp_path / "unlabeled.npz").unlink(missing_ok=True)
+    out = tmp_path / "run"
+    refused(CliRunner().invoke(main, ["compress", str(tiny_run_inputs / "tiny.yaml"), "--set", setting, "--out", str(out),
+                                      "--no-progress"]), expected)
+    assert not out.exists()
