@@ -179,7 +179,8 @@ def main() -> int:
         "images": {**images, "train": images["per_class"] * 10, "test": max(1, images["per_class"] // 4) * 10,
                    "seconds": images_seconds},
         "own_resnet18": own,
-        "recipe": recipe_text.replace(str(root), "data/clothes").replace(str(weights), "resnet18-own.pth"),
+        # the folders of this machine as a user would write them (the weights path first: it may start with root)
+        "recipe": recipe_text.replace(str(weights), "resnet18-own.pth").replace(str(root), "data/clothes"),
         "compress_seconds": compress_seconds,
         "bench_seconds": bench_seconds,
         "stage_seconds": {name: s.get("seconds") for name, s in report["stages"].items()},

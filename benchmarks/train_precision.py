@@ -9,9 +9,11 @@ channels_last (issue #15, item 2), side by side in one run.
    per-round ratios.
 2. Accuracy: the default teacher (ResNet-8, the recipe's optimizer and schedule) trained
    with each setting from the same seed on the whole training split; test top-1 on the
-   10,000 test images.
+   10,000 test images. For each of --seeds (0 1 2): one seed's gap mixes precision with the
+   trajectory's luck (bf16 and fp32 part ways at the first step), so the check is on the
+   mean of the per-seed gaps, each pair with the same seed and schedule.
 
-Target: auto + channels_last at least 2x the fp32 img/s, test top-1 within 0.3 points.
+Target: auto + channels_last at least 2x the fp32 img/s, mean test top-1 gap within 0.3 points.
 Writes benchmarks/results/train-precision.{md,json} with the machine it ran on.
 """
 
@@ -100,7 +102,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="each seed trains both settings (its own val split, same schedule); the check is on "
+                             "the mean of the per-seed gaps, as one seed's gap is within the seed-to-seed spread")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
@@ -113,21 +117,25 @@ def main() -> int:
     from edgekd.train.compute import resolve
 
     settings = {"fp32 NCHW": resolve("cpu", "fp32", False), "auto + channels_last": resolve("cpu", "auto", "auto")}
-    splits = load_splits(DataConfig(name=args.data), seed=args.seed)
+    splits = load_splits(DataConfig(name=args.data), seed=args.seeds[0])
     start = time.perf_counter()
     speed = throughput(settings, splits.spec, batch=128, rounds=args.rounds, steps=10)
-    accuracy = {} if args.skip_accuracy else {
-        name: train_and_test(compute, splits, args.epochs, args.seed) for name, compute in settings.items()}
     names = list(settings)
-    gap = None if not accuracy else accuracy[names[1]]["test_top1"] - accuracy[names[0]]["test_top1"]
+    accuracy, gaps = {}, []
+    for seed in [] if args.skip_accuracy else args.seeds:
+        splits = load_splits(DataConfig(name=args.data), seed=seed)
+        accuracy[seed] = {name: train_and_test(compute, splits, args.epochs, seed) for name, compute in settings.items()}
+        gaps.append(accuracy[seed][names[1]]["test_top1"] - accuracy[seed][names[0]]["test_top1"])
+        print(f"seed {seed}: gap {gaps[-1]:+.2f} points", flush=True)
+    gap = statistics.mean(gaps) if gaps else None
     checks = {f"img/s ratio >= {MIN_SPEEDUP}": speed["ratio_median"] >= MIN_SPEEDUP}
     if gap is not None:
-        checks[f"test top-1 within {MAX_TOP1_GAP} points"] = abs(gap) <= MAX_TOP1_GAP
+        checks[f"mean test top-1 gap within {MAX_TOP1_GAP} points"] = abs(gap) <= MAX_TOP1_GAP
     out = {"command": "python benchmarks/train_precision.py " + " ".join(sys.argv[1:]), "machine": machine_info(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "data": args.data,
            "train_images": len(splits.train_y), "test_images": len(splits.test_y), "epochs": args.epochs,
            "settings": {n: c.to_dict() for n, c in settings.items()}, "throughput": speed, "accuracy": accuracy,
-           "top1_gap_points": gap, "checks": checks, "wall_seconds": time.perf_counter() - start}
+           "top1_gap_points_per_seed": dict(zip(args.seeds, gaps)), "top1_gap_points_mean": gap, "checks": checks, "wall_seconds": time.perf_counter() - start}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train-precision.json").write_text(json.dumps(out, indent=2) + "\n")
     m = out["machine"]
@@ -142,11 +150,15 @@ def main() -> int:
               f"{speed['ratio_max']:.2f}x over {speed['rounds']} rounds).", ""]
     if accuracy:
         lines += [f"## Accuracy ({args.data}, {out['train_images']:,} train / {out['test_images']:,} test images, "
-                  f"{args.epochs} epochs, seed {args.seed})", "",
-                  "| setting | test top-1 % | best val top-1 % | train s | img/s in training |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {n} | {a['test_top1']:.2f} | {a['val_top1']:.2f} | {a['train_seconds']:.0f} | "
-                  f"{a['images_per_second']:,.0f} |" for n, a in accuracy.items()]
-        lines += ["", f"Gap: {gap:+.2f} points."]
+                  f"{args.epochs} epochs, the same seed for both settings)", "",
+                  "| seed | setting | test top-1 % | best val top-1 % | train s | img/s in training |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {seed} | {n} | {a['test_top1']:.2f} | {a['val_top1']:.2f} | {a['train_seconds']:.0f} | "
+                  f"{a['images_per_second']:,.0f} |" for seed, runs in accuracy.items() for n, a in runs.items()]
+        spread = f" (std {statistics.stdev(gaps):.2f})" if len(gaps) > 1 else ""
+        lines += ["", "Gap (auto minus fp32, test top-1): " + ", ".join(f"seed {s} {g:+.2f}" for s, g in
+                                                                         zip(args.seeds, gaps))
+                  + f"; mean {gap:+.2f} points{spread}."]
     lines += ["", "Checks: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items()),
               f"Wall time: {out['wall_seconds']:.0f} s.", ""]
     (RESULTS / "train-precision.md").write_text("\n".join(lines))

@@ -88,6 +88,24 @@ def test_a_file_that_cannot_be_opened_is_refused(tmp_path, folder):
         bad.chmod(0o644)
 
 
+def test_a_file_the_system_refuses_to_open_is_refused(tmp_path, folder, monkeypatch):
+    """The same refusal when the process may not read a file, also as root (which reads
+    files whatever their permissions): PIL's open raises PermissionError for that file."""
+    from PIL import Image
+
+    bad = first(folder, ".png")
+    real_open = Image.open
+
+    def open_or_refuse(path, *args, **kwargs):
+        if Path(path) == bad:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_or_refuse)
+    refused_by_cli(tmp_path, {"name": "imagefolder", "path": str(folder), "image_size": 32}, str(bad),
+                   "Permission denied")
+
+
 def test_an_image_smaller_than_the_crop_is_refused(tmp_path, folder):
     from conftest import save, draw
     import numpy as np
