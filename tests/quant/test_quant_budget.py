@@ -48,8 +48,14 @@ def hostile_model(path: Path, center_images: np.ndarray) -> None:
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wh", "bh"], [OUTPUT_NAME], name="head", transB=1),
     ]
+    save_centred(path, "hostile", nodes, inits, center_images)
+
+
+def save_centred(path: Path, name: str, nodes: list, inits: list, center_images: np.ndarray) -> None:
+    """A 1x8x8 -> 3-class model of `nodes`, saved with its head's bias (the last initializer,
+    'bh') set so that the logits average 0 on `center_images`: all three classes get used."""
     graph = helper.make_graph(
-        nodes, "hostile",
+        nodes, name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 3])],
         inits,
@@ -254,19 +260,7 @@ def gated_model(path: Path, center_images: np.ndarray) -> None:
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wh", "bh"], [OUTPUT_NAME], name="head", transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "gated",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 3])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx.save(model, str(path))
-    import onnxruntime as ort
-
-    (logits,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: center_images})
-    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(-logits.mean(0).astype(np.float32), "bh"))
-    onnx.save(model, str(path))
+    save_centred(path, "gated", nodes, inits, center_images)
 
 
 def test_budget_search_keeps_the_elementwise_ops_float_as_a_group(tmp_path):
