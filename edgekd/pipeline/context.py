@@ -65,9 +65,8 @@ def model_summary(model, arch: str, spec) -> dict:
     from edgekd.models.cost import count_macs, count_params
 
     summary = {"arch": arch, "params": count_params(model), "macs": count_macs(model, input_shape_of(spec))}
-    if adaptations(model):
-        summary["adapted"] = adaptations(model)
-    return summary
+    adapted = adaptations(model)
+    return {**summary, "adapted": adapted} if adapted else summary
 
 
 def fit_summary(fit_result) -> dict:

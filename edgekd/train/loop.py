@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekd.data.unlabeled import UNLABELED
 from edgekd.errors import ModelFileError, TrainingDiverged, first_line
 from edgekd.models.bn import recalibrate_batch_norm
 from edgekd.train import distributed
@@ -221,7 +222,7 @@ def fit(
                 loss_sum += loss.item() * len(index)
                 correct += int((logits.argmax(1) == labels).sum())  # an unlabeled image (-1) never matches
                 trained += len(index)
-                labeled += int((labels >= 0).sum())
+                labeled += int((labels != UNLABELED).sum())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
             if ranks > 1:
