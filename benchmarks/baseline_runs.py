@@ -94,7 +94,7 @@ def seed_row(report: dict, seed: int, wall: float | None, command: str) -> dict:
         "int8_test_top1": models["int8"]["top1"] if "int8" in models else None,
         "student_params": distill["params"], "student_macs": distill["macs"], "steps": distill["steps"],
         "distill_images": distill.get("images"), "alone_images": distill["baseline"].get("images"),
-        "teacher_outputs": distill.get("teacher_outputs"),
+        "teacher_outputs": distill.get("teacher_outputs"), "teachers": distill.get("teachers", 1),
     }
 
 

@@ -12,21 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekd.train.labels import labeled_part
+from edgekd.train.labels import labeled_repeated
 from edgekd.train.loop import FitResult, cross_entropy_step, fit
-
-
-def alone_training_set(train_x, train_y: torch.Tensor):
-    """The labeled images and labels, repeated in turn up to len(train_y) images (the inputs
-    themselves when every image is labeled)."""
-    labeled_x, labeled_y = labeled_part(train_x, train_y)
-    if len(labeled_y) == len(train_y):
-        return train_x, train_y
-    picks = torch.arange(len(train_y)) % len(labeled_y)
-    if isinstance(labeled_x, torch.Tensor):
-        return labeled_x[picks], labeled_y[picks]
-    part = labeled_x.take(picks.numpy())  # a streamed source of arrays
-    return part, part.labels
 
 
 def optimizer_steps(images: int, batch_size: int, epochs: int) -> int:
@@ -39,7 +26,7 @@ def train_alone(student: nn.Module, *, train_x, train_y, val_x, val_y, cfg, seed
                 checkpoint=None, resume: bool = False, log=None) -> FitResult:
     """Train `student` in place on cross-entropy only, as the distilled student was scheduled
     (cfg: the distill section); `checkpoint` and `resume` as in train.fit."""
-    x, y = alone_training_set(train_x, train_y)
+    x, y = labeled_repeated(train_x, train_y)
     with torch.random.fork_rng(devices=[]):  # the chain's RNG continues as if there were no baseline
         return fit(student, cross_entropy_step(student), train_x=x, train_y=y, val_x=val_x, val_y=val_y, cfg=cfg,
                    seed=seed, desc="distill", progress=progress, checkpoint=checkpoint, resume=resume, log=log)

@@ -58,11 +58,14 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
     if name == "data":
         return {"splits": store.splits()}
     if name == "teacher":
+        from edgekd.data.unlabeled import image_counts
         from edgekd.distill.config import extra_teacher_configs
 
         extra = extra_teacher_configs(recipe.distill) if distill.learns_from_teacher(recipe.distill) else []
-        # the teacher learns from the labeled images only (label-scarce data: edgekd.data.unlabeled)
-        return {"splits": store.splits(), "tensors": store.labeled_tensors(), "extra_teachers": extra}
+        # the teacher learns from the labeled images only, repeated to the train split's size per epoch
+        # (label-scarce data: edgekd.data.unlabeled)
+        return {"splits": store.splits(), "tensors": store.labeled_tensors(repeated=True),
+                "labeled": image_counts(store.tensors()["train_y"])["labeled"], "extra_teachers": extra}
     if name == "distill":
         teachers = [store.teacher(), *store.extra_teachers()] if distill.learns_from_teacher(recipe.distill) else []
         return {"splits": store.splits(), "tensors": store.tensors(), "teachers": teachers}

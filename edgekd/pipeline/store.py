@@ -54,13 +54,15 @@ class RunStore:
             }
         return self._tensors
 
-    def labeled_tensors(self) -> dict:
-        """tensors() with the train split cut to its labeled images (edgekd.data.unlabeled):
-        what the teacher learns from; the same dict when every image has its label."""
-        from edgekd.train.labels import labeled_part
+    def labeled_tensors(self, repeated: bool = False) -> dict:
+        """tensors() with the train split cut to its labeled images (edgekd.data.unlabeled),
+        repeated in turn to the train split's size with `repeated` (what the teacher learns
+        from: an epoch as long as every other stage's); the same dict when every image has its
+        label."""
+        from edgekd.train.labels import labeled_part, labeled_repeated
 
         t = self.tensors()
-        train_x, train_y = labeled_part(t["train_x"], t["train_y"])
+        train_x, train_y = (labeled_repeated if repeated else labeled_part)(t["train_x"], t["train_y"])
         return t if train_y is t["train_y"] else {**t, "train_x": train_x, "train_y": train_y}
 
     def update(self, artifacts: dict) -> None:

@@ -31,3 +31,18 @@ def labeled_part(train_x, train_y: torch.Tensor):
         return train_x[keep], train_y[keep]
     part = train_x.take(keep.numpy())
     return part, part.labels
+
+
+def labeled_repeated(train_x, train_y: torch.Tensor):
+    """The labeled images and labels, repeated in turn up to len(train_y) images (the inputs
+    themselves when every image is labeled): what trains on labels alone when labels are
+    scarce (the teacher, the student alone), so that its epoch has as many steps as the train
+    split's and `epochs` means the same in every stage, with val checked once per such epoch."""
+    labeled_x, labeled_y = labeled_part(train_x, train_y)
+    if len(labeled_y) == len(train_y):
+        return train_x, train_y
+    picks = torch.arange(len(train_y)) % len(labeled_y)
+    if isinstance(labeled_x, torch.Tensor):
+        return labeled_x[picks], labeled_y[picks]
+    part = labeled_x.take(picks.numpy())  # a streamed source of arrays
+    return part, part.labels

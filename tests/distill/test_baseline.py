@@ -6,26 +6,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgekd.distill.baseline import alone_training_set, optimizer_steps, train_alone
+from edgekd.distill.baseline import optimizer_steps, train_alone
 from edgekd.distill.config import DistillConfig
+from edgekd.train.labels import labeled_repeated
 from edgekd.train.loop import cross_entropy_step, fit
 
 
 def test_the_labeled_images_are_repeated_in_turn_to_the_train_split_s_size():
     x = torch.arange(7.0).view(7, 1, 1, 1)
     y = torch.tensor([-1, 1, -1, 0, -1, -1, 2])
-    alone_x, alone_y = alone_training_set(x, y)
+    alone_x, alone_y = labeled_repeated(x, y)
     assert alone_x.flatten().tolist() == [1.0, 3.0, 6.0, 1.0, 3.0, 6.0, 1.0]
     assert alone_y.tolist() == [1, 0, 2, 1, 0, 2, 1]
     labeled = torch.tensor([0, 1, 2, 0, 1, 2, 0])
-    assert alone_training_set(x, labeled)[0] is x  # full labels: the very same images
+    assert labeled_repeated(x, labeled)[0] is x  # full labels: the very same images
 
 
 def test_a_streamed_array_source_is_repeated_too():
     from edgekd.data.stream import ArraySource
 
     source = ArraySource(np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1), np.array([-1, 0, -1, 1]), (0.0,), (1.0,))
-    part, labels = alone_training_set(source, source.labels)
+    part, labels = labeled_repeated(source, source.labels)
     assert len(part) == 4 and labels.tolist() == [0, 1, 0, 1] and part.x.flatten().tolist() == [1, 3, 1, 3]
 
 

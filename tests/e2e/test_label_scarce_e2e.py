@@ -35,6 +35,7 @@ def test_label_scarce_distillation_end_to_end_and_resumed(tiny_run_inputs, tmp_p
     train = stages["data"]["train"]  # 135 of the 150 images after val, plus the 30 unlabeled ones
     assert train == 135 + 30 and stages["data"]["labeled"] == 12 and stages["data"]["unlabeled"] == train - 12
     assert stages["teacher"]["images"] == {"labeled": 12, "unlabeled": 0}
+    assert stages["teacher"]["images_per_epoch"] == train  # the 12 repeated: an epoch as long as the student's
     assert stages["distill"]["images"] == stages["prune"]["images"] == {"labeled": 12, "unlabeled": train - 12}
     alone = stages["distill"]["baseline"]
     assert alone["images"] == {"labeled": 12, "unlabeled": 0} and alone["images_per_epoch"] == train

@@ -11,10 +11,10 @@ from edgekd.train.config import TeacherConfig
 def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     """Train the teacher, or load its weights (and fine-tune them when epochs > 0).
 
-    inputs: `splits`, `tensors` (the labeled train images only, edgekd.data.unlabeled), and
+    inputs: `splits`, `tensors` (the labeled train images only, repeated in turn to the train
+    split's size when labels are scarce: edgekd.data.unlabeled), `labeled` (how many), and
     `extra_teachers`: the TeacherConfigs of distill.extra_teachers when the distillation scheme
     learns from them, else []."""
-    from edgekd.data.unlabeled import image_counts
     from edgekd.io.artifacts import load_weights, save_weights
     from edgekd.train.loop import accuracy, cross_entropy_step, fit
 
@@ -44,7 +44,9 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     record["val_top1"] = accuracy(teacher, t["val_x"], t["val_y"])
     record["flags"] = degenerate_flags(ctx, "teacher", teacher, t["val_x"], t["val_y"], spec.num_classes)
     record["weights"] = TEACHER_WEIGHTS
-    record["images"] = image_counts(t["train_y"])  # the labeled share only, when labels are scarce
+    record["images"] = {"labeled": inputs["labeled"], "unlabeled": 0}  # the labeled share only, when labels are scarce
+    if inputs["labeled"] < len(t["train_y"]):  # repeated in turn to the train split's size per epoch
+        record["images_per_epoch"] = len(t["train_y"])
     ctx.log(f"[teacher] {cfg.arch}: val top-1 {record['val_top1']:.2f}%")
     if inputs["extra_teachers"]:
         record["extra_teachers"] = _extra_teachers(ctx, inputs["extra_teachers"], spec, t)
