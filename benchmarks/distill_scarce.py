@@ -8,7 +8,8 @@ trained alone on the 600 labeled images, 3 seeds.
 
 Each seed is `edgekd compress RECIPE --baseline --seed S`: the seed draws its own 60 labeled
 images per class (data.labels_per_class); the teacher learns from those 600 (transferred where
-the recipe sets teacher.transfer), so every seed trains its own teacher; the student learns
+the recipe sets teacher.transfer; with teacher.semi_supervised, from the unlabeled images too),
+so every seed trains its own teacher; the student learns
 from all 54,000 train images (CE + KD on the labeled, KD alone on the unlabeled) and, in the
 same run, alone on the 600 labeled images repeated to the same number of optimizer steps.
 The teacher's own test top-1 is reported with it.
@@ -70,8 +71,11 @@ def main() -> int:
     teachers = rows[0]["teachers"]
     ensemble = ", ".join(f"{r['teachers_test_top1']:.2f}" for r in rows)
     shown = ", ".join(f"`{o}`" for o in args.overrides)
+    taught = rows[0]["teacher_images"]
+    also = (f" and {taught['unlabeled']:,} unlabeled ones (semi-supervised: teacher.semi_supervised)"
+            if taught.get("unlabeled") else "")
     note = (f"Recipe `{args.recipe}`{' with ' + shown if shown else ''}; {teachers} teacher(s) per seed, trained on "
-            f"that seed's labeled images ({rows[0]['teacher_images']['labeled']:,}); what the student learnt from (the "
+            f"that seed's labeled images ({taught['labeled']:,}){also}; what the student learnt from (the "
             f"teacher, or the average of the teachers' probabilities) reached {ensemble} % test top-1 (seeds "
             f"{', '.join(str(r['seed']) for r in rows)}; the table's teacher column is the first teacher alone). "
             "The distilled student saw "

@@ -58,8 +58,12 @@ def labels_section(stages: dict) -> list[str]:
     alone = (stages.get("distill") or {}).get("baseline")
     if isinstance(alone, dict):
         rows.insert(2, ("student alone (baseline)", alone["images"]))
-    text = ("The teacher learns from the labeled images; the student from all of them, the unlabeled ones through "
-            "the teacher's outputs alone (KD); val keeps its labels.")
+    taught = ((stages.get("teacher") or {}).get("images") or {}).get("unlabeled")
+    teacher = ("The teacher learns from the labeled images" if not taught else
+               "The teacher learns from every train image, the unlabeled ones through its own confident "
+               "predictions (teacher.semi_supervised)")
+    text = (f"{teacher}; the student from all of them, the unlabeled ones through the teacher's outputs alone (KD); "
+            "val keeps its labels.")
     return ["", "## Labels", "", text, "",
             "| stage | labeled images | unlabeled images |", "|---|---:|---:|",
             *[f"| {label} | {images['labeled']:,} | {images['unlabeled']:,} |" for label, images in rows]]

@@ -102,6 +102,31 @@ class TransferConfig:
 
 
 @dataclass(frozen=True)
+class SemiSupervisedConfig:
+    """A teacher that learns from the unlabeled train images too (edgekd.train.semi_supervised,
+    FixMatch): each step, `labeled_batch` labeled images with cross-entropy, and the train
+    split's batch with the moving average's confident predictions (top probability >=
+    `threshold`) as labels for a strongly augmented view, weighted by `unlabeled_weight`;
+    the average's weights decay by `ema_decay` per step."""
+
+    threshold: float = 0.95
+    labeled_batch: int = 64
+    unlabeled_weight: float = 1.0
+    ema_decay: float = 0.99
+
+    def __post_init__(self):
+        where = "teacher.semi_supervised"
+        check_number(self.threshold, f"{where}.threshold")
+        require(0 < self.threshold <= 1, f"{where}.threshold must be in (0, 1], got {self.threshold}")
+        check_number(self.labeled_batch, f"{where}.labeled_batch", high=MAX_BATCH_SIZE, integer=True)
+        require(self.labeled_batch >= 2, f"{where}.labeled_batch must be at least 2, got {self.labeled_batch}")
+        check_number(self.unlabeled_weight, f"{where}.unlabeled_weight", high=1e3)
+        require(self.unlabeled_weight >= 0, f"{where}.unlabeled_weight must be >= 0, got {self.unlabeled_weight}")
+        check_number(self.ema_decay, f"{where}.ema_decay")
+        require(0 <= self.ema_decay < 1, f"{where}.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
 class TeacherConfig(TrainConfig):
     """The teacher: trained here (epochs > 0) or loaded from weights (then epochs may be 0).
     Defaults: the default run's ResNet-8, 10 epochs on the plain images."""
@@ -114,6 +139,8 @@ class TeacherConfig(TrainConfig):
     transfer: Optional[TransferConfig] = None  # start from pretrained weights, new head (edgekd.transfer)
     # a teacher that exists only as ONNX: response KD from ONNX Runtime's logits (edgekd.distill.onnx_teacher)
     onnx: Optional[str] = None
+    # learn from the unlabeled train images too (FixMatch), when labels are scarce
+    semi_supervised: Optional[SemiSupervisedConfig] = None
     _stage = "teacher"
 
     def __post_init__(self):
@@ -125,6 +152,11 @@ class TeacherConfig(TrainConfig):
                 f"{self._stage}.onnx is a finished teacher: give it without {self._stage}.weights or .transfer")
         require(self.transfer is None or isinstance(self.transfer, TransferConfig),
                 f"{self._stage}.transfer must be a mapping like {{pretrained: FILE}}")
+        require(self.semi_supervised is None or isinstance(self.semi_supervised, SemiSupervisedConfig),
+                f"{self._stage}.semi_supervised must be a mapping like {{threshold: 0.95}}")
+        require(self.semi_supervised is None or (self.onnx is None and self.transfer is None),
+                f"{self._stage}.semi_supervised trains the teacher from scratch or from its weights: "
+                f"give it without {self._stage}.onnx or .transfer")
 
 
 def check_arch_fields(cfg) -> None:

@@ -55,15 +55,16 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> 
     """Random crop after padding by `pad`, and random horizontal flip, per sample.
 
     Padding replicates the border, so a black background stays black after normalization.
+    The draws come from `generator` (on the CPU); x may be on any device.
     """
     n, c, h, w = x.shape
     padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (torch.arange(h).view(1, h) + dy.view(n, 1)).view(n, 1, h, 1).expand(n, c, h, w)
-    cols = (torch.arange(w).view(1, w) + dx.view(n, 1)).view(n, 1, 1, w).expand(n, c, h, w)
+    rows = (torch.arange(h).view(1, h) + dy.view(n, 1)).view(n, 1, h, 1).expand(n, c, h, w).to(x.device)
+    cols = (torch.arange(w).view(1, w) + dx.view(n, 1)).view(n, 1, 1, w).expand(n, c, h, w).to(x.device)
     cropped = _crop(padded, rows, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     cropped[flip] = cropped[flip].flip(3)
     return cropped
 

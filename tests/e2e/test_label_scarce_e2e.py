@@ -54,6 +54,28 @@ def test_label_scarce_distillation_end_to_end_and_resumed(tiny_run_inputs, tmp_p
     assert resumed["student_alone"] == report["student_alone"]
 
 
+def test_semi_supervised_teachers_learn_from_every_train_image(tiny_run_inputs, tmp_path):
+    """teacher.semi_supervised (FixMatch), for the teacher and an extra one: each learns from the
+    labeled and the unlabeled images, and the record says how many got a pseudo-label."""
+    from edgekd.pipeline.chain import compress
+    from edgekd.recipe import Recipe
+
+    semi = "{threshold: 0.5, labeled_batch: 8}"
+    recipe = Recipe.from_yaml(tiny_run_inputs / "tiny.yaml", [
+        "data.labels_per_class=4", "distill.baseline=true", f"teacher.semi_supervised={semi}",
+        f"distill.extra_teachers=[{{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, semi_supervised: {semi}}}]"])
+    report = compress(recipe, tmp_path / "run", progress=False, log=lambda line: None)
+    stages = report["stages"]
+    train = stages["data"]["train"]
+    for record in (stages["teacher"], stages["teacher"]["extra_teachers"][0]):
+        assert record["images"] == {"labeled": 12, "unlabeled": train - 12} and "images_per_epoch" not in record
+        details = record["semi_supervised"]
+        assert details["method"] == "fixmatch" and details["threshold"] == 0.5
+        assert 0 <= details["pseudo_labeled_fraction"] <= 1 and details["continues"] in ("model", "ema")
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert f"| teacher | 12 | {train - 12} |" in text and "The teacher learns from every train image" in text
+
+
 def refused(result, expected: str) -> None:
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

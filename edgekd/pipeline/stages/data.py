@@ -35,7 +35,8 @@ def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
     record.update(splits.record)
     if splits.record.get("unlabeled"):
         ctx.log(f"[data] {record['labeled']:,} labeled and {record['unlabeled']:,} unlabeled train images: the "
-                "teacher learns from the labeled ones, the student from all (KD alone on the unlabeled)")
+                "teacher learns from the labeled ones (from all with teacher.semi_supervised), the student from "
+                "all (KD alone on the unlabeled)")
     skipped = splits.record.get("skipped")
     if skipped:
         total = sum(sum(v.values()) if isinstance(v, dict) else v for v in skipped.values())
