@@ -33,6 +33,10 @@ class DistillConfig(TrainConfig):
     augment: bool = False
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the KD (response) term; CE on labels gets 1 - alpha
+    # the response term: hinton (KL of the softened outputs) or dkd (decoupled KD, Zhao et al.
+    # 2022: target-class and non-target-class parts, the latter weighted by dkd_beta)
+    response: str = "hinton"
+    dkd_beta: float = 8.0
     # what else is transferred, added with weights: feature- and relation-based terms, e.g.
     # [{kind: fitnet, student: features.4, teacher: layers.2, weight: 1.0}]; kinds, their keys
     # and defaults: edgekd.distill.terms.TERMS (fitnet, at, sp, rkd, and any registered there)
@@ -66,6 +70,10 @@ class DistillConfig(TrainConfig):
         require(self.temperature > 0, "distill.temperature must be positive")
         check_number(self.alpha, "distill.alpha")
         require(0.0 <= self.alpha <= 1.0, "distill.alpha must be between 0 and 1")
+        require(self.response in RESPONSES,
+                f"unknown distill.response {shown(self.response)}; available: {', '.join(RESPONSES)}")
+        check_number(self.dkd_beta, "distill.dkd_beta", high=MAX_DKD_BETA)
+        require(self.dkd_beta >= 0, f"distill.dkd_beta must be >= 0, got {self.dkd_beta}")
         terms = require_list(self.terms, "terms")
         require(len(terms) <= MAX_TERMS, f"distill.terms has {len(terms)} entries; at most {MAX_TERMS}")
         object.__setattr__(self, "terms", [_distill_term(t, i) for i, t in enumerate(terms)])
@@ -93,7 +101,7 @@ class DistillConfig(TrainConfig):
                 "learnt from the teacher; raise distill.alpha or set distill.mixup: 0")
         check_flag(self.baseline, "distill.baseline")
         teacher_keys = {"terms": self.terms, "extra_teachers": self.extra_teachers, "mixup": self.mixup,
-                        "teacher_outputs": self.teacher_outputs != "auto"}
+                        "teacher_outputs": self.teacher_outputs != "auto", "response": self.response != "hinton"}
         for key, used in teacher_keys.items():  # these schemes have no teacher to read them from
             require(not (used and self.scheme in ("online", "ema")),
                    f"distill.{key} needs the teacher, and distill.scheme '{self.scheme}' trains without one; "
@@ -107,6 +115,8 @@ class DistillConfig(TrainConfig):
 
 
 DISTILL_SCHEMES = ("offline", "online", "born-again", "ema")
+RESPONSES = ("hinton", "dkd")
+MAX_DKD_BETA = 1000.0
 TEACHER_OUTPUTS = ("auto", "per_batch", "cached")
 
 

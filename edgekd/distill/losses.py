@@ -4,7 +4,8 @@ Each loss is a plain function of tensors (tested against hand-computed values):
 
 - response: Hinton KD (`kd_loss`), and its multi-teacher form, in which the teachers'
   temperature-softened *probabilities* are averaged (`averaged_soft_targets`) and the
-  student matches that average (`soft_target_loss`);
+  student matches that average (`soft_target_loss`); decoupled KD (`dkd_loss`, Zhao et al.
+  2022), distill.response: dkd;
 - feature: FitNets hints (`fitnet_loss`, with a learned 1x1 conv regressor on the student
   side when channel counts differ) and attention transfer (`at_loss`, Zagoruyko &
   Komodakis 2017);
@@ -71,6 +72,35 @@ def multi_teacher_kd_loss(student_logits: torch.Tensor, teacher_logits: Sequence
     """KD from several teachers: the student matches the average of their softened probabilities."""
     probs = averaged_soft_targets(teacher_logits, temperature)
     return soft_target_loss(student_logits, probs, labels, temperature=temperature, alpha=alpha)
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor, *,
+             temperature: float, alpha: float, beta: float) -> torch.Tensor:
+    """Decoupled KD (Zhao et al. 2022), against the teacher's softened probabilities (one
+    teacher's or an average): (1 - alpha) * CE(student, y) + alpha * (TCKD + beta * NCKD), where
+    TCKD is the KL of the binary (target class, all others) split of the probabilities and NCKD
+    the KL among the non-target classes alone, both times T^2. Hinton KD is TCKD + (1 - p_t)·NCKD
+    with p_t the teacher's target probability: a confident teacher thus mutes the non-target
+    knowledge, which beta restores. The target class of an unlabeled image (-1) is the teacher's."""
+    ce = labeled_cross_entropy(student_logits, labels)
+    if alpha == 0.0:
+        return ce
+    teacher_probs = teacher_probs.detach().float()
+    target = torch.where(labels >= 0, labels, teacher_probs.argmax(1))
+    is_target = F.one_hot(target, student_logits.shape[1]).bool()
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
+    eps = torch.finfo(torch.float32).tiny
+    # TCKD: the binary split (target, rest)
+    t_target = teacher_probs.masked_fill(~is_target, 0).sum(1).clamp(eps, 1 - 1e-7)
+    s_target = log_p.masked_fill(~is_target, 0).sum(1).exp().clamp(eps, 1 - 1e-7)
+    tckd = (t_target * (t_target / s_target).log()
+            + (1 - t_target) * ((1 - t_target) / (1 - s_target)).log()).mean()
+    # NCKD: the distribution among the other classes, the target's share removed
+    log_q_student = F.log_softmax((student_logits.float() / temperature).masked_fill(is_target, -1e4), dim=1)
+    q_teacher = teacher_probs.masked_fill(is_target, 0)
+    q_teacher = q_teacher / q_teacher.sum(1, keepdim=True).clamp_min(eps)
+    nckd = F.kl_div(log_q_student.masked_fill(is_target, 0), q_teacher, reduction="batchmean")
+    return (1.0 - alpha) * ce + alpha * temperature**2 * (tckd + beta * nckd)
 
 
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,9 +32,10 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edgekd.distill.config import DistillConfig
-from edgekd.distill.losses import averaged_soft_targets, kd_loss, soft_target_loss
+from edgekd.distill.losses import averaged_soft_targets, dkd_loss, kd_loss, soft_target_loss
 from edgekd.distill.mixup import mixed_batch
 from edgekd.distill.terms import Capture, Term
 from edgekd.errors import ConfigError
@@ -65,10 +66,25 @@ def kd_step(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, cached_l
             with torch.no_grad():  # within fit's autocast: the training precision
                 teacher_logits = teacher(images)
         logits = student(images)
-        loss = mix.loss(lambda y: kd_loss(logits, teacher_logits, y, temperature=cfg.temperature, alpha=cfg.alpha))
+        if cfg.response == "dkd":
+            probs = F.softmax(teacher_logits.float() / cfg.temperature, dim=1)
+            loss = mix.loss(lambda y: response_loss(logits, probs, y, cfg))
+        else:
+            loss = mix.loss(lambda y: kd_loss(logits, teacher_logits, y, temperature=cfg.temperature,
+                                              alpha=cfg.alpha))
         return loss, logits
 
     return step
+
+
+def response_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
+                  cfg: DistillConfig) -> torch.Tensor:
+    """The response term of distill.response against the teachers' softened probabilities:
+    Hinton KD (soft_target_loss) or decoupled KD (dkd_loss)."""
+    if cfg.response == "dkd":
+        return dkd_loss(logits, teacher_probs, labels, temperature=cfg.temperature, alpha=cfg.alpha,
+                        beta=cfg.dkd_beta)
+    return soft_target_loss(logits, teacher_probs, labels, temperature=cfg.temperature, alpha=cfg.alpha)
 
 
 class StudentWithRegressors(nn.Module):
@@ -132,7 +148,7 @@ def knowledge_step(student: nn.Module, teachers: Sequence[nn.Module], terms: lis
         images, mix = mixed_batch(images, labels, cfg.mixup)
         probs, targets = teacher_targets(images, index)
         logits = student(images)
-        loss = mix.loss(lambda y: soft_target_loss(logits, probs, y, temperature=cfg.temperature, alpha=cfg.alpha))
+        loss = mix.loss(lambda y: response_loss(logits, probs, y, cfg))
         for term, term_targets in zip(terms, targets):
             loss = loss + term.loss(student_capture.take(term.student), term_targets)
         return loss, logits

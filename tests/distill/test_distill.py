@@ -142,6 +142,17 @@ def test_distill_leaves_the_teacher_untouched(make_tiny_cnn, kd_data, augment):
     assert all(p.grad is not None for p in student.parameters())
 
 
+@pytest.mark.parametrize("teachers", [1, 2])
+def test_decoupled_kd_trains_the_student_from_one_or_several_teachers(make_tiny_cnn, kd_data, teachers):
+    teacher = [make_tiny_cnn(seed=k) for k in range(teachers)]
+    student = make_tiny_cnn(seed=5)
+    before = [p.clone() for p in student.parameters()]
+    cfg = DistillConfig(epochs=1, batch_size=8, lr=0.01, augment=True, response="dkd", temperature=4.0, alpha=0.5)
+    result = distill(student, teacher if teachers > 1 else teacher[0], cfg=cfg, progress=False, **kd_data)
+    assert math.isfinite(result.epochs[0]["loss"]) and result.epochs[0]["loss"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
 def test_teacher_logits_are_cached_without_augmentation(make_tiny_cnn, kd_data):
     teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
     calls = watch(teacher)

@@ -214,3 +214,53 @@ def test_unknown_layer_names_the_valid_ones(make_tiny_cnn):
     check_layer(model, "features.4", what="what")  # exists: no error
     with pytest.raises(ConfigError, match="no nn.Linear classifier"):
         check_layer(nn.Sequential(nn.Conv2d(1, 2, 3)), None, what="rkd")
+
+
+# -- decoupled KD (distill.response: dkd) -----------------------------------------------------------
+
+
+def test_dkd_with_beta_one_minus_the_target_probability_is_hinton_kd():
+    """Zhao et al.'s identity, per sample: KL = TCKD + (1 - p_target) * NCKD."""
+    from edgekd.distill.losses import dkd_loss, soft_kl
+
+    torch.manual_seed(0)
+    student, teacher, label, t = torch.randn(1, 5), 2 * torch.randn(1, 5), torch.tensor([2]), 2.0
+    probs = torch.softmax(teacher / t, dim=1)
+    beta = float(1 - probs[0, 2])
+    dkd = dkd_loss(student, probs, label, temperature=t, alpha=1.0, beta=beta)
+    assert math.isclose(float(dkd), float(soft_kl(teacher, student, t)), rel_tol=1e-5)
+
+
+def test_dkd_is_zero_when_the_student_matches_and_mixes_cross_entropy_by_alpha():
+    from edgekd.distill.losses import dkd_loss
+
+    torch.manual_seed(1)
+    logits, labels, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), 4.0
+    probs = torch.softmax(logits / t, dim=1)
+    assert float(dkd_loss(logits, probs, labels, temperature=t, alpha=1.0, beta=8.0)) == pytest.approx(0, abs=1e-5)
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    mixed = dkd_loss(logits, probs, labels, temperature=t, alpha=0.25, beta=8.0)
+    assert float(mixed) == pytest.approx(0.75 * float(ce), abs=1e-5)
+
+
+def test_dkd_takes_the_teachers_class_as_the_target_of_an_unlabeled_image():
+    from edgekd.distill.losses import dkd_loss
+
+    torch.manual_seed(2)
+    student, teacher = torch.randn(3, 4), torch.randn(3, 4)
+    probs = torch.softmax(teacher / 2, dim=1)
+    unlabeled = dkd_loss(student, probs, torch.full((3,), -1), temperature=2.0, alpha=1.0, beta=8.0)
+    as_teacher = dkd_loss(student, probs, probs.argmax(1), temperature=2.0, alpha=1.0, beta=8.0)
+    assert torch.allclose(unlabeled, as_teacher)
+
+
+def test_recipe_checks_the_response_term():
+    from edgekd.distill.config import DistillConfig
+
+    assert DistillConfig(response="dkd", dkd_beta=4.0).dkd_beta == 4.0
+    with pytest.raises(ConfigError, match="unknown distill.response 'dk'; available: hinton, dkd"):
+        DistillConfig(response="dk")
+    with pytest.raises(ConfigError, match="distill.dkd_beta must be >= 0"):
+        DistillConfig(response="dkd", dkd_beta=-1)
+    with pytest.raises(ConfigError, match="distill.response needs the teacher"):
+        DistillConfig(response="dkd", scheme="online")
