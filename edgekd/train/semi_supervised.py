@@ -50,7 +50,8 @@ def strong_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class Stats:
-    """How many unlabeled images of the loop's batches got a pseudo-label, for the record."""
+    """How many unlabeled images of the loop's batches got a pseudo-label, for the record (the
+    steps this process ran: a resumed training counts from where it resumed)."""
 
     def __init__(self):
         self.unlabeled, self.confident = 0, 0

@@ -67,8 +67,9 @@ def _train(ctx: Context, model, cfg: TeacherConfig, inputs: dict, *, seed: int, 
             model, cfg, train_x=every["train_x"], train_y=every["train_y"], val_x=every["val_x"],
             val_y=every["val_y"], seed=seed, desc=desc, progress=ctx.progress, checkpoint=checkpoint,
             resume=ctx.resume, log=ctx.log)
-        ctx.log(f"[{desc}] semi-supervised: {details['pseudo_labeled_fraction']} of the unlabeled images "
-                f"pseudo-labeled on average; val top-1 {details['model_val_top1']:.2f}% (model), "
+        share = details["pseudo_labeled_fraction"]
+        labeled = "no unlabeled images" if share is None else f"{share:.0%} of the unlabeled images pseudo-labeled"
+        ctx.log(f"[{desc}] semi-supervised: {labeled} on average; val top-1 {details['model_val_top1']:.2f}% (model), "
                 f"{details['ema_val_top1']:.2f}% (moving average): the {details['continues']} continues")
         return model, {**fit_summary(fit_result), "semi_supervised": details,
                        "images": image_counts(every["train_y"])}
