@@ -58,15 +58,13 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
     if name == "data":
         return {"splits": store.splits()}
     if name == "teacher":
-        from edgekd.data.unlabeled import image_counts
         from edgekd.distill.config import extra_teacher_configs
 
         extra = extra_teacher_configs(recipe.distill) if distill.learns_from_teacher(recipe.distill) else []
         # the teacher learns from the labeled images only, repeated to the train split's size per epoch
         # (label-scarce data: edgekd.data.unlabeled); with teacher.semi_supervised from all of them
         return {"splits": store.splits(), "tensors": store.labeled_tensors(repeated=True),
-                "all_tensors": store.tensors(), "labeled": image_counts(store.tensors()["train_y"])["labeled"],
-                "extra_teachers": extra}
+                "all_tensors": store.tensors(), "extra_teachers": extra}
     if name == "distill":
         teachers = [store.teacher(), *store.extra_teachers()] if distill.learns_from_teacher(recipe.distill) else []
         return {"splits": store.splits(), "tensors": store.tensors(), "teachers": teachers}

@@ -80,11 +80,11 @@ def fixmatch_step(pair, labeled_x: torch.Tensor, labeled_y: torch.Tensor, cfg: S
         pair.ema.eval()
         with torch.no_grad():
             confidence, pseudo = pair.ema(images).float().softmax(1).max(1)
-        known = labels != UNLABELED
+        known, confident = labels != UNLABELED, confidence >= cfg.threshold
         pseudo = torch.where(known, labels, pseudo)
-        keep = (known | (confidence >= cfg.threshold)).float()
+        keep = (known | confident).float()
         stats.unlabeled += int((~known).sum())
-        stats.confident += int(((~known) & (confidence >= cfg.threshold)).sum())
+        stats.confident += int((~known & confident).sum())
         strong = strong_augment(images, generator)
         logits = pair.student(compute.batch(torch.cat([labeled_images.to(strong.dtype), strong])))
         labeled_logits, unlabeled_logits = logits[: cfg.labeled_batch], logits[cfg.labeled_batch:]

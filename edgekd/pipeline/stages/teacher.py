@@ -14,7 +14,7 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
 
     inputs: `splits`, `tensors` (the labeled train images only, repeated in turn to the train
     split's size when labels are scarce: edgekd.data.unlabeled), `all_tensors` (the whole train
-    split, its unlabeled images too: teacher.semi_supervised), `labeled` (how many), and
+    split, its unlabeled images too: teacher.semi_supervised), and
     `extra_teachers`: the TeacherConfigs of distill.extra_teachers when the distillation scheme
     learns from them, else []."""
     from edgekd.io.artifacts import load_weights, save_weights
@@ -83,8 +83,11 @@ def _train(ctx: Context, model, cfg: TeacherConfig, inputs: dict, *, seed: int, 
 def _labeled_only(inputs: dict) -> dict:
     """The images a supervised teacher learns from: the labeled share only when labels are
     scarce, repeated in turn to the train split's size per epoch."""
-    record = {"images": {"labeled": inputs["labeled"], "unlabeled": 0}}
-    if inputs["labeled"] < len(inputs["tensors"]["train_y"]):
+    from edgekd.data.unlabeled import image_counts
+
+    labeled = image_counts(inputs["all_tensors"]["train_y"])["labeled"]
+    record = {"images": {"labeled": labeled, "unlabeled": 0}}
+    if labeled < len(inputs["tensors"]["train_y"]):
         record["images_per_epoch"] = len(inputs["tensors"]["train_y"])
     return record
 
