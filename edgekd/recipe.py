@@ -98,17 +98,36 @@ class Recipe:
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple = ()) -> "Recipe":
         raw = read_yaml(path)
         resolve_file_paths(raw, Path(path).parent)
-        for item in overrides:  # paths given on the command line stay relative to the current folder
-            apply_override(raw, item)
-        return cls.from_dict(raw, str(path))
+        return cls._with_overrides(raw, overrides, str(path))
 
     @classmethod
     def default(cls, overrides: list[str] | tuple = ()) -> "Recipe":
         """The built-in default recipe (the dataclass defaults), with `--set` overrides."""
-        raw: dict = {}
-        for item in overrides:
-            apply_override(raw, item)
-        return cls.from_dict(raw, "the default recipe")
+        return cls._with_overrides({}, overrides, "the default recipe")
+
+    @classmethod
+    def _with_overrides(cls, raw: dict, overrides, source: str) -> "Recipe":
+        """The recipe `raw` with `--set` items applied; an error that only the overrides bring
+        names --set as its source rather than the recipe."""
+        import copy
+
+        merged = copy.deepcopy(raw)
+        for item in overrides:  # paths given on the command line stay relative to the current folder
+            apply_override(merged, item)
+        try:
+            return cls.from_dict(merged, source)
+        except ConfigError:
+            if not overrides or not cls._builds(raw, source):
+                raise
+        return cls.from_dict(merged, "--set")  # the recipe alone is valid: the overrides' error, named so
+
+    @classmethod
+    def _builds(cls, raw: dict, source: str) -> bool:
+        try:
+            cls.from_dict(raw, source)
+        except ConfigError:
+            return False
+        return True
 
     def replace(self, **fields) -> "Recipe":
         """A copy with fields set directly, top-level or 'section.key' (given as
@@ -195,7 +214,7 @@ def load_yaml(text: str, source: str):
     import yaml
 
     try:
-        return yaml.load(text, Loader=bounded_loader())  # a SafeLoader subclass
+        value = yaml.load(text, Loader=bounded_loader())  # a SafeLoader subclass
     except YamlTooLarge as exc:
         raise ConfigError(clip(f"{source}: {exc}; refusing it")) from None
     except Exception as exc:  # YAMLError, or what constructors raise: ValueError for 2024-13-45, ...
@@ -204,6 +223,23 @@ def load_yaml(text: str, source: str):
         if isinstance(exc, RecursionError):
             first = "nested too deeply"
         raise ConfigError(clip(f"{source} is not valid YAML: {first}")) from None
+    check_colon_keys(value, source)
+    return value
+
+
+def check_colon_keys(value, source: str) -> None:
+    """ConfigError for a flow mapping written without a space after its colons: YAML reads
+    {width:32} as one key 'width:32' with no value, which would later fail as an unknown name."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if item is None and isinstance(key, str) and ":" in key.strip(":"):
+                name, _, number = key.partition(":")
+                raise ConfigError(clip(f"{source}: YAML reads {shown(key)} as one key without a value; put a space "
+                                       f"after the colon: {{{name}: {number}}}"))
+            check_colon_keys(item, source)
+    elif isinstance(value, list):
+        for item in value:
+            check_colon_keys(item, source)
 
 
 class YamlTooLarge(Exception):

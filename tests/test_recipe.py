@@ -263,6 +263,27 @@ def test_override_with_wrong_type_is_rejected():
         Recipe.default(["teacher.epochs=ten"])
 
 
+def test_an_error_that_only_the_overrides_bring_names_set_not_the_recipe(tmp_path):
+    path = write(tmp_path, "teacher:\n  epochs: 2\n")
+    for build in (lambda items: Recipe.from_yaml(path, items), Recipe.default):
+        with pytest.raises(ConfigError, match=r"key 'teacher\.lr' in --set must be of type float"):
+            build(["teacher.epochs=3", "teacher.lr=fast"])
+    bad = write(tmp_path, "teacher:\n  epochs: ten\n")
+    with pytest.raises(ConfigError, match=r"key 'teacher\.epochs' in .*recipe\.yaml must be of type int"):
+        Recipe.from_yaml(bad, ["teacher.lr=0.1"])  # the recipe's own error keeps its file's name
+    assert Recipe.from_yaml(bad, ["teacher.epochs=3"]).teacher.epochs == 3  # --set may mend the recipe
+
+
+@pytest.mark.parametrize("text", ["{width:32}", "[{arch: tinycnn, arch_args: {depth:2}}]"])
+def test_a_flow_mapping_without_spaces_after_colons_is_explained(tmp_path, text):
+    """YAML reads {width:32} as the key 'width:32' with no value: the error says to add the space."""
+    with pytest.raises(ConfigError, match=r"as one key without a value; put a space after the colon: \{\w+: \d+\}"):
+        Recipe.default([f"teacher.arch_args={text}"])
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: YAML reads '\w+:\d+' as one key"):
+        Recipe.from_yaml(write(tmp_path, f"distill:\n  extra_teachers: {text}\n"))
+    assert Recipe.default(["teacher.arch_args={width: 2}"]).teacher.arch_args == {"width": 2}
+
+
 def test_scientific_notation_float():
     assert Recipe.default(["distill.lr=1e-3"]).distill.lr == pytest.approx(0.001)
 

@@ -62,8 +62,10 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
 
         extra = extra_teacher_configs(recipe.distill) if distill.learns_from_teacher(recipe.distill) else []
         # the teacher learns from the labeled images only, repeated to the train split's size per epoch
-        # (label-scarce data: edgekd.data.unlabeled); with teacher.semi_supervised from all of them
-        return {"splits": store.splits(), "tensors": store.labeled_tensors(repeated=True),
+        # (label-scarce data: edgekd.data.unlabeled); with teacher.semi_supervised from all of them,
+        # and the repeated copy (54,000 images from 600) is built only when a supervised teacher reads it
+        supervised = any(cfg.semi_supervised is None and cfg.onnx is None for cfg in (recipe.teacher, *extra))
+        return {"splits": store.splits(), "tensors": store.labeled_tensors(repeated=supervised),
                 "all_tensors": store.tensors(), "extra_teachers": extra}
     if name == "distill":
         teachers = [store.teacher(), *store.extra_teachers()] if distill.learns_from_teacher(recipe.distill) else []

@@ -13,7 +13,8 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     """Train the teacher, or load its weights (and fine-tune them when epochs > 0).
 
     inputs: `splits`, `tensors` (the labeled train images only, repeated in turn to the train
-    split's size when labels are scarce: edgekd.data.unlabeled), `all_tensors` (the whole train
+    split's size when labels are scarce (edgekd.data.unlabeled) and a teacher learns from them
+    supervised; only its val split is read otherwise), `all_tensors` (the whole train
     split, its unlabeled images too: teacher.semi_supervised), and
     `extra_teachers`: the TeacherConfigs of distill.extra_teachers when the distillation scheme
     learns from them, else []."""
