@@ -54,10 +54,16 @@ class Stats:
     steps this process ran: a resumed training counts from where it resumed)."""
 
     def __init__(self):
-        self.unlabeled, self.confident = 0, 0
+        self.unlabeled, self.confident = 0, 0  # 0-dimensional tensors on the device once counting
+
+    def add(self, unlabeled: torch.Tensor, confident: torch.Tensor) -> None:
+        """Count a batch's masks where they are: no device sync per step (read once, by fraction)."""
+        self.unlabeled = self.unlabeled + unlabeled.sum()
+        self.confident = self.confident + (unlabeled & confident).sum()
 
     def fraction(self) -> float | None:
-        return round(self.confident / self.unlabeled, 4) if self.unlabeled else None
+        unlabeled = int(self.unlabeled)
+        return round(int(self.confident) / unlabeled, 4) if unlabeled else None
 
 
 def fixmatch_step(pair, labeled_x: torch.Tensor, labeled_y: torch.Tensor, cfg: SemiSupervisedConfig,
@@ -83,8 +89,7 @@ def fixmatch_step(pair, labeled_x: torch.Tensor, labeled_y: torch.Tensor, cfg: S
         known, confident = labels != UNLABELED, confidence >= cfg.threshold
         pseudo = torch.where(known, labels, pseudo)
         keep = (known | confident).float()
-        stats.unlabeled += int((~known).sum())
-        stats.confident += int((~known & confident).sum())
+        stats.add(~known, confident)
         strong = strong_augment(images, generator)
         logits = pair.student(compute.batch(torch.cat([labeled_images.to(strong.dtype), strong])))
         labeled_logits, unlabeled_logits = logits[: cfg.labeled_batch], logits[cfg.labeled_batch:]
