@@ -9,8 +9,9 @@ Each seed is `edgekd compress RECIPE --baseline --seed S`: the distill stage tra
 with the teacher and, from the same initial weights with the same schedule, augmentation and
 number of optimizer steps, alone on cross-entropy (distill.baseline), and reports the test
 top-1 of both and the gain. The teacher is trained once, by seed 0's run, and loaded by the
-others (teacher.weights, teacher.epochs 0) unless --teacher-per-seed: the seeds then measure
-the student's variation with one teacher. (A seed also draws its own val split, so the first
+others (teacher.weights, teacher.epochs 0) unless --teacher-per-seed, or every seed loads the
+teacher given with --set teacher.weights=PATH: the seeds then measure the student's variation
+with one teacher. (A seed also draws its own val split, so the first
 teacher has seen some of another seed's val images; val only picks the best epoch, and the
 gain is measured on the test split.)
 
@@ -43,15 +44,17 @@ def main() -> int:
 
     args = arguments(__doc__, "models/fashion-mnist/distill-vs-alone.yaml", "/tmp/edgekd-distill-gain", [], add)
     rows = []
+    given = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("teacher.weights=")), None)
     for seed in args.seeds:
         overrides = list(args.overrides)
-        if rows and not args.teacher_per_seed:  # the first run's teacher, loaded
+        if rows and not args.teacher_per_seed and given is None:  # the first run's teacher, loaded
             first = args.work / f"seed{args.seeds[0]}" / "teacher.safetensors"
             overrides += [f"teacher.weights={first}", "teacher.epochs=0", "teacher.transfer=null"]
         rows.append(run_seed(args.recipe, seed, args.work / f"seed{seed}", overrides))
     gain = statistics.mean(r["gain_points"] for r in rows)
     params = max(r["student_params"] for r in rows)
     teacher = ("a teacher per seed" if args.teacher_per_seed
+               else f"one teacher ({given}), loaded by every seed's run" if given is not None
                else "one teacher (the first seed's run), loaded by the others")
     shown = ", ".join(f"`{o}`" for o in args.overrides)
     note = (f"Recipe `{args.recipe}`{' with ' + shown if shown else ''}; {teacher}. Each run: the distilled student "
