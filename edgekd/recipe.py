@@ -233,9 +233,9 @@ def check_colon_keys(value, source: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if item is None and isinstance(key, str) and ":" in key.strip(":"):
-                name, _, number = key.partition(":")
+                name, _, meant = key.partition(":")  # what the user meant as the value
                 raise ConfigError(clip(f"{source}: YAML reads {shown(key)} as one key without a value; put a space "
-                                       f"after the colon: {{{name}: {number}}}"))
+                                       f"after the colon: {{{name}: {meant}}}"))
             check_colon_keys(item, source)
     elif isinstance(value, list):
         for item in value:
