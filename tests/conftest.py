@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+import fuzzing  # noqa: F401 - loads the Hypothesis profile (derandomized, no database) before any test
+
 IN_CHANNELS = 1
 HW = 8
 NUM_CLASSES = 3
@@ -157,3 +159,38 @@ def tiny_run_inputs(tmp_path_factory):
     np.savez(folder / "tiny.npz", **arrays)
     (folder / "tiny.yaml").write_text(TINY_RUN_RECIPE.format(data=folder / "tiny.npz"))
     return folder
+
+
+# -- no test writes to the checkout (checked in CI, where nothing else edits the tree) ----------
+
+_CHECKOUT_NOISE = (".venv/", "__pycache__/", ".egg-info/")
+
+
+def _checkout_files() -> set[str] | None:
+    """Untracked and ignored paths of the checkout, less what installing and importing make."""
+    import subprocess
+    from pathlib import Path
+
+    top = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                             cwd=top, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an sdist): nothing to compare
+    return {line[3:] for line in out.splitlines() if not any(n in line for n in _CHECKOUT_NOISE)}
+
+
+def pytest_sessionstart(session):
+    import os
+
+    session.config._checkout_before = _checkout_files() if os.environ.get("CI") else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_checkout_before", None)
+    if before is None:
+        return
+    written = sorted((_checkout_files() or set()) - before)
+    if written:
+        print(f"\nTests wrote into the checkout (they must write under tmp_path): {', '.join(written[:10])}")
+        session.exitstatus = 1

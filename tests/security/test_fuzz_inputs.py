@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from edgekd.configtools import MAX_MESSAGE
@@ -28,12 +29,6 @@ from edgekd.data.splits import load_arrays
 from edgekd.errors import EdgekdError
 from edgekd.io.artifacts import load_state_dict
 from edgekd.recipe import Recipe, apply_override, parse_yaml_mapping
-
-
-def fuzz_settings(examples: int):
-    return settings(max_examples=examples, deadline=None, database=None, derandomize=False,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
 
 
 def accepted_or_bad_input(call):
