@@ -36,24 +36,27 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
     require_train("edgekd.compress")
     from edgekd.errors import ConfigError
     from edgekd.pipeline.chain import compress as run_chain
-    from edgekd.pipeline.layout import new_run_dir
-    from edgekd.pipeline.rundir import real_run_dir, run_recipe
+    from edgekd.pipeline.rundir import new_run_dir
+    from edgekd.pipeline.rundir import check_inputs_outside, real_run_dir, run_recipe
     from edgekd.recipe import Recipe
 
     if resume and run_dir is None:
         raise ConfigError("resume=True needs run_dir, the run to continue")
+    recipe_file = None
     if recipe is None:
         recipe = run_recipe(run_dir) if resume else Recipe()
     elif isinstance(recipe, (str, Path)):
-        recipe = Recipe.from_yaml(recipe)
+        recipe_file, recipe = recipe, Recipe.from_yaml(recipe)
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     from edgekd.train.distributed import is_main
 
-    if not is_main():  # another torchrun rank: it trains in a private copy, rank 0 owns run_dir and the report
+    if not is_main():  # another torchrun rank: it trains in its copy inside the run rank 0 owns, with the report
         run_chain(recipe, Path(run_dir or Path("runs") / recipe.name), resume=resume, force=force, progress=False)
         return {}
     run_dir = Path(run_dir) if resume else new_run_dir(recipe.name, run_dir, force)
+    if not resume:  # the recipe file too must survive the run that force replaces
+        check_inputs_outside(recipe, real_run_dir(run_dir), {"recipe": recipe_file})
     report = run_chain(recipe, run_dir, resume=resume, force=force, progress=progress)
     if report is None:  # every stage was already done
         report = json.loads((real_run_dir(run_dir) / "report.json").read_text())

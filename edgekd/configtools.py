@@ -1,7 +1,7 @@
 """Building frozen config dataclasses from raw YAML data: type conversion, unknown-key
 errors that name the key and the file, and the checks the sections' __post_init__ share:
-`require`, `check_number` (type, finiteness and the largest sensible value), `check_path`
-and `check_arch_args`.
+`require`, `check_number` (type, finiteness, float32's range: check_float32, and the largest
+sensible value), `check_path` and `check_arch_args`.
 
 Every message is one short line: values are quoted through `shown` (a bounded repr), and
 `clip` caps a whole message, so a huge or deeply nested value never floods the terminal.
@@ -29,6 +29,10 @@ MAX_WEIGHT_DECAY = 10.0
 MAX_NAME_LENGTH = 200  # names: architectures, registry entries, layers
 MAX_PATH_LENGTH = 4096
 MAX_LIST_LENGTH = 1000
+
+# float32's smallest normal and largest finite numbers (numpy.finfo(numpy.float32).tiny / .max)
+FLOAT32_TINY = 1.1754943508222875e-38
+FLOAT32_MAX = 3.4028234663852886e38
 
 # arch_args: keyword arguments of a model factory, plain data of a bounded size
 MAX_ARCH_ARGS = 32
@@ -88,9 +92,9 @@ def _fmt(bound) -> str:
 
 
 def check_number(value, key: str, *, high=None, integer: bool = False, optional: bool = False) -> None:
-    """`value` is a number (an int if `integer`; never a bool), finite and at most `high`
-    (None: a range check of the section's own says more). Lower bounds stay with each
-    section's own checks, whose messages name them."""
+    """`value` is a number (an int if `integer`; never a bool), finite, representable in
+    float32 (check_float32) and at most `high` (None: a range check of the section's own says
+    more). Lower bounds stay with each section's own checks, whose messages name them."""
     if optional and value is None:
         return
     if integer:
@@ -99,8 +103,25 @@ def check_number(value, key: str, *, high=None, integer: bool = False, optional:
     else:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         require(ok, f"{key} must be a finite number, got {shown(value)}")
+        check_float32(value, key)
     if high is not None and value > high:
         raise ConfigError(clip(f"{key} must be at most {_fmt(high)}, got {shown(value)}"))
+
+
+def check_float32(value, key: str) -> None:
+    """A recipe number that training, quantization or ONNX Runtime computes with in float32
+    must survive the conversion: 0, or a magnitude between float32's smallest normal number
+    (FLOAT32_TINY, 1.18e-38; smaller ones become 0 or lose their precision, and a "> 0" check
+    passed in float64 then divides by 0 or crashes a sampler) and its largest (inf beyond).
+    The one rule for every recipe float: check_number, arch_args and preflight's walk call it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0 or not math.isfinite(value):
+        return
+    if abs(value) < FLOAT32_TINY:
+        raise ConfigError(clip(f"{key} is {shown(value)}, which float32 (the precision edgekd computes in) "
+                               f"cannot hold: it becomes 0; use 0 or a value of at least {FLOAT32_TINY:.3g}"))
+    if abs(value) > FLOAT32_MAX:
+        raise ConfigError(clip(f"{key} is {shown(value)}, beyond float32's largest number ({FLOAT32_MAX:.4g}): it "
+                               "becomes inf; use a smaller value"))
 
 
 def check_flag(value, key: str, *, optional: bool = False) -> None:
@@ -150,6 +171,7 @@ def check_arch_args(value, key: str) -> None:
         require(depth <= MAX_ARCH_ARGS_DEPTH, f"{key} is nested deeper than {MAX_ARCH_ARGS_DEPTH} levels")
         if isinstance(item, float):
             require(math.isfinite(item), f"{where} must be a finite number, got {shown(item)}")
+            check_float32(item, where)
         elif isinstance(item, str):
             require(len(item) <= MAX_NAME_LENGTH, f"{where} is a string of {len(item):,} characters; at most "
                     f"{MAX_NAME_LENGTH}")

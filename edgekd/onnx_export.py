@@ -4,7 +4,8 @@ The model is exported with a dynamic batch axis, checked with onnx.checker, give
 self-describing metadata (input layout, normalization, class names, stage, edgekd
 version, parameters, MACs) and run in ONNX Runtime at batch sizes other than the export
 example's; every output must be within atol + rtol x the magnitude of its row's PyTorch
-outputs (PARITY_RTOL); the report gives the max absolute and relative differences.
+outputs (PARITY_RTOL); the report gives the max absolute and relative differences. What
+those batches hold is estimated first (check_parity_memory) and refused over the memory budget.
 """
 
 from __future__ import annotations
@@ -157,6 +158,31 @@ def to_onnx(
             )
     report.seconds = time.perf_counter() - start
     return report
+
+
+# ONNX Runtime runs the parity batches after PyTorch, and its arena, grown in powers of two,
+# keeps up to about as much again
+PARITY_MEMORY_FACTOR = 2
+ASSUMED_ACTIVATIONS = 16  # x the input, for a model that cannot be measured at the data's size
+
+
+def check_parity_memory(model: nn.Module, input_shape, probe_shape, cfg: ExportConfig, hint: str) -> None:
+    """ConfigError (exit 2) before the export's forwards (the MACs count, the trace, the parity
+    batches) when the largest of them at `input_shape` would not fit the memory budget:
+    measured at `probe_shape`, the data's size (edgekd.models.activations), then scaled."""
+    from edgekd.errors import ConfigError
+    from edgekd.io.membudget import check_memory
+    from edgekd.models.activations import forward_bytes
+
+    batch = max([EXAMPLE_BATCH, *cfg.check_batch_sizes])
+    try:
+        forward = forward_bytes(model, input_shape, probe_shape, batch)
+    except Exception:  # noqa: BLE001 - a model that takes only the export's size (a head fixed to it)
+        forward = batch * ASSUMED_ACTIVATIONS * 4 * math.prod(int(d) for d in input_shape)
+    need = PARITY_MEMORY_FACTOR * forward
+    dims = "x".join(str(int(d)) for d in input_shape)
+    check_memory(need, f"exporting at {dims} (a forward of {batch} samples in PyTorch, then in ONNX Runtime, "
+                 "for the parity check)", hint, error=ConfigError)
 
 
 FP16_ATOL = 1e-2  # fp16 keeps about 3 significant digits: logits agree to about 1e-2 of their size

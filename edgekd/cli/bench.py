@@ -11,7 +11,7 @@ import click
 from edgekd.cli.group import verbosity_options
 from edgekd.cli.preprocess_options import preprocess_options
 from edgekd.cli.provider_options import echo_provider_list, provider_control_options
-from edgekd.errors import ConfigError, first_line
+from edgekd.errors import ConfigError, EdgekdError, first_line
 from edgekd.runtime.providers import PROVIDERS
 
 
@@ -85,7 +85,7 @@ def _load_bench_json(path) -> dict:
 
 def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> None:
     """The output files of a bench: never an input, never replaced without --force (exit 2)."""
-    from edgekd.runtime.outputs import check_outputs, input_files
+    from edgekd.io.outputs import check_outputs, input_files
 
     if any(flags.values()):
         check_outputs(flags, input_files(models, eval_set, reference), force=force,  # an image folder: guarded as a run directory
@@ -95,10 +95,15 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
 @click.command()
 @click.argument("models", nargs=-1, type=click.Path())
 @click.option("--data", "eval_set", metavar="NAME|PATH",
-              help="Data to measure accuracy on: an eval set (.npz with uint8 x in NCHW and labels y, e.g. a "
-                   "run's eval.npz), a registered dataset's name (its test split) or an image folder (one "
-                   "subfolder per class, classes in sorted order). Without it: latency on synthetic input, no "
-                   "accuracy.")
+              help="Data to measure accuracy on: an eval set (.npz with uint8 x in NCHW, labels y and class_names, "
+                   "e.g. a run's eval.npz), a registered dataset's name (its test split) or an image folder (one "
+                   "subfolder per class, named as the model's classes; without edgekd.class_names in the model, "
+                   "classes in sorted order). A class the model does not know is refused. Without it: latency on "
+                   "synthetic input, no accuracy.")
+@click.option("--fit-data", is_flag=True,
+              help="Convert (grey <-> RGB) and resize eval arrays (.npz, a dataset) whose channels or size differ "
+                   "from the model's input, per its preprocessing, and note it in the result. Without it they are "
+                   "refused (image folders are always decoded at the model's size).")
 @click.option("--provider", default="cpu", show_default=True,
               help=f"ONNX Runtime execution provider: a registered short name ({', '.join(PROVIDERS.names())}), "
                    "a full name or an installed plugin (onnxruntime-ep-ID); a comma list (cpu,openvino) or 'all' "
@@ -126,7 +131,8 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
                    "a run directory's files).")
 @click.option("--list-providers", is_flag=True, help="List the execution providers of this onnxruntime and exit.")
 @click.option("--compare", nargs=2, type=click.Path(), metavar="A.json B.json",
-              help="Compare two JSON reports (ratios B/A) instead of benching.")
+              help="Compare two JSON reports (ratios B/A) instead of benching; exit 1 when they have no result "
+                   "in common (same model name, batch size and threads).")
 @verbosity_options
 @click.option("--inter-threads", type=int, default=0, show_default=True,
               help="Inter-op threads; > 0 runs the graph in ONNX Runtime's parallel execution mode.")
@@ -143,7 +149,7 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
                    "Default: on whenever several models or providers are compared.")
 @provider_control_options  # --provider-option, --session-config, ...: one `provider_control` argument
 @preprocess_options()  # --preprocess, --mean, --std, ...: one `preprocess` argument
-def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
+def bench(models, eval_set, fit_data, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
           csv_out, md_out, plot, force, list_providers, compare, quiet, verbose, warmup_seconds, inter_threads,
           intra_spinning, inter_spinning, reference, interleave, preprocess, provider_control):
     """Latency (p50/p90/p99 after warm-up, throughput), peak memory and top-1 of ONNX MODELS.
@@ -167,6 +173,9 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
     if compare:
         a, b = (_load_bench_json(p) for p in compare)
         rows = benchfmt.compare(a, b)
+        if not rows:  # a gate: a comparison of nothing has failed (exit 1), it has not passed
+            raise EdgekdError(benchfmt.format_compare(rows, compare[0], compare[1]) + "; compare reports of the "
+                              "same models and settings")
         if as_json:
             click.echo(json.dumps({"a": compare[0], "b": compare[1], "models": rows}, indent=2))
         else:
@@ -187,7 +196,7 @@ def bench(models, eval_set, provider, batch_size, warmup, runs, min_seconds, thr
                        progress=not quiet, provider=provider, warmup=warmup, runs=runs, min_seconds=min_seconds,
                        warmup_seconds=warmup_seconds, inter_threads=inter_threads,
                        intra_spinning=spin[intra_spinning], inter_spinning=spin[inter_spinning],
-                       interleave=interleave, preprocess=preprocess, **provider_control)
+                       interleave=interleave, preprocess=preprocess, fit_data=fit_data, **provider_control)
     # checked again just before each write: a file may have appeared while benching
     if json_out:
         _check_outputs({"--json-out": json_out}, models, eval_set, reference, force)

@@ -9,9 +9,9 @@ import click
 from edgekd.cli.group import verbosity_options
 from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
-from edgekd.pipeline.layout import new_run_dir
+from edgekd.pipeline.rundir import new_run_dir
 from edgekd.train.distributed import is_main
-from edgekd.pipeline.rundir import run_recipe
+from edgekd.pipeline.rundir import check_inputs_outside, real_run_dir, run_recipe
 
 
 @click.command()
@@ -73,8 +73,10 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
                  "deterministic": True if deterministic else None, "device": device, "train__precision": precision,
                  "distill__baseline": True if baseline else None}
         resolved = resolved.replace(**{k: v for k, v in flags.items() if v is not None})
-        # under torchrun only rank 0 picks and checks the run directory; the others train in a private copy
+        # under torchrun only rank 0 picks and checks the run directory; the others get it from rank 0
         run_dir = new_run_dir(resolved.name, out_dir, force) if is_main() else Path(out_dir or "runs/" + resolved.name)
+        if is_main():  # the recipe file too must survive the run that --force replaces
+            check_inputs_outside(resolved, real_run_dir(run_dir), {"RECIPE": recipe})
     ctx = click.get_current_context()
     ctx.obj["run_dir"] = str(run_dir)  # for the resume hint after Ctrl-C, SIGTERM or a full disk
 

@@ -36,7 +36,9 @@ from edgekd.recipe import parse_yaml_mapping
               help="Export for this input size instead of the data's (the architecture must take it).")
 @click.option("--dynamic-hw", is_flag=True, help="Make height and width dynamic axes, as the batch is.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
-@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--force", is_flag=True,
+              help="Replace the output file if it exists (never an input, a file of the run outside RUN_DIR/export/, "
+                   "nor a name a run owns such as state/ or recipe.yaml).")
 @verbosity_options
 @preprocess_options(input_size=False)  # with --weights: the preprocessing written into the metadata for bench
 def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, data_path, int8, output, fp16, fp32_io,

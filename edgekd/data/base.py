@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgekd.errors import ConfigError, DataError
+from edgekd.io.membudget import UNKNOWN_MEMORY, check_memory, memory_budget, size_text  # noqa: F401 - shared here
 
 SYSTEM_DATA_DIR = "/usr/share/datasets"  # where Debian's dataset-* packages install
 
@@ -18,7 +19,6 @@ CLASSES_PER_IMAGE = 10  # without names, the largest label + 1 is at most this m
 MAX_CLASS_NAME = 1024  # characters of one class name
 MIN_IMAGE_SIDE = 2  # pixels: a 1x1 image has no spatial structure to learn from
 MAX_CHANNELS = 1024
-UNKNOWN_MEMORY = 8 * 1024**3  # assumed available when the OS does not say
 
 
 class RawArrays(NamedTuple):
@@ -70,30 +70,6 @@ def generic_class_names(*labels: np.ndarray, source: str = "the dataset") -> tup
             "labels must be 0..number of classes - 1"
         )
     return tuple(str(i) for i in range(top + 1))
-
-
-def memory_budget() -> int:
-    """Bytes one array (a dataset, a batch) may take: half of the memory available now
-    (edgekd.runtime.machine reads it), or half of UNKNOWN_MEMORY where the OS does not say."""
-    from edgekd.runtime.machine import available_memory_bytes
-
-    available = available_memory_bytes()
-    return (available if available else UNKNOWN_MEMORY) // 2
-
-
-def size_text(nbytes: int) -> str:
-    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.3g} {unit}"
-    return f"{nbytes} bytes"
-
-
-def check_memory(nbytes: int, what: str, hint: str, error=DataError) -> None:
-    """`error` (exit 2) before `nbytes` are allocated for `what` when they exceed memory_budget()."""
-    budget = memory_budget()
-    if nbytes > budget:
-        raise error(f"{what} would take {size_text(nbytes)}, more than half of the memory available "
-                    f"({size_text(budget)}); {hint}")
 
 
 def check_batch_memory(batch_size: int, images: int, image_shape, key: str) -> None:

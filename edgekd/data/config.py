@@ -3,13 +3,13 @@ path), how it is split, and how its images are preprocessed and fed to training.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 from edgekd.configtools import MAX_BATCH_SIZE, check_flag, check_number, check_path, clip, require, shown
 from edgekd.data.formats import FORMATS, unknown_dataset
+from edgekd.data.preprocess import check_resize
 
 MAX_IMAGES = 10**9  # limit_train / limit_test: more than any dataset held in memory
 MAX_IMAGE_SIZE = 4096  # pixels on a side of data.image_size
@@ -85,6 +85,7 @@ class DataConfig:
         self.crop  # noqa: B018 - checks image_size
         check_number(self.crop_fraction, "data.crop_fraction")
         require(0.0 < self.crop_fraction <= 1.0, f"data.crop_fraction must be in (0, 1], got {shown(self.crop_fraction)}")
+        check_resize(self.resize, self.channels, "data.crop_fraction")  # bench's --crop-fraction: the same check
         require(self.channels in (None, 1, 3), f"data.channels must be 1 (grey) or 3 (RGB), got {shown(self.channels)}")
         for key in ("mean", "std"):
             check_stat(getattr(self, key), f"data.{key}", positive=key == "std")
@@ -130,10 +131,10 @@ def resize_for(crop: tuple[int, int], crop_fraction: float) -> int:
 
 
 def cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """The CPUs this process may use: affinity and cgroup CPU quota (edgekd.train.threads, no torch)."""
+    from edgekd.train.threads import cpu_limit
+
+    return cpu_limit()
 
 
 def check_stat(value, key: str, *, positive: bool) -> None:

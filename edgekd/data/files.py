@@ -3,7 +3,8 @@ file before training, and decoding.
 
 numpy and PIL only (PIL imported where an image is opened). A format lists its files as a
 FileDataset (paths and labels, nothing decoded); `scan` then opens and decodes every file
-once, in a thread pool, and sorts out the bad ones (unreadable, truncated or corrupt, smaller
+once, in a thread pool whose decodes are bounded by the bytes they hold (edgekd.data.decodegate),
+and sorts out the bad ones (unreadable, truncated or corrupt, smaller
 than the crop): a DataError naming the first, or, with data.skip_bad, a list to skip and
 count. JPEGs are decoded at 1/8 scale for the check (libjpeg still reads every byte, so a
 truncated file fails), which keeps the check of 50,000 files to seconds.
@@ -20,8 +21,10 @@ from typing import NamedTuple
 import numpy as np
 
 from edgekd.data.base import MIN_IMAGE_SIDE
-from edgekd.data.preprocess import GRAY_MODES, fit_image, to_chw, to_mode
+from edgekd.data.decodegate import DECODE_GATE
+from edgekd.data.preprocess import GRAY_MODES, decode_bytes, fit_image, to_chw, to_mode
 from edgekd.errors import DataError, joined_lines
+from edgekd.io.regular import not_regular, open_regular
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_FILES = 10**8
@@ -73,6 +76,10 @@ def open_image(path: str):
     """The PIL image at `path` (header read only); DataError when it cannot be opened."""
     from PIL import Image
 
+    kind = not_regular(path)
+    if kind not in (None, "missing"):  # a FIFO would block the decoder (a file swapped after the scan)
+        raise DataError(f"cannot read image {path}: it is {kind}, not an image file; replace or remove it "
+                        "(or set data.skip_bad: true)")
     try:
         return Image.open(path)
     except Exception as exc:  # PIL raises several types for unreadable files
@@ -84,7 +91,7 @@ def open_image(path: str):
 def check_png_header(file: Path) -> None:
     """DataError with the minimum size when `file` is a PNG whose header declares a side < MIN_IMAGE_SIDE."""
     try:
-        with open(file, "rb") as f:
+        with open_regular(file, OSError) as f:
             head = f.read(24)
     except OSError:
         return
@@ -95,10 +102,11 @@ def check_png_header(file: Path) -> None:
                             f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; use larger images")
 
 
-def decode(path: str, mode: str, resize: int | None = None):
-    """The image at `path` decoded and converted to `mode` ('L' or 'RGB'). With `resize`, a
-    large JPEG is decoded at the smallest 1/2^k scale whose shorter side is still at least
-    `resize` (libjpeg's DCT scaling, much faster)."""
+def decode(path: str, mode: str, resize: int | None = None, finish=None):
+    """The image at `path` decoded and converted to `mode` ('L' or 'RGB'), then `finish(image)`
+    if given, admitted by the decode gate for what that holds (edgekd.data.decodegate). With
+    `resize`, a large JPEG is decoded at the smallest 1/2^k scale whose shorter side is still at
+    least `resize` (libjpeg's DCT scaling, much faster)."""
     with open_image(path) as image:
         if resize is not None and image.format == "JPEG":
             short = min(image.size)
@@ -107,23 +115,29 @@ def decode(path: str, mode: str, resize: int | None = None):
                 scale *= 2
             if scale > 1:
                 image.draft(image.mode, (image.width // scale, image.height // scale))
-        try:
-            image.load()
-            return to_mode(image, mode)
-        except Exception as exc:  # truncated and corrupt files fail only when the pixels are decoded
-            raise DataError(f"cannot decode image {path} ({joined_lines(exc)}); replace or remove it "
-                            "(or set data.skip_bad: true)") from exc
+        cost = decode_bytes(image.mode, image.width, image.height, mode, resize if finish else None)
+        with DECODE_GATE.admit(cost, path):
+            try:
+                image.load()
+                converted = to_mode(image, mode)
+            except Exception as exc:  # truncated and corrupt files fail only when the pixels are decoded
+                raise DataError(f"cannot decode image {path} ({joined_lines(exc)}); replace or remove it "
+                                "(or set data.skip_bad: true)") from exc
+            return converted if finish is None else finish(converted)
 
 
 def decode_fitted(path: str, mode: str, resize: int | None, crop: tuple | None) -> np.ndarray:
     """uint8 (C, H, W): decoded, resized and center-cropped (edgekd.data.preprocess.fit_image)."""
-    return to_chw(fit_image(decode(path, mode, resize), resize, crop))
+    return decode(path, mode, resize, finish=lambda image: to_chw(fit_image(image, resize, crop)))
 
 
 def probe(path: str, crop: tuple | None) -> tuple:
     """(mode, width, height) of a readable, fully decodable image, else (None, reason, message)."""
     from PIL import Image
 
+    kind = not_regular(path)
+    if kind not in (None, "missing"):  # a manifest row may name a FIFO, which would block Image.open forever
+        return None, "not_a_file", f"{path} is {kind}, not an image file"
     try:
         image = Image.open(path)
     except Exception as exc:  # noqa: BLE001 - PIL raises several types
@@ -141,10 +155,15 @@ def probe(path: str, crop: tuple | None) -> tuple:
             return None, "too_small", (f"{path} is {width}x{height}, smaller than the crop {crop[1]}x{crop[0]} "
                                        "(data.image_size); use larger images or a smaller data.image_size")
         mode = image.mode
+        if image.format == "JPEG":
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        cost = decode_bytes(image.mode, image.width, image.height, image.mode)
+        too_large = DECODE_GATE.refusal(cost, path)
+        if too_large is not None:  # refused before any pixel is decoded
+            return None, "too_large", too_large
         try:
-            if image.format == "JPEG":
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            image.load()
+            with DECODE_GATE.admit(cost, path):
+                image.load()
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
             return None, "corrupt", f"cannot decode image {path} ({joined_lines(exc)})"
     return mode, width, height

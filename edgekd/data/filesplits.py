@@ -30,6 +30,7 @@ from edgekd.data.files import (
     scan,
     thread_map,
 )
+from edgekd.data.fingerprint import files_part
 from edgekd.data.formats.idx import IDX_FILES, find_idx_file
 from edgekd.data.formats.manifest import is_manifest, list_manifest
 from edgekd.data.memory import shared_copy, shared_empty
@@ -45,10 +46,12 @@ from edgekd.data.splits import (
     stratified_split,
 )
 from edgekd.errors import DataError
+from edgekd.io.regular import not_regular, what_it_is
 
 STATS_SAMPLE = 1000  # train images the mean and std of a streamed dataset are computed from
 IMAGEFOLDER_HINT = "DIR (with train/<class>/*.png and test/<class>/*.png)"
 MANIFEST_HINT = "FILE.csv|FILE.jsonl|DIR (with train.csv and test.csv)"
+FILES_FINGERPRINT = "files_fingerprint"  # the key of Splits.record that the data stage takes out
 
 
 def list_files(cfg: DataConfig) -> FileDataset | None:
@@ -66,7 +69,12 @@ def list_files(cfg: DataConfig) -> FileDataset | None:
 
 
 def list_path(path: Path, skip_empty: bool = False) -> FileDataset | None:
-    """A dataset path that is a manifest file or an image folder (not an IDX folder), listed."""
+    """A dataset path that is a manifest file or an image folder (not an IDX folder), listed. A
+    path to a FIFO or device is refused here: reading it would block or never end."""
+    kind = not_regular(path)
+    if kind not in (None, "missing", "a folder"):
+        raise DataError(f"data path {path} {what_it_is(kind)}; pass an .npz or .csv/.jsonl file, or an image or "
+                        "IDX folder")
     if path.is_file() and is_manifest(path):
         return list_manifest(str(path))
     if path.is_dir() and (path / "train").is_dir() and not find_idx_file(path, IDX_FILES["train_x"]):
@@ -141,13 +149,17 @@ def decode_dataset(ds: FileDataset, cfg: DataConfig | None = None) -> RawArrays:
 
 
 def file_splits(ds: FileDataset, cfg: DataConfig, seed: int) -> Splits:
-    """Split a file dataset: decoded into arrays when small and without image_size, else streamed."""
+    """Split a file dataset: decoded into arrays when small and without image_size, else streamed.
+    The record holds the fingerprint of the whole listing under FILES_FINGERPRINT, for the data
+    stage to keep (edgekd.data.fingerprint); it is taken from this list, not from a second walk."""
+    listing = files_part(ds)
     rng = np.random.default_rng(seed)
     ds = ds._replace(train=_limit(ds.train, cfg.limit_train, rng),
                      test=_limit(ds.test, cfg.limit_test, np.random.default_rng(0)))
     train, test, mode, crop, skipped = checked(ds, cfg)
     channels = 1 if mode == "L" else 3
     record = {"skipped": skipped} if skipped else {}
+    record[FILES_FINGERPRINT] = listing
     if not choose_streaming(cfg, len(train), channels * crop[0] * crop[1], files=True):
         workers = cfg.worker_count()
         count = len(train) + len(test)

@@ -9,6 +9,11 @@ from the same PIL call, so the results are identical (tests/data check it).
     fit_image(image, resize=256, crop=(224, 224))      # a PIL image
     fit_array(x_uint8_nchw, resize=256, crop=(224, 224))  # uint8 (N, C, 224, 224)
 
+Memory is estimated before it is used: decode_bytes() is what decoding, converting and
+resizing one image holds at once (what the decode gate admits, edgekd.data.decodegate), and
+check_resize() refuses a resize side that no image could be resized to within the memory
+budget (a crop fraction of 0.0001 makes a 224 crop a shorter side of 2,240,000 pixels).
+
 What a model was trained with travels in its ONNX metadata as `edgekd.preprocess`
 (preprocess_metadata), and eval.npz holds images already at the model's input size.
 """
@@ -31,11 +36,51 @@ def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
     return new_h, new_w
 
 
+def pixel_bytes(mode: str) -> int:
+    """Bytes per pixel of a PIL image in `mode` as PIL stores it (RGB takes 4, like RGBA)."""
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
+CONVERT_FLOAT_BYTES = 26  # to_mode of 16-bit and float grey: a uint8 view, float64 values, rint and clip copies
+
+
+def decode_bytes(source_mode: str, width: int, height: int, mode: str, resize: int | None = None) -> int:
+    """What one image (`source_mode`, width x height) holds at once while it is decoded whole,
+    converted to `mode` (to_mode) and its shorter side resized to `resize` (fit_image)."""
+    pixels = int(width) * int(height)
+    total = pixels * pixel_bytes(source_mode)
+    if source_mode != mode:
+        wide = source_mode.startswith("I") or source_mode == "F"
+        total += pixels * (CONVERT_FLOAT_BYTES if wide else 4 + pixel_bytes(mode))  # P with transparency: via RGBA
+    if resize is not None:
+        new_h, new_w = resized_size(int(height), int(width), resize)
+        total += new_h * new_w * pixel_bytes(mode)
+    return total
+
+
+def check_resize(resize: int | None, channels: int | None, setting: str, error=None) -> None:
+    """`error` (ConfigError by default; exit 2) when even a square image, whose shorter side is
+    its longer one, resized to a shorter side of `resize` would not fit the memory budget:
+    checked where the resize side is computed from a crop fraction, before any image."""
+    from edgekd.errors import ConfigError
+    from edgekd.io.membudget import check_memory
+
+    if resize is None:
+        return
+    mode = "L" if channels == 1 else "RGB"
+    check_memory(int(resize) ** 2 * pixel_bytes(mode), f"resizing the images to a shorter side of {int(resize):,} "
+                 f"pixels (the crop / {setting})", f"raise {setting} (0.875: a 224 crop from a shorter side of 256)",
+                 error=error or ConfigError)
+
+
 def crop_box(height: int, width: int, crop: tuple[int, int]) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the center crop, as torchvision places it."""
     top = int(round((height - crop[0]) / 2.0))
     left = int(round((width - crop[1]) / 2.0))
     return left, top, left + crop[1], top + crop[0]
+
+
+LARGE_RESIZE_PIXELS = 1 << 24  # below this a resize is not worth reading the memory budget for
 
 
 def fit_image(image, resize: int | None, crop: tuple[int, int] | None):
@@ -46,6 +91,12 @@ def fit_image(image, resize: int | None, crop: tuple[int, int] | None):
 
     if resize is not None:
         h, w = resized_size(image.height, image.width, resize)
+        if h * w > LARGE_RESIZE_PIXELS:  # a long thin image: its longer side grows as much
+            from edgekd.errors import DataError
+            from edgekd.io.membudget import check_memory
+
+            check_memory(h * w * pixel_bytes(image.mode), f"resizing a {image.width}x{image.height} image to {w}x{h}",
+                         "use images closer to square, or raise the crop fraction", error=DataError)
         if (h, w) != (image.height, image.width):
             image = image.resize((w, h), resample=Image.Resampling.BILINEAR)
     if crop is not None and (image.height, image.width) != tuple(crop):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgekd.configtools import (build_config, check_flag, check_names, check_number, clip, require, require_list,
-                                shown)
+from edgekd.configtools import (build_config, check_flag, check_float32, check_names, check_number, clip, require,
+                                require_list, shown)
 from edgekd.distill.terms import LAYER_KEYS, TERMS
 from edgekd.errors import ConfigError, first_line
 from edgekd.train.config import TeacherConfig, TrainConfig, check_arch_fields
@@ -139,6 +139,7 @@ def _distill_term(raw, index: int) -> dict:
             value = term[key]
             require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TERM_VALUE,
                    f"{where}.{key} must be a number >= 0 (at most {MAX_TERM_VALUE:g}), got {shown(value)}")
+            check_float32(value, f"{where}.{key}")
             term[key] = float(value)
     for side in LAYER_KEYS:
         value = term[side]

@@ -13,7 +13,8 @@ The teachers are frozen and in eval mode, run under torch.no_grad, in the traini
 precision (the step runs inside the training loop's autocast; edgekd.train.compute).
 distill.teacher_outputs says what they see. By default (auto), when the inputs are neither
 augmented nor mixed, what the loss needs from them (soft targets, and the per-sample targets
-of the terms) is computed once and reused every epoch, if it fits in TEACHER_CACHE_BYTES;
+of the terms) is computed once and reused every epoch, if it fits in TEACHER_CACHE_BYTES and the
+memory budget (caches_logits; preflight checks it with the data's counts);
 otherwise the teachers run at every step on exactly the batch the student sees (consistent
 teaching, Beyer et al. 2022; with distill.mixup, on the mixed images: function matching,
 edgekd.distill.mixup). `per_batch` always runs them per step; `cached` always computes them
@@ -39,6 +40,7 @@ from edgekd.distill.losses import averaged_soft_targets, dkd_loss, kd_loss, soft
 from edgekd.distill.mixup import mixed_batch
 from edgekd.distill.terms import Capture, Term
 from edgekd.errors import ConfigError
+from edgekd.io.membudget import check_memory, memory_budget, over_budget
 from edgekd.train.compute import current
 from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit, predict
 
@@ -204,9 +206,11 @@ def _distill(student, teachers, *, train_x, train_y, val_x, val_y, cfg, seed, pr
     if not terms and cfg.alpha == 0.0:  # nothing to learn from the teachers: plain cross-entropy
         return fit(student, cross_entropy_step(student), **fit_args)
     if not terms and len(teachers) == 1:
-        if cfg.caches_teacher() and ("logits", 0) not in store:
+        caching = ("logits", 0) in store or (cfg.caches_teacher() and caches_logits(
+            cfg, len(train_x), _outputs(student, train_x), log))
+        if caching and ("logits", 0) not in store:
             store[("logits", 0)] = predict(teachers[0], train_x)
-        cached = store[("logits", 0)] if cfg.caches_teacher() else None
+        cached = store[("logits", 0)] if caching else None
         return fit(student, kd_step(student, teachers[0], cfg, cached), **fit_args)
 
     student_capture = Capture(student, [n for term in terms for n in term.student])
@@ -215,16 +219,48 @@ def _distill(student, teachers, *, train_x, train_y, val_x, val_y, cfg, seed, pr
         model = _attach_term_modules(student, teachers[0], terms, train_x[:2], student_capture, teacher_capture, seed)
         targets = TeacherTargets(teachers, terms, teacher_capture, cfg.temperature)
         if cfg.caches_teacher():
-            if _cache_bytes(targets, train_x) <= TEACHER_CACHE_BYTES:
+            limit = min(TEACHER_CACHE_BYTES, memory_budget())
+            if _cache_bytes(targets, train_x) <= limit:
                 targets.fill_cache(store, train_x)
             elif cfg.teacher_outputs == "cached":
                 raise ConfigError(f"distill.teacher_outputs cached: the teachers' outputs for the terms would take "
-                                  f"more than {TEACHER_CACHE_BYTES >> 20} MiB; use auto or per_batch")
+                                  f"more than {limit >> 20} MiB; use auto or per_batch")
         step = knowledge_step(student, teachers, terms, cfg, targets, student_capture)
         return fit(model, step, **fit_args)
     finally:  # the student leaves without hooks (they would run in export and later stages)
         student_capture.remove()
         teacher_capture.remove()
+
+
+def logit_cache_bytes(images: int, outputs: int) -> int:
+    """What caching `outputs` float32 teacher outputs per image takes: twice, while predict()
+    joins its batches into one tensor."""
+    return 2 * 4 * int(images) * int(outputs)
+
+
+def caches_logits(cfg: DistillConfig, images: int, outputs: int, log=None) -> bool:
+    """Whether the teachers' outputs for `images` (`outputs` per image: the classes, times the
+    teachers) are computed once and cached: cfg.caches_teacher(), and they fit the memory
+    budget. Over it, `auto` runs the teacher at every step instead (the same targets: auto
+    caches only un-augmented, unmixed images) and `cached` is a ConfigError (exit 2) naming
+    the setting. Preflight calls it with the data's counts, before the teacher trains."""
+    if not cfg.caches_teacher():
+        return False
+    need, what = logit_cache_bytes(images, outputs), f"the teacher-logit cache ({images:,} images x {outputs:,} outputs)"
+    if cfg.teacher_outputs == "cached":
+        check_memory(need, f"distill.teacher_outputs cached: {what}", "set distill.teacher_outputs: per_batch (the "
+                     "teacher runs at every step) or auto", error=ConfigError)
+        return True
+    refused = over_budget(need, what, "the teacher runs at every step instead (distill.teacher_outputs: auto)")
+    if refused is not None and log is not None:
+        log(refused)
+    return refused is None
+
+
+def _outputs(student: nn.Module, train_x) -> int:
+    """Logits per image, from the student on one image (as many as the teacher's; the teacher
+    itself runs only for the cache)."""
+    return int(predict(student, train_x[:1]).reshape(1, -1).shape[1]) if len(train_x) else 0
 
 
 def _attach_term_modules(student, teacher, terms, probe, student_capture, teacher_capture, seed) -> nn.Module:

@@ -27,8 +27,9 @@ from edgekd.io.artifacts import atomic_write_text, load_checkpoint, remove_temp_
 from edgekd.pipeline.context import Context, StageResult, logger
 from edgekd.pipeline.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, STAGES
 from edgekd.pipeline.preflight import preflight
-from edgekd.pipeline.resume import check_changes, record_changes, stage_notes
-from edgekd.pipeline.rundir import check_new_run_dir, check_resume_dir, real_run_dir, run_folders, run_lock
+from edgekd.pipeline.resume import check_changes, check_data, record_changes, stage_notes
+from edgekd.pipeline.rundir import (check_inputs_outside, check_new_run_dir, check_resume_dir, run_folders,
+                                   run_lock)
 from edgekd.pipeline.runstate import (STATE_FILE, check_torch_rng, deterministic_mode, get_torch_rng, load_progress,
                                       save_progress, seed_everything, set_torch_rng)
 from edgekd.pipeline.stages import bench, data, distill, export, prune, quantize, report, teacher
@@ -99,15 +100,15 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force
     None when every stage was already done (or on a torchrun rank other than 0).
 
     Under torchrun (edgekd.train.distributed) every rank joins the process group first; rank
-    0 runs the chain in `run_dir`, the others in a private copy, where they train their share
-    of each batch and skip the stages that do not train.
+    0 runs the chain in `run_dir`, the others in their own copy inside it (state/rank<N>),
+    where they train their share of each batch and skip the stages that do not train.
     """
     ranks = distributed.world()[1]
     if ranks > 1:
         check_distributable(recipe)
         distributed.setup(resolve_compute(recipe.device, **dataclasses.asdict(recipe.train)).device)
         if not distributed.is_main():
-            return _follow(recipe, run_dir, resume)
+            return _follow(recipe, resume)
     try:
         return _compress(recipe, run_dir, resume=resume, force=force, progress=progress, log=log)
     finally:
@@ -125,20 +126,22 @@ def check_distributable(recipe: Recipe) -> None:
                           "rank 0 alone; run it in one process, or prune by ratio or target_macs")
 
 
-def _follow(recipe: Recipe, run_dir, resume: bool) -> None:
-    """A rank other than 0: the same chain in a private copy of the run (a resumed run is
-    copied as rank 0 left it), training its share; nothing is written to `run_dir`."""
+def _follow(recipe: Recipe, resume: bool) -> None:
+    """A rank other than 0: the same chain in its own copy inside the run that rank 0 holds (a
+    resumed run is copied as rank 0 left it), training its share; nothing else of the run is
+    written, and the copy is removed at the end."""
     import shutil
-    import tempfile
 
-    private = Path(tempfile.mkdtemp(prefix=f"edgekd-rank{distributed.world()[0]}-"))
-    work = private / "run"
+    real = distributed.share_run_dir(None)  # waits until rank 0 holds the run
+    work = distributed.rank_copy(real)
     try:
         if resume:
-            shutil.copytree(real_run_dir(run_dir), work, ignore=shutil.ignore_patterns(Path(LOCK_FILE).name))
+            distributed.copy_for_rank(real, work)
         _compress(recipe, work, resume=resume, force=False, progress=False, log=logger.debug)
+        shutil.rmtree(work, ignore_errors=True)
+        distributed.ranks_done(None)
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         distributed.teardown()
     return None
 
@@ -157,10 +160,12 @@ def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool,
     real = check_resume_dir(run_dir) if resume else check_new_run_dir(run_dir, force)
     ctx = Context(run_dir=real, seed=recipe.seed, resume=resume, progress=progress, log=log)
     state, changes = _resume_state(ctx, recipe, run_dir) if resume else ({"done": {}}, {})
-    if force and not resume:
-        _check_inputs_outside(recipe, real)
+    if not resume:
+        check_inputs_outside(recipe, real)
     compute = resolve_compute(recipe.device, **dataclasses.asdict(recipe.train))  # cuda w/o GPU: exit 2
     store = RunStore(recipe, ctx, records={})
+    if resume:  # the data the finished stages were made from; its file list before preflight scans the files
+        check_data(state, recipe.data, store.splits, real, run_dir, log)
     preflight(recipe, store, done=state["done"])  # bad data, models, weights, opset: before anything is written
     with run_lock(real, run_dir):
         if resume:  # again under the lock: another run may have advanced the state in between
@@ -185,6 +190,10 @@ def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool,
             seed_everything(recipe.seed)
             if state.get("torch_rng") is not None:
                 set_torch_rng(state["torch_rng"], ctx.path(STATE_FILE))
+            if distributed.is_main():
+                distributed.remove_rank_copies(real)  # left by a rank killed -9 in an earlier run
+                if distributed.world()[1] > 1:
+                    distributed.share_run_dir(real)  # the other ranks start now
             return _run_stages(ctx, recipe, store, state, stage_notes(state))
 
 
@@ -223,30 +232,14 @@ def _holds_only_lock(real: Path) -> bool:
     return entries <= {"state"} and {p.name for p in (real / "state").iterdir()} <= {Path(LOCK_FILE).name}
 
 
-def _check_inputs_outside(recipe: Recipe, real: Path) -> None:
-    """--force replaces a run's files: none of the recipe's input files may live in that run."""
-    cfg = recipe.teacher
-    inputs = {"data.name": recipe.data.name, "data.path": recipe.data.path, "data.unlabeled": recipe.data.unlabeled,
-              "teacher.weights": cfg.weights,
-              "teacher.transfer.pretrained": cfg.transfer.pretrained if cfg.transfer is not None else None}
-    for i, extra in enumerate(recipe.distill.extra_teachers):
-        if isinstance(extra, dict) and isinstance(extra.get("weights"), str):
-            inputs[f"distill.extra_teachers[{i}].weights"] = extra["weights"]
-    for key, value in inputs.items():
-        if value is None or not Path(value).expanduser().exists():
-            continue
-        target = Path(real_run_dir(value))
-        if target == real or real in target.parents:
-            raise ConfigError(f"{key} '{value}' is inside the run directory that --force would replace; copy it "
-                              "elsewhere first, or give another --out")
-
-
 def _run_stages(ctx: Context, recipe: Recipe, store: RunStore, state: dict, notes: dict) -> dict | None:
     final = None
     done = state["done"]
     for name, stage, section in CHAIN:
         if not distributed.is_main() and name in RANK0_ONLY and not (name == "quantize" and recipe.quantize.method == "qat"):
             continue  # another torchrun rank: only what trains together
+        if name == RANK0_ONLY[0] and distributed.world()[1] > 1 and distributed.is_main():
+            distributed.ranks_done(ctx.run_dir)  # the other ranks have trained: their copies go
         if name in done:
             store.records[name] = done[name]
             ctx.log(f"[{name}] done in an earlier run; skipped")

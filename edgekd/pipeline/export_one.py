@@ -51,16 +51,17 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
                           "the preprocessing it was trained with")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     if run_dir is not None:
-        from edgekd.pipeline.rundir import check_no_links, real_run_dir
+        from edgekd.pipeline.rundir import EXPORT_FOLDER, check_no_links, real_run_dir
 
         run_dir = real_run_dir(run_dir)
         check_no_links(run_dir)  # a link inside a run would let export read outside it
         recipe = Recipe.from_yaml(run_dir / RECIPE_FILE)
+        check_in_pytorch(run_dir, recipe, stage)
         cfg = recipe.teacher if stage == "teacher" else recipe.distill
         arch, arch_args = cfg.arch, cfg.arch_args
         data_cfg, seed, quant_cfg = recipe.data, recipe.seed, recipe.quantize
         export_cfg = dataclasses.replace(recipe.export, opset=opset)
-        default_output = run_dir / "export" / f"{name or stage}.{precision}.onnx"
+        default_output = run_dir / EXPORT_FOLDER / f"{name or stage}.{precision}.onnx"
     else:
         from edgekd.quant.config import QuantConfig
 
@@ -68,8 +69,10 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         export_cfg = ExportConfig(opset=opset)
         default_output = Path(weights).with_suffix(f".{precision}.onnx")
     output = Path(output) if output else default_output
-    if output.exists() and not force:
-        raise ConfigError(f"'{output}' already exists; use --force to replace it or -o for another file")
+    from edgekd.pipeline.rundir import check_export_output
+
+    check_export_output(output, force=force, run=run_dir, recipe=recipe if run_dir is not None else None,
+                        files={"--weights": weights, "--data": data_name, "--data-path": data_path})
 
     if run_dir is not None:  # the run's own model, loaded as the chain loads it (pruned if the run pruned)
         from edgekd.pipeline.context import Context
@@ -96,6 +99,12 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
 
     check_finite_weights(model, stage, arch)  # NaN weights are the model's fault, not the exporter's
     input_shape = (spec.channels, *(input_size or (spec.height, spec.width)))
+    if input_size is not None:  # every forward below runs at this size: measured at the data's first
+        from edgekd.onnx_export import check_parity_memory
+
+        check_parity_memory(model, input_shape, (spec.channels, spec.height, spec.width), export_cfg,
+                            "export at a smaller --input-size" + (" (or lower export.check_batch_sizes in the "
+                                                                  "run's recipe)" if run_dir is not None else ""))
     metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),
                               macs=count_macs(model, input_shape))
     metadata["edgekd.input_shape"] = json.dumps(list(input_shape))
@@ -144,3 +153,20 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     result["int8_top1_agreement"] = float((logits.argmax(1) == expected).mean() * 100)
     result["agreement_samples"] = len(expected)
     return result
+
+
+def check_in_pytorch(run_dir: Path, recipe: Recipe, stage: str) -> None:
+    """The run holds `stage` as a PyTorch model to export: a teacher given as ONNX
+    (teacher.onnx) has none, nor a stage that has not completed yet."""
+    from edgekd.pipeline.layout import TEACHER_ONNX
+    from edgekd.pipeline.runstate import load_progress
+
+    if stage == "teacher" and recipe.teacher.onnx is not None:
+        copy = run_dir / TEACHER_ONNX
+        use = f"'{copy}' (the run's copy, with edgekd metadata)" if copy.is_file() else f"'{recipe.teacher.onnx}'"
+        raise ConfigError(f"the teacher of run '{run_dir}' is an ONNX model already (teacher.onnx), with no PyTorch "
+                          f"weights to export: use {use} as it is")
+    trains = "teacher" if stage == "teacher" else "distill"
+    if trains not in load_progress(run_dir, STAGES)["done"]:
+        raise ConfigError(f"run '{run_dir}' has no {stage} to export yet: its {trains} stage has not completed; "
+                          f"finish the run first (edgekd compress --resume {run_dir})")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 from edgekd.errors import ConfigError
 
@@ -21,6 +19,7 @@ INT8_ONNX = "model.int8.onnx"
 EVAL_SET = "eval.npz"  # the test split, uint8, for benching on a device
 BENCH_JSON = "state/bench.json"  # the bench stage's results, read by the report stage
 QUANT_BUDGET_JSON = "state/quantize-budget.json"  # the accuracy-budget search, kept when it fails
+DATA_FINGERPRINT = "state/data-fingerprint.json.gz"  # the data stage's file list and array hashes (--resume)
 CHECKPOINTS = {"teacher": "state/teacher.ckpt", "distill": "state/distill.ckpt"}  # per-epoch training state
 BASELINE_CHECKPOINT = "state/distill.baseline.ckpt"  # removed with the distill stage's (chain._checkpoint_files)
 LOCK_FILE = "state/run.lock"  # held (flock) while a run uses the directory; names the holder
@@ -34,26 +33,6 @@ def extra_teacher_file(i: int) -> str:
 
 def extra_teacher_checkpoint(i: int) -> str:
     return f"state/teacher.extra{i}.ckpt"
-
-
-def new_run_dir(name: str, out_dir: str | None, force: bool) -> Path:
-    """The run directory as the user will see it (not resolved): an explicit out_dir (--out),
-    checked by `rundir.check_new_run_dir` (new or empty, or an earlier run with force), or the
-    first free runs/NAME, runs/NAME-2, ... (an entry of that name, even a dangling link, is taken)."""
-    from edgekd.pipeline.rundir import check_new_run_dir
-
-    if out_dir is not None:
-        path = Path(out_dir)
-        check_new_run_dir(path, force)
-        return path
-    check_run_name(name)
-    base = Path(RUNS_FOLDER) / name
-    path, n = base, 1
-    while os.path.lexists(path):
-        n += 1
-        path = base.with_name(f"{name}-{n}")
-    check_new_run_dir(path, force)  # runs/ itself may be a link: the real path must be new too
-    return path
 
 
 def check_run_name(name: str) -> None:

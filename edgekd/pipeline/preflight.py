@@ -11,7 +11,9 @@ expensive stages.
 - every weights file (teacher.weights, teacher.transfer.pretrained, extra teachers) is
   readable, fits its architecture and holds finite values;
 - export.opset is one the installed exporter and ONNX Runtime support;
-- pruning works on this student: a dry run on a copy of the untrained student.
+- pruning works on this student: a dry run on a copy of the untrained student;
+- the values that later stages read (val size for the int8 budget, semi-supervised data,
+  quantize exclusions and calibration, bench's session options): preflight_values.py.
 
 Stages already completed (`done`, on --resume) are not checked again: their inputs were
 checked when they ran, and may be gone since.
@@ -27,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.configtools import check_float32
 from edgekd.errors import ConfigError, DataError, EdgekdError, ModelFileError, first_line
 from edgekd.pipeline.context import build_arch, input_shape_of
+from edgekd.pipeline.preflight_values import check_values
 from edgekd.recipe import Recipe
 
 BATCH = 2  # images per forward check: batch norm trains on two
@@ -50,7 +54,7 @@ def preflight(recipe: Recipe, store, done=()) -> None:
             check_model("teacher", recipe.teacher.arch, recipe.teacher.arch_args, spec, images)
         student = check_model("distill", recipe.distill.arch, recipe.distill.arch_args, spec, images)
         if "teacher" not in done:
-            check_teacher(recipe, teacher, spec)
+            check_teacher(recipe, teacher, spec, images)
             for i, extra in enumerate(_extra_teachers(recipe), start=1):
                 what = f"distill.extra_teachers[{i - 1}]"
                 model = check_model(what, extra.arch, extra.arch_args, spec, images)
@@ -59,11 +63,15 @@ def preflight(recipe: Recipe, store, done=()) -> None:
         if "distill" not in done:
             distill.check(recipe.distill, spec=spec, teacher_arch=recipe.teacher.arch,
                           teacher_arch_args=recipe.teacher.arch_args)
+            from edgekd.distill.offline import caches_logits  # the logit cache fits, before the teacher trains
+
+            caches_logits(recipe.distill, len(splits.train_y), spec.num_classes * (1 + len(_extra_teachers(recipe))))
         qat = recipe.quantize.enabled and recipe.quantize.method == "qat"
         if "export" not in done or (qat and "quantize" not in done):
             check_opset(recipe.export.opset)
         if recipe.prune.enabled and "prune" not in done:
-            check_pruning(recipe, student, spec, images, labels)
+            student = check_pruning(recipe, student, spec, images, labels)  # as the export stage will get it
+        check_values(recipe, store, student, done)
 
 
 def check_batch_sizes(recipe: Recipe, images: int, image_shape) -> None:
@@ -81,8 +89,9 @@ def check_batch_sizes(recipe: Recipe, images: int, image_shape) -> None:
 
 
 def check_finite_numbers(values, where: str = "") -> None:
-    """Every number of the recipe is finite: an inf or NaN lr, temperature, tolerance or
-    duration is refused here (the config dataclasses check the ranges)."""
+    """Every number of the recipe is finite and fits float32 (configtools.check_float32): an
+    inf or NaN lr, temperature, tolerance or duration, or a 1e-50 that float32 makes 0, is
+    refused here (the config dataclasses check the ranges)."""
     if isinstance(values, dict):
         for key, value in values.items():
             check_finite_numbers(value, f"{where}.{key}" if where else str(key))
@@ -91,6 +100,8 @@ def check_finite_numbers(values, where: str = "") -> None:
             check_finite_numbers(value, f"{where}[{i}]")
     elif isinstance(values, float) and not math.isfinite(values):
         raise ConfigError(f"{where} must be a finite number, got {values}")
+    elif isinstance(values, float):  # arch_args, terms, stated preprocessing: not only the typed fields
+        check_float32(values, where)
 
 
 def check_data(splits):
@@ -153,31 +164,25 @@ def check_model(what: str, arch: str, arch_args: dict, spec, images):
     return model.eval()
 
 
-def check_onnx_teacher(recipe: Recipe, spec) -> None:
-    """teacher.onnx: a safe ONNX file taking the data's input, giving one logit per class, and
-    a distillation that needs only its logits."""
-    from edgekd.distill.onnx_teacher import OnnxTeacher, check_usable
+def check_onnx_teacher(recipe: Recipe, spec, images) -> None:
+    """teacher.onnx: a safe ONNX file taking the data's input, giving finite logits for the
+    data's classes on a real batch (as every batch of the run is checked), and a distillation
+    that needs only its logits."""
+    from edgekd.distill.onnx_teacher import check_on_batch, check_usable
 
     cfg = recipe.teacher
     _check_file("teacher.onnx", cfg.onnx)
-    teacher = OnnxTeacher(cfg.onnx, data_mean=spec.mean, data_std=spec.std)
-    teacher.check_input((spec.channels, spec.height, spec.width))
-    import torch
-
-    out = teacher(torch.zeros(2, spec.channels, spec.height, spec.width))
-    if tuple(out.shape) != (2, spec.num_classes):
-        raise ConfigError(f"teacher.onnx '{cfg.onnx}' gives outputs of shape {tuple(out.shape)} for 2 images; "
-                          f"expected ({2}, {spec.num_classes}): one logit per class of the data")
+    check_on_batch(cfg.onnx, spec, images)
     if recipe.distill.scheme not in ("offline", "born-again"):
         raise ConfigError(f"teacher.onnx is used by the offline and born-again schemes, not "
                           f"'{recipe.distill.scheme}'")
     check_usable(recipe.distill.terms)
 
 
-def check_teacher(recipe: Recipe, teacher, spec) -> None:
+def check_teacher(recipe: Recipe, teacher, spec, images) -> None:
     cfg = recipe.teacher
     if cfg.onnx is not None:
-        check_onnx_teacher(recipe, spec)
+        check_onnx_teacher(recipe, spec, images)
         return
     if cfg.weights is not None:
         check_weights("teacher.weights", cfg.weights, teacher, spec, transfer_hint=True)
@@ -334,9 +339,10 @@ def _quiet_fds():
             os.close(fd)
 
 
-def check_pruning(recipe: Recipe, student, spec, images, labels) -> None:
+def check_pruning(recipe: Recipe, student, spec, images, labels):
     """A dry run of the prune stage's channel removal on a copy of the untrained student, and a
-    forward pass through the result: a graph torch-pruning cannot handle fails here."""
+    forward pass through the result: a graph torch-pruning cannot handle fails here. Returns
+    the pruned copy."""
     import torch
 
     from edgekd.prune.channels import prune_channels
@@ -355,6 +361,7 @@ def check_pruning(recipe: Recipe, student, spec, images, labels) -> None:
     except Exception as exc:  # torch-pruning's plain errors
         raise ConfigError(f"prune cannot remove channels from {recipe.distill.arch} (tried before training): "
                           f"{type(exc).__name__}: {first_line(exc)}; set prune.protect or prune.enabled: false") from exc
+    return trial
 
 
 def _extra_teachers(recipe: Recipe) -> list:

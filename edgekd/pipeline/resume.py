@@ -6,17 +6,27 @@ A changed key is allowed only when every stage that reads it is still to run: th
 then applied, kept in progress.json (`recipe_changes`) and in the record of the first stage
 that reads it (so the report shows it). A change to a key that a completed stage used is
 refused with one line naming the keys: the report would otherwise contradict its artifacts.
+
+The data is compared too (`check_data`): the data stage records a fingerprint of what it read
+(edgekd.data.fingerprint; the details in state/data-fingerprint.json.gz, the digests in its
+record), and a resumed run whose data changed since is refused, naming what changed.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+from pathlib import Path
+from typing import Callable
 
-from edgekd.errors import ConfigError
-from edgekd.pipeline.layout import STAGES
+from edgekd.configtools import MAX_MESSAGE, clip
+from edgekd.errors import ConfigError, DataError
+from edgekd.io.regular import open_regular
+from edgekd.pipeline.layout import DATA_FINGERPRINT, STAGES
 
 MAX_KEYS_SHOWN = 8
+MAX_FINGERPRINT_BYTES = 2 * 1024**3  # the data fingerprint's details, unzipped (about 100 bytes per file)
 
 
 def plain(recipe_dict: dict) -> dict:
@@ -63,7 +73,7 @@ def first_stage(key: str, old: dict, new: dict) -> str:
         return "prune" if pruning else section
     if section in ("prune", "export"):
         return section
-    if section in ("name", "device"):  # where the remaining stages compute, not what: any time
+    if section in ("name", "device") or key == "train.threads":  # where/how the rest computes: any time
         return "report"
     return "data"  # unknown: assume everything reads it
 
@@ -119,3 +129,84 @@ def stage_notes(state: dict) -> dict:
             if isinstance(change, dict) and change.get("stage") in STAGES:
                 notes.setdefault(change["stage"], {})[key] = {"from": change.get("from"), "to": change.get("to")}
     return notes
+
+
+def data_fingerprint(splits) -> dict:
+    """The fingerprint of the data stage's data (edgekd.data.fingerprint): the file list that the
+    lister produced (kept in `splits.record`), and the loaded arrays' hashes."""
+    from edgekd.data.filesplits import FILES_FINGERPRINT
+    from edgekd.data.fingerprint import VERSION, arrays_part
+
+    return {"version": VERSION, "files": splits.record.get(FILES_FINGERPRINT), "arrays": arrays_part(splits)}
+
+
+def save_data_fingerprint(run_dir: Path, fingerprint: dict) -> dict:
+    """Write the fingerprint's details into the run (gzip JSON, atomic); returns the summary that
+    the data stage's record keeps (its digests, compared on --resume)."""
+    from edgekd.data.fingerprint import summary
+    from edgekd.io.artifacts import atomic_write_bytes
+
+    text = json.dumps(fingerprint, separators=(",", ":"), ensure_ascii=False)
+    atomic_write_bytes(Path(run_dir) / DATA_FINGERPRINT, gzip.compress(text.encode("utf-8", "surrogatepass"), mtime=0))
+    return summary(fingerprint)
+
+
+def check_data(state: dict, data_cfg, splits: Callable, run_dir: Path, shown, log: Callable[[str], None]) -> None:
+    """--resume: a run whose data stage is done must find the data it recorded. The file list
+    is compared first (stat only, before any file is scanned), then the loaded arrays
+    (`splits()`, which preflight loads anyway). A difference is a DataError naming it; a run
+    recorded before fingerprints existed resumes with a note."""
+    from edgekd.data.filesplits import list_files
+    from edgekd.data.fingerprint import VERSION, arrays_changes, arrays_part, digest, files_changes, files_part
+
+    record = (state.get("done") or {}).get("data")
+    if record is None:
+        return  # the data stage runs again, and records the data as it is now
+    recorded = record.get("fingerprint")
+    if recorded is None or (isinstance(recorded, dict) and recorded.get("version") != VERSION):
+        log(f"[resume] note: '{shown}' was started by an edgekd that did not record its data as this one does; "
+            "whether the data changed since is not checked")
+        return
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), (str, type(None)))
+                                                 for k in ("files_sha256", "arrays_sha256")):
+        raise ConfigError(f"resume state of '{shown}' is corrupt (bad data fingerprint); start a new run")
+    stored = _stored_fingerprint(Path(run_dir) / DATA_FINGERPRINT, recorded)
+    listing = list_files(data_cfg)
+    files = files_part(listing) if listing is not None else None
+    if digest(files) != recorded.get("files_sha256"):
+        old = stored.get("files")
+        _refuse(shown, files_changes(old, files) if old and files else
+                ["it is no longer a list of image files" if old and not files else "the list of files changed"])
+    arrays = arrays_part(splits())
+    if digest(arrays) != recorded.get("arrays_sha256"):
+        old = stored.get("arrays")
+        _refuse(shown, arrays_changes(old, arrays) if old else ["the loaded images or labels differ"])
+
+
+def _stored_fingerprint(path: Path, recorded: dict) -> dict:
+    """The fingerprint's details, each part kept only when its digest is the recorded one
+    ({} when the file is missing or unreadable: the refusal is then less specific)."""
+    from edgekd.data.fingerprint import digest
+
+    try:
+        with open_regular(path, OSError) as f, gzip.GzipFile(fileobj=f) as unzipped:
+            text = unzipped.read(MAX_FINGERPRINT_BYTES + 1)  # bounded: never what a forged file expands to
+        data = json.loads(text.decode("utf-8", "surrogatepass")) if len(text) <= MAX_FINGERPRINT_BYTES else None
+    except (OSError, ValueError, EOFError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {part: data[part] for part in ("files", "arrays")
+            if isinstance(data.get(part), dict) and digest(data[part]) == recorded.get(f"{part}_sha256")}
+
+
+def _refuse(shown, changes: list) -> None:
+    from edgekd.data.fingerprint import FIRST_SHOWN
+
+    head = f"cannot resume '{clip(shown, 100)}': its data changed since the data stage ran ("
+    tail = "); restore that data, or start a new run"
+    listed = "; ".join(changes[:FIRST_SHOWN]) + (f"; {len(changes) - FIRST_SHOWN} more" if len(changes) > FIRST_SHOWN
+                                                 else "")
+    room = MAX_MESSAGE - len(head) - len(tail)
+    listed = listed if len(listed) <= room else listed[: room - 4] + " ..."
+    raise DataError(head + listed + tail)

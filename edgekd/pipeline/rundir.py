@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Iterator
 
 from edgekd.errors import ConfigError
-from edgekd.pipeline.layout import LOCK_FILE, RECIPE_FILE
+from edgekd.pipeline.layout import LOCK_FILE, RECIPE_FILE, RUNS_FOLDER, check_run_name
+
+EXPORT_FOLDER = "export"  # `edgekd export RUN` writes here by default; no stage reads it
 
 PROGRESS_FILE = "state/progress.json"  # runstate.STATE_FILE (runstate imports torch-free modules only)
 MAX_ENTRIES = 100_000  # a run directory holds a few dozen files; more is not a run
@@ -95,6 +97,79 @@ def run_recipe(path: str | Path, overrides: list[str] | tuple = ()):
     from edgekd.recipe import Recipe
 
     return Recipe.from_yaml(check_resume_dir(path) / RECIPE_FILE, overrides)
+
+
+def recipe_inputs(recipe) -> dict[str, Path]:
+    """The files and folders a recipe reads (recipe key -> path), those that exist; an ONNX
+    model's external data included."""
+    from edgekd.io.outputs import external_data
+
+    cfg = recipe.teacher
+    named = {"data.name": recipe.data.name, "data.path": recipe.data.path, "data.unlabeled": recipe.data.unlabeled,
+             "teacher.weights": cfg.weights, "teacher.onnx": cfg.onnx,
+             "teacher.transfer.pretrained": cfg.transfer.pretrained if cfg.transfer is not None else None}
+    for i, extra in enumerate(recipe.distill.extra_teachers):
+        for key in ("weights", "onnx"):
+            if isinstance(extra, dict) and isinstance(extra.get(key), str):
+                named[f"distill.extra_teachers[{i}].{key}"] = extra[key]
+    found: dict[str, Path] = {}
+    for key, value in named.items():
+        try:
+            if value is None or not Path(value).expanduser().exists():
+                continue
+        except (OSError, ValueError):
+            continue  # not a usable path: the recipe's own checks refuse it
+        path = Path(value).expanduser()
+        found[key] = path
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            found.update({f"{key} (its external data)": data for data in external_data(path)})
+    return found
+
+
+def check_inputs_outside(recipe, real: Path, files: dict | None = None) -> None:
+    """A new run (or one that --force replaces) writes and deletes files in `real`: none of the
+    command's inputs (the recipe's, and `files`: label -> path, such as the recipe file) may
+    lie inside it, and it may not lie inside a data folder, whose next scan would read it."""
+    inputs = {**recipe_inputs(recipe), **{k: Path(v) for k, v in (files or {}).items() if v is not None}}
+    for key, path in inputs.items():
+        target = real_run_dir(path)
+        if target == real or real in target.parents:
+            raise ConfigError(f"{key} '{path}' is inside the run directory '{real}', whose files the run writes "
+                              "and replaces: copy it elsewhere first, or give another --out")
+        if key in ("data.name", "data.unlabeled") and target.is_dir() and target in real.parents:
+            raise ConfigError(f"run directory '{real}' is inside {key} '{path}', whose images edgekd reads; give an "
+                              "--out outside the data folder")
+
+
+def export_inputs(run: Path | None, recipe, files: dict) -> tuple[list[Path], list[Path]]:
+    """What `edgekd export` reads: (files, folders). A run: every file of it but its export/
+    folder (export's own output), and the recipe's inputs; else `files` (label -> path:
+    the weights, --data, --data-path), those that exist."""
+    from edgekd.io.outputs import folder_entries
+
+    named = dict(recipe_inputs(recipe)) if run is not None else {}
+    for key, value in files.items():
+        try:
+            if value is not None and Path(value).expanduser().exists():
+                named[key] = Path(value).expanduser()
+        except (OSError, ValueError):
+            continue
+    folders = [p for p in named.values() if p.is_dir()]
+    found = [p for p in named.values() if not p.is_dir()]
+    if run is not None:
+        found += folder_entries(run, skip=run / EXPORT_FOLDER)
+        folders.append(run)
+    return found, folders
+
+
+def check_export_output(output: Path, *, force: bool, run: Path | None, recipe=None, files: dict) -> None:
+    """`edgekd export -o`: the shared output guard (edgekd.io.outputs), with export's inputs;
+    in a run, only its export/ folder holds files that --force may replace."""
+    from edgekd.io.outputs import check_outputs
+
+    found, folders = export_inputs(run, recipe, files)
+    check_outputs({"--output": output}, found, force=force, run_dirs=folders, command="edgekd export",
+                  replaceable=run / EXPORT_FOLDER if run is not None else None)
 
 
 def check_no_links(real: Path, shown: str | None = None) -> None:
@@ -255,3 +330,21 @@ def _shown(path, real: Path) -> str:
 
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
+def new_run_dir(name: str, out_dir: str | None, force: bool) -> Path:
+    """The run directory as the user will see it (not resolved): an explicit out_dir (--out),
+    checked by `rundir.check_new_run_dir` (new or empty, or an earlier run with force), or the
+    first free runs/NAME, runs/NAME-2, ... (an entry of that name, even a dangling link, is taken)."""
+    if out_dir is not None:
+        path = Path(out_dir)
+        check_new_run_dir(path, force)
+        return path
+    check_run_name(name)
+    base = Path(RUNS_FOLDER) / name
+    path, n = base, 1
+    while os.path.lexists(path):
+        n += 1
+        path = base.with_name(f"{name}-{n}")
+    check_new_run_dir(path, force)  # runs/ itself may be a link: the real path must be new too
+    return path

@@ -72,10 +72,9 @@ class RunStore:
         if "teacher" not in self._models:
             cfg = self.recipe.teacher
             if cfg.onnx is not None:  # a teacher that exists only as ONNX (edgekd.distill.onnx_teacher)
-                from edgekd.distill.onnx_teacher import OnnxTeacher
+                from edgekd.distill.onnx_teacher import open_teacher
 
-                spec = self.splits().spec
-                self._models["teacher"] = OnnxTeacher(cfg.onnx, data_mean=spec.mean, data_std=spec.std)
+                self._models["teacher"] = open_teacher(cfg.onnx, self.splits().spec)
             else:
                 self._models["teacher"] = self._load(cfg.arch, cfg.arch_args, TEACHER_WEIGHTS)
         return self._models["teacher"]

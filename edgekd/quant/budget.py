@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,17 @@ def resolution(val_size: int | None) -> float | None:
     """Top-1 points one val image is worth (100 / val_size): the smallest difference the
     budget can resolve; None when the size is unknown or zero."""
     return 100.0 / val_size if val_size else None
+
+
+def min_val_images(max_drop: float | None) -> int | None:
+    """The fewest val images that can judge a budget of max_drop top-1 points: one image must
+    be worth at most the budget (100 / val_size <= max_drop), else a drop of one image
+    already exceeds it and allowed_drop widens the budget to several times what was asked.
+    None for no budget (None), and for 0 or below, which no val size resolves (a negative
+    budget is compared as given)."""
+    if max_drop is None or max_drop <= 0:
+        return None
+    return max(1, math.ceil(round(100.0 / max_drop, 9)))
 
 
 def allowed_drop(max_drop: float | None, val_size: int | None) -> float | None:
@@ -136,9 +148,16 @@ def _activations(model_path: Path, feeds: list[dict], work: Path) -> dict[str, n
         modify_model_output_intermediate_tensors,
     )
 
+    import onnxruntime as ort
+
+    from edgekd.train.compute import session_threads
+
     augmented = work / (model_path.stem + ".augmented.onnx")
     modify_model_output_intermediate_tensors(str(model_path), str(augmented))
-    return collect_activations(str(augmented), feeds)
+    options = ort.SessionOptions()  # ORT's own default, with the run's thread count (train.threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = session_threads()
+    return collect_activations(str(augmented), feeds, session_options=options)
 
 
 def node_sensitivity(prepared_fp32: str | Path, int8_path: str | Path, images: np.ndarray,
@@ -240,11 +259,13 @@ def search(
         prepare(fp32_path, prepared)
         images = calib_images[:SENSITIVITY_IMAGES]
         result.sensitivity = node_sensitivity(prepared, int8_path, images, batch_size=cfg.calib_batch_size)
-    import onnx
+        import onnx
 
+        # the pre-processed graph's op types: what ptq matches exclude_op_types against
+        prepared_ops = {n.op_type for n in onnx.load(str(prepared), load_external_data=False).graph.node}
     nodes = onnx.load(str(fp32_path), load_external_data=False).graph.node
     result.max_excluded = max(1, sum(n.op_type in SENSITIVE_OPS for n in nodes) // 2)
-    elementwise = sorted({n.op_type for n in nodes} & set(ELEMENTWISE_OPS) - set(cfg.exclude_op_types))
+    elementwise = sorted(prepared_ops & set(ELEMENTWISE_OPS) - set(cfg.exclude_op_types))
     if elementwise:
         grouped = dataclasses.replace(cfg, exclude_op_types=[*cfg.exclude_op_types, *elementwise])
         ptq(fp32_path, int8_path, calib_images=calib_images, cfg=grouped, metadata=metadata, progress=False,

@@ -166,8 +166,11 @@ class ActivationBatches:
         outputs = {o.name for o in graph.output}
         infos = {vi.name: vi for vi in graph.value_info}
         graph.output.extend(infos[n] for n in self.names if n not in inputs and n not in outputs)
+        from edgekd.train.compute import session_threads
+
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = session_threads()  # the run's count (train.threads); 0: ORT's default
         return ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def __iter__(self) -> Iterator[dict]:

@@ -65,17 +65,63 @@ def prepare(fp32_path: str | Path, prepared_path: str | Path) -> None:
 
 def nodes_to_keep_float(proto, cfg: QuantConfig, extra: list | tuple = ()) -> list[str]:
     """Names of the nodes of the (pre-processed) model that stay float: quantize.exclude_nodes,
-    every node of an op type in quantize.exclude_op_types, and `extra`. An unknown name is a
-    ConfigError that lists the quantizable node names."""
-    names = [n.name for n in proto.graph.node]
-    unknown = [n for n in list(cfg.exclude_nodes) + list(extra) if n not in names]
-    if unknown:
-        known = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-        raise ConfigError(f"quantize.exclude_nodes: no node named {', '.join(map(repr, unknown))} in the model; "
-                          f"its Conv/Gemm/MatMul nodes are: {', '.join(known)}")
+    every node of an op type in quantize.exclude_op_types, and `extra` (check_exclusions
+    first: a name or op type the model lacks is a ConfigError)."""
+    check_exclusions(proto, cfg, extra)
     wanted = set(cfg.exclude_nodes) | set(extra)
     ops = set(cfg.exclude_op_types)
     return [n.name for n in proto.graph.node if n.name in wanted or n.op_type in ops]
+
+
+SHOWN_NODES = 12  # node names an error lists
+
+
+def check_exclusions(proto, cfg: QuantConfig, extra: list | tuple = ()) -> None:
+    """quantize.exclude_nodes (and `extra`) name nodes of the pre-processed model `proto`, and
+    quantize.exclude_op_types op types it has: an entry that matches nothing would keep
+    nothing float, silently. A ConfigError lists what the model has. Preflight calls this on
+    the untrained student exported and pre-processed the same way (same node names)."""
+    names = {n.name for n in proto.graph.node}
+    unknown = [n for n in list(cfg.exclude_nodes) + list(extra) if n not in names]
+    if unknown:
+        known = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+        more = f" and {len(known) - SHOWN_NODES} more" if len(known) > SHOWN_NODES else ""
+        raise ConfigError(f"quantize.exclude_nodes: no node named {', '.join(map(repr, unknown))} in the model; "
+                          f"its Conv/Gemm/MatMul nodes are: {', '.join(known[:SHOWN_NODES])}{more}")
+    op_types = sorted({n.op_type for n in proto.graph.node})
+    missing = [op for op in cfg.exclude_op_types if op not in op_types]
+    if missing:
+        raise ConfigError(f"quantize.exclude_op_types: {', '.join(_op_type_problem(op, op_types) for op in missing)}; "
+                          f"the model's op types are: {', '.join(op_types)} (names as ONNX spells them)")
+
+
+def _op_type_problem(op: str, op_types: list) -> str:
+    """Why `op` matches no node: not an ONNX operator (maybe a misspelt one), or one the model lacks."""
+    import difflib
+
+    import onnx
+
+    if onnx.defs.has(op):
+        return f"'{op}' is an ONNX operator but the model has no {op} node"
+    names = {s.name for s in onnx.defs.get_all_schemas()}
+    close = [n for n in names if n.lower() == op.lower()] or difflib.get_close_matches(op, sorted(names), n=1)
+    return f"'{op}' is not an ONNX operator" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def ort_calibration_method(name: str):
+    """The onnxruntime CalibrationMethod of the calibration method `name` (None: a method that
+    computes its own ranges); a method naming one this onnxruntime lacks is a ConfigError."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    method = calibrator(name)
+    if method.ort_method is None:
+        return None
+    try:
+        return CalibrationMethod[method.ort_method]
+    except KeyError:
+        raise ConfigError(f"calibration method '{name}' names CalibrationMethod.{method.ort_method}, "
+                          f"which this onnxruntime lacks; it has {', '.join(m.name for m in CalibrationMethod)}"
+                          ) from None
 
 
 def quantize_with_ranges(prepared_path: str | Path, output_path: str | Path, tensors_range, *, per_channel: bool,
@@ -122,12 +168,7 @@ def ptq(
     `machine` (detect_machine() form) is for quantize.target 'auto'; `extra_exclude`: node
     names kept in float on top of the recipe's (the accuracy budget search passes them)."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from tqdm.auto import tqdm
 
     from edgekd.io.onnxfile import check_onnx_file
@@ -140,14 +181,7 @@ def ptq(
     check_onnx_file(fp32_path)
     settings = resolve_quant_settings(cfg, machine)
     method = calibrator(cfg.calibration)
-    ort_method = None
-    if method.ort_method is not None:
-        try:
-            ort_method = CalibrationMethod[method.ort_method]
-        except KeyError:
-            raise ConfigError(f"calibration method '{cfg.calibration}' names CalibrationMethod.{method.ort_method}, "
-                              f"which this onnxruntime lacks; it has {', '.join(m.name for m in CalibrationMethod)}"
-                              ) from None
+    ort_method = ort_calibration_method(cfg.calibration)
     start = time.perf_counter()
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     # histogram calibrations need equal batches: 40 images and calib_batch_size 32 run as 2 x 20

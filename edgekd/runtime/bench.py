@@ -157,7 +157,7 @@ def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progres
     for path in [*paths, *sorted(set(refs.values()))]:  # every file, before any session: fail at once
         check_onnx_file(path)
     # an .npz, a dataset's name, or an image folder decoded for the models' stated or own preprocessing
-    eval_x, eval_y = load_eval_data(eval_set, paths, cfg.preprocess)
+    eval_x, eval_y = load_eval_data(eval_set, paths, cfg.preprocess, fit=cfg.fit_data)  # eval_y: a datamatch.EvalSet
     cache = {"eval_x": eval_x}  # op counts, provider nodes and reference outputs, see result.finish_row
     items = [(p, c) for p in paths for c in configs]
     if interleaves(cfg, paths, providers):

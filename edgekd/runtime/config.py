@@ -50,6 +50,9 @@ class BenchConfig:
     # stated preprocessing: {preset, mean, std, scale, layout, channel_order, input_size, crop_fraction}
     # (edgekd.runtime.preprocessing); None: each model's own metadata
     preprocess: dict | None = None
+    # eval arrays (.npz, a dataset) at another size or channel count than the model's input:
+    # converted and resized per its preprocessing (noted in the row) instead of refused
+    fit_data: bool = False
 
     def __post_init__(self):
         check_name(self.provider, "bench.provider")
@@ -73,6 +76,7 @@ class BenchConfig:
         require(self.inter_threads >= 0, "bench.inter_threads must be >= 0")
         check_flag(self.intra_spinning, "bench.intra_spinning", optional=True)
         check_flag(self.inter_spinning, "bench.inter_spinning", optional=True)
+        check_flag(self.fit_data, "bench.fit_data")
         require(self.interleave is None or isinstance(self.interleave, bool),
                 "bench.interleave must be true or false (or unset: whenever several results are compared)")
         check_option_map(self.provider_options, "bench.provider_options", provider_prefix=True)

@@ -1,6 +1,8 @@
 """`edgekd bench --data FOLDER`: an image folder as the eval set. FOLDER/<class>/*.png (.jpg,
-.jpeg, .bmp, .webp); the class index is the position of the folder's name in sorted order, as
-edgekd's training and torchvision's ImageFolder number them.
+.jpeg, .bmp, .webp). A model with edgekd.class_names numbers the classes by their names
+(edgekd.runtime.datamatch: a folder the model does not know is refused); without them the
+class index is the position of the folder's name in sorted order, as edgekd's training and
+torchvision's ImageFolder number them, and the result notes it.
 
 Every image is decoded in full (no JPEG draft scaling: the pixels must be the ones PyTorch
 sees), brought to the models' colour and resized and center-cropped per their preprocessing
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ConfigError, DataError, joined_lines
+from edgekd.runtime.datamatch import EvalSet, check_models, takes_images
 from edgekd.runtime.inputs import check_feed_size, load_eval_set
 from edgekd.runtime.preprocessing import geometry, require_pillow, resolve
 
@@ -42,7 +45,7 @@ def list_image_folder(root: Path) -> tuple[list, np.ndarray, tuple]:
     return [str(f) for f, _ in found], np.array([y for _, y in found], dtype=np.int64), class_names
 
 
-def _image_input(path):
+def model_input(path):
     """(metadata, first input) of a model, from a session without graph optimizations (cheap);
     None when it cannot be opened here (its own row reports why)."""
     import onnxruntime as ort
@@ -53,21 +56,24 @@ def _image_input(path):
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT's errors share no base class
-        log.debug("image folder: cannot read the input of %s: %s", path, exc)
+        log.debug("eval data: cannot read the input of %s: %s", path, exc)
         return None
     return session.get_modelmeta().custom_metadata_map, session.get_inputs()[0]
 
 
-def models_geometry(paths: list, stated: dict | None) -> tuple | None:
-    """(channels, resize, crop) that every image model of `paths` needs, or None when none of
-    them has preprocessing (no accuracy: nothing to decode). ConfigError when a model's input
-    size is not fixed and not stated, or when the models need different images."""
+def read_models(paths: list) -> list:
+    """(path, metadata, first input) of each model that model_input opens."""
+    return [(path, *opened) for path in paths if (opened := model_input(path)) is not None]
+
+
+def models_geometry(models: list, stated: dict | None) -> tuple | None:
+    """(channels, resize, crop) that every image model of `models` (read_models) needs, or None
+    when none of them has preprocessing (no accuracy: nothing to decode). ConfigError when a
+    model's input size is not fixed and not stated, or when the models need different images."""
     found = {}
-    for path in paths:
-        opened = _image_input(path)
-        if opened is None or opened[1].type != "tensor(float)" or len(opened[1].shape) != 4:
+    for path, meta, inp in models:
+        if not takes_images(inp):
             continue
-        meta, inp = opened
         spec = resolve(stated, meta)
         if spec is None:
             continue
@@ -88,42 +94,52 @@ def _decode(file: str, mode: str, resize: int, crop: tuple) -> np.ndarray:
     """uint8 (C, H, W): the whole image decoded, converted, resized and center-cropped."""
     from PIL import Image
 
-    from edgekd.data.preprocess import fit_image, to_chw, to_mode
+    from edgekd.data.decodegate import DECODE_GATE
+    from edgekd.data.preprocess import decode_bytes, fit_image, to_chw, to_mode
 
     try:
-        with Image.open(file) as image:
-            image.load()  # truncated and corrupt files fail only when the pixels are decoded
-            converted = to_mode(image, mode)
+        image = Image.open(file)  # the header only: what decoding holds is known before it starts
     except Exception as exc:  # noqa: BLE001 - PIL raises many types (and DecompressionBombError)
         raise DataError(f"cannot read image {file} ({joined_lines(exc)}); replace or remove it") from None
-    return to_chw(fit_image(converted, resize, crop))
+    cost = decode_bytes(image.mode, image.width, image.height, mode, resize)
+    with image, DECODE_GATE.admit(cost, file, "use smaller images, or remove this one from the folder"):
+        try:
+            image.load()  # truncated and corrupt files fail only when the pixels are decoded
+            converted = to_mode(image, mode)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types
+            raise DataError(f"cannot read image {file} ({joined_lines(exc)}); replace or remove it") from None
+        return to_chw(fit_image(converted, resize, crop))
 
 
-def load_image_folder(root, wanted: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 N x C x H x W, int64 labels) of the folder's images at `wanted` (channels,
-    resize, crop). The decoded set must fit the feed limit (with its float32 copy) before any
-    image is decoded."""
+def load_image_folder(root, files: list, wanted: tuple) -> np.ndarray:
+    """uint8 N x C x H x W: the folder's images `files` (list_image_folder) at `wanted`
+    (channels, resize, crop). The decoded set must fit the feed limit (with its float32 copy)
+    before any image is decoded."""
     from edgekd.data.files import thread_map
 
     require_pillow(f"reading the image folder '{root}'")
-    files, labels, _ = list_image_folder(Path(root))
     channels, resize, crop = wanted
     check_feed_size([len(files), channels, *crop], np.float32, f"the {len(files)} images of '{root}' as float32",
                     "use fewer images (or a smaller --input-size)", error=DataError)
     mode = "L" if channels == 1 else "RGB"
-    images = thread_map(lambda f: _decode(f, mode, resize, crop), files, os.cpu_count() or 1)
-    return np.stack(images), labels
+    return np.stack(thread_map(lambda f: _decode(f, mode, resize, crop), files, os.cpu_count() or 1))
 
 
-def load_eval_data(eval_set, paths: list, stated: dict | None) -> tuple:
-    """(x uint8 NCHW or None, y or None) for bench: an image folder decoded for `paths` (x None
-    when no model has preprocessing: only labels), else load_eval_set's .npz or dataset."""
+def load_eval_data(eval_set, paths: list, stated: dict | None, fit: bool = False) -> tuple:
+    """(x uint8 NCHW or None, EvalSet or None) for bench: an image folder decoded for `paths`
+    (x None when no model has preprocessing: only labels), else load_eval_set's .npz or
+    dataset. Every model is checked against the data first (datamatch.check_models: classes,
+    size and channels unless `fit`, metadata mean and std), before anything is decoded."""
     if eval_set is None:
         return None, None
+    models = read_models(paths)
     if not Path(eval_set).is_dir():
-        x, y, _ = load_eval_set(eval_set)
-        return x, y
-    wanted = models_geometry(paths, stated)
-    if wanted is None:
-        return None, list_image_folder(Path(eval_set))[1]
-    return load_image_folder(eval_set, wanted)
+        x, y, names = load_eval_set(eval_set)
+        data = EvalSet(y, None if names is None else tuple(names), f"eval set '{eval_set}'")
+        check_models(data, x.shape, models, stated, fit)
+        return x, data
+    files, y, names = list_image_folder(Path(eval_set))
+    data = EvalSet(y, names, f"image folder '{eval_set}'", from_folders=True)
+    check_models(data, None, models, stated, fit)
+    wanted = models_geometry(models, stated)
+    return (None if wanted is None else load_image_folder(eval_set, files, wanted)), data

@@ -79,7 +79,7 @@ def meta_int(meta: dict, key: str) -> int | None:
 
 def meta_floats(meta: dict, key: str, channels: int | None) -> np.ndarray | None:
     """Metadata entry `key` (edgekd.mean, edgekd.std) as float64 values, one per channel or
-    one for all (None when absent): a JSON list of 1 or `channels` numbers that float32 holds
+    one for all (None when absent): a JSON list of 1 or `channels` numbers that float32 holds, not empty
     (any count with channels None: checked where the images are known)."""
     values = meta_json(meta, key)
     if values is None and key not in meta:
@@ -91,7 +91,7 @@ def meta_floats(meta: dict, key: str, channels: int | None) -> np.ndarray | None
             array = np.array(values, dtype=np.float64)
         except OverflowError:  # an integer beyond float64
             ok = False
-    if not ok or not (np.abs(array) <= np.finfo(np.float32).max).all():  # NaN fails too
+    if not ok or not len(array) or not (np.abs(array) <= np.finfo(np.float32).max).all():  # NaN fails too
         raise ModelFileError(f"model metadata {key} must be a JSON list of finite float32 numbers, got "
                              f"{_shown(meta[key])}; re-export the model")
     if channels is not None and len(array) not in (1, channels):

@@ -1,5 +1,6 @@
 """What machine this is: the one reader of /proc/cpuinfo, for bench reports and for the
-int8 presets that quantize.target 'auto' picks from the CPU flags."""
+int8 presets that quantize.target 'auto' picks from the CPU flags; the memory available
+comes from edgekd.io.membudget."""
 
 from __future__ import annotations
 
@@ -66,12 +67,8 @@ def edgekd_version() -> str | None:
 
 
 def available_memory_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (Linux; None elsewhere or when unreadable)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    """The memory this process can still take, in bytes (None where nothing says): the
+    smallest of MemAvailable, the cgroup limits and RLIMIT_AS (edgekd.io.membudget)."""
+    from edgekd.io.membudget import available_memory
+
+    return available_memory()

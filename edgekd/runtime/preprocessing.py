@@ -156,6 +156,9 @@ def check_range(mean, std, scale: float, error=ConfigError, label: str = "--mean
                 hint: str = "state smaller values") -> None:
     """`error` unless std > 0 and every pixel 0..255 stays well inside float32 after scaling."""
     # empty lists pass here: apply() refuses them with the images' channel count
+    if mean is not None and std is not None and len(mean) > 1 and len(std) > 1 and len(mean) != len(std):
+        raise error(f"{label}: {len(mean)} mean values and {len(std)} std values; give 1 value for all channels "
+                    f"or one per channel in both; {hint}")
     std_values = np.asarray(std if std is not None and len(std) else [1.0], dtype=np.float64)
     if not (std_values > 0).all():
         raise error(f"{label}: std must be positive, got {[float(v) for v in std_values[:3]]}; {hint}")
@@ -203,6 +206,18 @@ def _metadata_scale(value) -> float:
                          f"({str(value)[:40]!r}); re-export the model")
 
 
+def _check_metadata_lengths(meta: dict, mean, std, channels: int | None, color) -> None:
+    """ModelFileError (exit 2) unless edgekd.mean and edgekd.std each hold 1 value or one per
+    channel: the same count when both hold several, and the color's count when it is known."""
+    counts = {key: len(v) for key, v in (("edgekd.mean", mean), ("edgekd.std", std)) if v is not None}
+    several = {n for n in counts.values() if n > 1}
+    if len(several) > 1 or (channels is not None and several - {channels}):
+        shown = "; ".join(f"{key} {str(meta[key])[:60]} ({n} values)" for key, n in counts.items())
+        per = f" ({channels}: edgekd.preprocess color is {color})" if channels is not None else ""
+        raise ModelFileError(f"model metadata {shown}: each must hold 1 value or one per channel{per}, the same "
+                             "count in both; re-export the model")
+
+
 def from_metadata(meta: dict) -> Preprocessing | None:
     """The model's own preprocessing (edgekd.mean, edgekd.std, edgekd.preprocess), or None when
     it has none of them. Metadata that is not valid is a ModelFileError (exit 2)."""
@@ -223,8 +238,16 @@ def from_metadata(meta: dict) -> Preprocessing | None:
     except ConfigError:
         raise ModelFileError("model metadata edgekd.preprocess has a layout or channel order edgekd does not "
                              "know; re-export the model") from None
+    known_color = color in (None, "L", "RGB") or (isinstance(color, str) and re.fullmatch(r"\d+ channels", color))
+    interpolation = steps.get("interpolation")
+    if not known_color or interpolation not in (None, "bilinear"):  # edgekd writes "4 channels" for 4
+        raise ModelFileError(f"model metadata edgekd.preprocess has color {str(color)[:40]!r} and interpolation "
+                             f"{str(interpolation)[:40]!r}; bench applies color L, RGB or 'N channels' and bilinear "
+                             "interpolation: re-export the model")
+    channels = {"L": 1, "RGB": 3}.get(color)
+    _check_metadata_lengths(meta, mean, std, channels, color)
     spec = Preprocessing(METADATA, None if mean is None else tuple(mean), None if std is None else tuple(std),
-                         _metadata_scale(steps.get("scale")), layout, order, {"L": 1, "RGB": 3}.get(color),
+                         _metadata_scale(steps.get("scale")), layout, order, channels,
                          tuple(crop) if crop else None, resize, crop_fraction=None)
     if std is not None and not (std > 0).all():
         raise ModelFileError(f"model metadata edgekd.std must be positive, got {str(meta['edgekd.std'])[:40]!r}; "
@@ -272,6 +295,9 @@ def geometry(spec: Preprocessing, input_shape) -> tuple:
     resize = spec.resize
     if resize is None and crop is not None and spec.crop_fraction is not None:
         resize = max(1, int(max(crop) / spec.crop_fraction))  # timm: floor(size / crop_pct)
+        from edgekd.data.preprocess import check_resize  # the check of data.crop_fraction too
+
+        check_resize(resize, channels, spec.label("crop_fraction"))  # before any image is resized
     return channels, resize, crop
 
 
@@ -282,14 +308,15 @@ def require_pillow(what: str) -> None:
         raise ConfigError(f"{what} needs Pillow, which is not installed: pip install pillow") from None
 
 
-def fit_images(spec: Preprocessing, x: np.ndarray) -> np.ndarray:
+def fit_images(spec: Preprocessing, x: np.ndarray, input_shape=None) -> np.ndarray:
     """uint8 (N, C, H, W) images brought to the colour and size that `spec` names (metadata's
-    or --input-size; not the model's own: a wrong eval set stays an error): converted grey <->
-    RGB, the shorter side resized and center-cropped as training did. Images already at the
-    crop size pass unchanged (a run's eval.npz)."""
+    or --input-size), and the model's `input_shape` where given (bench --fit-data; else a wrong
+    eval set stays an error): converted grey <-> RGB, the shorter side resized and
+    center-cropped as training did. Images already at the crop size pass unchanged (a run's
+    eval.npz)."""
     from edgekd.data.preprocess import convert_channels, fit_array
 
-    channels, resize, crop = geometry(spec, None)
+    channels, resize, crop = geometry(spec, input_shape)
     if channels is not None and x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[1] != channels:
         x = convert_channels(x, channels)
     if crop is not None and x.ndim == 4 and tuple(x.shape[2:]) != tuple(crop) and resize is not None \

@@ -34,7 +34,14 @@ from edgekd.runtime.measure import (
     low_confidence,
     stopped_early,
 )
-from edgekd.runtime.preprocessing import NO_PREPROCESSING_NOTE, apply, resolve
+from edgekd.runtime.datamatch import (
+    EvalSet,
+    check_mean_std_channels,
+    fitted_images,
+    model_labels,
+    takes_images,
+)
+from edgekd.runtime.preprocessing import NO_PREPROCESSING_NOTE, apply, image_dims, resolve
 from edgekd.runtime.providers import resolve_provider
 from edgekd.runtime.session import (
     INT8_OPS,
@@ -135,14 +142,8 @@ def _model_input(session, path):
     return inp, dtype
 
 
-def _takes_images(inp, dtype) -> bool:
-    """Eval-set images fit float32 N x C x H x W inputs (what edgekd exports); other
-    models (token ids, feature vectors, uint8 pixels) get synthetic input."""
-    return dtype == np.float32 and len(inp.shape) == 4
-
-
-def _accuracy_note(eval_x, eval_y, inp, takes_images: bool, spec) -> str | None:
-    if eval_x is None and eval_y is None:
+def _accuracy_note(eval_x, eval_data, eval_y, inp, takes_images: bool, spec) -> str | None:
+    if eval_x is None and eval_data is None:
         return "synthetic input (no eval set): accuracy not measured"
     if not takes_images:
         return (f"synthetic input (input '{inp.name}' is {inp.type} {list(inp.shape)}, not float32 "
@@ -198,9 +199,11 @@ def _outputs_key(path: Path, source: str, x: np.ndarray, cfg: BenchConfig) -> tu
     return (path, source, x.shape, str(x.dtype), content, cfg.provider, cfg.threads, cfg.inter_threads)
 
 
-def _compare_with_reference(outputs, x, source: str, reference: Path, cfg: BenchConfig, cache: dict) -> dict:
+def _compare_with_reference(outputs, x, source: str, reference: Path, cfg: BenchConfig, cache: dict,
+                            eval_data: EvalSet | None = None) -> dict:
     """Agreement of `outputs` with the reference model run on the same inputs (its own
-    preprocessing for eval images), on the same provider and settings."""
+    preprocessing for eval images, which must fit it as the model's do), on the same provider
+    and settings."""
     outputs_cache = cache.setdefault("outputs", {})
     key = _outputs_key(reference, source, x, cfg)
     if key not in outputs_cache:
@@ -208,7 +211,7 @@ def _compare_with_reference(outputs, x, source: str, reference: Path, cfg: Bench
         ref_inp, ref_dtype = _model_input(session, reference)
         spec = resolve(cfg.preprocess, session.get_modelmeta().custom_metadata_map)
         if source == "eval" and spec is not None:  # else the reference runs on the model's own inputs
-            ref_x = apply(spec, cache["eval_x"])
+            ref_x = apply(spec, fitted_images(cache["eval_x"], eval_data, spec, ref_inp, reference, cfg.fit_data)[0])
             feed_shape(ref_inp, 1, ref_x.shape, reference)  # the images fit, or a DataError
         else:
             ref_x = x
@@ -246,6 +249,8 @@ class Opened:
     x: object  # the preprocessed eval images, or None
     feed: dict
     spec: object = None  # the Preprocessing of the eval images; None: none known (no accuracy)
+    y: object = None  # the eval labels in the model's class indices, or None
+    notes: list = dataclasses.field(default_factory=list)  # what the data went through for this model
 
 
 def _images_shape(x, eval_x, inp):
@@ -257,9 +262,10 @@ def _images_shape(x, eval_x, inp):
     return eval_x.shape if eval_x is not None and dynamic else None
 
 
-def open_model(path: Path, cfg: BenchConfig, eval_x, eval_y=None) -> Opened:
+def open_model(path: Path, cfg: BenchConfig, eval_x, eval_data: EvalSet | None = None) -> Opened:
     """Check the file again (a long benchmark of several models leaves time for a file to
-    change after bench()'s check; out of session_ms), open its session and build its input."""
+    change after bench()'s check; out of session_ms), open its session and build its input.
+    eval_data: the eval set's labels and class names (datamatch), mapped to the model's."""
     check_onnx_file(path)
     memory = MemoryProbe()
     memory.start()
@@ -271,24 +277,33 @@ def open_model(path: Path, cfg: BenchConfig, eval_x, eval_y=None) -> Opened:
     inp, dtype = _model_input(session, path)
     fixed_batch = isinstance(inp.shape[0], int) and inp.shape[0] > 0
     batch = inp.shape[0] if fixed_batch else cfg.batch_size
-    takes_images = _takes_images(inp, dtype)
-    spec = resolve(cfg.preprocess, meta) if takes_images else None
-    x = apply(spec, eval_x) if spec is not None and eval_x is not None else None
-    shape = feed_shape(inp, batch, _images_shape(x, eval_x if takes_images else None, inp), path)
+    images = takes_images(inp)
+    spec = resolve(cfg.preprocess, meta) if images else None
+    y, notes = model_labels(eval_data, meta, path, images, spec)
+    x = None
+    if spec is not None:
+        check_mean_std_channels(spec, spec.channels or image_dims(inp.shape, spec.layout)[0], path)
+    if spec is not None and eval_x is not None:
+        fitted, fit_note = fitted_images(eval_x, eval_data, spec, inp, path, cfg.fit_data)
+        notes += [fit_note] if fit_note else []
+        x = apply(spec, fitted)
+    shape = feed_shape(inp, batch, _images_shape(x, eval_x if images else None, inp), path)
     _check_input_size(path, inp, dtype, shape, fixed_batch)
     count = _output_count(session)
-    if takes_images and eval_y is not None and count is not None:  # with or without preprocessing: a wrong
-        check_labels(eval_y, count, path)  # eval set is an error; before timing, finish_row checks again
+    if images and y is not None and count is not None:  # with or without preprocessing: a wrong
+        check_labels(y, count, path)  # eval set is an error; before timing, finish_row checks again
     feed_x = _synthetic_input(path, inp, dtype, shape) if x is None else np.resize(x[:batch], shape)
-    return Opened(path, cfg, session, session_ms, memory, meta, inp, dtype, batch, shape, takes_images, x,
-                   {inp.name: feed_x}, spec)
+    return Opened(path, cfg, session, session_ms, memory, meta, inp, dtype, batch, shape, images, x,
+                  {inp.name: feed_x}, spec, y, notes)
 
 
 def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: int, memory: tuple,
-                eval_x, eval_y, cache: dict | None, reference: Path | None) -> BenchRow:
+               eval_x, eval_data, cache: dict | None, reference: Path | None) -> BenchRow:
     """The row of a timed model: latency statistics, accuracy, reference agreement, op and
-    provider-node counts. memory: MemoryProbe.finish()'s (before, peak, delta)."""
+    provider-node counts. memory: MemoryProbe.finish()'s (before, peak, delta). eval_data: as
+    for open_model, whose labels (opened.y) are the model's."""
     cache = {} if cache is None else cache
+    eval_y = opened.y
     path, cfg, session, meta, inp = opened.path, opened.cfg, opened.session, opened.meta, opened.inp
     batch, shape, x, feed = opened.batch, opened.shape, opened.x, opened.feed
     stats = latency_stats(timings)
@@ -302,15 +317,15 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
             outputs = cache["outputs"][key] = predict(session, x, eval_y)
         check_labels(eval_y, outputs.shape[1], path)
         top1, top5 = topk_accuracy(outputs, eval_y, 1), topk_accuracy(outputs, eval_y, 5)
-    notes = [n for n in (_accuracy_note(eval_x, eval_y, inp, opened.takes_images, opened.spec),
-                         stopped_early(timings, cfg.runs, cfg.min_seconds)) if n]
+    notes = [n for n in (_accuracy_note(eval_x, eval_data, eval_y, inp, opened.takes_images, opened.spec),
+                         *opened.notes, stopped_early(timings, cfg.runs, cfg.min_seconds)) if n]
 
     ref = None
     if reference is not None:
         ref_x, source = _agreement_inputs(x, inp, opened.dtype, path, shape)
         if outputs is None or source != "eval":
             outputs = predict(session, ref_x)
-        ref = _compare_with_reference(outputs, ref_x, source, reference, cfg, cache)
+        ref = _compare_with_reference(outputs, ref_x, source, reference, cfg, cache, eval_data)
 
     ops, nodes = cache.setdefault("ops", {}), cache.setdefault("nodes", {})
     ops_key = (path, cfg.provider)  # what ORT runs depends on the provider (and the sweep's settings do not)

@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekd.errors import (
+    ConfigError,
     ModelFileError,
     ProviderFailed,
     ProviderUnavailable,
@@ -205,3 +206,50 @@ def count_params(path) -> int | None:
         return None
     graph = onnx.load(str(path), load_external_data=False).graph  # dims suffice, not the data
     return int(sum(int(np.prod(init.dims)) for init in graph.initializer))
+
+
+def check_session_options(cfg, where: str = "bench") -> None:
+    """Whether ONNX Runtime accepts a BenchConfig's session config, provider options, graph
+    optimization and threads: a session is created, with the function and the arguments the
+    bench stage uses (make_session, session_settings), on a one-node model. A value ONNX
+    Runtime refuses is a ConfigError with its message, before any model is trained; an
+    unavailable provider is ProviderUnavailable (exit 2) as in bench."""
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from onnx import TensorProto, helper, save
+
+    from edgekd.configtools import clip, shown
+    from edgekd.errors import ProviderFailed
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"], name="identity")], "check",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with tempfile.TemporaryDirectory(prefix="edgekd-session-") as work:
+        path = Path(work) / "identity.onnx"
+        save(model, str(path))
+        try:  # ORT's Python layer prints its provider fallback on stdout: not ours to show
+            with contextlib.redirect_stdout(io.StringIO()):
+                make_session(path, cfg.provider, cfg.threads, **session_settings(cfg))
+        except ProviderFailed as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            given = [f"{where}.{k} {shown(getattr(cfg, k))}" for k in ("session_config", "provider_options")
+                     if getattr(cfg, k)]
+            raise ConfigError(clip(f"ONNX Runtime refuses {' and '.join(given) or f'the {where} session options'} "
+                                   f"on provider {cfg.provider}: {_ort_reason(cause)}; fix or remove "
+                                   "the entry")) from None
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """ORT's message, one line, without the C++ source location and failed condition that some
+    start with ('/onnxruntime_src/...cc:71 std::vector<...> f(...) cond was false. Processor id ...')."""
+    import re
+
+    match = re.match(r"\S+\.(?:cc|cpp|h):\d+ .*? was false\. (.+)", (str(exc).strip().splitlines() or [""])[0])
+    reason = match[1][:200] if match else first_line(exc)
+    if reason in ("stoi", "stol", "stoll", "stoul", "stoull"):  # C++'s number parsing failed on a value
+        reason += " (a value it reads as a whole number is not one)"
+    return reason

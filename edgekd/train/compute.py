@@ -8,15 +8,19 @@
   Autocast keeps the weights, the optimizer and the loss's reductions in fp32.
 - channels_last auto: on (oneDNN and cuDNN pick blocked/NHWC kernels for convolutions; on
   this project's Xeon a ResNet-8 step ran 1.4x faster in fp32 and 1.1x in bf16 than in NCHW).
+- threads auto: the CPUs this process may use, re-measured by the training loop on its own
+  steps (edgekd.train.threads); a number as given.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from edgekd.errors import ConfigError
+from edgekd.train.threads import ThreadChoice, choose
 
 DEVICES = ("auto", "cpu", "cuda")  # cuda may carry an index: cuda:1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -39,6 +43,9 @@ class Compute:
     precision: str = "fp32"
     channels_last: bool = False
     recompute_batch_norm: bool | str = "auto"  # after each epoch; auto: models from torchvision/timm
+    # the run's thread count (edgekd.train.threads), changed by auto as it re-measures; None:
+    # torch's and ONNX Runtime's own settings are left alone (outside a run)
+    threads: Optional[ThreadChoice] = field(default=None, compare=False)
 
     def recomputes_batch_norm(self, model) -> bool:
         """Whether the training loop recomputes `model`'s batch-norm statistics after each
@@ -140,13 +147,31 @@ def current() -> Compute:
     return _CURRENT.get()
 
 
+def session_threads() -> int:
+    """ONNX Runtime's intra-op threads for edgekd's own sessions during a run (calibration,
+    the budget search, val accuracy): the run's current count; 0 (ONNX Runtime's default)
+    outside a run or where the run sets none. Not for `edgekd bench`."""
+    choice = current().threads
+    return 0 if choice is None else choice.count
+
+
 @contextlib.contextmanager
 def use(compute: Compute):
+    """`compute` for the block; with a thread choice, torch computes with its count (the
+    training loop changes it as auto re-measures) and gets its earlier count back after."""
     token = _CURRENT.set(compute)
+    before = None
+    if compute.threads is not None:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(compute.threads.count)
     try:
         yield compute
     finally:
         _CURRENT.reset(token)
+        if before is not None:
+            torch.set_num_threads(before)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -191,12 +216,13 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def resolve(device: str = "auto", precision: str = "auto", channels_last="auto",
-            recompute_batch_norm="auto") -> Compute:
+            recompute_batch_norm="auto", threads=None) -> Compute:
     """The Compute for a recipe's device and train section (precision, channels_last,
-    recompute_batch_norm)."""
+    recompute_batch_norm, threads: auto or a number; None leaves the thread counts alone)."""
     resolved_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, resolved_device)
     if channels_last == "auto":
         channels_last = True
     return Compute(device=resolved_device, precision=resolved_precision, channels_last=bool(channels_last),
-                   recompute_batch_norm=recompute_batch_norm)
+                   recompute_batch_norm=recompute_batch_norm,
+                   threads=None if threads is None else choose(threads))

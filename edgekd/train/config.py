@@ -29,12 +29,15 @@ class ComputeConfig:
     support it, fp16 with a GradScaler on other GPUs, else fp32); `channels_last` auto (on),
     true or false; `recompute_batch_norm` auto, true or false: batch-norm statistics
     recomputed from training images after each epoch (edgekd.models.bn; auto: for
-    torchvision: and timm: models, whose deep stacks lag a short schedule). The device is the
-    recipe's top-level `device`."""
+    torchvision: and timm: models, whose deep stacks lag a short schedule); `threads` auto or
+    a number: torch's intra-op threads while training and ONNX Runtime's during calibration
+    and the budget search (auto: the CPUs this process may use, re-measured on the training
+    steps: edgekd.train.threads). The device is the recipe's top-level `device`."""
 
     precision: str = "auto"
     channels_last: Union[bool, str] = "auto"
     recompute_batch_norm: Union[bool, str] = "auto"
+    threads: Union[int, str] = "auto"
 
     def __post_init__(self):
         from edgekd.train.compute import PRECISIONS
@@ -45,6 +48,9 @@ class ComputeConfig:
                 f"train.channels_last must be auto, true or false, got {shown(self.channels_last)}")
         require(self.recompute_batch_norm in ("auto", True, False),
                 f"train.recompute_batch_norm must be auto, true or false, got {shown(self.recompute_batch_norm)}")
+        from edgekd.train.threads import check_setting
+
+        check_setting(self.threads)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,12 @@ address; edgekd joins the process group (gloo on the CPU, nccl on CUDA) and:
 - after each backward pass the gradients are averaged over the ranks (what DDP does), so the
   step equals one process's step on the whole global batch, and at the end of each epoch the
   batch-norm statistics are averaged too (each rank saw other samples);
-- rank 0 alone writes the run directory, checkpoints and report; the other ranks work in a
-  private copy (edgekd.pipeline.chain) and skip the stages that do not train.
+- rank 0 alone writes the run, checkpoints and report; each other rank works in its own copy
+  inside the run, state/rank<N> (of a resumed run: what training reads, no models to bench
+  nor test images), trains, removes its copy and skips the stages that do not train. Rank 0
+  hands the run's real path to the others once it holds the run, removes copies an earlier
+  run left (a rank killed -9) and, before the stages it runs alone, waits for the other ranks
+  and removes what is left of their copies.
 
 A rank that fails or is terminated exits; torchrun then stops the others, and
 `torchrun ... -m edgekd compress --resume RUN_DIR` continues from the last checkpoint.
@@ -19,6 +23,13 @@ A rank that fails or is terminated exits; torchrun then stops the others, and
 from __future__ import annotations
 
 import os
+import re
+import shutil
+from pathlib import Path
+
+RANK_COPY = re.compile(r"rank\d+")  # state/rank<N>: the working copy of rank N inside the run
+# a resumed run's files that no training stage reads: the other ranks' copies leave them out
+NOT_COPIED = ("*.onnx", "eval.npz", "report.*", "results.csv", "pareto.png", "export", "*.tmp", "run.lock")
 
 
 def world() -> tuple[int, int]:
@@ -97,3 +108,50 @@ def average_buffers(model) -> None:
         if b.is_floating_point():
             dist.all_reduce(b, op=dist.ReduceOp.SUM)
             b.div_(size)
+
+
+def rank_copy(real: Path) -> Path:
+    """Where this rank (not 0) works: its own copy inside the run directory `real`."""
+    return real / "state" / f"rank{world()[0]}"
+
+
+def copy_for_rank(real: Path, work: Path) -> None:
+    """A resumed run as rank 0 left it, without what no training reads (models, test images,
+    the report) and without the other ranks' copies."""
+    def ignored(folder, names):
+        skip = set(shutil.ignore_patterns(*NOT_COPIED)(folder, names))
+        if Path(folder) == real / "state":
+            skip |= {n for n in names if RANK_COPY.fullmatch(n)}
+        return skip
+
+    shutil.copytree(real, work, ignore=ignored)
+
+
+def remove_rank_copies(real: Path) -> None:
+    """Rank 0: the other ranks' copies in the run (plain folders only; a link is never followed)."""
+    state = real / "state"
+    if not state.is_dir():
+        return
+    for entry in os.scandir(state):
+        if RANK_COPY.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def share_run_dir(real: Path | None) -> Path:
+    """Rank 0 gives the real path of the run it holds (locked, checked, recipe written); the
+    others wait for it here and get it."""
+    import torch.distributed as dist
+
+    box = [str(real) if real is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def ranks_done(real: Path | None) -> None:
+    """Every rank once it has nothing more to train: the others after removing their copy, rank 0
+    (with `real`) before the stages it runs alone, then it removes whatever copy is left."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    if real is not None:
+        remove_rank_copies(real)

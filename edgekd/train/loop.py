@@ -29,6 +29,7 @@ from edgekd.train import distributed
 from edgekd.train.batches import as_source
 from edgekd.train.compute import current
 from edgekd.train.config import TrainConfig
+from edgekd.train.threads import ThreadTuner
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -187,12 +188,16 @@ def fit(
                 log(f"[{desc}] note: the checkpoint was written with {saved.get('threads')} torch threads, now "
                     f"{torch.get_num_threads()}; the final weights may differ in the last bits from an "
                     "uninterrupted run")
+    # train.threads auto: re-measured on these steps (at the start and every few epochs)
+    tuner = ThreadTuner(compute.threads, steps_per_epoch=steps_per_epoch, desc=desc, log=log,
+                        device_type=compute.device_type)
     start = time.perf_counter()
     bar = tqdm(total=total_steps, initial=(first_epoch - 1) * steps_per_epoch, desc=desc, unit="step",
                disable=not progress, leave=False, dynamic_ncols=True)
     try:
         for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
+            tuner.epoch_started(epoch)
             model.train()
             loss_sum, correct, trained, labeled = 0.0, 0, 0, 0
             for i, (images, labels, index) in enumerate(train.batches(cfg.batch_size, generator, cfg.augment)):
@@ -226,6 +231,7 @@ def fit(
                 labeled += int((labels != UNLABELED).sum())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+                tuner.step_done(len(index))
             if ranks > 1:
                 distributed.average_buffers(model)
             if not _all_finite(model):  # a finite loss can still leave inf/NaN weights behind
@@ -256,11 +262,12 @@ def fit(
                 ))
     finally:
         bar.close()
+        tuner.finish()
     if cfg.epochs == 0:
         result.best_val_top1 = accuracy(model, val)
     model.load_state_dict(best_state)
     compute.leave(model)
-    result.compute = {**compute.to_dict(), "recompute_batch_norm": recompute_bn}
+    result.compute = {**compute.to_dict(), "recompute_batch_norm": recompute_bn, **tuner.record()}
     result.seconds = seconds_before + time.perf_counter() - start
     result.images_per_second = seen / result.seconds if result.seconds > 0 else 0.0
     return result

@@ -100,14 +100,12 @@ def fixmatch_step(pair, labeled_x: torch.Tensor, labeled_y: torch.Tensor, cfg: S
     return step
 
 
-def train_semi_supervised(model: nn.Module, cfg, *, train_x, train_y, val_x, val_y, seed: int, desc: str,
-                          progress: bool, checkpoint, resume: bool, log) -> tuple[nn.Module, object, dict]:
-    """Train `model` (a TeacherConfig `cfg` with semi_supervised set) on the whole train split;
-    returns the better of it and its moving average on val, fit's result and the record."""
-    from edgekd.distill.schemes import StudentWithEma
+def check_data(train_x, train_y, desc: str):
+    """The train split as semi-supervised training needs it: in memory (a tensor, not a
+    stream) with at least 2 labeled images; returns the labeled part. Preflight calls it on
+    the same tensors before the run directory exists."""
     from edgekd.errors import ConfigError
     from edgekd.train.labels import labeled_part
-    from edgekd.train.loop import accuracy, fit
 
     if not isinstance(train_x, torch.Tensor):
         raise ConfigError(f"{desc}.semi_supervised needs the train split in memory, and this data is streamed; "
@@ -116,6 +114,17 @@ def train_semi_supervised(model: nn.Module, cfg, *, train_x, train_y, val_x, val
     if len(labeled_y) < 2:
         raise ConfigError(f"{desc}.semi_supervised needs at least 2 labeled train images, the data has "
                           f"{len(labeled_y)}")
+    return labeled_x, labeled_y
+
+
+def train_semi_supervised(model: nn.Module, cfg, *, train_x, train_y, val_x, val_y, seed: int, desc: str,
+                          progress: bool, checkpoint, resume: bool, log) -> tuple[nn.Module, object, dict]:
+    """Train `model` (a TeacherConfig `cfg` with semi_supervised set) on the whole train split;
+    returns the better of it and its moving average on val, fit's result and the record."""
+    from edgekd.distill.schemes import StudentWithEma
+    from edgekd.train.loop import accuracy, fit
+
+    labeled_x, labeled_y = check_data(train_x, train_y, desc)
     pair, stats = StudentWithEma(model), Stats()
     step = fixmatch_step(pair, labeled_x, labeled_y, cfg.semi_supervised, seed, stats)
     result = fit(pair, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed,

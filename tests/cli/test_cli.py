@@ -224,7 +224,7 @@ def test_import_edgekd_and_cli_load_no_torch():
 
 
 def test_default_run_dir_never_overwrites(tmp_path, monkeypatch):
-    from edgekd.pipeline.layout import new_run_dir
+    from edgekd.pipeline.rundir import new_run_dir
 
     monkeypatch.chdir(tmp_path)
     first = new_run_dir("default", None, False)

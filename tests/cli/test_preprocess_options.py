@@ -79,19 +79,21 @@ def test_export_writes_the_stated_preprocessing_and_bench_applies_it(tmp_path):
     # images of assorted sizes, filed by what PyTorch predicts with the same preprocessing
     rng = np.random.default_rng(0)
     folder = tmp_path / "images"
-    for c in range(10):
-        (folder / f"c{c}").mkdir(parents=True)
+    # the folders are named by the model's classes (edgekd.class_names: the --data's, Fashion-MNIST's)
+    names = [n.replace("/", "_") for n in json.loads(meta["edgekd.class_names"])]
+    for name in names:
+        (folder / name).mkdir(parents=True)
     files = []
     for i in range(24):
         h, w = (int(v) for v in rng.integers(34, 60, 2))
-        files.append(folder / "c0" / f"{i}.png")
+        files.append(folder / names[0] / f"{i}.png")
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(files[-1])
     pipeline = transforms.Compose([transforms.Grayscale(1), transforms.Resize(36), transforms.CenterCrop(32),
                                    transforms.ToTensor(), transforms.Normalize([0.5], [0.25])])
     with torch.no_grad():
         predicted = net(torch.stack([pipeline(Image.open(f).convert("RGB")) for f in files])).argmax(1).numpy()
     for f, label in zip(files, predicted):
-        f.rename(folder / f"c{label}" / f.name)
+        f.rename(folder / names[label] / f.name)
     result = CliRunner().invoke(main, ["bench", str(out), "--data", str(folder), "--json", *FAST])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)["models"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from clitools import refused
 
 from edgekd.cli import main
 
@@ -93,12 +94,6 @@ def test_the_labeled_images_are_repeated_only_for_a_supervised_teacher(tiny_run_
         assert inputs["tensors"]["val_y"] is inputs["all_tensors"]["val_y"]
 
 
-def refused(result, expected: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("edgekd: error: ") and expected in lines[0], result.output
-
-
 @pytest.mark.parametrize("case, expected", [
     ("more labels than a class has", "data.labels_per_class 60 is more than the train split holds of class"),
     ("no labels", "data.labels_per_class must be 1 or more"),
@@ -110,10 +105,10 @@ def test_bad_label_scarce_settings_are_refused_before_the_run_directory_exists(t
     setting = {"more labels than a class has": "data.labels_per_class=60",
                "no labels": "data.labels_per_class=0",
                "missing unlabeled": f"data.unlabeled={tmp_path / 'nowhere'}",
-               "empty unlabeled folder": f"data.unlabeled={tmp_path}",
+               "empty unlabeled folder": f"data.unlabeled={tmp_path / 'empty'}",
                "unlabeled RGB for grey data": f"data.unlabeled={unlabeled_npz(tmp_path, 4, (8, 8, 3))}"}[case]
-    if case == "empty unlabeled folder":
-        (tmp_path / "unlabeled.npz").unlink(missing_ok=True)
+    if case == "empty unlabeled folder":  # beside the run, not around it: a run inside its data is refused
+        (tmp_path / "empty").mkdir()
     out = tmp_path / "run"
     refused(CliRunner().invoke(main, ["compress", str(tiny_run_inputs / "tiny.yaml"), "--set", setting, "--out", str(out),
                                       "--no-progress"]), expected)

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from clitools import cli, refused
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
-from edgekd.cli import main
 from edgekd.errors import ModelFileError
 from edgekd.io import onnxfile
 from edgekd.io.onnxfile import check_onnx_file
@@ -36,24 +35,6 @@ FAST_BENCH = ["--runs", "2", "--warmup", "0", "--min-seconds", "0"]
 W = np.arange(4, dtype=np.float32)  # the external tensor of every model here: 16 bytes
 # `python -c` entry point that hides onnx, as on a device with only onnxruntime installed
 NO_ONNX_MAIN = "import sys; sys.modules['onnx'] = None; from edgekd.cli import main; main(prog_name='edgekd')"
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def refused(result, *expected: str) -> str:
-    """Exit 2 and exactly one line, 'edgekd: error: ...', containing every `expected`."""
-    output = result.output if hasattr(result, "output") else result.stdout + result.stderr
-    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
-    assert code == 2, output
-    assert "Traceback" not in output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("edgekd: error: ")
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from clitools import refused
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
@@ -74,16 +75,6 @@ def snapshot(*paths) -> dict:
 
 def bench(*args):
     return CliRunner().invoke(main, ["bench", *map(str, args)])
-
-
-def refused(result, *words) -> str:
-    """Exit 2 with one line on stderr, no traceback; the line contains every word."""
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("edgekd: error: "), result.output
-    assert "Traceback" not in result.output and "internal error" not in result.output
-    assert all(w in lines[0] for w in words), lines[0]
-    return lines[0]
 
 
 @pytest.fixture

@@ -19,28 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clitools import cli, refused
 
-from edgekd.cli import main
 from edgekd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def refused(result, *expected: str) -> str:
-    """Exit 2 and exactly one line, 'edgekd: error: ...', containing every `expected`."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("edgekd: error: ")
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict:
@@ -117,7 +100,7 @@ def test_run_names_that_leave_runs_are_refused(inputs, tmp_path, monkeypatch, na
     before = snapshot(tmp_path)
     refused(cli("compress", inputs, "--name", name, "--no-progress"), "name")
     assert snapshot(tmp_path) == before
-    from edgekd.pipeline.layout import new_run_dir
+    from edgekd.pipeline.rundir import new_run_dir
 
     with pytest.raises(ConfigError, match="cannot be a folder name under runs/"):
         new_run_dir(name, None, False)  # the run-directory check itself, whatever the recipe checks
@@ -144,8 +127,7 @@ def test_out_that_is_a_file_or_under_one_is_refused(inputs, tmp_path):
 
 
 def test_default_run_dir_skips_dangling_links_and_resolves_a_linked_runs(tmp_path, monkeypatch):
-    from edgekd.pipeline.layout import new_run_dir
-    from edgekd.pipeline.rundir import check_new_run_dir
+    from edgekd.pipeline.rundir import check_new_run_dir, new_run_dir
 
     monkeypatch.chdir(tmp_path)
     elsewhere = tmp_path / "elsewhere"

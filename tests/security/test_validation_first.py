@@ -17,26 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from clitools import cli, refused
 
-from edgekd.cli import main
 from edgekd.errors import ConfigError, ModelFileError, TrainingDiverged
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def refused(result, *expected: str) -> str:
-    """Exit 2 and exactly one line, 'edgekd: error: ...', containing every `expected`."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("edgekd: error: ")
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 from edgekd.data.base import RawArrays, search_dirs
 from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
+from edgekd.io.regular import open_regular, what_it_is
 
 CIFAR_LAYOUTS = {
     "cifar10": dict(
@@ -70,17 +71,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _unpickle_dict(file: Path) -> dict:
-    if file.exists() and not file.is_file():  # a FIFO or device would block or never end
-        raise DataError(f"{file} is not a regular file; the CIFAR folder must hold the batch files themselves")
+    def not_a_file(kind: str) -> DataError:  # a FIFO or device would block or never end: never opened blocking
+        if kind == "missing":
+            return DataError(f"{file} is missing; the CIFAR folder must hold every batch file, so extract the "
+                             "archive again")
+        return DataError(f"{file} {what_it_is(kind)}; the CIFAR folder must hold the batch files themselves")
+
     try:
-        with open(file, "rb") as f:
+        with open_regular(file, not_a_file) as f:
             obj = _RestrictedUnpickler(f, file).load()
     except DataError:
         raise
     except FileNotFoundError as exc:
-        raise DataError(
-            f"{file} is missing; the CIFAR folder must hold every batch file, so extract the archive again"
-        ) from exc
+        raise not_a_file("missing") from exc
     except Exception as exc:  # a malformed pickle can fail in many ways; all mean "bad file"
         raise DataError(f"cannot read {file} as a CIFAR pickle ({joined_lines(exc)}); download the dataset again") from exc
     if not isinstance(obj, dict):

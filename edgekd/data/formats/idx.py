@@ -15,6 +15,7 @@ import numpy as np
 from edgekd.data.base import RawArrays, check_memory, generic_class_names, search_dirs
 from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
+from edgekd.io.regular import not_regular, open_regular, what_it_is
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -44,8 +45,11 @@ def read_idx(path) -> np.ndarray:
     """
     path = Path(path)
     fix = "replace it with an intact copy (reinstall the package or download it again)"
+    def not_a_file(kind: str) -> DataError:
+        return DataError(f"{path} {what_it_is(kind)}; {fix}")
+
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with open_regular(path, not_a_file) as raw, (gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw) as f:
             magic = f.read(4)
             if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
                 raise DataError(
@@ -66,7 +70,7 @@ def read_idx(path) -> np.ndarray:
             dtype = np.dtype(_IDX_DTYPES[code])
             expected = math.prod(dims) * dtype.itemsize  # Python ints: a forged header cannot overflow
             if path.suffix != ".gz":  # the size is known: compare before reading anything more
-                size = os.fstat(f.fileno()).st_size
+                size = os.fstat(raw.fileno()).st_size
                 if size != header + expected:
                     raise DataError(
                         f"{path} is truncated or corrupt: its header says shape {tuple(dims)} "
@@ -99,9 +103,10 @@ def _read_at_most(f, limit: int) -> bytearray:
 
 
 def find_idx_file(folder: Path, stem: str) -> Path | None:
-    """folder/stem.gz, else folder/stem, else None."""
+    """folder/stem.gz, else folder/stem, else None. A FIFO or device of that name is found (and
+    refused by read_idx, which never opens it blocking), not passed over as missing."""
     for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.is_file():
+        if not_regular(candidate) not in ("missing", "a folder"):
             return candidate
     return None
 

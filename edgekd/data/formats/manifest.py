@@ -24,6 +24,7 @@ from edgekd.data.base import MAX_CLASS_NAME, RawArrays, generic_class_names, nee
 from edgekd.data.files import MAX_FILES, FileDataset, FileSplit
 from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError
+from edgekd.io.regular import not_regular, open_regular, what_it_is
 
 SUFFIXES = (".csv", ".jsonl")
 MAX_MANIFEST_BYTES = 2 * 1024**3
@@ -52,7 +53,7 @@ def list_manifest(path: str) -> FileDataset:
         rows = [(row[0], row[1], "train") for row in _read(found["train"])]
         rows += [(row[0], row[1], "test") for row in _read(found["test"] or found["val"])]
         root = given
-    elif given.is_file():
+    elif given.is_file():  # a regular file, or a link to one; _read checks it again as it opens it
         if not is_manifest(given):
             raise DataError(f"manifest {given} must be a .csv or .jsonl file")
         rows = _read(given)
@@ -60,6 +61,9 @@ def list_manifest(path: str) -> FileDataset:
             raise DataError(f"{given}: every row needs a split (train or test), or give a folder with train.csv "
                             "and test.csv")
         root = given.parent
+    elif not_regular(given) != "missing":  # a FIFO would block the reader forever
+        raise DataError(f"manifest {given} {what_it_is(not_regular(given))}; pass --data-path "
+                        "FILE.csv|FILE.jsonl|DIR")
     else:
         raise DataError(f"manifest {given} does not exist; pass --data-path FILE.csv|FILE.jsonl|DIR")
     real_root = Path(os.path.realpath(root))
@@ -79,17 +83,25 @@ def list_manifest(path: str) -> FileDataset:
 
 def _find(folder: Path, stem: str) -> Path | None:
     for suffix in SUFFIXES:
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
+        candidate = folder / f"{stem}{suffix}"
+        kind = not_regular(candidate)
+        if kind is None:
+            return candidate
+        if kind != "missing":  # a FIFO named train.csv would block the reader forever
+            raise DataError(f"manifest {candidate} {what_it_is(kind)}; make it a file of rows path,label")
     return None
 
 
 def _read(path: Path) -> list[tuple]:
     """(path, label, split or None) of every row."""
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise DataError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES >> 30} GiB; split it")
+    def not_a_file(kind: str) -> DataError:
+        return DataError(f"manifest {path} {what_it_is(kind)}; pass a .csv or .jsonl file")
+
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path, not_a_file) as f:
+            if os.fstat(f.fileno()).st_size > MAX_MANIFEST_BYTES:
+                raise DataError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES >> 30} GiB; split it")
+            text = f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from exc
     rows = _read_jsonl(path, text) if path.suffix.lower() == ".jsonl" else _read_csv(path, text)

@@ -23,6 +23,7 @@ from edgekd.data.base import (
 )
 from edgekd.data.formats.registry import FORMATS
 from edgekd.errors import DataError, joined_lines
+from edgekd.io.regular import not_regular, open_regular, what_it_is
 
 EMBEDDED_FILE = "fashion_mnist_subset.npz"  # inside edgekd/assets/
 
@@ -74,11 +75,15 @@ def load_npz(file: Path, name: str) -> RawArrays:
 
 
 def _load_npz(file: Path, name: str) -> RawArrays:
-    if not file.is_file():
+    kind = not_regular(file)
+    if kind == "missing":
         raise DataError(f"npz file {file} not found; pass --data-path FILE.npz holding {_NPZ_LAYOUT}")
+    if kind is not None:  # a FIFO would block the reader forever, a device never end
+        raise not_an_npz(file, kind)
     try:
         check_npz_magic(file, _NPZ_LAYOUT)
-        with np.load(file, allow_pickle=False) as data:  # lazy: a member is read when it is used
+        # lazy: a member is read when it is used; opened once, as a regular file (open_regular)
+        with open_regular(file, lambda kind: not_an_npz(file, kind)) as f, np.load(f, allow_pickle=False) as data:
             keys = set(data.files)
             if {"train_x", "train_y", "test_x", "test_y"} <= keys:
                 used = ("train_x", "train_y", "test_x", "test_y")
@@ -127,12 +132,17 @@ def _load_npz(file: Path, name: str) -> RawArrays:
 def check_npz_magic(file: Path, layout: str) -> None:
     """A DataError unless `file` starts like a zip archive (what np.savez writes); `layout`
     says what it should hold."""
-    with open(file, "rb") as f:
+    with open_regular(file, lambda kind: not_an_npz(file, kind)) as f:
         magic = f.read(6)
     if magic.startswith(b"\x93NUMPY"):
         raise DataError(f"{file} is a single .npy array, not an .npz archive; save {layout} with np.savez")
     if not magic.startswith(ZIP_MAGICS):
         raise DataError(f"{file} is not an .npz archive (np.savez writes a zip file); save {layout} with np.savez")
+
+
+def not_an_npz(file, kind: str) -> DataError:
+    """The error for an .npz path that is not a regular file (`kind`: what it is)."""
+    return DataError(f"{file} {what_it_is(kind)}; pass the path of an .npz file written by np.savez")
 
 
 def array_names(keys) -> str:

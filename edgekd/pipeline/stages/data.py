@@ -1,7 +1,8 @@
 """The data stage: the splits are loaded (by the chain; bad images were refused or skipped
 there, before the run directory existed) and the test split is written as the portable eval
 set (eval.npz, at the model's input size, at most data.eval_size images) for benching on a
-device."""
+device. A fingerprint of the data is kept (pipeline/resume.py): `--resume` refuses a run whose
+data changed since."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from edgekd.pipeline.layout import EVAL_SET
 
 def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
     """inputs: `splits`."""
+    from edgekd.data.filesplits import FILES_FINGERPRINT
     from edgekd.data.splits import save_eval_set
+    from edgekd.pipeline.resume import data_fingerprint, save_data_fingerprint
 
     splits = inputs["splits"]
     spec = splits.spec
@@ -32,7 +35,8 @@ def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
         "preprocess": {"resize_shorter": spec.resize, "center_crop": [spec.height, spec.width],
                        "mean": list(spec.mean), "std": list(spec.std)},
     }
-    record.update(splits.record)
+    record.update({k: v for k, v in splits.record.items() if k != FILES_FINGERPRINT})
+    record["fingerprint"] = save_data_fingerprint(ctx.run_dir, data_fingerprint(splits))
     if splits.record.get("unlabeled"):
         ctx.log(f"[data] {record['labeled']:,} labeled and {record['unlabeled']:,} unlabeled train images: the "
                 "teacher learns from the labeled ones (from all with teacher.semi_supervised), the student from "

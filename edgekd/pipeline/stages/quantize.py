@@ -56,8 +56,10 @@ def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
     # val accuracy of the deployed int8 model, as ONNX Runtime runs it (not a simulation)
     val_x = preprocess(splits.val_x, meta)
 
-    def val_top1(path) -> float:
-        return evaluate(make_session(path), val_x, splits.val_y)
+    def val_top1(path) -> float:  # with the run's thread count (train.threads), as the budget search
+        from edgekd.train.compute import session_threads
+
+        return evaluate(make_session(path, threads=session_threads()), val_x, splits.val_y)
 
     int8_val = val_top1(ctx.path(INT8_ONNX))
     fp32_val = val_top1(fp32)

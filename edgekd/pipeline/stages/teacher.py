@@ -94,16 +94,25 @@ def _labeled_only(inputs: dict) -> dict:
 
 
 def _onnx_teacher(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
-    """teacher.onnx: nothing trains; the model is checked on val (ONNX Runtime) and the
-    extra teachers, if any, are trained or loaded as usual."""
-    from edgekd.distill.onnx_teacher import OnnxTeacher
+    """teacher.onnx: nothing trains; the model is checked on val (ONNX Runtime: every batch's
+    logits are checked as in preflight, edgekd.distill.onnx_teacher) and the extra teachers,
+    if any, are trained or loaded as usual."""
+    from edgekd.distill.onnx_teacher import open_teacher
     from edgekd.runtime.session import count_params
     from edgekd.train.loop import accuracy
 
     spec, t = inputs["splits"].spec, inputs["tensors"]
-    teacher = OnnxTeacher(cfg.onnx, data_mean=spec.mean, data_std=spec.std)
+    teacher = open_teacher(cfg.onnx, spec)
     record = {"arch": f"onnx:{cfg.onnx}", "onnx": cfg.onnx, "params": count_params(cfg.onnx), "macs": None,
               "val_top1": accuracy(teacher, t["val_x"], t["val_y"])}
+    if teacher.class_note is not None:  # reordered, or unchecked: the record and the log say which
+        record["classes"] = teacher.class_note
+        ctx.log(f"[teacher] {teacher.class_note}")
+    if teacher.order is not None:
+        record["teacher_class_order"] = list(teacher.class_names)
+    if teacher.fixed_batch is not None:
+        record["fixed_batch"] = teacher.fixed_batch
+        ctx.log(f"[teacher] the ONNX teacher takes a fixed batch of {teacher.fixed_batch}: it is fed in chunks")
     ctx.log(f"[teacher] ONNX teacher {cfg.onnx}: val top-1 {record['val_top1']:.2f}% (ONNX Runtime)")
     if inputs["extra_teachers"]:
         record["extra_teachers"] = _extra_teachers(ctx, inputs)
