@@ -243,7 +243,7 @@ class ThreadTuner:
         self.second_round = 0  # len(plan) when its first round is over
         self.rates: dict = {}  # count -> img/s of its timed steps in this trial
         self.steps, self.next_trial, self.last = 0, 0, None
-        self.probe_step, self.probe_started = -1, None
+        self.probe_step, self.probe_started, self.window = -1, None, []
         self.active = choice is not None and choice.auto and device_type == "cpu" and choice.budget > 1
         if self.active:
             if deterministic is None:
@@ -278,16 +278,19 @@ class ThreadTuner:
             if not self.plan:
                 self._decide()
         elif self.steps == self.probe_step:
-            self.probe_started = now
+            self.probe_started, self.window = now, []
             self.load()  # the window of the coming check starts here
-        elif self.steps >= self.next_trial:
-            self._check_load(now)
+        else:
+            if self.probe_started is not None and self.last is not None and now > self.last:
+                self.window.append(images / (now - self.last))  # the current count's rate, for a trial
+            if self.steps >= self.next_trial:
+                self._check_load(now)
         self.set_threads(self.plan[0][0] if self.plan else self.choice.count)
         self.last = self.timer()
 
     def _probe_from(self, step: int) -> None:
         """The next check is due PROBE_STEPS steps after `step`, its load read from there."""
-        self.probe_step, self.next_trial, self.probe_started = step, step + PROBE_STEPS, None
+        self.probe_step, self.next_trial, self.probe_started, self.window = step, step + PROBE_STEPS, None, []
         if step == 0:
             self.probe_started = self.timer()
             self.load()
@@ -311,13 +314,16 @@ class ThreadTuner:
         self._start_trial([toward])
 
     def _start_trial(self, others: list) -> None:
+        """Steps at each count in turn (A B, then B A, ...): a settling step, then timed ones.
+        The current count's first round is the probe window's steps, already timed."""
         current = self.choice.count
         counts = [current] + [c for c in others if 1 <= c <= self.choice.budget]
-        self.plan, self.rates = [], {}
-        for round_ in range(ROUNDS):
-            for count in counts if round_ % 2 == 0 else counts[::-1]:
-                self.plan += [(count, False)] * SETTLE_STEPS + [(count, True)] * TIMED_STEPS
-        self.second_round = len(self.plan) * (ROUNDS - 1) // ROUNDS
+        self.rates = {current: list(self.window)} if self.window else {}
+        rounds = [counts[1:] if self.window else counts]
+        rounds += [counts[::-1] if r % 2 else counts for r in range(1, ROUNDS)]
+        segment = [False] * SETTLE_STEPS + [True] * TIMED_STEPS
+        self.plan = [(count, timed) for round_ in rounds for count in round_ for timed in segment]
+        self.second_round = len(self.plan) - len(rounds[0]) * len(segment)  # steps left after round one
 
     def _clear_winner(self) -> bool:
         rates = sorted((statistics.median(v) for v in self.rates.values() if v), reverse=True)

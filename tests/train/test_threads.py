@@ -146,8 +146,9 @@ def test_beside_a_busy_process_auto_moves_to_the_faster_count():
     steps = FakeSteps(choice, {2: 0.22, 1: 0.08}, others=1.0)  # the 573 vs 1,587 img/s
     steps.run(epochs=2)
     assert choice.count == 1 and steps.count == 1
-    # one round is enough when a count is far faster: 2 is not tried again (its steps cost the most)
-    assert steps.step_counts[:P + 8] == [2] * P + [2, 2, 2, 1, 1, 1, 1, 1]
+    # the current count's steps are timed in the probe window; one round of 1 is enough when it
+    # is far faster: 2 is not tried again (its steps cost the most)
+    assert steps.step_counts[:P + 8] == [2] * P + [1] * 8
     [change] = choice.changes
     assert change["from"] == 2 and change["to"] == 1 and change["stage"] == "teacher"
     assert change["img_per_s"] == {"2": 581.8, "1": 1600.0}  # 128 images / 0.22 s and / 0.08 s
@@ -201,11 +202,12 @@ def test_the_trials_alternate_and_time_steps_only():
     choice = ThreadChoice(setting="auto", budget=3, count=2)
     steps = FakeSteps(choice, {1: 0.1, 2: 0.1, 3: 0.1}, steps_per_epoch=100)  # the load unknown
     steps.run(epochs=1)
-    # current, one fewer, one more (within the budget), each a settling step and two timed ones;
-    # then the other way round; then the count kept until the next trial
-    trial = steps.step_counts[P:P + 19]
-    assert trial == [2] * 3 + [1] * 3 + [3] * 3 + [3] * 3 + [1] * 3 + [2] * 3 + [2]
-    assert set(steps.step_counts[P + 18:]) == {2}  # all alike: kept
+    # the current count timed in the probe window; then one fewer, one more (within the budget),
+    # each a settling step and two timed ones; then the other way round with the current one;
+    # then the count kept until the next trial
+    trial = steps.step_counts[P:P + 16]
+    assert trial == [1] * 3 + [3] * 3 + [3] * 3 + [1] * 3 + [2] * 3 + [2]
+    assert set(steps.step_counts[P + 15:]) == {2}  # all alike: kept
 
 
 def test_it_re_measures_every_few_epochs_and_goes_back_up_when_the_load_is_gone():
