@@ -21,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the checkout's edgekd, also when it is not installed
+import common
+from common import RESULTS, machine_info, machine_line, pct, table, write_results
 
-RESULTS = REPO / "benchmarks" / "results"
 # --quick: the embedded subset, tiny models, one epoch: checks the script, measures nothing
 QUICK = ["data.name=fashion-mnist-subset", "data.limit_train=600", "data.limit_test=200", "teacher.arch=resnet8",
          "teacher.arch_args={width: 0.25}", "teacher.epochs=2", "teacher.transfer=null", "distill.arch=tinycnn",
@@ -34,7 +33,7 @@ QUICK = ["data.name=fashion-mnist-subset", "data.limit_train=600", "data.limit_t
 
 def arguments(doc: str, recipe: str, work: str, quick_sets: list[str], add=None) -> argparse.Namespace:
     """The options both scripts take; `add(parser)` adds a script's own."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = common.argument_parser(doc)
     if add is not None:
         add(parser)
     parser.add_argument("--recipe", default=recipe, help=f"the recipe (default {recipe})")
@@ -58,16 +57,16 @@ def arguments(doc: str, recipe: str, work: str, quick_sets: list[str], add=None)
 
 def run_seed(recipe: str, seed: int, out: Path, overrides: list[str]) -> dict:
     """One `edgekd compress --baseline` run (or its report, when it finished before): its row."""
-    command = [sys.executable, "-m", "edgekd", "compress", recipe, "--baseline", "--seed", str(seed),
+    argv = [sys.executable, "-m", "edgekd", "compress", recipe, "--baseline", "--seed", str(seed),
                "--out", str(out), "--no-progress", *[a for item in overrides for a in ("--set", item)]]
     report_file = out / "report.json"
     wall = None
     if not report_file.is_file():
         if (out / "state" / "progress.json").is_file():  # stopped before: continue it
-            command = [sys.executable, "-m", "edgekd", "compress", "--resume", str(out), "--no-progress"]
-        print(f"[seed {seed}] {shlex.join(command[1:])}", flush=True)
+            argv = [sys.executable, "-m", "edgekd", "compress", "--resume", str(out), "--no-progress"]
+        print(f"[seed {seed}] {shlex.join(argv[1:])}", flush=True)
         start = time.perf_counter()
-        done = subprocess.run(command, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done = subprocess.run(argv, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wall = time.perf_counter() - start
         if done.returncode != 0:
             if not report_file.is_file():
@@ -78,7 +77,7 @@ def run_seed(recipe: str, seed: int, out: Path, overrides: list[str]) -> dict:
             print(f"[seed {seed}] warning: edgekd compress exited with {done.returncode} after writing "
                   f"{report_file}; its results are used", flush=True)
     report = json.loads(report_file.read_text())
-    return seed_row(report, seed, wall, shlex.join(["python", *command[1:]]))
+    return seed_row(report, seed, wall, shlex.join(["python", *argv[1:]]))
 
 
 def seed_row(report: dict, seed: int, wall: float | None, command: str) -> dict:
@@ -113,41 +112,33 @@ def summary(rows: list[dict]) -> dict:
     return {key: spread([r[key] for r in rows]) for key in keys}
 
 
-def write_results(name: str, title: str, args, rows: list[dict], target: tuple[str, bool], notes: list[str]) -> None:
+def write_seed_results(name: str, title: str, args, rows: list[dict], target: tuple[str, bool],
+                       notes: list[str]) -> None:
     """NAME.json and NAME.md in args.results."""
-    from edgekd.runtime.machine import machine_info
-
     machine = machine_info()
     walls = [r["wall_seconds"] for r in rows if r["wall_seconds"] is not None]
-    result = {"command": "python " + shlex.join([f"benchmarks/{name.replace('-', '_')}.py", *sys.argv[1:]]),
+    result = {"command": common.command(),
               "recipe": args.recipe, "overrides": args.overrides, "seeds": args.seeds, "quick": args.quick,
               "machine": machine, "wall_seconds": sum(walls) if walls else None, "runs": rows,
               "summary": summary(rows), "target": {"text": target[0], "met": target[1]}}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    command = (f"Command: `{result['command']}` (each seed: `edgekd compress {args.recipe} --baseline --seed S`, "
-               "the runs' own commands below)")
-    machine_line = (f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('os', '?')}, "
-                    f"Python {machine.get('python', '?')}, onnxruntime {machine.get('onnxruntime', '?')}.")
-    header = ("| seed | teacher % | distilled student % | student alone % | gain (points) | int8 % | params | "
-              "steps | s |")
-    lines = [f"# {title}", "", command, "", machine_line,
-             f"Wall time: {result['wall_seconds'] or 0:.0f} s for the runs made by this invocation.", "",
-             *notes, "", header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        int8 = "-" if r["int8_test_top1"] is None else f"{r['int8_test_top1']:.2f}"
-        wall = "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"
-        lines.append(f"| {r['seed']} | {r['teacher_test_top1']:.2f} | {r['student_test_top1']:.2f} | "
-                     f"{r['alone_test_top1']:.2f} | {r['gain_points']:+.2f} | {int8} | {r['student_params']:,} | "
-                     f"{r['steps']:,} | {wall} |")
+    command_line = (f"Command: `{result['command']}` (each seed: `edgekd compress {args.recipe} --baseline --seed S`, "
+                    "the runs' own commands below)")
     s = result["summary"]
+    header = ["seed", "teacher %", "distilled student %", "student alone %", "gain (points)", "int8 %", "params",
+              "steps", "s"]
+    cells = [[r["seed"], pct(r["teacher_test_top1"]), pct(r["student_test_top1"]), pct(r["alone_test_top1"]),
+              f"{r['gain_points']:+.2f}", pct(r["int8_test_top1"]), f"{r['student_params']:,}", f"{r['steps']:,}",
+              "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"] for r in rows]
     mean_row = (f"| mean ± std | {s['teacher_test_top1']} | {s['student_test_top1']} | {s['alone_test_top1']} | "
                 f"{s['gain_points']} | {s['int8_test_top1']} | | | |")
+    lines = [f"# {title}", "", command_line, "", machine_line(machine, "os", "python", "onnxruntime") + ".",
+             f"Wall time: {result['wall_seconds'] or 0:.0f} s for the runs made by this invocation.", "",
+             *notes, "", *table(header, "rrrrrrrrr", cells), mean_row]
     measured = ("Top-1 on the test split: the teacher's and int8's from the run's bench (ONNX Runtime), the distilled "
                 "student's and the student alone's in PyTorch fp32 (stages.distill.test_top1 and .baseline.test_top1).")
-    lines += [mean_row, "", f"Target: {target[0]}: **{'met' if target[1] else 'NOT met'}**.", "", measured,
+    lines += ["", f"Target: {target[0]}: **{'met' if target[1] else 'NOT met'}**.", "", measured,
               "", "Runs:", "", *[f"- seed {r['seed']}: `{r['command']}`" for r in rows]]
     if args.quick:
         lines.insert(2, "**--quick: a check of the script on tiny data and models; these are not measurements.**\n")
-    (args.results / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.results, name, result, "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -21,9 +21,6 @@ missed.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,18 +30,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from edgekd.runtime import bench  # noqa: E402  (after the path: runs from a source checkout)
-
+import common
+from common import RESULTS, Clock, command, machine_info, machine_line, table, write_results
+from edgekd.runtime import bench
+from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import load_eval_set, preprocess
-
-from edgekd.runtime.machine import machine_info
 from edgekd.runtime.measure import ROUND_RUNS
-from edgekd.runtime.config import BenchConfig  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 TOLERANCE = 0.03  # |edgekd p50 / bare p50 - 1|
 
 
@@ -180,7 +172,7 @@ def markdown(result: dict) -> str:
         "# edgekd bench overhead vs a bare session.run loop",
         "",
         f"Command: `{result['command']}` (wall time {result['wall_seconds']:.0f} s).",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, onnxruntime {m['onnxruntime']}. "
+        machine_line(m, "os", "python", "onnxruntime") + ". "
         f"Load average (1 min) {result['load_average'][0]:.1f} at the start and {result['load_average'][1]:.1f} at "
         "the end: other jobs shared the CPU; the interleaved order and the per-repetition ratio are there to "
         "cancel that drift.",
@@ -193,29 +185,26 @@ def markdown(result: dict) -> str:
         f"Target: edgekd's p50 within {100 * TOLERANCE:.0f} % of the bare loop's "
         f"(median ratio between {1 - TOLERANCE:.2f} and {1 + TOLERANCE:.2f}).",
         "",
-        "| model | edgekd p50 ms (median) | bare p50 ms (median) | ratio edgekd/bare (median) | min | max | target |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        *table(["model", "edgekd p50 ms (median)", "bare p50 ms (median)", "ratio edgekd/bare (median)", "min", "max",
+                "target"], "lrrrrrl",
+               [[r["model"], *(f"{r[k]:.4f}" for k in ("edgekd_p50_ms_median", "bare_p50_ms_median", "ratio_median",
+                                                       "ratio_min", "ratio_max")),
+                 "met" if r["within_target"] else "MISSED"] for r in result["models"]]),
+        "",
+        "Per-repetition values are in bench-overhead.json.",
+        "",
     ]
-    for r in result["models"]:
-        lines.append(
-            f"| {r['model']} | {r['edgekd_p50_ms_median']:.4f} | {r['bare_p50_ms_median']:.4f} | "
-            f"{r['ratio_median']:.4f} | {r['ratio_min']:.4f} | {r['ratio_max']:.4f} | "
-            f"{'met' if r['within_target'] else 'MISSED'} |"
-        )
-    lines += ["", "Per-repetition values are in bench-overhead.json.", ""]
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--run-dir", default="runs/bench-overhead",
                         help="a default run (made with `edgekd compress --out` when it has no model.int8.onnx)")
-    parser.add_argument("--reps", type=int, default=21)
-    parser.add_argument("--runs", type=int, default=3000)
-    parser.add_argument("--warmup", type=int, default=50)
+    common.add_numbers(parser, reps=21, runs=3000, warmup=50)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads on both sides (0: ORT default)")
     args = parser.parse_args()
-    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    clock = Clock()
     run_dir = Path(args.run_dir)
     if not (run_dir / "model.int8.onnx").is_file():
         subprocess.run([sys.executable, "-m", "edgekd", "compress", "--out", str(run_dir), "--force", "--no-progress"],
@@ -225,18 +214,16 @@ def main() -> int:
     models = [measure(run_dir / name, eval_set, args) for name in names]
     models += measure_interleaved([run_dir / name for name in names], eval_set, args)
     result = {
-        "command": "python " + " ".join(["benchmarks/bench_overhead.py", *sys.argv[1:]]),
-        "wall_seconds": time.perf_counter() - start,
+        "command": command(),
+        "wall_seconds": clock.seconds(),
         "machine": machine_info(),
-        "load_average": [load_start, os.getloadavg()[0]],
+        "load_average": clock.load_average(),
         "settings": {"reps": args.reps, "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
                      "batch_size": 1, "provider": "cpu"},
         "tolerance": TOLERANCE,
         "models": models,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench-overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "bench-overhead.md").write_text(markdown(result))
+    write_results(RESULTS, "bench-overhead", result, markdown(result))
     print(markdown(result))
     return 0 if all(m["within_target"] for m in models) else 1
 

@@ -11,7 +11,6 @@ target is missed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,15 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(RESULTS.parent.parent))  # the checkout's edgekd, also when it is not installed
+import common
+from common import RESULTS, machine_line, table, write_results
+
 MAX_SECONDS = 300.0
 MAX_DROP_POINTS = 1.5
 MIN_SHRINK = 3.0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--out", default="runs/bench-default", help="run directory (replaced)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -58,9 +58,7 @@ def main() -> int:
         "speedup_vs_teacher": report["speedup_vs_teacher"],
         "checks": {name: {"ok": ok, "value": value} for name, (ok, value) in checks.items()},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "default-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "default-cpu.md").write_text(markdown(result, report))
+    write_results(RESULTS, "default-cpu", result, markdown(result, report))
     for name, (ok, value) in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
     return 0 if all(ok for ok, _ in checks.values()) else 1
@@ -75,9 +73,7 @@ def markdown(result: dict, report: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores visible, int8 CPU features "
-        f"{', '.join(machine['int8_cpu_flags']) or 'none'}, {machine['os']}, Python {machine['python']}, "
-        f"onnxruntime {machine['onnxruntime']}.",
+        machine_line(machine, "int8", "os", "python", "onnxruntime", cores="cores visible") + ".",
         "",
         f"Wall time of the whole run: {result['wall_seconds']:.1f} s "
         "(stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["stage_seconds"].items() if v is not None) + ").",
@@ -86,12 +82,8 @@ def markdown(result: dict, report: dict) -> str:
         summary_table(report),
         "```",
         "",
-        "| target | result | value |",
-        "|---|---|---|",
-    ]
-    for name, check in result["checks"].items():
-        lines.append(f"| {name} | {'pass' if check['ok'] else 'FAIL'} | {check['value']} |")
-    lines += [
+        *table(["target", "result", "value"], "lll",
+               [[name, "pass" if check["ok"] else "FAIL", check["value"]] for name, check in result["checks"].items()]),
         "",
         "Top-1 is measured by ONNX Runtime on the 2,000-image embedded test split; latency is the",
         "CPU provider at batch 1 after warm-up. The int8 student is only modestly faster than the",

@@ -25,11 +25,8 @@ missed (not with --quick).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from baseline_runs import arguments, run_seed, write_results
+from baseline_runs import arguments, run_seed, write_seed_results
 
 MIN_GAIN = 0.5
 MAX_PARAMS = 100_000
@@ -63,8 +60,8 @@ def main() -> int:
     met = gain >= MIN_GAIN and params <= MAX_PARAMS
     target = (f"mean gain >= {MIN_GAIN} points with a student of <= {MAX_PARAMS:,} parameters "
               f"(mean {gain:+.2f}, {params:,} parameters)")
-    write_results("distill-gain", "Distillation's gain with full labels (Fashion-MNIST)", args, rows, (target, met),
-                  [note])
+    write_seed_results("distill-gain", "Distillation's gain with full labels (Fashion-MNIST)", args, rows,
+                       (target, met), [note])
     return 0 if args.quick or met else 1
 
 

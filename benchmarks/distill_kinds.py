@@ -49,21 +49,19 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from edgekd.distill import offline as distill_module  # noqa: E402
-from edgekd.io.artifacts import load_weights, save_weights  # noqa: E402
-from edgekd.runtime.machine import machine_info  # noqa: E402
-from edgekd.data.splits import load_splits  # noqa: E402
-from edgekd.models.zoo import build_model  # noqa: E402
-from edgekd.models.cost import count_params
-from edgekd.data.config import DataConfig  # noqa: E402
+import common
+from common import RESULTS, command, machine_info, machine_line, split_tensors, table
+from edgekd.data.config import DataConfig
+from edgekd.data.splits import load_splits
+from edgekd.distill import offline as distill_module
 from edgekd.distill.config import DistillConfig
+from edgekd.io.artifacts import load_weights, save_weights
+from edgekd.models.cost import count_params
+from edgekd.models.zoo import build_model
 from edgekd.train.config import TeacherConfig
-from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
+from edgekd.train.evaluate import accuracy
+from edgekd.train.loop import cross_entropy_step, fit
 
-RESULTS = REPO / "benchmarks" / "results"
 RESULTS_JSON = RESULTS / "distill-kinds.json"
 STUDENT_ARCH = "tinycnn"
 # Student layers the terms read: TinyCNN features.2 / features.4 (the last two stages,
@@ -108,17 +106,8 @@ def settings_of(kind: str, args, teacher) -> dict:
 
 def load_data():
     splits = load_splits(DataConfig(name="fashion-mnist"), seed=0)
-    spec = splits.spec
-
-    def labels(y):
-        return torch.from_numpy(y.astype("int64"))
-
-    return {
-        "train_x": to_tensor(splits.train_x, spec.mean, spec.std), "train_y": labels(splits.train_y),
-        "val_x": to_tensor(splits.val_x, spec.mean, spec.std), "val_y": labels(splits.val_y),
-        "test_x": to_tensor(splits.test_x, spec.mean, spec.std), "test_y": labels(splits.test_y),
-        "classes": spec.num_classes, "channels": spec.channels,
-    }
+    return {**split_tensors(splits, "train", "val", "test"), "classes": splits.spec.num_classes,
+            "channels": splits.spec.channels}
 
 
 def augmented_pool(data: dict, views: int) -> dict:
@@ -127,7 +116,7 @@ def augmented_pool(data: dict, views: int) -> dict:
     steps as --epochs over the plain images. Fixed views let the teacher's outputs be computed
     once for every kind and seed (an augmented run would otherwise run the teacher at each step),
     and the student sees the teacher's outputs on inputs other than the 54,000 it was trained on."""
-    from edgekd.train.loop import augment_batch
+    from edgekd.train.augment import augment_batch
 
     generator = torch.Generator().manual_seed(0)
     views_x = [augment_batch(data["train_x"], generator) for _ in range(views)]
@@ -162,7 +151,7 @@ def trained_teacher(data: dict, args):
         "threads": args.teacher_threads, "params": count_params(teacher),
         "val_top1": result.best_val_top1, "test_top1": accuracy(teacher, data["test_x"], data["test_y"]),
         "train_seconds": round(time.perf_counter() - start, 1),
-        "command": "python benchmarks/distill_kinds.py " + " ".join(sys.argv[1:]),
+        "command": command(),
     }
     work.mkdir(parents=True, exist_ok=True)
     save_weights(teacher, weights)
@@ -221,8 +210,8 @@ def summarize(runs: list[dict]) -> dict:
             "n": len(values)}
 
 
-def merge_and_write(results: dict, mine: dict, command: dict) -> None:
-    """Write `results` with this invocation's rows (`mine`) and `command` merged into the file
+def merge_and_write(results: dict, mine: dict, invocation: dict) -> None:
+    """Write `results` with this invocation's rows (`mine`) and command merged into the file
     as it is now: another invocation may have added or extended rows since this one started."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     if RESULTS_JSON.is_file():
@@ -232,11 +221,11 @@ def merge_and_write(results: dict, mine: dict, command: dict) -> None:
             results["commands"] = on_disk.get("commands", [])
             results["notes"] = list(dict.fromkeys(on_disk.get("notes", []) + results.get("notes", [])))
     commands = results["commands"]
-    where = [i for i, c in enumerate(commands) if c["command"] == command["command"]]
+    where = [i for i, c in enumerate(commands) if c["command"] == invocation["command"]]
     if where:  # the same command run again (e.g. to finish its seeds): its entry is updated in place
-        commands[where[0]] = command
+        commands[where[0]] = invocation
     else:
-        commands.append(command)
+        commands.append(invocation)
     results["rows"].update(mine)
     results["rows"] = dict(sorted(results["rows"].items(), key=lambda kv: row_order(kv[0])))
     tmp = RESULTS_JSON.with_suffix(".json.tmp")
@@ -280,23 +269,24 @@ def markdown(results: dict) -> str:
         "over 54,000 images: 'on K views' rows train on K fixed random crop + flip copies of the training "
         "images (epochs / K passes over the copies, the same number of steps), the other rows on the plain images.",
         "",
-        "| kind | student | alpha | T | terms / scheme | epochs | test top-1 % (mean ± std) | vs alone | seeds | s per run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for key, row in rows.items():
         st, s = row["settings"], row["summary"]
         base = alone.get(group(key))
         delta = "" if base_kind(key) == "alone" else ("(no alone row)" if base is None else f"{s['mean'] - base:+.2f}")
         how = ", ".join(t["kind"] for t in st["terms"]) or "-"
         if "scheme" in st:
-            how = {"online": lambda: f"online, {st['peers']} peers",
-                   "born-again": lambda: f"born-again, {st['generations']} generations",
-                   "ema": lambda: f"ema, decay {st['ema_decay']}"}[st["scheme"]]()
+            how = {"online": lambda st=st: f"online, {st['peers']} peers",
+                   "born-again": lambda st=st: f"born-again, {st['generations']} generations",
+                   "ema": lambda st=st: f"ema, decay {st['ema_decay']}"}[st["scheme"]]()
         alpha, temperature = (st["alpha"], st["temperature"]) if st["alpha"] > 0 else (0.0, "-")
         seconds = statistics.mean(r["seconds"] for r in row["runs"])
-        md.append(f"| {key} | w{st['width']} ({row['student_params']:,}) | {alpha} | {temperature} | {how} | "
-                  f"{st['epochs']}{' on ' + str(st['augment_views']) + ' views' if st.get('augment_views') else ''} | "
-                  f"{s['mean']:.2f} ± {s['std']:.2f} | {delta} | {s['n']} | {seconds:.0f} |")
+        views = f" on {st['augment_views']} views" if st.get("augment_views") else ""
+        cells.append([key, f"w{st['width']} ({row['student_params']:,})", alpha, temperature, how,
+                      f"{st['epochs']}{views}", f"{s['mean']:.2f} ± {s['std']:.2f}", delta, s["n"], f"{seconds:.0f}"])
+    md += table(["kind", "student", "alpha", "T", "terms / scheme", "epochs", "test top-1 % (mean ± std)", "vs alone",
+                 "seeds", "s per run"], "llllllllll", cells)
     md += ["", "Every run (seed, val and test top-1, seconds, each peer's / generation's accuracy) is in "
            "distill-kinds.json.", ""]
     for (width, epochs, views), base in sorted(alone.items()):
@@ -321,7 +311,7 @@ def markdown(results: dict) -> str:
           + ("" if c.get("finished", True) else "; stopped early: its rows have the seeds it finished") + ")"
           for c in results["commands"]],
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}; torch {torch.__version__}, one "
+        machine_line(machine, "os") + f"; torch {torch.__version__}, one "
         "thread per student run. Seconds per run include computing the teacher's cached outputs once per invocation "
         "and waiting for the CPU when two invocations ran side by side.",
         "",
@@ -331,7 +321,7 @@ def markdown(results: dict) -> str:
 
 def main() -> int:
     global RESULTS, RESULTS_JSON
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, from: {', '.join(KINDS)}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=10, help="student epochs (per peer / generation)")
@@ -375,7 +365,7 @@ def main() -> int:
         saved = {}
     results = {"teacher": teacher_info, "machine": machine_info(), "rows": saved.get("rows", {}),
                "commands": saved.get("commands", []), "notes": list(dict.fromkeys(saved.get("notes", []) + args.note))}
-    command = {"command": "python benchmarks/distill_kinds.py " + " ".join(sys.argv[1:]), "kinds": kinds,
+    invocation = {"command": command(), "kinds": kinds,
                "wall_seconds": 0.0, "finished": False}
     mine: dict = {}  # the rows this invocation writes
     params = count_params(build(STUDENT_ARCH, data, width=args.student_width))
@@ -396,11 +386,11 @@ def main() -> int:
             # after every run: an interrupted invocation leaves the seeds it finished
             mine[key] = {"settings": settings, "student_params": params, "runs": runs,
                                     "summary": summarize(runs)}
-            command["wall_seconds"] = round(time.perf_counter() - start, 1)
-            merge_and_write(results, mine, command)
-    command["finished"] = True
-    command["wall_seconds"] = round(time.perf_counter() - start, 1)
-    merge_and_write(results, mine, command)
+            invocation["wall_seconds"] = round(time.perf_counter() - start, 1)
+            merge_and_write(results, mine, invocation)
+    invocation["finished"] = True
+    invocation["wall_seconds"] = round(time.perf_counter() - start, 1)
+    merge_and_write(results, mine, invocation)
     return 0
 
 

@@ -27,9 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from baseline_runs import arguments, run_seed, write_results
+from baseline_runs import arguments, run_seed, write_seed_results
 
 MIN_GAIN = 3.0
 
@@ -45,7 +43,8 @@ def teachers_test_top1(run_dir: Path) -> float:
     from edgekd.models.zoo import build_model
     from edgekd.pipeline.layout import TEACHER_WEIGHTS, extra_teacher_file
     from edgekd.recipe import Recipe
-    from edgekd.train.loop import predict, to_tensor
+    from edgekd.train.evaluate import predict
+    from edgekd.train.loop import to_tensor
 
     recipe = Recipe.from_yaml(run_dir / "recipe.yaml")
     test = np.load(run_dir / "eval.npz")
@@ -82,8 +81,8 @@ def main() -> int:
             f"{images['labeled']:,} labeled and {images['unlabeled']:,} unlabeled train images per epoch; the "
             f"student alone the {rows[0]['alone_images']['labeled']:,} labeled ones, repeated to as many steps.")
     target = f"mean gain >= {MIN_GAIN} points over the student alone on the labeled images (mean {gain:+.2f})"
-    write_results("distill-scarce", "Distillation with 60 labels per class (Fashion-MNIST)", args, rows,
-                  (target, gain >= MIN_GAIN), [note])
+    write_seed_results("distill-scarce", "Distillation with 60 labels per class (Fashion-MNIST)", args, rows,
+                       (target, gain >= MIN_GAIN), [note])
     return 0 if args.quick or gain >= MIN_GAIN else 1
 
 

@@ -15,7 +15,6 @@ Writes benchmarks/results/int8-speed-repeat.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,14 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import common
+from common import RESULTS, command, machine_info, machine_line, table, write_results
+from edgekd.runtime.bench import bench
+from edgekd.runtime.config import BenchConfig
 
-from edgekd.runtime.bench import bench  # noqa: E402
-from edgekd.runtime.machine import machine_info
-from edgekd.runtime.config import BenchConfig  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 FP32, INT8 = "trained28-fp32-op17.onnx", "trained28-qdq_u8s8_pc.onnx"
 
 
@@ -114,28 +110,28 @@ def markdown(out: dict) -> str:
         "# int8 speed-up of ResNet-20, repeated over time (issue #8)", "",
         f"Command: `{out['command']}` on the models in `{out['models']}` (written by "
         "`benchmarks/int8_speed_resnet20.py`; its results: int8-speed-resnet20.md).", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, int8 CPU features {', '.join(m['int8_cpu_flags'])}, "
-        f"onnxruntime {m['onnxruntime']}. Each session: edgekd's bench, 1 thread, batch 1, fp32 and the x86-vnni "
-        f"int8 (QDQ U8S8 per-channel) alternating {out['repetitions']} times, {out['runs']} timed runs each; "
+        machine_line(m, "int8", "onnxruntime") + ". Each session: edgekd's bench, 1 thread, batch 1, fp32 and the "
+        f"x86-vnni int8 (QDQ U8S8 per-channel) alternating {out['repetitions']} times, {out['runs']} timed runs each; "
         f"the session's speed-up is the ratio of the median p50s. Sessions {out['gap_seconds']} s apart.", "",
     ]
     interleaved = all("interleaved_speedup" in s for s in sessions)
-    head = "| session | start (s) | load avg | fp32 p50 ms | int8 p50 ms | speed-up | per repetition (min-max) |"
-    rule = "|---:|---:|---:|---:|---:|---:|---|"
+    head = ["session", "start (s)", "load avg", "fp32 p50 ms", "int8 p50 ms", "speed-up", "per repetition (min-max)"]
+    align = "rrrrrrl"
     if interleaved:
         lines += [f"Then, in each session, the same two models in one `edgekd bench --interleave` call "
                   f"({out['interleaved_runs']} runs each, both sessions open, timed in short rotating rounds).", ""]
-        head += " interleaved fp32 / int8 ms | interleaved speed-up |"
-        rule += "---|---:|"
-    lines += [head, rule]
+        head += ["interleaved fp32 / int8 ms", "interleaved speed-up"]
+        align += "lr"
+    rows = []
     for k, s in enumerate(sessions, 1):
         reps = s["speedup_per_repetition"]
-        row = (f"| {k} | {s['start_s']:.0f} | {s['load_average']:.2f} | {s['fp32_p50_ms']:.3f} | "
-               f"{s['int8_p50_ms']:.3f} | {s['speedup']:.2f}x | {min(reps):.2f}-{max(reps):.2f}x |")
+        row = [k, f"{s['start_s']:.0f}", f"{s['load_average']:.2f}", f"{s['fp32_p50_ms']:.3f}",
+               f"{s['int8_p50_ms']:.3f}", f"{s['speedup']:.2f}x", f"{min(reps):.2f}-{max(reps):.2f}x"]
         if interleaved:
-            row += (f" {s['interleaved_fp32_p50_ms']:.3f} / {s['interleaved_int8_p50_ms']:.3f} | "
-                    f"{s['interleaved_speedup']:.2f}x |")
-        lines.append(row)
+            row += [f"{s['interleaved_fp32_p50_ms']:.3f} / {s['interleaved_int8_p50_ms']:.3f}",
+                    f"{s['interleaved_speedup']:.2f}x"]
+        rows.append(row)
+    lines += table(head, align, rows)
     at_least = sum(v >= 2.0 for v in speedups)
     lines += [
         "",
@@ -157,12 +153,10 @@ def markdown(out: dict) -> str:
                   "work whatever the values). Each int8 block is called fast or slow by its p50 (cut at "
                   f"{st['int8_cut_ms']:.3f} ms, midway between the 10th and 90th percentiles) and paired with the fp32 "
                   "block before it.", "",
-                  "| state | share of blocks | fp32 p50 ms | int8 p50 ms | speed-up |", "|---|---:|---:|---:|---:|"]
-        for label in ("fast", "slow"):
-            if label in st:
-                v = st[label]
-                lines.append(f"| {label} | {v['share']:.0%} | {v['fp32_p50_ms']:.3f} | {v['int8_p50_ms']:.3f} | "
-                             f"{v['speedup']:.2f}x |")
+                  *table(["state", "share of blocks", "fp32 p50 ms", "int8 p50 ms", "speed-up"], "lrrrr",
+                         [[label, f"{st[label]['share']:.0%}", f"{st[label]['fp32_p50_ms']:.3f}",
+                           f"{st[label]['int8_p50_ms']:.3f}", f"{st[label]['speedup']:.2f}x"]
+                          for label in ("fast", "slow") if label in st])]
         int8_seq = [(t, p <= st["int8_cut_ms"]) for name, t, p in series if name == "int8"]
         switches = sum(1 for a, b in zip(int8_seq, int8_seq[1:]) if a[1] != b[1])
         if "fast" in st and "slow" in st:
@@ -187,12 +181,9 @@ def results_json(out: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--models", help="a work folder of int8_speed_resnet20.py (default: the newest /tmp/int8-speed-*)")
-    parser.add_argument("--sessions", type=int, default=8)
-    parser.add_argument("--gap-seconds", type=float, default=45.0)
-    parser.add_argument("--repetitions", type=int, default=9)
-    parser.add_argument("--runs", type=int, default=1000)
+    common.add_numbers(parser, sessions=8, gap_seconds=45.0, repetitions=9, runs=1000)
     parser.add_argument("--interleaved-factor", type=int, default=3,
                         help="the interleaved check times runs x this many runs per model")
     parser.add_argument("--block-seconds", type=float, default=120.0,
@@ -225,14 +216,12 @@ def main() -> int:
               f"{session['int8_p50_ms']:.3f} ms, load {load:.2f}); interleaved {session['interleaved_speedup']:.2f}x",
               flush=True)
     series = block_series(models / FP32, models / INT8, args.block_seconds, args.runs_per_block) if args.block_seconds else []
-    out = {"command": "python benchmarks/int8_speed_repeat.py " + " ".join(sys.argv[1:]), "models": str(models),
+    out = {"command": command(), "models": str(models),
            "machine": machine_info(), "repetitions": args.repetitions, "runs": args.runs,
            "gap_seconds": args.gap_seconds, "interleaved_runs": args.runs * args.interleaved_factor, "sessions": sessions, "notes": args.note,
            "block_seconds": args.block_seconds, "runs_per_block": args.runs_per_block,
            "states": states(series) if len(series) >= 20 else None, "block_series": series}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "int8-speed-repeat.json").write_text(results_json(out))
-    (RESULTS / "int8-speed-repeat.md").write_text(markdown(out))
+    write_results(RESULTS, "int8-speed-repeat", out, markdown(out), json_text=results_json(out))
     return 0
 
 

@@ -20,10 +20,9 @@ Writes benchmarks/results/int8-speed-resnet20.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import os
 import bisect
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,30 +30,25 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import onnxruntime as ort  # noqa: E402
-
-from edgekd.runtime.machine import machine_info  # noqa: E402
-from edgekd.runtime.session import optimized_op_counts
-from edgekd.runtime.inputs import preprocess
-from edgekd.data.splits import load_splits, save_eval_set  # noqa: E402
-from edgekd.onnx_export import model_metadata, to_onnx  # noqa: E402
-from edgekd.models.zoo import build_model  # noqa: E402
+import common
+from common import RESULTS, command, int8_op_counts, machine_info, machine_line, split_tensors, table, write_results
+from edgekd.data.config import DataConfig
+from edgekd.data.splits import load_splits, save_eval_set
 from edgekd.models.cost import count_macs, count_params
-from edgekd.quant.calibration import ArrayCalibrationReader  # noqa: E402
-from edgekd.quant.ptq import prepare, ptq
-from edgekd.data.config import DataConfig  # noqa: E402
-from edgekd.onnx_export import ExportConfig
+from edgekd.models.zoo import build_model
+from edgekd.onnx_export import ExportConfig, model_metadata, to_onnx
+from edgekd.quant.calibration import ArrayCalibrationReader
 from edgekd.quant.config import QuantConfig
+from edgekd.quant.ptq import prepare, ptq
+from edgekd.runtime.inputs import preprocess
+from edgekd.runtime.session import optimized_op_counts
 from edgekd.train.config import TeacherConfig
-from edgekd.train.loop import cross_entropy_step, fit, to_tensor  # noqa: E402
-from int8_speed_repeat import alternating_pair  # noqa: E402  (benchmarks/ is this script's folder)
+from edgekd.train.loop import cross_entropy_step, fit
+from int8_speed_repeat import alternating_pair
 
-RESULTS = REPO / "benchmarks" / "results"
 MAX_ROUND_SECONDS = 0.4  # per model and round
 LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -129,9 +123,9 @@ def quantize(fp32: Path, out: Path, fmt: str, calib: np.ndarray, meta: dict) -> 
 def export_qat_structure(net, work: Path, calib: np.ndarray, meta: dict) -> Path:
     """edgekd.qat's export of `net` (folded, fake-quantized, calibrated; not fine-tuned): the
     graph a QAT model deploys as, to time it next to ORT's PTQ graph."""
-    from edgekd.quant.qat.train import calibrate
-    from edgekd.quant.qat.prepare import prepare_qat
     from edgekd.quant.qat.export import export_qdq
+    from edgekd.quant.qat.prepare import prepare_qat
+    from edgekd.quant.qat.train import calibrate
 
     qmodel = prepare_qat(net, activation_type="uint8")
     calibrate(qmodel, torch.from_numpy(calib))
@@ -189,11 +183,8 @@ def profile_all(models_dir: Path, image: np.ndarray, runs: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--final-runs", type=int, default=1000)
+    parser = common.argument_parser(__doc__)
+    common.add_numbers(parser, train_epochs=2, rounds=9, runs=300, final_runs=1000)
     parser.add_argument("--repetitions", type=int, default=9, help="of the final fp32/int8 bench pair")
     parser.add_argument("--profile-only", metavar="MODELS_DIR", help="only re-run the profiler on a run's models")
     parser.add_argument("--profile-runs", type=int, default=2000)
@@ -207,7 +198,7 @@ def main() -> int:
         splits = load_splits(DataConfig(), seed=0)
         meta = {"edgekd.mean": json.dumps(splits.spec.mean), "edgekd.std": json.dumps(splits.spec.std)}
         out["profile"] = profile_all(Path(args.profile_only), preprocess(splits.calib_x[:1], meta), args.profile_runs)
-        out["profile_command"] = "python " + " ".join(sys.argv)
+        out["profile_command"] = command()
         (RESULTS / "int8-speed-resnet20.json").write_text(json.dumps(out, indent=1))
         args.markdown_only = True
     if args.markdown_only:
@@ -222,10 +213,7 @@ def main() -> int:
     splits = load_splits(DataConfig(), seed=0)  # the embedded Fashion-MNIST subset (real images)
     spec = splits.spec
     shape = (spec.channels, spec.height, spec.width)
-    t = {"train_x": to_tensor(splits.train_x, spec.mean, spec.std),
-         "train_y": torch.from_numpy(splits.train_y.astype("int64")),
-         "val_x": to_tensor(splits.val_x, spec.mean, spec.std),
-         "val_y": torch.from_numpy(splits.val_y.astype("int64"))}
+    t = split_tensors(splits, "train", "val")
 
     torch.manual_seed(0)
     random_net = build_model("resnet20", in_channels=1, num_classes=10).eval()
@@ -238,7 +226,7 @@ def main() -> int:
     trained_net.eval()
     print(f"trained resnet20 in {train_seconds:.0f} s", flush=True)
 
-    out: dict = {"command": "python " + " ".join(sys.argv), "machine": machine_info(),
+    out: dict = {"command": command(), "machine": machine_info(),
                  "load_average_start": round(os.getloadavg()[0], 2),
                  "train_seconds": round(train_seconds, 1),
                  "model": {"arch": "resnet20", "params": count_params(trained_net),
@@ -342,9 +330,7 @@ def main() -> int:
     out["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
     out["load_average_end"] = round(os.getloadavg()[0], 2)
     out["notes"] = args.note
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "int8-speed-resnet20.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / "int8-speed-resnet20.md").write_text(markdown(out))
+    write_results(RESULTS, "int8-speed-resnet20", out, markdown(out), json_text=json.dumps(out, indent=1))
     print(f"final: fp32 {f:.3f} ms, int8 {i:.3f} ms, speed-up {f / i:.2f}x, size ratio "
           f"{out['final_bench']['size_ratio']:.2f}x; wall {out['wall_seconds']} s", flush=True)
     return 0
@@ -384,8 +370,7 @@ def markdown(out: dict) -> str:
     lines = ["# int8 speed of ResNet-20 on this CPU (issue #8)", "",
              f"Command: `{out['command']}` (wall time {out['wall_seconds']:.0f} s, of which training "
              f"{out['train_seconds']:.0f} s).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, int8 CPU features {', '.join(m['int8_cpu_flags'])}, "
-             f"onnxruntime {m['onnxruntime']}, {m['os']}. " + load_sentence(out), "",
+             machine_line(m, "int8", "onnxruntime", "os") + ". " + load_sentence(out), "",
              f"Model: the zoo's ResNet-20 (1 input channel, 10 classes), {out['model']['params']:,} parameters, "
              f"{out['model']['macs_28'] / 1e6:.1f} M MACs at 28x28 ({out['model']['macs_32'] / 1e6:.1f} M at 32x32); "
              "`random` = initial weights, `trained` = trained for "
@@ -396,54 +381,53 @@ def markdown(out: dict) -> str:
              f"edgekd's own bench (`edgekd.bench.bench`, {final['config']['runs']} timed runs per model, batch 1, "
              f"1 thread, CPU provider), fp32 and the x86-vnni preset's int8 (QDQ U8S8, per-channel) alternating "
              f"{final['config']['repetitions']} times; p50 is the median of the repetitions' p50s.", "",
-             "| target | value | result |", "|---|---:|---|",
-             f"| int8 >= 2x faster than fp32 (p50 {f_ms:.3f} ms -> {i_ms:.3f} ms) | {speed:.2f}x | "
-             f"{'pass' if speed >= 2 else 'FAIL'} |",
-             f"| int8 file >= 3.4x smaller ({models[f_key]['file_bytes']:,} -> {models[i_key]['file_bytes']:,} bytes) "
-             f"| {size:.2f}x | {'pass' if size >= 3.4 else 'FAIL'} |", ""]
+             *table(["target", "value", "result"], "lrl", [
+                 [f"int8 >= 2x faster than fp32 (p50 {f_ms:.3f} ms -> {i_ms:.3f} ms)", f"{speed:.2f}x",
+                  "pass" if speed >= 2 else "FAIL"],
+                 [f"int8 file >= 3.4x smaller ({models[f_key]['file_bytes']:,} -> {models[i_key]['file_bytes']:,} "
+                  "bytes)", f"{size:.2f}x", "pass" if size >= 3.4 else "FAIL"]]), ""]
     if per_rep:
         lines += [f"Speed-up per repetition: {', '.join(f'{r:.2f}' for r in per_rep)} (min {min(per_rep):.2f}, "
                   f"max {max(per_rep):.2f}).", ""]
     lines += ["## Every format side by side", "",
               f"p50 in ms over {out['formats']['threads1'][f_key]['runs']}+ timed runs per model, all models' "
               "sessions open at once and timed in rotating order (rounds of up to 300 runs or 0.4 s each). "
-              "Speed-up: against the fp32 model of the same weights and input size at the same thread count.", "",
-              "| model | 1 thread p50 | speed-up | 2 threads p50 | speed-up | file | test top-1 % | int8 kernels | "
-              "Q/DQ left |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "Speed-up: against the fp32 model of the same weights and input size at the same thread count.", ""]
+    cells = []
     for key, entry in models.items():
         base = key.split("/")[0] + "/fp32"
-        cells = []
+        speeds = []
         for threads in ("threads1", "threads2"):
             row = out["formats"][threads]
-            cells += [f"{row[key]['p50']:.3f}", f"{row[base]['p50'] / row[key]['p50']:.2f}x"]
-        ops = entry["op_counts"] or {}
-        int8 = sum(c for op, c in ops.items() if op.startswith("QLinear") or op in ("QGemm", "NhwcMaxPool"))
-        qdq = ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0)
+            speeds += [f"{row[key]['p50']:.3f}", f"{row[base]['p50'] / row[key]['p50']:.2f}x"]
+        int8, qdq = int8_op_counts(entry["op_counts"])
         top1 = "-" if entry.get("test_top1") is None else f"{entry['test_top1']:.2f}"
-        lines.append(f"| {key} | {' | '.join(cells)} | {entry['file_bytes'] / 1024:.1f} KB | {top1} | {int8} | {qdq} |")
+        cells.append([key, *speeds, f"{entry['file_bytes'] / 1024:.1f} KB", top1, int8, qdq])
+    lines += table(["model", "1 thread p50", "speed-up", "2 threads p50", "speed-up", "file", "test top-1 %",
+                    "int8 kernels", "Q/DQ left"], "lrrrrrrrr", cells)
     lines += ["", "## Graph optimization level (1 thread)", "",
-              "| model @ level | p50 ms | operators after optimization |", "|---|---:|---|"]
-    for key, row in out["levels"].items():
-        ops = ", ".join(f"{op} {c}" for op, c in out["level_op_counts"][key].items())
-        lines.append(f"| {key} | {row['p50']:.3f} | {ops} |")
+              *table(["model @ level", "p50 ms", "operators after optimization"], "lrl",
+                     [[key, f"{row['p50']:.3f}",
+                       ", ".join(f"{op} {c}" for op, c in out["level_op_counts"][key].items())]
+                      for key, row in out["levels"].items()])]
     lines += ["", "## Where the time goes (ONNX Runtime's profiler, 1 thread)", "",
               "Kernel time per run by operator type, in microseconds: the median over "
               f"{next(iter(out['profile'].values())).get('runs', 500)} profiled runs of each model"
               + (f" (`{out['profile_command']}`)" if out.get("profile_command") else "")
-              + ". The profiler times every node and so inflates short kernels; read the shares and ratios.", "",
-              "| model | total kernels | first conv | op: µs (share) |", "|---|---:|---:|---|"]
-    notes = []
+              + ". The profiler times every node and so inflates short kernels; read the shares and ratios.", ""]
+    cells, notes = [], []
     for key, prof in out["profile"].items():
         total = prof["kernels_us"]
         parts = ", ".join(f"{op} x{prof['nodes'][op]}: {us:.0f} ({us / total:.0%})" for op, us in prof["per_op_us"].items())
         first = f"{prof['first_conv_us']:.0f}" if "first_conv_us" in prof else "-"
-        lines.append(f"| {key} | {total:.0f} | {first} | {parts} |")
+        cells.append([key, f"{total:.0f}", first, parts])
         parts_sum = sum(prof["per_op_us"].values())
         if abs(parts_sum - total) > 0.2 * total:
             sweep = out["formats"]["threads1"][key]
             notes.append(f"{key}: its run times are bimodal (sweep p50 {sweep['p50']:.3f} ms, mean "
                          f"{sweep['mean']:.3f} ms), so the medians per op type ({parts_sum:.0f} µs together) do "
                          f"not add up to the median total ({total:.0f} µs).")
+    lines += table(["model", "total kernels", "first conv", "op: µs (share)"], "lrrl", cells)
     lines += [""] + notes if notes else []
     fp, q8 = out["profile"][f_key], out["profile"][i_key]
     conv_ratio = fp["per_op_us"].get("Conv", 0) / max(q8["per_op_us"].get("QLinearConv", 1), 1e-9)

@@ -23,31 +23,24 @@ onnxruntime-openvino in place of onnxruntime. Writes benchmarks/results/openvino
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 import onnxruntime as ort
 
+import common
+from common import RESULTS, Clock, command, machine_info, machine_line, table, write_results
 from edgekd.data.splits import load_arrays
 from edgekd.quant.config import QuantConfig
 from edgekd.quant.ptq import ptq
 from edgekd.runtime.bench import bench
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import preprocess
-from edgekd.runtime.machine import machine_info
 from edgekd.runtime.session import provider_route
 
-RESULTS = REPO / "benchmarks" / "results"
 # name -> QuantConfig fields (target x86-vnni only supplies the fields not set here)
 VARIANTS = {
     "U8U8 per-tensor": {"activation_type": "uint8", "weight_type": "uint8", "per_channel": False},
@@ -159,8 +152,7 @@ def markdown(result: dict) -> str:
         "# int8 QDQ formats on the OpenVINO execution provider",
         "",
         f"Command: `{result['command']}` (wall time {result['wall_seconds']:.0f} s).",
-        (f"Machine: {m['cpu']}, {m['cores']} cores, int8 CPU features {', '.join(m.get('int8_cpu_flags') or [])}, "
-        f"onnxruntime {m['onnxruntime']}. OpenVINO route: {result['openvino_route']['kind']} "
+        (machine_line(m, "int8", "onnxruntime") + f". OpenVINO route: {result['openvino_route']['kind']} "
         f"({result['openvino_route']['package']}). Load average (1 min) {result['load_average'][0]:.1f} at the "
         f"start, {result['load_average'][1]:.1f} at the end: other work shared the machine; every model ran "
         "interleaved with the others in one run, so the ratios hold better than the absolute times."),
@@ -171,25 +163,25 @@ def markdown(result: dict) -> str:
         "package) gives the convolutions and matmuls of the same file (bf16: its default on CPUs with "
         "AVX-512 BF16; f32/bf16 in an int8 model: that layer is not run in int8)."),
         "",
-        ("| model | format | KB | CPU p50 ms | CPU x fp32 | CPU int8 kernels | CPU top-1 | OpenVINO p50 ms "
-        "| OpenVINO x fp32 | OpenVINO top-1 | OpenVINO compiled layers |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    cells = []
     for e in result["results"]:
-        cells = []
+        row = [e["stage"], e["variant"], e["file_kb"]]
         for provider in ("cpu", "openvino"):
             r = e[provider]
             if "failed" in r:
-                cells.append(f"failed: {r['failed'][:80]}" + " | -" * (3 if provider == "cpu" else 2))
+                row += [f"failed: {r['failed'][:80]}", *["-"] * (3 if provider == "cpu" else 2)]
                 continue
-            speed = _cell(r, "speedup_vs_fp32", ".2f")
+            row += [f"{r['p50_ms']:.4f}", _cell(r, "speedup_vs_fp32", ".2f")]
             if provider == "cpu":
-                cells.append(f"{r['p50_ms']:.4f} | {speed} | {_cell(r, 'int8_kernels', 'd')} | {_cell(r, 'top1', '.2f')}")
-            else:
-                cells.append(f"{r['p50_ms']:.4f} | {speed} | {_cell(r, 'top1', '.2f')}")
+                row.append(_cell(r, "int8_kernels", "d"))
+            row.append(_cell(r, "top1", ".2f"))
         precisions = e["openvino_precisions"]
-        layers = "-" if precisions is None else ", ".join(f"{k} x{n}" for k, n in sorted(precisions.items()))
-        lines.append(f"| {e['stage']} | {e['variant']} | {e['file_kb']} | {cells[0]} | {cells[1]} | {layers} |")
+        row.append("-" if precisions is None else ", ".join(f"{k} x{n}" for k, n in sorted(precisions.items())))
+        cells.append(row)
+    lines += table(["model", "format", "KB", "CPU p50 ms", "CPU x fp32", "CPU int8 kernels", "CPU top-1",
+                    "OpenVINO p50 ms", "OpenVINO x fp32", "OpenVINO top-1", "OpenVINO compiled layers"],
+                   "llrrrrrrrrl", cells)
     choice = result["choice"]
     lines += ["", f"Rule: {choice['rule']}.", ""]
     lines += [f"- {v}: geometric-mean OpenVINO speed-up {s:.2f}x" for v, s in choice["geomean_speedups"].items()]
@@ -198,35 +190,34 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--run-dir", default="runs/openvino-presets", help="a default run (edgekd compress --out DIR)")
     # 32 results interleaved: a time floor per result would be set by the fastest one (rounds of 20 runs)
-    parser.add_argument("--runs", type=int, default=400)
-    parser.add_argument("--min-seconds", type=float, default=0.0)
+    common.add_numbers(parser, runs=400, min_seconds=0.0)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both providers (0: their default)")
     args = parser.parse_args()
-    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    clock = Clock()
     run_dir = Path(args.run_dir)
     route = provider_route("openvino")  # ProviderUnavailable (no OpenVINO here) ends it at once
     train_x = load_arrays("fashion-mnist-subset")[0]
     calib_x = train_x[:256]
     with tempfile.TemporaryDirectory(prefix="edgekd-ov-presets-") as tmp:
         models = quantize_all(run_dir, Path(tmp), calib_x)
-        print(f"quantized in {time.perf_counter() - start:.0f} s; benching", flush=True)
+        print(f"quantized in {clock.seconds():.0f} s; benching", flush=True)
         paths = [p for variants in models.values() for p in variants.values()]
         openvino_threads = {"openvino:num_of_threads": str(args.threads)} if args.threads else {}
         cfg = BenchConfig(runs=args.runs, min_seconds=args.min_seconds, warmup=20, interleave=True,
                           threads=args.threads, provider_options=openvino_threads)
         rows = bench(paths, eval_set=run_dir / "eval.npz", cfg=cfg, progress=False, providers=["cpu", "openvino"],
                      keep_failures=True)
-        print(f"benched in {time.perf_counter() - start:.0f} s; OpenVINO's compiled precisions", flush=True)
+        print(f"benched in {clock.seconds():.0f} s; OpenVINO's compiled precisions", flush=True)
         entries = summarize(models, rows)
     samples = next((r.samples for r in rows if hasattr(r, "samples")), 0)
     result = {
-        "command": "python " + " ".join(["benchmarks/openvino_int8_presets.py", *sys.argv[1:]]),
-        "wall_seconds": time.perf_counter() - start,
+        "command": command(),
+        "wall_seconds": clock.seconds(),
         "machine": machine_info(),
-        "load_average": [load_start, os.getloadavg()[0]],
+        "load_average": clock.load_average(),
         "openvino_route": route,
         "settings": {"runs": args.runs, "min_seconds": args.min_seconds, "batch_size": 1, "interleave": True,
                      "threads": args.threads},
@@ -234,9 +225,7 @@ def main() -> int:
         "results": entries,
         "choice": choose(entries),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "openvino-int8-presets.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "openvino-int8-presets.md").write_text(markdown(result))
+    write_results(RESULTS, "openvino-int8-presets", result, markdown(result))
     print(markdown(result))
     return 0
 

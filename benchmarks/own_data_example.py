@@ -20,17 +20,14 @@ Writes benchmarks/results/own-data-example.{md,json} with the machine it ran on.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REPO = RESULTS.parent.parent
-sys.path.insert(0, str(REPO))  # the checkout's edgekd, also when it is not installed
+import common
+from common import RESULTS, command, machine_line, machine_with_torch, pct, table, write_results
 
 SIZE = 224
 RECIPE = """\
@@ -130,17 +127,17 @@ def train_resnet18(root: Path, out: Path, epochs: int) -> dict:
             "test_top1": round(100.0 * correct / total, 2)}
 
 
-def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     seconds = round(time.perf_counter() - start, 1)
     if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        sys.exit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return seconds, done
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--root", default="/tmp/edgekd-own-data", help="the image folder (generated once)")
     parser.add_argument("--per-class", type=int, default=200, help="train images per class")
     parser.add_argument("--teacher-epochs", type=int, default=3, help="the user's own resnet18 training")
@@ -169,13 +166,9 @@ def main() -> int:
     bench_seconds, bench = timed([*edgekd, "bench", str(run_dir), "--json-out", str(work / "bench.json"), "--force"])
     report = json.loads((run_dir / "report.json").read_text())
 
-    import torch
-
-    from edgekd.runtime.machine import machine_info
-
     result = {
-        "command": "python benchmarks/own_data_example.py " + " ".join(sys.argv[1:]),
-        "machine": {**machine_info(), "torch": torch.__version__, "python": platform.python_version()},
+        "command": command(),
+        "machine": machine_with_torch(),
         "images": {**images, "train": images["per_class"] * 10, "test": max(1, images["per_class"] // 4) * 10,
                    "seconds": images_seconds},
         "own_resnet18": own,
@@ -191,15 +184,9 @@ def main() -> int:
         "bench_table": bench.stdout,
     }
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "own-data-example.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "own-data-example.md").write_text(markdown(result))
+        write_results(RESULTS, "own-data-example", result, markdown(result))
     print(markdown(result))
     return 0
-
-
-def pct(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def markdown(result: dict) -> str:
@@ -207,8 +194,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# The README's worked example: your own data and model",
         "",
-        f"Command: `{result['command']}`. Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
-        f"torch {m['torch']}, onnxruntime {m.get('onnxruntime', '?')}.",
+        f"Command: `{result['command']}`. " + machine_line(m, "torch", "onnxruntime") + ".",
         "",
         f"- Images: {result['images']['train']:,} train + {result['images']['test']:,} test, 224x224 RGB "
         f"(JPEG and PNG), written in {result['images']['seconds']} s.",
@@ -222,9 +208,8 @@ def markdown(result: dict) -> str:
         result["recipe"].rstrip(),
         "```",
         "",
-        "| model | top-1 % | params | p50 ms |",
-        "|---|---:|---:|---:|",
-        *[f"| {x['name']} | {pct(x['top1'])} | {x['params']:,} | {x['p50_ms']:.3f} |" for x in result["models"]],
+        *table(["model", "top-1 %", "params", "p50 ms"], "lrrr",
+               [[x["name"], pct(x["top1"]), f"{x['params']:,}", f"{x['p50_ms']:.3f}"] for x in result["models"]]),
         "",
     ]
     for stage, changes in result["adapted"].items():

@@ -14,51 +14,41 @@ OpenVINO needs the onnxruntime-ep-openvino plugin (Intel hardware) or onnxruntim
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+import common
+from common import RESULTS, Clock, command, write_results
 from edgekd.api import bench
 from edgekd.runtime.fmt import to_markdown
 from edgekd.runtime.session import provider_route
 
-RESULTS = REPO / "benchmarks" / "results"
-
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--run-dir", default="runs/provider-compare", help="a default run (edgekd compress --out DIR)")
     parser.add_argument("--providers", default="cpu,openvino")
-    parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--min-seconds", type=float, default=2.0)
+    common.add_numbers(parser, runs=1000, min_seconds=2.0)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of every provider (0: their default)")
     args = parser.parse_args()
-    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    clock = Clock()
     routes = {name: provider_route(name) for name in args.providers.split(",")}  # a missing one ends it here
     options = {"openvino:num_of_threads": str(args.threads)} if args.threads and "openvino" in routes else {}
     report = bench(args.run_dir, provider=args.providers, runs=args.runs, min_seconds=args.min_seconds, warmup=50,
                    threads=[args.threads], provider_options=options)
-    command = "python " + " ".join(["benchmarks/provider_compare.py", *sys.argv[1:]])
-    report["benchmark"] = {"command": command, "wall_seconds": time.perf_counter() - start,
-                           "load_average": [load_start, os.getloadavg()[0]], "routes": routes}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "provider-compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    load = clock.load_average()
+    report["benchmark"] = {"command": command(), "wall_seconds": clock.seconds(), "load_average": load,
+                           "routes": routes}
     route_text = "; ".join(f"{n}: {r['kind']} ({r['package']}{', ' + r['device'] if r['device'] else ''})"
                            for n, r in routes.items())
     text = to_markdown(report["models"] + report["failed"], report["machine"], report["config"],
                        report.get("provider_ranking"))
     text = text.replace("# edgekd bench\n", (
         "# edgekd bench RUN_DIR --provider " + args.providers + "\n\n"
-        f"Command: `{command}` (wall time {report['benchmark']['wall_seconds']:.0f} s). Providers: {route_text}. "
-        f"Load average (1 min) {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: other work "
-        "shared the machine; all results ran interleaved in one run, so the ratios hold better than the times.\n"), 1)
-    (RESULTS / "provider-compare.md").write_text(text)
+        f"Command: `{report['benchmark']['command']}` (wall time {report['benchmark']['wall_seconds']:.0f} s). "
+        f"Providers: {route_text}. Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end: "
+        "other work shared the machine; all results ran interleaved in one run, so the ratios hold better than the "
+        "times.\n"), 1)
+    write_results(RESULTS, "provider-compare", report, text)
     print(text)
     return 0
 

@@ -18,7 +18,6 @@ Writes benchmarks/results/prune-fashion-mnist.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -29,38 +28,33 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from edgekd.io.artifacts import load_weights, save_weights  # noqa: E402
-from edgekd.runtime.bench import bench  # noqa: E402
-from edgekd.runtime.fmt import format_table
-from edgekd.runtime.machine import machine_info
-from edgekd.data.splits import load_splits, save_eval_set  # noqa: E402
-from edgekd.distill.offline import distill  # noqa: E402
-from edgekd.onnx_export import model_metadata  # noqa: E402
-from edgekd.models.zoo import build_model  # noqa: E402
-from edgekd.models.cost import count_macs, count_params
-from edgekd.prune.channels import channel_table  # noqa: E402
-from edgekd.prune.latency import LatencyTarget, export_deployable, prune_to_latency  # noqa: E402
-from edgekd.runtime.machine import detect_machine  # noqa: E402
-from edgekd.runtime.config import BenchConfig  # noqa: E402
+import common
+from common import RESULTS, command, machine_info, machine_line, split_tensors, table, write_results
 from edgekd.data.config import DataConfig
+from edgekd.data.splits import load_splits, save_eval_set
 from edgekd.distill.config import DistillConfig
-from edgekd.onnx_export import ExportConfig
+from edgekd.distill.offline import distill
+from edgekd.io.artifacts import load_weights, save_weights
+from edgekd.models.cost import count_macs, count_params
+from edgekd.models.zoo import build_model
+from edgekd.onnx_export import ExportConfig, model_metadata
+from edgekd.prune.channels import channel_table
+from edgekd.prune.latency import LatencyTarget, export_deployable, prune_to_latency
 from edgekd.quant.config import QuantConfig
+from edgekd.runtime.bench import bench
+from edgekd.runtime.config import BenchConfig
+from edgekd.runtime.fmt import format_table
+from edgekd.runtime.machine import detect_machine
 from edgekd.train.config import TeacherConfig
-from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+from edgekd.train.evaluate import accuracy
+from edgekd.train.loop import cross_entropy_step, fit, to_tensor
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--arch", default="tinycnn")
     parser.add_argument("--width", type=float, default=64)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
+    common.add_numbers(parser, epochs=3, finetune_epochs=2)
     parser.add_argument("--target-speedup", type=float, default=1.5, help="latency target of the pruning loop")
     parser.add_argument("--bench-threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=5, help="alternating bench calls over the four models")
@@ -80,14 +74,8 @@ def main() -> int:
                                      limit_train=args.limit_train), seed=0)
     spec = splits.spec
     shape = (spec.channels, spec.height, spec.width)
-    t = {
-        "train_x": to_tensor(splits.train_x, spec.mean, spec.std),
-        "train_y": torch.from_numpy(splits.train_y.astype("int64")),
-        "val_x": to_tensor(splits.val_x, spec.mean, spec.std),
-        "val_y": torch.from_numpy(splits.val_y.astype("int64")),
-    }
-    test_x = to_tensor(splits.test_x, spec.mean, spec.std)
-    test_y = torch.from_numpy(splits.test_y.astype("int64"))
+    t = split_tensors(splits, "train", "val")
+    test_x, test_y = split_tensors(splits, "test").values()
     calib = to_tensor(splits.calib_x, spec.mean, spec.std).numpy()
     print(f"data: {len(t['train_x'])} train, {len(t['val_x'])} val, {len(test_x)} test", flush=True)
 
@@ -168,7 +156,7 @@ def main() -> int:
     }
     timings["total"] = time.perf_counter() - wall
     result = {
-        "command": "python benchmarks/prune_fashion_mnist.py " + " ".join(sys.argv[1:]),
+        "command": command(),
         "train_threads": args.train_threads,
         "machine": machine_info(), "quantize_machine": machine, "note": "other jobs shared the 2 CPU cores",
         "arch": args.arch, "arch_args": arch_args, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
@@ -178,9 +166,7 @@ def main() -> int:
         "models": [r.to_dict() for r in rows],
         "checks": {k: {"ok": ok, "value": v} for k, (ok, v) in checks.items()},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prune-fashion-mnist.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "prune-fashion-mnist.md").write_text(markdown(result, rows, checks, args, after_prune_top1))
+    write_results(RESULTS, "prune-fashion-mnist", result, markdown(result, rows, checks, args, after_prune_top1))
     for k, (ok, v) in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}: {v}")
     return 0 if all(ok for ok, _ in checks.values()) else 1
@@ -188,17 +174,16 @@ def main() -> int:
 
 def markdown(result, rows, checks, args, after_prune_top1) -> str:
     m, s, lat = result["machine"], result["seconds"], result["latency_pruning"]
-    step_rows = [f"| {st['step']} | {st['removed']:.2f} | {st['macs'] / 1e6:.2f}M | {st['params']:,} | "
-                 f"{st['p50_ms']:.3f} | {st['reference_p50_ms']:.3f} | {st['speedup']:.2f}x |" for st in lat["steps"]]
-    layers = [f"| {name} | {result['unpruned']['channels'][name]} | {result['pruned']['channels'][name]} |"
+    steps = [[st["step"], f"{st['removed']:.2f}", f"{st['macs'] / 1e6:.2f}M", f"{st['params']:,}",
+              f"{st['p50_ms']:.3f}", f"{st['reference_p50_ms']:.3f}", f"{st['speedup']:.2f}x"] for st in lat["steps"]]
+    layers = [[name, result["unpruned"]["channels"][name], result["pruned"]["channels"][name]]
               for name in result["unpruned"]["channels"]]
     return "\n".join([
         "# Pruning on the full Fashion-MNIST",
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, int8 CPU features {', '.join(m['int8_cpu_flags']) or 'none'}, "
-        f"onnxruntime {m['onnxruntime']}; other jobs may have shared the 2 cores (training on "
+        machine_line(m, "int8", "onnxruntime") + "; other jobs may have shared the 2 cores (training on "
         f"{result.get('train_threads', 1)} torch thread(s)). Wall time "
         f"{s['total']:.0f} s: train {s['train']:.0f} s, latency-targeted pruning {s['prune_loop']:.0f} s, "
         f"KD fine-tune {s['kd_finetune']:.0f} s, bench {s['bench']:.0f} s.",
@@ -218,24 +203,20 @@ def markdown(result, rows, checks, args, after_prune_top1) -> str:
         f"Median p50 (ms) over {args.reps} alternating bench calls: "
         + ", ".join(f"{k} {v:.3f}" for k, v in result["median_p50_ms"].items()) + ".",
         "",
-        "| target | result | value |",
-        "|---|---|---|",
-        *[f"| {k} | {'pass' if ok else 'FAIL'} | {v} |" for k, (ok, v) in checks.items()],
+        *table(["target", "result", "value"], "lll",
+               [[k, "pass" if ok else "FAIL", v] for k, (ok, v) in checks.items()]),
         "",
         "## The latency-targeted pruning loop",
         "",
         f"{lat['message']}. Each candidate timed against the unpruned int8 model in one loop of interleaved rounds "
         "(medians):",
         "",
-        "| step | share removed | MACs | params | int8 p50 ms | unpruned int8 p50 ms | speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *step_rows,
+        *table(["step", "share removed", "MACs", "params", "int8 p50 ms", "unpruned int8 p50 ms", "speed-up"],
+               "rrrrrrr", steps),
         "",
         "## Channels per layer",
         "",
-        "| layer | unpruned | pruned |",
-        "|---|---:|---:|",
-        *layers,
+        *table(["layer", "unpruned", "pruned"], "lrr", layers),
         "",
     ])
 

@@ -13,7 +13,6 @@ latency does not depend on their values. Writes benchmarks/results/prune-probe.{
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -24,16 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from edgekd.runtime.machine import machine_info  # noqa: E402
-from edgekd.models.zoo import build_model  # noqa: E402
+import common
+from common import RESULTS, command, machine_info, machine_line, table, write_results
 from edgekd.models.cost import count_macs, count_params
-from edgekd.prune.channels import prune_channels  # noqa: E402
-from edgekd.prune.latency import export_deployable, interleaved_p50_ms  # noqa: E402
+from edgekd.models.zoo import build_model
+from edgekd.prune.channels import prune_channels
+from edgekd.prune.latency import export_deployable, interleaved_p50_ms
 
-RESULTS = REPO / "benchmarks" / "results"
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 CANDIDATES = [
     ("resnet20", {"width": 2}),
@@ -46,7 +42,7 @@ CANDIDATES = [
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--only", default=None, help="comma list of indices into the candidate list")
@@ -80,22 +76,18 @@ def main() -> int:
                     rows.append(row)
                     print(f"{tag:34s} {name:8s} t={t} MACs {row['macs']/1e6:7.2f}M ({row['macs_ratio']:.2f}x) "
                           f"int8 p50 {ms:.3f} ms speed-up {row['speedup']:.2f}x", flush=True)
-    result = {"command": "python benchmarks/prune_probe.py " + " ".join(sys.argv[1:]), "machine": machine_info(),
-              "seconds": time.perf_counter() - start, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prune-probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {"command": command(), "machine": machine_info(), "seconds": time.perf_counter() - start, "rows": rows}
     m = result["machine"]
     md = ["# Pruning latency probe (random weights, int8, batch 1, CPU provider)", "",
           f"Command: `{result['command']}`", "",
-          f"Machine: {m['cpu']}, {m['cores']} cores, int8 CPU features {', '.join(m['int8_cpu_flags']) or 'none'}, "
-          f"onnxruntime {m['onnxruntime']}; other jobs shared the 2 cores. Wall time {result['seconds']:.0f} s.", "",
+          machine_line(m, "int8", "onnxruntime") + "; other jobs shared the 2 cores. "
+          f"Wall time {result['seconds']:.0f} s.", "",
           "Each model pruned (L1, channels rounded to 16) to at most 1/2 of its MACs; p50 is the median over "
           f"{args.rounds} interleaved rounds; speed-up is unpruned int8 p50 / this int8 p50 in the same loop.", "",
-          "| arch | args | variant | threads | MACs | MACs ratio | int8 p50 ms | speed-up |",
-          "|---|---|---|---:|---:|---:|---:|---:|",
-          *[f"| {r['arch']} | {json.dumps(r['arch_args'])} | {r['variant']} | {r['threads']} | {r['macs']/1e6:.2f}M | "
-            f"{r['macs_ratio']:.2f}x | {r['int8_p50_ms']:.3f} | {r['speedup']:.2f}x |" for r in rows], ""]
-    (RESULTS / "prune-probe.md").write_text("\n".join(md))
+          *table(["arch", "args", "variant", "threads", "MACs", "MACs ratio", "int8 p50 ms", "speed-up"], "lllrrrrr",
+                 [[r["arch"], json.dumps(r["arch_args"]), r["variant"], r["threads"], f"{r['macs'] / 1e6:.2f}M",
+                   f"{r['macs_ratio']:.2f}x", f"{r['int8_p50_ms']:.3f}", f"{r['speedup']:.2f}x"] for r in rows]), ""]
+    write_results(RESULTS, "prune-probe", result, "\n".join(md))
     return 0
 
 

@@ -15,7 +15,6 @@ the PyTorch fake-quant model. Writes benchmarks/results/quantize-fashion-mnist.{
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -24,40 +23,33 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from edgekd.runtime.inputs import evaluate, preprocess  # noqa: E402
-from edgekd.runtime.machine import machine_info
-from edgekd.runtime.session import make_session, optimized_op_counts
-from edgekd.data.splits import load_splits  # noqa: E402
-from edgekd.distill.offline import distill  # noqa: E402
-from edgekd.onnx_export import model_metadata, to_onnx  # noqa: E402
-from edgekd.models.zoo import build_model  # noqa: E402
-from edgekd.models.cost import count_macs, count_params
-from edgekd.quant.qat.prepare import prepare_qat  # noqa: E402
-from edgekd.quant.qat.train import qat
-from edgekd.quant.qat.export import export_qdq  # noqa: E402
-from edgekd.quant.ptq import ptq  # noqa: E402
-from edgekd.data.config import DataConfig  # noqa: E402
+import common
+from common import RESULTS, command, int8_op_counts, machine_info, machine_line, split_tensors, table, write_results
+from edgekd.data.config import DataConfig
+from edgekd.data.splits import load_splits
 from edgekd.distill.config import DistillConfig
-from edgekd.onnx_export import ExportConfig
+from edgekd.distill.offline import distill
+from edgekd.models.cost import count_macs, count_params
+from edgekd.models.zoo import build_model
+from edgekd.onnx_export import ExportConfig, model_metadata, to_onnx
 from edgekd.quant.config import QatConfig, QuantConfig
+from edgekd.quant.ptq import ptq
+from edgekd.quant.qat.export import export_qdq
+from edgekd.quant.qat.prepare import prepare_qat
+from edgekd.quant.qat.train import qat
+from edgekd.runtime.inputs import evaluate, preprocess
+from edgekd.runtime.session import make_session, optimized_op_counts
 from edgekd.train.config import TeacherConfig
-from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
+from edgekd.train.evaluate import accuracy
+from edgekd.train.loop import cross_entropy_step, fit, to_tensor
 
-RESULTS = REPO / "benchmarks" / "results"
 DATA = "/usr/share/datasets/fashion-mnist"
 TARGETS = {"ptq": 0.5, "qat": 0.2, "qat_deployed_vs_fake_quant": 0.1}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--distill-epochs", type=int, default=3)
-    parser.add_argument("--qat-epochs", type=int, default=2)
-    parser.add_argument("--qat-lr", type=float, default=0.0005)
-    parser.add_argument("--student-width", type=int, default=24)
+    parser = common.argument_parser(__doc__)
+    common.add_numbers(parser, teacher_epochs=2, distill_epochs=3, qat_epochs=2, qat_lr=0.0005, student_width=24)
     parser.add_argument("--limit-train", type=int, default=None, help="fewer training images (a smoke test)")
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
@@ -76,12 +68,8 @@ def main() -> int:
                                     limit_test=args.limit_test), seed=0)
     spec = splits.spec
     shape = (spec.channels, spec.height, spec.width)
-    t = {"train_x": to_tensor(splits.train_x, spec.mean, spec.std),
-         "train_y": torch.from_numpy(splits.train_y.astype("int64")),
-         "val_x": to_tensor(splits.val_x, spec.mean, spec.std),
-         "val_y": torch.from_numpy(splits.val_y.astype("int64"))}
-    test_x = to_tensor(splits.test_x, spec.mean, spec.std)
-    test_y = torch.from_numpy(splits.test_y.astype("int64"))
+    t = split_tensors(splits, "train", "val")
+    test_x, test_y = split_tensors(splits, "test").values()
     print(f"data: {len(t['train_y'])} train, {len(t['val_y'])} val, {len(test_y)} test", flush=True)
 
     start = time.perf_counter()
@@ -152,7 +140,7 @@ def main() -> int:
     checks.append({"target": "deployed QAT ONNX within 0.1 points of the PyTorch fake-quant model",
                    "value": round(gap, 2), "pass": gap <= TARGETS["qat_deployed_vs_fake_quant"]})
     out = {
-        "command": "python " + " ".join(sys.argv),
+        "command": command(),
         "machine": machine_info(),
         "note": "1 torch thread; the 2 CPU cores were shared with other jobs while this ran",
         "data": {"train": len(t["train_y"]), "val": len(t["val_y"]), "test": len(test_y),
@@ -167,10 +155,8 @@ def main() -> int:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
-    results = Path(args.out)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "quantize-fashion-mnist.json").write_text(json.dumps(out, indent=1, default=str))
-    (results / "quantize-fashion-mnist.md").write_text(markdown(out))
+    write_results(Path(args.out), "quantize-fashion-mnist", out, markdown(out),
+                  json_text=json.dumps(out, indent=1, default=str))
     print(markdown(out), flush=True)
     return 0
 
@@ -180,8 +166,7 @@ def markdown(out: dict) -> str:
     fp32 = out["models"]["fp32"]["test_top1"]
     lines = ["# int8 on the full Fashion-MNIST: PTQ and QAT", "",
              f"Command: `{out['command']}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, int8 CPU features {', '.join(m['int8_cpu_flags'])}, "
-             f"onnxruntime {m['onnxruntime']}. {out['note']}. Wall time {out['wall_seconds']:.0f} s "
+             machine_line(m, "int8", "onnxruntime") + f". {out['note']}. Wall time {out['wall_seconds']:.0f} s "
              f"({', '.join(f'{k} {v:.0f} s' for k, v in out['seconds'].items())}).", "",
              f"{s['teacher']} teacher ({s['teacher_epochs']} epochs, test {s['teacher_test_top1_torch']:.2f}%), "
              f"{s['student']} student distilled for {s['distill_epochs']} epochs on {out['data']['train']:,} "
@@ -189,18 +174,18 @@ def markdown(out: dict) -> str:
              f"{out['data']['calib']} calibration images, x86-vnni preset (QDQ U8S8, per-channel weights). "
              f"QAT: {s['qat_epochs']} epochs of KD fine-tuning (lr {s['qat_lr']}), activation ranges observed "
              f"for the first {s['qat_observe_fraction']:.0%} of the steps, then frozen. Top-1 on the "
-             f"{out['data']['test']:,} test images, by ONNX Runtime (CPU provider).", "",
-             "| model | top-1 % | vs fp32 (points) | file | int8 kernels | Q/DQ left |", "|---|---:|---:|---:|---:|---:|"]
+             f"{out['data']['test']:,} test images, by ONNX Runtime (CPU provider).", ""]
+    cells = []
     for name, e in out["models"].items():
-        ops = e.get("op_counts") or {}
-        int8 = sum(c for op, c in ops.items() if op.startswith("QLinear") or op in ("QGemm", "NhwcMaxPool"))
-        qdq = ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0)
         delta = "" if name == "fp32" else f"{e['test_top1'] - fp32:+.2f}"
-        lines.append(f"| {name} | {e['test_top1']:.2f} | {delta} | {e['file_bytes'] / 1024:.1f} KB | {int8} | {qdq} |")
+        cells.append([name, f"{e['test_top1']:.2f}", delta, f"{e['file_bytes'] / 1024:.1f} KB",
+                      *int8_op_counts(e.get("op_counts"))])
+    lines += table(["model", "top-1 %", "vs fp32 (points)", "file", "int8 kernels", "Q/DQ left"], "lrrrrr", cells)
     q = out["models"]["qat"]
     lines += ["", f"QAT model in PyTorch (fake quantization): {q['fake_quant_test_top1_torch']:.2f}% "
-              f"(deployed ONNX: {q['test_top1']:.2f}%).", "", "| target | value | result |", "|---|---:|---|"]
-    lines += [f"| {c['target']} | {c['value']:.2f} | {'pass' if c['pass'] else 'FAIL'} |" for c in out["checks"]]
+              f"(deployed ONNX: {q['test_top1']:.2f}%).", "",
+              *table(["target", "value", "result"], "lrl",
+                     [[c["target"], f"{c['value']:.2f}", "pass" if c["pass"] else "FAIL"] for c in out["checks"]])]
     lines += ["", "Values: top-1 points lost against the fp32 student (negative: int8 scored higher), and the "
               "absolute gap between the deployed QAT model and its PyTorch fake-quant model.", "",
               "## Notes", "",

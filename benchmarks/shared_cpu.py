@@ -35,8 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(RESULTS.parent.parent))  # the checkout's edgekd, also when it is not installed
+from common import RESULTS
+
 MIN_RATIO_BUSY = 0.9  # beside one busy process
 MIN_RATIO_ALONE = 0.95
 BUSY = "while True: pass"

@@ -24,7 +24,6 @@ if the peak summed RSS of any stage reaches 3 GB.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -34,9 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REPO = RESULTS.parent.parent
-sys.path.insert(0, str(REPO))  # the checkout's edgekd, also when it is not installed
+import common
+from common import REPO, RESULTS, machine_info, machine_line, table, write_results
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 LIMIT_BYTES = 3 * 10**9
 SIZE = 224
@@ -163,7 +162,7 @@ def recipe(images: Path, workers: int, batch: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--images", default="/tmp/edgekd-fmnist224", help="image folder (generated when missing)")
     parser.add_argument("--out", default="/tmp/edgekd-stream-run", help="run directory (replaced)")
     parser.add_argument("--workers", type=int, default=None, help="data.workers (default: edgekd's)")
@@ -176,7 +175,6 @@ def main() -> int:
     import yaml
 
     from edgekd.data.config import DataConfig
-    from edgekd.runtime.machine import machine_info
 
     images, out = Path(args.images), Path(args.out)
     generate(images, max(1, os.cpu_count() or 1))
@@ -233,9 +231,7 @@ def main() -> int:
     if args.probe:
         print(json.dumps(result["peak_bytes"], indent=1))
         return 0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "stream-imagefolder.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "stream-imagefolder.md").write_text(markdown(result))
+    write_results(RESULTS, "stream-imagefolder", result, markdown(result))
     print(f"{'PASS' if result['ok'] else 'FAIL'}  peak RSS (process tree, summed) {peak_rss / 1e9:.2f} GB "
           f"< {LIMIT_BYTES / 1e9:.0f} GB; wall {wall:.0f} s")
     return 0 if result["ok"] else 1
@@ -244,13 +240,13 @@ def main() -> int:
 def markdown(result: dict) -> str:
     machine = result["machine"]
     gb = 1e9
+    seconds = {stage: "" if v is None else f"{v:.0f}" for stage, v in result["stage_seconds"].items()}
     lines = [
         "# Streaming a 224x224 RGB image folder: peak memory of `edgekd compress`",
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores visible, {machine.get('os')}, "
-        f"Python {machine.get('python')}, onnxruntime {machine.get('onnxruntime')}.",
+        machine_line(machine, "os", "python", "onnxruntime", cores="cores visible") + ".",
         "",
         f"Data: {result['images']['train']:,} train + {result['images']['test']:,} test JPEGs at "
         f"{result['images']['size']} ({result['images']['from']}); data.image_size 224, "
@@ -261,25 +257,17 @@ def markdown(result: dict) -> str:
         f"{result['limit_bytes'] / gb:.0f} GB in every stage: **{'pass' if result['ok'] else 'FAIL'}** "
         f"(peak {result['peak_rss_bytes'] / gb:.2f} GB summed RSS, {result['peak_pss_bytes'] / gb:.2f} GB PSS).",
         "",
-        "| phase | seconds | peak RSS, summed (GB) | peak PSS (GB) | processes |",
-        "|---|---|---|---|---|",
-    ]
-    for stage, peak in result["peak_bytes"].items():
-        seconds = result["stage_seconds"].get(stage)
-        lines.append(f"| {stage} | {'' if seconds is None else f'{seconds:.0f}'} | {peak['rss'] / gb:.2f} | "
-                     f"{peak['pss'] / gb:.2f} | {peak['processes']} |")
-    lines += [
+        *table(["phase", "seconds", "peak RSS, summed (GB)", "peak PSS (GB)", "processes"], "lllll",
+               [[stage, seconds.get(stage, ""), f"{peak['rss'] / gb:.2f}", f"{peak['pss'] / gb:.2f}", peak["processes"]]
+                for stage, peak in result["peak_bytes"].items()]),
         "",
         "Summed RSS counts the pages that forked DataLoader workers share with the main process once per",
         "process, so it overstates the memory in use; PSS divides shared pages among their processes.",
         "",
-        "| model | top-1 (%) | params | MACs | p50 (ms) |",
-        "|---|---|---|---|---|",
+        *table(["model", "top-1 (%)", "params", "MACs", "p50 (ms)"], "lllll",
+               [[m["stage"], "" if m["top1"] is None else f"{m['top1']:.2f}", f"{m['params']:,}", f"{m['macs'] or 0:,}",
+                 "" if m["p50_ms"] is None else f"{m['p50_ms']:.3f}"] for m in result["models"]]),
     ]
-    for m in result["models"]:
-        top1 = "" if m["top1"] is None else f"{m['top1']:.2f}"
-        p50 = "" if m["p50_ms"] is None else f"{m['p50_ms']:.3f}"
-        lines.append(f"| {m['stage']} | {top1} | {m['params']:,} | {m['macs'] or 0:,} | {p50} |")
     params = max((m["params"] or 0) for m in result["models"])
     lines += ["", f"Top-1 is not the point here (one epoch of a {params:,}-parameter model, quantize.max_drop null); "
               "memory is. Stage seconds are the run's own records; the startup phase (before the run directory "

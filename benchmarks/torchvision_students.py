@@ -22,16 +22,14 @@ pruning off (recorded as such). Writes benchmarks/results/torchvision-students.{
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the checkout's edgekd, also when it is not installed
-RESULTS = REPO / "benchmarks" / "results"
+import common
+from common import RESULTS, command, machine_with_torch, pct, table, write_results
 
 STUDENTS = ("mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5", "densenet121")
 # train images for the students too slow for the full short schedule on 2 cores
@@ -134,13 +132,11 @@ def one_run(student: str, data: dict, size: int, channels: int, args, out_root: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--only", nargs="*", default=list(STUDENTS), choices=STUDENTS)
     parser.add_argument("--sizes", nargs="*", type=int, default=[28, 64], choices=[28, 64])
     parser.add_argument("--out", default="runs/tv-students", help="run directories (replaced)")
-    parser.add_argument("--limit-train", type=int, default=5000)
-    parser.add_argument("--teacher-epochs", type=int, default=4)
-    parser.add_argument("--distill-epochs", type=int, default=3)
+    common.add_numbers(parser, limit_train=5000, teacher_epochs=4, distill_epochs=3)
     parser.add_argument("--distill-lr", type=float, default=0.003,
                         help="the default 0.01 is too high for these students from scratch (efficientnet_b0: 28 %%)")
     parser.add_argument("--prune-epochs", type=int, default=1)
@@ -164,32 +160,23 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    import platform
-
     import torch
 
     result = {
-        "command": "python benchmarks/torchvision_students.py " + " ".join(sys.argv[1:]),
+        "command": command(),
         "schedule": {"limit_train": args.limit_train, "heavy_limit_train": HEAVY,
                      "teacher": f"resnet8, {args.teacher_epochs} epochs", "distill_epochs": args.distill_epochs,
                      "distill_lr": args.distill_lr, "prune": f"ratio 0.3, {args.prune_epochs} epoch(s) KD",
                      "quantize": "int8 PTQ (default)", "bench": "20 runs, min_seconds 0"},
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+        "machine": machine_with_torch(torch_threads=torch.get_num_threads()),
         "well_above_chance": WELL_ABOVE_CHANCE,
         "runs": rows,
         "all_ok": all(r["ok"] for r in rows),
     }
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "torchvision-students.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "torchvision-students.md").write_text(markdown(result))
+        write_results(RESULTS, "torchvision-students", result, markdown(result))
     print(markdown(result))
     return 0 if result["all_ok"] else 1
-
-
-def pct(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def markdown(result: dict) -> str:
@@ -204,18 +191,17 @@ def markdown(result: dict) -> str:
         f"{schedule['quantize']}, bench {schedule['bench']}. Torch {result['machine']['torch']}, "
         f"{result['machine']['torch_threads']} threads.",
         "",
-        "| student | data | train images | adapted | prune | params | fp32 top-1 | int8 top-1 | int8 budget | "
-        "teacher | s | ok |",
-        "|---|---|---:|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
+    cells = []
     for r in result["runs"]:
         params = "-" if r.get("params") is None else f"{r['params']:,}"
         if r.get("params_unpruned"):
             params = f"{r['params_unpruned']:,} -> {params}"
-        lines.append(f"| {r['student']} | {r['data']} | {r['train_images']} | {'; '.join(r['adapted']) or 'no'} | "
-                     f"{r['prune']} | "
-                     f"{params} | {pct(r.get('fp32_top1'))} | {pct(r.get('int8_top1'))} | {r['int8_budget']} | "
-                     f"{pct(r.get('teacher_top1'))} | {r.get('seconds', '-')} | {'yes' if r['ok'] else 'NO'} |")
+        cells.append([r["student"], r["data"], r["train_images"], "; ".join(r["adapted"]) or "no", r["prune"], params,
+                      pct(r.get("fp32_top1")), pct(r.get("int8_top1")), r["int8_budget"], pct(r.get("teacher_top1")),
+                      r.get("seconds", "-"), "yes" if r["ok"] else "NO"])
+    lines += table(["student", "data", "train images", "adapted", "prune", "params", "fp32 top-1", "int8 top-1",
+                    "int8 budget", "teacher", "s", "ok"], "llrllrrrlrrl", cells)
     notes = [r for r in result["runs"] if r.get("prune_note") or r.get("int8_note") or r.get("error") or r.get("flags")]
     if notes:
         lines += ["", "Notes:", ""]

@@ -19,16 +19,14 @@ Writes benchmarks/results/train-precision.{md,json} with the machine it ran on.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(RESULTS.parent.parent))  # the checkout's edgekd, also when it is not installed
+import common
+from common import RESULTS, command, machine_info, machine_line, table, write_results
+
 MIN_SPEEDUP = 2.0
 MAX_TOP1_GAP = 0.3
 
@@ -81,7 +79,8 @@ def train_and_test(compute, splits, epochs: int, seed: int) -> dict:
     from edgekd.pipeline.runstate import seed_everything
     from edgekd.train.compute import use
     from edgekd.train.config import TeacherConfig
-    from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor
+    from edgekd.train.evaluate import accuracy
+    from edgekd.train.loop import cross_entropy_step, fit, to_tensor
 
     spec = splits.spec
     seed_everything(seed)
@@ -99,7 +98,7 @@ def train_and_test(compute, splits, epochs: int, seed: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -113,7 +112,6 @@ def main() -> int:
 
     from edgekd.data.config import DataConfig
     from edgekd.data.splits import load_splits
-    from edgekd.runtime.machine import machine_info
     from edgekd.train.compute import resolve
 
     settings = {"fp32 NCHW": resolve("cpu", "fp32", False), "auto + channels_last": resolve("cpu", "auto", "auto")}
@@ -131,37 +129,35 @@ def main() -> int:
     checks = {f"img/s ratio >= {MIN_SPEEDUP}": speed["ratio_median"] >= MIN_SPEEDUP}
     if gap is not None:
         checks[f"mean test top-1 gap within {MAX_TOP1_GAP} points"] = abs(gap) <= MAX_TOP1_GAP
-    out = {"command": "python benchmarks/train_precision.py " + " ".join(sys.argv[1:]), "machine": machine_info(),
+    out = {"command": command(), "machine": machine_info(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "data": args.data,
            "train_images": len(splits.train_y), "test_images": len(splits.test_y), "epochs": args.epochs,
            "settings": {n: c.to_dict() for n, c in settings.items()}, "throughput": speed, "accuracy": accuracy,
-           "top1_gap_points_per_seed": dict(zip(args.seeds, gaps)), "top1_gap_points_mean": gap, "checks": checks, "wall_seconds": time.perf_counter() - start}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train-precision.json").write_text(json.dumps(out, indent=2) + "\n")
+           "top1_gap_points_per_seed": dict(zip(args.seeds, gaps)), "top1_gap_points_mean": gap, "checks": checks,
+           "wall_seconds": time.perf_counter() - start}
     m = out["machine"]
     lines = ["# Training precision: fp32 NCHW vs auto + channels_last (issue #15)", "",
              f"Command: `{out['command']}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {out['torch']} ({out['threads']} threads). "
+             machine_line(m) + f", torch {out['torch']} ({out['threads']} threads). "
              f"Settings: " + "; ".join(f"{n}: {c}" for n, c in out["settings"].items()) + ".", "",
              "## Throughput (default teacher ResNet-8, batch 128, interleaved blocks of 10 steps)", "",
-             "| setting | img/s (median) |", "|---|---:|"]
-    lines += [f"| {n} | {v:,.0f} |" for n, v in speed["img_per_s"].items()]
+             *table(["setting", "img/s (median)"], "lr", [[n, f"{v:,.0f}"] for n, v in speed["img_per_s"].items()])]
     lines += ["", f"Ratio: median {speed['ratio_median']:.2f}x (per round {speed['ratio_min']:.2f}-"
               f"{speed['ratio_max']:.2f}x over {speed['rounds']} rounds).", ""]
     if accuracy:
         lines += [f"## Accuracy ({args.data}, {out['train_images']:,} train / {out['test_images']:,} test images, "
                   f"{args.epochs} epochs, the same seed for both settings)", "",
-                  "| seed | setting | test top-1 % | best val top-1 % | train s | img/s in training |",
-                  "|---:|---|---:|---:|---:|---:|"]
-        lines += [f"| {seed} | {n} | {a['test_top1']:.2f} | {a['val_top1']:.2f} | {a['train_seconds']:.0f} | "
-                  f"{a['images_per_second']:,.0f} |" for seed, runs in accuracy.items() for n, a in runs.items()]
+                  *table(["seed", "setting", "test top-1 %", "best val top-1 %", "train s", "img/s in training"],
+                         "rlrrrr", [[seed, n, f"{a['test_top1']:.2f}", f"{a['val_top1']:.2f}",
+                                     f"{a['train_seconds']:.0f}", f"{a['images_per_second']:,.0f}"]
+                                    for seed, runs in accuracy.items() for n, a in runs.items()])]
         spread = f" (std {statistics.stdev(gaps):.2f})" if len(gaps) > 1 else ""
         lines += ["", "Gap (auto minus fp32, test top-1): " + ", ".join(f"seed {s} {g:+.2f}" for s, g in
                                                                          zip(args.seeds, gaps))
                   + f"; mean {gap:+.2f} points{spread}."]
     lines += ["", "Checks: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items()),
               f"Wall time: {out['wall_seconds']:.0f} s.", ""]
-    (RESULTS / "train-precision.md").write_text("\n".join(lines))
+    write_results(RESULTS, "train-precision", out, "\n".join(lines))
     print("\n".join(lines))
     return 0 if all(checks.values()) else 1
 

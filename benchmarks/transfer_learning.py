@@ -20,7 +20,6 @@ Results: benchmarks/results/transfer-learning.md and .json. Every run uses one t
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -30,19 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from edgekd.io.artifacts import save_weights  # noqa: E402
-from edgekd.runtime.machine import machine_info  # noqa: E402
-from edgekd.data.splits import channel_mean_std, load_arrays  # noqa: E402
-from edgekd.models.zoo import build_model  # noqa: E402
+import common
+from common import RESULTS, command, machine_info, machine_line, table, write_results
+from edgekd.data.splits import channel_mean_std, load_arrays
+from edgekd.io.artifacts import save_weights
 from edgekd.models.cost import count_params
-from edgekd.train.config import TeacherConfig, TransferConfig  # noqa: E402
-from edgekd.train.loop import accuracy, cross_entropy_step, fit, to_tensor  # noqa: E402
-from edgekd.train.transfer import transfer  # noqa: E402
+from edgekd.models.zoo import build_model
+from edgekd.train.config import TeacherConfig, TransferConfig
+from edgekd.train.evaluate import accuracy
+from edgekd.train.loop import cross_entropy_step, fit, to_tensor
+from edgekd.train.transfer import transfer
 
-RESULTS = REPO / "benchmarks" / "results"
 ARCH = "resnet8"
 SOURCE_CLASSES, TARGET_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 PER_CLASS, VAL_PER_CLASS = 200, 40  # 1,000 labelled images: 800 train + 200 val
@@ -130,8 +127,6 @@ def mean_std(values):
 
 
 def write(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "transfer-learning.json").write_text(json.dumps(results, indent=2) + "\n")
     s, p, m = results["summary"], results["pretrained"], results["machine"]
     rows = [("pretrained backbone + new head, head only (phase 1)", s["transfer_head"],
              f"{results['head_epochs']} epochs, lr {HEAD_LR}, backbone frozen"),
@@ -159,32 +154,30 @@ def write(results: dict) -> None:
         "AdamW, one-cycle schedule, random crop + flip augmentation for every model. The transfer rows run "
         "`edgekd.transfer.transfer`, the code behind `teacher.transfer` in a recipe.",
         "",
-        f"| model | test top-1 % (mean ± std, {s['transfer_head']['n']} seeds) | vs best from scratch | training |",
-        "|---|---|---|---|",
+        *table(["model", f"test top-1 % (mean ± std, {s['transfer_head']['n']} seeds)", "vs best from scratch",
+                "training"], "llll",
+               [[name, f"{stat['mean']:.2f} ± {stat['std']:.2f}", f"{stat['mean'] - best_scratch:+.2f}", how]
+                for name, stat, how in rows]),
     ]
-    for name, stat, how in rows:
-        md.append(f"| {name} | {stat['mean']:.2f} ± {stat['std']:.2f} | {stat['mean'] - best_scratch:+.2f} | {how} |")
-    md += ["", "Per seed (test top-1 %):", "", "| seed | head only | fine-tuned | "
-           + " | ".join(f"scratch lr {lr:g}" for lr in SCRATCH_LRS) + " |", "|---|---|---|" + "---|" * len(SCRATCH_LRS)]
-    for r in results["runs"]:
-        md.append(f"| {r['seed']} | {r['transfer']['test_top1_head']:.2f} | {r['transfer']['test_top1_finetune']:.2f} | "
-                  + " | ".join(f"{r[f'scratch_lr{lr:g}']['test_top1']:.2f}" for lr in SCRATCH_LRS) + " |")
+    md += ["", "Per seed (test top-1 %):", "",
+           *table(["seed", "head only", "fine-tuned", *(f"scratch lr {lr:g}" for lr in SCRATCH_LRS)],
+                  "lll" + "l" * len(SCRATCH_LRS),
+                  [[r["seed"], f"{r['transfer']['test_top1_head']:.2f}", f"{r['transfer']['test_top1_finetune']:.2f}",
+                    *(f"{r[f'scratch_lr{lr:g}']['test_top1']:.2f}" for lr in SCRATCH_LRS)] for r in results["runs"]])]
     gain = s["transfer_finetune"]["mean"] - best_scratch
     md += ["", f"Fine-tuned transfer vs the best from-scratch row: {gain:+.2f} points mean top-1 "
            f"({'transfer is better' if gain > 0 else 'transfer is NOT better'} in this setting). The source "
            "classes are upper-body garments, trousers and dresses; the target classes are footwear, bags and "
            "shirts, so only part of the features carry over (see the head-only row)."]
-    md += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; torch {torch.__version__} with 1 thread. "
+    md += ["", machine_line(m, "os") + f"; torch {torch.__version__} with 1 thread. "
            "Other jobs shared the CPU during the run, so seconds are indicative only.", ""]
-    (RESULTS / "transfer-learning.md").write_text("\n".join(md))
+    write_results(RESULTS, "transfer-learning", results, "\n".join(md))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--pretrain-epochs", type=int, default=4)
-    parser.add_argument("--head-epochs", type=int, default=10)
-    parser.add_argument("--finetune-epochs", type=int, default=20)
+    common.add_numbers(parser, pretrain_epochs=4, head_epochs=10, finetune_epochs=20)
     parser.add_argument("--work", default="/tmp/edgekd-transfer")
     parser.add_argument("--reuse-log", help="log of an earlier invocation with the same settings: reuse its seeds")
     args = parser.parse_args()
@@ -206,7 +199,7 @@ def main() -> int:
                    "transfer_finetune": mean_std([r["transfer"]["test_top1_finetune"] for r in runs])}
         for lr in SCRATCH_LRS:
             summary[f"scratch_lr{lr:g}"] = mean_std([r[f"scratch_lr{lr:g}"]["test_top1"] for r in runs])
-        results = {"command": "python benchmarks/transfer_learning.py " + " ".join(sys.argv[1:]),
+        results = {"command": command(),
                    "wall_seconds": round(time.perf_counter() - start, 1), "finished": len(runs) == len(seeds),
                    "reused_seeds": sorted(s for s in reused if s in seeds), "machine": machine_info(), "arch": ARCH,
                    "params": count_params(build_model(ARCH, in_channels=1, num_classes=5)), "pretrained": info,

@@ -36,8 +36,7 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
     require_train("edgekd.compress")
     from edgekd.errors import ConfigError
     from edgekd.pipeline.chain import compress as run_chain
-    from edgekd.pipeline.rundir import new_run_dir
-    from edgekd.pipeline.rundir import check_inputs_outside, real_run_dir, run_recipe
+    from edgekd.pipeline.rundir import check_inputs_outside, new_run_dir, real_run_dir, run_recipe
     from edgekd.recipe import Recipe
 
     if resume and run_dir is None:

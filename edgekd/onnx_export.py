@@ -10,11 +10,10 @@ those batches hold is estimated first (check_parity_memory) and refused over the
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
 import warnings
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from edgekd import __version__
 from edgekd.configtools import check_number, require
 from edgekd.errors import ExportMismatch
 from edgekd.io.artifacts import atomic_path
+from edgekd.runtime.metadata import model_entries, set_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -61,35 +61,16 @@ class ExportReport:
 
 
 def model_metadata(*, stage: str, arch: str, spec, params: int, macs: int) -> dict[str, str]:
-    """The metadata_props that let `edgekd bench` run a model with nothing but the file;
-    `edgekd.preprocess` holds every step from a decoded image to the input (colour, resize of
-    the shorter side, center crop, scaling, mean, std), which edgekd.runtime.inputs repeats."""
+    """The metadata_props (runtime/metadata.py: model_entries) that let `edgekd bench` run a
+    model with nothing but the file; `edgekd.preprocess` holds every step from a decoded image
+    to the input (colour, resize of the shorter side, center crop, scaling, mean, std), which
+    edgekd.runtime.inputs repeats."""
     from edgekd.data.preprocess import preprocess_metadata
 
-    return {
-        "edgekd.version": __version__,
-        "edgekd.stage": stage,
-        "edgekd.arch": arch,
-        "edgekd.input_layout": "NCHW",
-        "edgekd.input_shape": json.dumps([spec.channels, spec.height, spec.width]),
-        "edgekd.mean": json.dumps(list(spec.mean)),
-        "edgekd.std": json.dumps(list(spec.std)),
-        "edgekd.preprocess": preprocess_metadata(channels=spec.channels, height=spec.height, width=spec.width,
-                                                 resize=getattr(spec, "resize", None), mean=spec.mean, std=spec.std),
-        "edgekd.class_names": json.dumps(list(spec.class_names)),
-        "edgekd.params": str(params),
-        "edgekd.macs": str(macs),
-    }
-
-
-def set_metadata(model_proto, metadata: dict[str, str]) -> None:
-    existing = {p.key: p for p in model_proto.metadata_props}
-    for key, value in metadata.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = model_proto.metadata_props.add()
-            entry.key, entry.value = key, value
+    preprocess = preprocess_metadata(channels=spec.channels, height=spec.height, width=spec.width,
+                                     resize=getattr(spec, "resize", None), mean=spec.mean, std=spec.std)
+    return model_entries(version=__version__, stage=stage, arch=arch, spec=spec, preprocess=preprocess,
+                         params=params, macs=macs)
 
 
 def to_onnx(

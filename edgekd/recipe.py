@@ -26,10 +26,10 @@ from edgekd.configtools import MAX_LIST_LENGTH, MAX_NAME_LENGTH, build_config, c
 from edgekd.data.config import DataConfig
 from edgekd.distill.config import DistillConfig
 from edgekd.errors import ConfigError
-from edgekd.registry import import_plugins
 from edgekd.onnx_export import ExportConfig
 from edgekd.prune.config import PruneConfig
 from edgekd.quant.config import QuantConfig
+from edgekd.registry import import_plugins
 from edgekd.runtime.config import BenchConfig
 from edgekd.train.config import ComputeConfig, TeacherConfig
 

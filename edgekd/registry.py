@@ -5,13 +5,15 @@ There is one registry per extension point, each in the module of its concern:
     edgekd.data.formats.FORMATS          dataset formats             data.name
     edgekd.models.zoo.ARCHITECTURES      model architectures         teacher.arch, distill.arch
     edgekd.distill.terms.TERMS           distillation loss terms     distill.terms[].kind
+    edgekd.distill.scheme_registry.SCHEMES  distillation schemes     distill.scheme
+    edgekd.distill.responses.RESPONSES   response losses             distill.response
     edgekd.prune.importance.IMPORTANCES  channel importance          prune.importance
     edgekd.quant.calibration.CALIBRATORS int8 calibration methods    quantize.calibration
     edgekd.runtime.providers.PROVIDERS   ONNX Runtime providers      bench.provider, --provider
 
 A user's module registers with the decorator and is named in the recipe's `plugins:` list
 (or imported before calling the Python API); recipe validation, help texts and errors read
-the registry, so a registered name is valid everywhere at once:
+the registry, so a registered name is valid everywhere at once (`edgekd list` shows them all):
 
     from edgekd.prune.importance import IMPORTANCES
 

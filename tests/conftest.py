@@ -194,3 +194,11 @@ def pytest_sessionfinish(session, exitstatus):
     if written:
         print(f"\nTests wrote into the checkout (they must write under tmp_path): {', '.join(written[:10])}")
         session.exitstatus = 1
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e/ runs a whole edgekd command on real data: marked e2e
+    (`pytest -m 'not e2e'` leaves them out of a quick loop)."""
+    for item in items:
+        if "/e2e/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.e2e)

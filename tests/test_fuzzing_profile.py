@@ -7,9 +7,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import fuzzing
 from hypothesis import settings
 from hypothesis.configuration import storage_directory
+
+import fuzzing
 
 TESTS = Path(__file__).resolve().parent
 

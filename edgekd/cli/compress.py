@@ -9,9 +9,8 @@ import click
 from edgekd.cli.group import verbosity_options
 from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
-from edgekd.pipeline.rundir import new_run_dir
+from edgekd.pipeline.rundir import check_inputs_outside, new_run_dir, real_run_dir, run_recipe
 from edgekd.train.distributed import is_main
-from edgekd.pipeline.rundir import check_inputs_outside, real_run_dir, run_recipe
 
 
 @click.command()

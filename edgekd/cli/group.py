@@ -1,4 +1,4 @@
-"""The `edgekd` command: compress, export, bench.
+"""The `edgekd` command: compress, export, bench, list.
 
 Flags become recipe fields; errors become one line on stderr and a distinct exit code
 (see errors.py), with the traceback only under --debug. Heavy modules (torch, the
@@ -113,6 +113,7 @@ def main(ctx, debug):
     compress  teacher -> distill -> int8 -> ONNX -> bench -> report, from one recipe
     export    one model (a run's stage, or weights + architecture) to ONNX, fp32 or int8
     bench     latency and accuracy of ONNX models on an ONNX Runtime provider
+    list      what each registry holds (dataset formats, architectures, schemes, ...)
 
     Exit codes: 0 ok, 1 internal error or a file system error such as a full disk,
     2 bad input, 3 a validation or accuracy gate failed, 4 training diverged,

@@ -1,13 +1,22 @@
 """Datasets of image files (an image folder, a manifest): their file lists, the check of every
-file before training, and decoding.
+file before training, and decoding. The one decoder and the one class-folder lister of edgekd:
+training, evaluation, export and `edgekd bench --data` (edgekd.runtime.imagefolder) all use them.
 
-numpy and PIL only (PIL imported where an image is opened). A format lists its files as a
+numpy and PIL only (PIL imported where an image is opened; no torch). A format lists its files as a
 FileDataset (paths and labels, nothing decoded); `scan` then opens and decodes every file
 once, in a thread pool whose decodes are bounded by the bytes they hold (edgekd.data.decodegate),
 and sorts out the bad ones (unreadable, truncated or corrupt, smaller
 than the crop): a DataError naming the first, or, with data.skip_bad, a list to skip and
 count. JPEGs are decoded at 1/8 scale for the check (libjpeg still reads every byte, so a
 truncated file fails), which keeps the check of 50,000 files to seconds.
+
+JPEG draft scaling (libjpeg's DCT scaling, a large JPEG decoded at 1/2, 1/4 or 1/8 size) is used
+for training's augmentation only (`decode` with a resize): a random crop is no contract, and
+decoding a 12-megapixel photo at 1/8 is ten times faster. The evaluation geometry
+(`decode_fitted`: resize the shorter side, center crop) decodes every image whole, for the val,
+test, calibration and eval.npz images of training and for bench alike: the numbers training
+reports are the ones bench and any deployment that follows the model's `edgekd.preprocess`
+metadata (which names no DCT scaling) get from the same files.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgekd.data.base import MIN_IMAGE_SIDE
-from edgekd.data.decodegate import DECODE_GATE
+from edgekd.data.decodegate import DECODE_GATE, TRAINING_HINT
 from edgekd.data.preprocess import GRAY_MODES, decode_bytes, fit_image, to_chw, to_mode
 from edgekd.errors import DataError, joined_lines
 from edgekd.io.regular import not_regular, open_regular
@@ -68,24 +77,33 @@ class Scan(NamedTuple):
     bad: dict
 
 
+class Remedy(NamedTuple):
+    """What a decode error tells the user to do: with a file that cannot be read, and with one
+    too large to decode within the memory budget."""
+
+    unreadable: str
+    too_large: str
+
+
+TRAINING_REMEDY = Remedy("replace or remove it (or set data.skip_bad: true)", TRAINING_HINT)
+
+
 def file_split(files_and_labels: list) -> FileSplit:
     return FileSplit([str(f) for f, _ in files_and_labels], np.array([y for _, y in files_and_labels], dtype=np.int64))
 
 
-def open_image(path: str):
+def open_image(path: str, remedy: Remedy = TRAINING_REMEDY):
     """The PIL image at `path` (header read only); DataError when it cannot be opened."""
     from PIL import Image
 
     kind = not_regular(path)
     if kind not in (None, "missing"):  # a FIFO would block the decoder (a file swapped after the scan)
-        raise DataError(f"cannot read image {path}: it is {kind}, not an image file; replace or remove it "
-                        "(or set data.skip_bad: true)")
+        raise DataError(f"cannot read image {path}: it is {kind}, not an image file; {remedy.unreadable}")
     try:
         return Image.open(path)
-    except Exception as exc:  # PIL raises several types for unreadable files
+    except Exception as exc:  # PIL raises several types for unreadable files (and DecompressionBombError)
         check_png_header(Path(path))  # PIL cannot open a 0x0 PNG: say why
-        raise DataError(f"cannot read image {path} ({joined_lines(exc)}); replace or remove it "
-                        "(or set data.skip_bad: true)") from exc
+        raise DataError(f"cannot read image {path} ({joined_lines(exc)}); {remedy.unreadable}") from exc
 
 
 def check_png_header(file: Path) -> None:
@@ -102,13 +120,15 @@ def check_png_header(file: Path) -> None:
                             f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; use larger images")
 
 
-def decode(path: str, mode: str, resize: int | None = None, finish=None):
+def decode(path: str, mode: str, resize: int | None = None, finish=None, *, draft: bool = True,
+           remedy: Remedy = TRAINING_REMEDY):
     """The image at `path` decoded and converted to `mode` ('L' or 'RGB'), then `finish(image)`
     if given, admitted by the decode gate for what that holds (edgekd.data.decodegate). With
-    `resize`, a large JPEG is decoded at the smallest 1/2^k scale whose shorter side is still at
-    least `resize` (libjpeg's DCT scaling, much faster)."""
-    with open_image(path) as image:
-        if resize is not None and image.format == "JPEG":
+    `resize` and `draft` (training's augmentation), a large JPEG is decoded at the smallest
+    1/2^k scale whose shorter side is still at least `resize` (libjpeg's DCT scaling, much
+    faster); without, whole."""
+    with open_image(path, remedy) as image:
+        if draft and resize is not None and image.format == "JPEG":
             short = min(image.size)
             scale = 1
             while scale < 8 and short // (scale * 2) >= resize:
@@ -116,19 +136,21 @@ def decode(path: str, mode: str, resize: int | None = None, finish=None):
             if scale > 1:
                 image.draft(image.mode, (image.width // scale, image.height // scale))
         cost = decode_bytes(image.mode, image.width, image.height, mode, resize if finish else None)
-        with DECODE_GATE.admit(cost, path):
+        with DECODE_GATE.admit(cost, path, remedy.too_large):
             try:
                 image.load()
                 converted = to_mode(image, mode)
             except Exception as exc:  # truncated and corrupt files fail only when the pixels are decoded
-                raise DataError(f"cannot decode image {path} ({joined_lines(exc)}); replace or remove it "
-                                "(or set data.skip_bad: true)") from exc
+                raise DataError(f"cannot decode image {path} ({joined_lines(exc)}); {remedy.unreadable}") from exc
             return converted if finish is None else finish(converted)
 
 
-def decode_fitted(path: str, mode: str, resize: int | None, crop: tuple | None) -> np.ndarray:
-    """uint8 (C, H, W): decoded, resized and center-cropped (edgekd.data.preprocess.fit_image)."""
-    return decode(path, mode, resize, finish=lambda image: to_chw(fit_image(image, resize, crop)))
+def decode_fitted(path: str, mode: str, resize: int | None, crop: tuple | None,
+                  remedy: Remedy = TRAINING_REMEDY) -> np.ndarray:
+    """uint8 (C, H, W): the evaluation geometry, the same for training and bench: decoded whole
+    (no draft scaling), converted, resized and center-cropped (edgekd.data.preprocess.fit_image)."""
+    return decode(path, mode, resize, finish=lambda image: to_chw(fit_image(image, resize, crop)), draft=False,
+                  remedy=remedy)
 
 
 def probe(path: str, crop: tuple | None) -> tuple:
@@ -242,6 +264,31 @@ def list_class_folder(split_dir: Path, class_names: tuple, layout: str, *, every
     return found, empty
 
 
+def list_classes(root: Path, layout: str, *, every_class: bool, skip_empty: bool = False) -> tuple:
+    """([(file, label)], class names, [empty class folder left out]) of root/<class>/<image>: the
+    classes numbered by their folders' sorted names, as torchvision's ImageFolder numbers them.
+    With `every_class` an empty class folder is a DataError, or with `skip_empty` no class
+    (the others renumbered without it); without, it keeps its index. DataError when root has no
+    class folders or no images at all."""
+    from edgekd.data.base import MAX_CLASSES
+
+    class_names = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
+    if not class_names:
+        raise DataError(f"{root} has no class folders; expected {layout}")
+    if len(class_names) > MAX_CLASSES:
+        raise DataError(f"{root} has {len(class_names):,} class folders; at most {MAX_CLASSES:,}")
+    found, empty = list_class_folder(root, class_names, layout, every_class=every_class, skip_empty=skip_empty)
+    if empty:
+        ignore = tuple(Path(e).name for e in empty)
+        class_names = tuple(n for n in class_names if n not in ignore)
+        if not class_names:
+            raise DataError(f"every class folder under {root} is empty; expected {layout}")
+        found, _ = list_class_folder(root, class_names, layout, every_class=every_class, ignore=ignore)
+    if not found:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}; expected {layout}")
+    return found, class_names, empty
+
+
 def list_imagefolder(path: str, skip_empty: bool = False) -> FileDataset:
     """train/<class>/* and test/<class>/* (or val/) under `path`, listed, not decoded."""
     root = Path(path).expanduser()
@@ -252,24 +299,10 @@ def list_imagefolder(path: str, skip_empty: bool = False) -> FileDataset:
         raise DataError(
             f"image folder dataset not found: expected {layout}; create that layout or pass --data-path DIR"
         )
-    from edgekd.data.base import MAX_CLASSES
-
-    class_names = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
-    if not class_names:
-        raise DataError(f"{train_dir} has no class folders; expected {layout}")
-    if len(class_names) > MAX_CLASSES:
-        raise DataError(f"{train_dir} has {len(class_names):,} class folders; at most {MAX_CLASSES:,}")
-    train, empty = list_class_folder(train_dir, class_names, layout, every_class=True, skip_empty=skip_empty)
-    skipped = {}
-    ignore = tuple(Path(e).name for e in empty)
-    if empty:  # with skip_bad: the empty classes are no classes; labels renumbered without them
-        class_names = tuple(n for n in class_names if n not in ignore)
-        if not class_names:
-            raise DataError(f"every class folder under {train_dir} is empty; expected {layout}")
-        train, _ = list_class_folder(train_dir, class_names, layout, every_class=True, ignore=ignore)
-        skipped["empty_class_folders"] = len(empty)
+    train, class_names, empty = list_classes(train_dir, layout, every_class=True, skip_empty=skip_empty)
+    skipped = {"empty_class_folders": len(empty)} if empty else {}
+    ignore = tuple(Path(e).name for e in empty)  # with skip_bad: no classes, in test/ too
     test, _ = list_class_folder(test_dir, class_names, layout, every_class=False, ignore=ignore)
-    for split_dir, found in ((train_dir, train), (test_dir, test)):
-        if not found:
-            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}; expected {layout}")
+    if not test:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {test_dir}; expected {layout}")
     return FileDataset("imagefolder", file_split(train), file_split(test), class_names, str(root), skipped)

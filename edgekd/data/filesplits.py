@@ -187,8 +187,8 @@ def _streamed(ds, cfg: DataConfig, rng, train: FileSplit, test: FileSplit, mode:
     sample_idx = rng.choice(train_idx, size=sample_n, replace=False)
     sample = decode_many(train.take(sample_idx).files, mode, cfg.resize, crop, workers, shared=True)
     calib_x, calib_y = shared_copy(sample[:calib_n]), train.labels[sample_idx[:calib_n]]
-    spec = make_spec(ds, cfg, channels, crop[0], crop[1], lambda: channel_mean_std(sample))
-    del sample
+    spec = make_spec(ds, cfg, channels, crop[0], crop[1], lambda sample=sample: channel_mean_std(sample))
+    del sample  # make_spec has called the lambda (or not needed it): the decoded sample goes
     val_keep = val_idx[eval_subset(len(val_idx), cap)]
     test_keep = eval_subset(len(test), cap)
     val, test_part = train.take(val_keep), test.take(test_keep)

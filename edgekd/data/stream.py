@@ -74,7 +74,7 @@ class ArraySource:
     def batches(self, batch_size: int, generator, augment: bool):
         import torch
 
-        from edgekd.train.loop import augment_batch
+        from edgekd.train.augment import augment_batch
 
         order = torch.randperm(len(self.x), generator=generator)
         for i in range(0, len(order), batch_size):

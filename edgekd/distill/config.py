@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgekd.configtools import (build_config, check_flag, check_float32, check_names, check_number, clip, require,
-                                require_list, shown)
+from edgekd.configtools import (
+    build_config,
+    check_flag,
+    check_float32,
+    check_names,
+    check_number,
+    clip,
+    require,
+    require_list,
+    shown,
+)
+from edgekd.distill.responses import RESPONSES
+from edgekd.distill.scheme_registry import SCHEMES, spoken_list, teacher_schemes
 from edgekd.distill.terms import LAYER_KEYS, TERMS
 from edgekd.errors import ConfigError, first_line
 from edgekd.train.config import TeacherConfig, TrainConfig, check_arch_fields
@@ -33,8 +44,9 @@ class DistillConfig(TrainConfig):
     augment: bool = False
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the KD (response) term; CE on labels gets 1 - alpha
-    # the response term: hinton (KL of the softened outputs) or dkd (decoupled KD, Zhao et al.
-    # 2022: target-class and non-target-class parts, the latter weighted by dkd_beta)
+    # the response term, a name in edgekd.distill.responses.RESPONSES: hinton (KL of the softened
+    # outputs), dkd (decoupled KD, Zhao et al. 2022: target-class and non-target-class parts, the
+    # latter weighted by dkd_beta), or any registered there
     response: str = "hinton"
     dkd_beta: float = 8.0
     # what else is transferred, added with weights: feature- and relation-based terms, e.g.
@@ -44,8 +56,9 @@ class DistillConfig(TrainConfig):
     # multi-teacher KD: more teachers, each a `teacher:` section (trained in the teacher stage,
     # or loaded from `weights`); the student matches the average of all teachers' softened outputs
     extra_teachers: list = field(default_factory=list)
-    # how teacher and student train (edgekd.distill.schemes): offline, online (mutual learning of
-    # `peers` students), born-again (`generations`), ema (teacher = EMA of the student)
+    # how teacher and student train, a name in edgekd.distill.scheme_registry.SCHEMES: offline,
+    # online (mutual learning of `peers` students), born-again (`generations`), ema (teacher = EMA
+    # of the student), or any registered there
     scheme: str = "offline"
     peers: int = 2
     generations: int = 2
@@ -70,8 +83,8 @@ class DistillConfig(TrainConfig):
         require(self.temperature > 0, "distill.temperature must be positive")
         check_number(self.alpha, "distill.alpha")
         require(0.0 <= self.alpha <= 1.0, "distill.alpha must be between 0 and 1")
-        require(self.response in RESPONSES,
-                f"unknown distill.response {shown(self.response)}; available: {', '.join(RESPONSES)}")
+        require(isinstance(self.response, str) and self.response in RESPONSES,
+                f"unknown distill.response {shown(self.response)}; available: {', '.join(RESPONSES.names())}")
         check_number(self.dkd_beta, "distill.dkd_beta", high=MAX_DKD_BETA)
         require(self.dkd_beta >= 0, f"distill.dkd_beta must be >= 0, got {self.dkd_beta}")
         terms = require_list(self.terms, "terms")
@@ -81,8 +94,8 @@ class DistillConfig(TrainConfig):
         require(len(extra) <= MAX_EXTRA_TEACHERS,
                 f"distill.extra_teachers has {len(extra)} entries; at most {MAX_EXTRA_TEACHERS}")
         extra_teacher_configs(self)  # validates each entry
-        require(isinstance(self.scheme, str) and self.scheme in DISTILL_SCHEMES,
-               f"unknown distill.scheme {shown(self.scheme)}; available: {', '.join(DISTILL_SCHEMES)}")
+        require(isinstance(self.scheme, str) and self.scheme in SCHEMES,
+               f"unknown distill.scheme {shown(self.scheme)}; available: {', '.join(SCHEMES.names())}")
         check_number(self.peers, "distill.peers", high=MAX_PEERS, integer=True)
         require(self.peers >= 2, f"distill.peers must be >= 2 (mutual learning needs a cohort), got {self.peers}")
         check_number(self.generations, "distill.generations", high=MAX_GENERATIONS, integer=True)
@@ -102,10 +115,11 @@ class DistillConfig(TrainConfig):
         check_flag(self.baseline, "distill.baseline")
         teacher_keys = {"terms": self.terms, "extra_teachers": self.extra_teachers, "mixup": self.mixup,
                         "teacher_outputs": self.teacher_outputs != "auto", "response": self.response != "hinton"}
-        for key, used in teacher_keys.items():  # these schemes have no teacher to read them from
-            require(not (used and self.scheme in ("online", "ema")),
+        without_teacher = not SCHEMES.get(self.scheme).learns_from_teacher
+        for key, used in teacher_keys.items():  # such a scheme has no teacher to read them from
+            require(not (used and without_teacher),
                    f"distill.{key} needs the teacher, and distill.scheme '{self.scheme}' trains without one; "
-                   f"remove distill.{key} or use scheme offline or born-again")
+                   f"remove distill.{key} or use scheme {spoken_list(teacher_schemes(), 'or')}")
 
     def caches_teacher(self) -> bool:
         """Whether the teacher's outputs are computed once on the plain images (see teacher_outputs)."""
@@ -114,8 +128,6 @@ class DistillConfig(TrainConfig):
         return self.teacher_outputs == "cached"
 
 
-DISTILL_SCHEMES = ("offline", "online", "born-again", "ema")
-RESPONSES = ("hinton", "dkd")
 MAX_DKD_BETA = 1000.0
 TEACHER_OUTPUTS = ("auto", "per_batch", "cached")
 

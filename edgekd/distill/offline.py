@@ -23,26 +23,29 @@ once on the plain images (under augmentation, Beyer et al.'s "fixed teacher").
 A term's own modules (FitNets regressors) are trained together with the student (an
 optimizer over both) but are not part of it: the student's state_dict and its ONNX export
 hold only the student.
+
+`cfg` is the recipe's distill section (edgekd.distill.config.DistillConfig); this module does
+not import it, as edgekd.distill.scheme_registry (imported by that config) calls into this one.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgekd.distill.config import DistillConfig
-from edgekd.distill.losses import averaged_soft_targets, dkd_loss, kd_loss, soft_target_loss
+from edgekd.distill.losses import averaged_soft_targets, kd_loss
 from edgekd.distill.mixup import mixed_batch
+from edgekd.distill.responses import RESPONSES
 from edgekd.distill.terms import Capture, Term
 from edgekd.errors import ConfigError
 from edgekd.io.membudget import check_memory, memory_budget, over_budget
 from edgekd.train.compute import current
-from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit, predict
+from edgekd.train.evaluate import predict
+from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit
 
 __all__ = ["distill", "kd_loss", "kd_step", "knowledge_step", "TEACHER_CACHE_BYTES"]
 
@@ -56,9 +59,11 @@ def logits_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def kd_step(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, cached_logits: torch.Tensor | None) -> StepFn:
-    """Hinton KD from one teacher (the default recipe's path): cached logits, or the teacher run
-    on the very batch the student sees (mixed first with distill.mixup)."""
+def kd_step(student: nn.Module, teacher: nn.Module, cfg, cached_logits: torch.Tensor | None) -> StepFn:
+    """The response loss from one teacher (the default recipe's path: Hinton KD): cached logits,
+    or the teacher run on the very batch the student sees (mixed first with distill.mixup)."""
+    response = RESPONSES.get(cfg.response)
+    from_logits = getattr(response, "from_logits", None)
 
     def step(images, labels, index):
         images, mix = mixed_batch(images, labels, cfg.mixup)
@@ -68,25 +73,21 @@ def kd_step(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, cached_l
             with torch.no_grad():  # within fit's autocast: the training precision
                 teacher_logits = teacher(images)
         logits = student(images)
-        if cfg.response == "dkd":
-            probs = F.softmax(teacher_logits.float() / cfg.temperature, dim=1)
-            loss = mix.loss(lambda y: response_loss(logits, probs, y, cfg))
+        if from_logits is not None:
+            loss = mix.loss(lambda y: from_logits(logits, teacher_logits, y, cfg))
         else:
-            loss = mix.loss(lambda y: kd_loss(logits, teacher_logits, y, temperature=cfg.temperature,
-                                              alpha=cfg.alpha))
+            probs = F.softmax(teacher_logits.float() / cfg.temperature, dim=1)
+            loss = mix.loss(lambda y: response(logits, probs, y, cfg))
         return loss, logits
 
     return step
 
 
 def response_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
-                  cfg: DistillConfig) -> torch.Tensor:
-    """The response term of distill.response against the teachers' softened probabilities:
-    Hinton KD (soft_target_loss) or decoupled KD (dkd_loss)."""
-    if cfg.response == "dkd":
-        return dkd_loss(logits, teacher_probs, labels, temperature=cfg.temperature, alpha=cfg.alpha,
-                        beta=cfg.dkd_beta)
-    return soft_target_loss(logits, teacher_probs, labels, temperature=cfg.temperature, alpha=cfg.alpha)
+                  cfg) -> torch.Tensor:
+    """The response term of distill.response (edgekd.distill.responses.RESPONSES) against the
+    teachers' softened probabilities."""
+    return RESPONSES.get(cfg.response)(logits, teacher_probs, labels, cfg)
 
 
 class StudentWithRegressors(nn.Module):
@@ -142,7 +143,7 @@ class TeacherTargets:
         return probs, targets
 
 
-def knowledge_step(student: nn.Module, teachers: Sequence[nn.Module], terms: list[Term], cfg: DistillConfig,
+def knowledge_step(student: nn.Module, teachers: Sequence[nn.Module], terms: list[Term], cfg,
                    teacher_targets, student_capture: Capture) -> StepFn:
     """KD (from one teacher or the average of several) plus the weighted feature/relation terms."""
 
@@ -166,7 +167,7 @@ def distill(
     train_y: torch.Tensor,
     val_x: torch.Tensor,
     val_y: torch.Tensor,
-    cfg: DistillConfig,
+    cfg,
     seed: int = 0,
     progress: bool = True,
     checkpoint=None,
@@ -238,7 +239,7 @@ def logit_cache_bytes(images: int, outputs: int) -> int:
     return 2 * 4 * int(images) * int(outputs)
 
 
-def caches_logits(cfg: DistillConfig, images: int, outputs: int, log=None) -> bool:
+def caches_logits(cfg, images: int, outputs: int, log=None) -> bool:
     """Whether the teachers' outputs for `images` (`outputs` per image: the classes, times the
     teachers) are computed once and cached: cfg.caches_teacher(), and they fit the memory
     budget. Over it, `auto` runs the teacher at every step instead (the same targets: auto

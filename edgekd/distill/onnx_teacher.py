@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ConfigError, EdgekdError, ModelFileError, first_line
+from edgekd.runtime.metadata import CLASS_NAMES, MEAN, STD, meta_json
 
 
 class OnnxTeacher(nn.Module):
@@ -35,7 +36,6 @@ class OnnxTeacher(nn.Module):
     def __init__(self, path: str | Path, *, data_mean, data_std, data_class_names=None, provider: str = "cpu"):
         super().__init__()
         from edgekd.runtime.datamatch import model_class_names
-        from edgekd.runtime.inputs import meta_json
         from edgekd.runtime.session import make_session
 
         self.path = self.onnx_path = str(path)
@@ -49,7 +49,7 @@ class OnnxTeacher(nn.Module):
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None  # else symbolic: any size
         self.feed_dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
         meta = self.session.get_modelmeta().custom_metadata_map
-        mean, std = meta_json(meta, "edgekd.mean"), meta_json(meta, "edgekd.std")
+        mean, std = meta_json(meta, MEAN), meta_json(meta, STD)
         self.register_buffer("_scale", torch.ones(1))  # placeholder so .to()/.eval() behave like a module
         self.convert = None
         if mean is not None and std is not None and (list(mean), list(std)) != (list(data_mean), list(data_std)):
@@ -112,7 +112,7 @@ class OnnxTeacher(nn.Module):
                                  f"batch of {images} images; expected {want}: one logit per class")
         if self.class_names is not None and logits.shape[1] != len(self.class_names):
             raise ModelFileError(f"teacher.onnx '{self.path}' names {len(self.class_names)} classes "
-                                 f"(edgekd.class_names) but gives {logits.shape[1]} logits per image; re-export it")
+                                 f"({CLASS_NAMES}) but gives {logits.shape[1]} logits per image; re-export it")
         if self.num_classes is not None and logits.shape[1] != self.num_classes:
             raise ConfigError(f"teacher.onnx '{self.path}' gives {logits.shape[1]} logits per image, the data has "
                               f"{self.num_classes} classes; use a teacher made for the data's classes")
@@ -136,7 +136,7 @@ def class_order(teacher_names, data_names: tuple, path: str) -> tuple[list | Non
     from edgekd.runtime.datamatch import folder_forms, shown_names
 
     if teacher_names is None:
-        return None, (f"the ONNX teacher names no classes (no edgekd.class_names): its {len(data_names)} logits are "
+        return None, (f"the ONNX teacher names no classes (no {CLASS_NAMES}): its {len(data_names)} logits are "
                       "taken in the data's class order, unchecked")
     index = {}  # a data class name -> the teacher's logit; image folders write 'T-shirt/top' as T-shirt_top
     for i, name in enumerate(teacher_names):

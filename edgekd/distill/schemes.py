@@ -9,7 +9,11 @@ Each scheme returns a SchemeResult: the student that continues down the chain, t
 training history of the run that produced it, and what the scheme measured on the way
 (each peer's, generation's or model's val top-1). All of them train through train.fit, so
 the schedule, per-epoch checkpoints, resume and divergence checks are the same as for
-offline distillation.
+offline distillation. `cfg` is the recipe's distill section (edgekd.distill.config.DistillConfig);
+this module does not import it, as edgekd.distill.scheme_registry (imported by that config)
+calls into this one.
+
+SCHEMES (edgekd.distill.scheme_registry) names these schemes for the recipe and the stage.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekd.distill.config import DistillConfig
 from edgekd.distill.losses import soft_kl
+from edgekd.train.evaluate import accuracy
 from edgekd.train.labels import labeled_cross_entropy
-from edgekd.train.loop import FitResult, accuracy, fit
+from edgekd.train.loop import FitResult, fit
 
 
 @dataclass
@@ -65,7 +69,7 @@ class Cohort(nn.Module):
         return torch.stack([peer(x) for peer in self.peers]).mean(0)
 
 
-def mutual_step(cohort: Cohort, cfg: DistillConfig):
+def mutual_step(cohort: Cohort, cfg):
     def step(images, labels, _index):
         logits = [peer(images) for peer in cohort.peers]
         losses = mutual_losses(logits, labels, temperature=cfg.temperature, alpha=cfg.alpha)
@@ -74,7 +78,7 @@ def mutual_step(cohort: Cohort, cfg: DistillConfig):
     return step
 
 
-def mutual_learning(peers: list[nn.Module], *, train_x, train_y, val_x, val_y, cfg: DistillConfig, seed: int = 0,
+def mutual_learning(peers: list[nn.Module], *, train_x, train_y, val_x, val_y, cfg, seed: int = 0,
                     progress: bool = True, checkpoint=None, resume: bool = False, log=None) -> SchemeResult:
     """Train the peers together (no teacher); the best peer by val top-1 is the student."""
     cohort = Cohort(peers)
@@ -88,7 +92,7 @@ def mutual_learning(peers: list[nn.Module], *, train_x, train_y, val_x, val_y, c
 
 
 def born_again(student: nn.Module, teacher, *, make_student, train_x, train_y, val_x, val_y,
-               cfg: DistillConfig, seed: int = 0, progress: bool = True, checkpoint_dir=None,
+               cfg, seed: int = 0, progress: bool = True, checkpoint_dir=None,
                resume: bool = False, log=None, teacher_cache: dict | None = None) -> SchemeResult:
     """Generation 1 is `student` distilled from `teacher` (a module, or a list for
     multi-teacher KD, with cfg.terms), or trained on labels alone when teacher is None;
@@ -136,7 +140,7 @@ def born_again(student: nn.Module, teacher, *, make_student, train_x, train_y, v
     return SchemeResult(student=models[best], fit=fits[best], details=details)
 
 
-def _response_only(cfg: DistillConfig) -> DistillConfig:
+def _response_only(cfg):
     return dataclasses.replace(cfg, terms=[]) if cfg.terms else cfg
 
 
@@ -185,7 +189,7 @@ class StudentWithEma(nn.Module):
         self.steps += 1
 
 
-def ema_step(pair: StudentWithEma, cfg: DistillConfig):
+def ema_step(pair: StudentWithEma, cfg):
     """Hinton KD from the EMA (in eval mode, no gradient) into the student.
 
     fit calls the step function, then steps the optimizer, so the EMA is updated at the
@@ -204,7 +208,7 @@ def ema_step(pair: StudentWithEma, cfg: DistillConfig):
     return step
 
 
-def ema_self_distill(student: nn.Module, *, train_x, train_y, val_x, val_y, cfg: DistillConfig, seed: int = 0,
+def ema_self_distill(student: nn.Module, *, train_x, train_y, val_x, val_y, cfg, seed: int = 0,
                      progress: bool = True, checkpoint=None, resume: bool = False, log=None) -> SchemeResult:
     """Train `student` with KD from its own EMA; the better of the two on val continues
     (the student on a tie)."""

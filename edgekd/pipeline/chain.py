@@ -28,10 +28,17 @@ from edgekd.pipeline.context import Context, StageResult, logger
 from edgekd.pipeline.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, STAGES
 from edgekd.pipeline.preflight import preflight
 from edgekd.pipeline.resume import check_changes, check_data, record_changes, stage_notes
-from edgekd.pipeline.rundir import (check_inputs_outside, check_new_run_dir, check_resume_dir, run_folders,
-                                   run_lock)
-from edgekd.pipeline.runstate import (STATE_FILE, check_torch_rng, deterministic_mode, get_torch_rng, load_progress,
-                                      save_progress, seed_everything, set_torch_rng)
+from edgekd.pipeline.rundir import check_inputs_outside, check_new_run_dir, check_resume_dir, run_folders, run_lock
+from edgekd.pipeline.runstate import (
+    STATE_FILE,
+    check_torch_rng,
+    deterministic_mode,
+    get_torch_rng,
+    load_progress,
+    save_progress,
+    seed_everything,
+    set_torch_rng,
+)
 from edgekd.pipeline.stages import bench, data, distill, export, prune, quantize, report, teacher
 from edgekd.pipeline.store import RunStore
 from edgekd.recipe import Recipe

@@ -82,8 +82,8 @@ def fit_summary(fit_result) -> dict:
 def degenerate_flags(ctx: Context, name: str, model, val_x, val_y, num_classes: int) -> list[dict]:
     """The degenerate-model guard (edgekd.train.guard) on a model's val predictions: the flags
     for the stage's record (report.json `flags`, red in report.md), logged as a warning."""
+    from edgekd.train.evaluate import predict
     from edgekd.train.guard import degenerate_reasons, flag
-    from edgekd.train.loop import predict
 
     predictions = predict(model, val_x, full_precision=True).argmax(1).numpy()
     entry = flag(name, degenerate_reasons(predictions, val_y.numpy(), num_classes))

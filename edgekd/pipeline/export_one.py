@@ -35,14 +35,15 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     from edgekd.data.splits import load_splits
     from edgekd.io.artifacts import load_weights
     from edgekd.models.cost import count_macs, count_params
-    from edgekd.pipeline.context import build_arch
     from edgekd.onnx_export import ExportConfig, model_metadata, to_onnx
+    from edgekd.pipeline.context import build_arch
     from edgekd.train.loop import to_tensor
 
     if int8 and fp16:
         raise ConfigError("--int8 and --fp16 are two different models: give one of them")
     if fp32_io and not fp16:
         raise ConfigError("--fp32-io keeps a float16 model's input and output in float32: it needs --fp16")
+    from edgekd.runtime.metadata import INPUT_SHAPE, NAME, PRECISION, PREPROCESS, STAGE
     from edgekd.runtime.preprocessing import check_stated, metadata_entries
 
     preprocess = check_stated(preprocess, where="preprocess")
@@ -107,11 +108,11 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
                                                                   "run's recipe)" if run_dir is not None else ""))
     metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),
                               macs=count_macs(model, input_shape))
-    metadata["edgekd.input_shape"] = json.dumps(list(input_shape))
+    metadata[INPUT_SHAPE] = json.dumps(list(input_shape))
     if input_size is not None and tuple(input_size) != (spec.height, spec.width):
-        metadata.pop("edgekd.preprocess", None)  # it describes the data's size, not this input
+        metadata.pop(PREPROCESS, None)  # it describes the data's size, not this input
     if name:
-        metadata["edgekd.name"] = name
+        metadata[NAME] = name
     stated = metadata_entries(preprocess, channels=spec.channels, height=input_shape[1], width=input_shape[2])
     for key, value in stated.items():  # the weights' own preprocessing, not the data's
         if value is None:
@@ -119,7 +120,7 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         else:
             metadata[key] = value
     if fp16:
-        metadata["edgekd.precision"] = "fp16" + (" (fp32 input and output)" if fp32_io else "")
+        metadata[PRECISION] = "fp16" + (" (fp32 input and output)" if fp32_io else "")
     # real images check the parity where the model was trained; another input size gets random ones
     val_x = to_tensor(splits.val_x, spec.mean, spec.std) if input_size is None else None
     result = {"path": str(output)}
@@ -143,7 +144,7 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
         report = to_onnx(model, fp32, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x,
                          dynamic_hw=dynamic_hw)
         calib = to_tensor(splits.calib_x, spec.mean, spec.std).numpy()
-        ptq(fp32, output, calib_images=calib, cfg=quant_cfg, metadata={**metadata, "edgekd.stage": "int8"},
+        ptq(fp32, output, calib_images=calib, cfg=quant_cfg, metadata={**metadata, STAGE: "int8"},
             progress=progress)
     # int8 cannot match fp32 to 1e-4; what must hold is that it predicts the same classes
     (logits,) = make_session(output).run(None, {"input": val_x.numpy()})

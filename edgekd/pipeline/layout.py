@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from edgekd.errors import ConfigError
 
 STAGES = ("data", "teacher", "distill", "prune", "export", "quantize", "bench", "report")

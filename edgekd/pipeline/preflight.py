@@ -169,12 +169,14 @@ def check_onnx_teacher(recipe: Recipe, spec, images) -> None:
     data's classes on a real batch (as every batch of the run is checked), and a distillation
     that needs only its logits."""
     from edgekd.distill.onnx_teacher import check_on_batch, check_usable
+    from edgekd.distill.scheme_registry import spoken_list, teacher_schemes
+    from edgekd.pipeline.stages.distill import learns_from_teacher
 
     cfg = recipe.teacher
     _check_file("teacher.onnx", cfg.onnx)
     check_on_batch(cfg.onnx, spec, images)
-    if recipe.distill.scheme not in ("offline", "born-again"):
-        raise ConfigError(f"teacher.onnx is used by the offline and born-again schemes, not "
+    if not learns_from_teacher(recipe.distill):
+        raise ConfigError(f"teacher.onnx is used by the {spoken_list(teacher_schemes())} schemes, not "
                           f"'{recipe.distill.scheme}'")
     check_usable(recipe.distill.terms)
 

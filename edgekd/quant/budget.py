@@ -143,12 +143,11 @@ def _batches(images: np.ndarray, input_name: str, batch_size: int) -> list[dict]
 
 def _activations(model_path: Path, feeds: list[dict], work: Path) -> dict[str, np.ndarray]:
     """Every float tensor of the model on `feeds` (ORT's qdq_loss_debug; graph optimizations off)."""
+    import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         modify_model_output_intermediate_tensors,
     )
-
-    import onnxruntime as ort
 
     from edgekd.train.compute import session_threads
 

@@ -172,8 +172,9 @@ def ptq(
     from tqdm.auto import tqdm
 
     from edgekd.io.onnxfile import check_onnx_file
-    from edgekd.onnx_export import INPUT_NAME, set_metadata
+    from edgekd.onnx_export import INPUT_NAME
     from edgekd.quant.pad import pad_input_channels
+    from edgekd.runtime.metadata import set_metadata
 
     # ORT's pre-processing and calibration open sessions on fp32_path (and onnx.load
     # reads its external data): it must pass the same check as a benched model. Usually

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import DataError, ModelFileError
-from edgekd.runtime.inputs import meta_json
+from edgekd.runtime.metadata import CLASS_NAMES, PREFIX, meta_json
 from edgekd.runtime.preprocessing import METADATA, fit_images, geometry, image_dims, resolve
 
 FIT_FLAG = "--fit-data"
@@ -45,13 +45,13 @@ class EvalSet:
 def model_class_names(meta: dict, path) -> tuple | None:
     """The model's edgekd.class_names (None when absent); anything but a JSON list of
     distinct strings is a ModelFileError (exit 2)."""
-    names = meta_json(meta, "edgekd.class_names")
+    names = meta_json(meta, CLASS_NAMES)
     if names is None:
         return None
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
             and len(set(names)) == len(names)):
-        raise ModelFileError(f"model metadata edgekd.class_names of '{path}' must be a JSON list of distinct "
-                             f"names, got {str(meta['edgekd.class_names'])[:40]!r}; re-export the model")
+        raise ModelFileError(f"model metadata {CLASS_NAMES} of '{path}' must be a JSON list of distinct "
+                             f"names, got {str(meta[CLASS_NAMES])[:40]!r}; re-export the model")
     return tuple(names)
 
 
@@ -94,7 +94,7 @@ def labels_for_model(labels: EvalSet, meta: dict, path) -> tuple[np.ndarray | No
                               "classes (save class_names with it)")
         how = "by sorted folder name" if labels.from_folders else "as the eval set's class_names"
         return labels.y, (f"classes numbered {how} ({shown_names(data_names)}), unchecked: the model has no "
-                          "edgekd.class_names")
+                          f"{CLASS_NAMES}")
     index = {}
     for i, name in enumerate(model_names):
         for form in folder_forms(name) if labels.from_folders else {name}:
@@ -117,7 +117,7 @@ def check_mean_std_channels(spec, channels: int | None, path) -> None:
     for name, values in (("mean", spec.mean), ("std", spec.std)):
         if values is not None and len(values) not in (1, channels) and name not in spec.stated \
                 and spec.source == METADATA:
-            raise ModelFileError(f"model metadata edgekd.{name} of '{path}' is {[float(v) for v in values][:8]}, "
+            raise ModelFileError(f"model metadata {PREFIX}{name} of '{path}' is {[float(v) for v in values][:8]}, "
                                  f"{len(values)} values, but the model takes {channels} channel(s); give 1 or "
                                  f"{channels} values: re-export the model")
 

@@ -4,10 +4,12 @@
 class index is the position of the folder's name in sorted order, as edgekd's training and
 torchvision's ImageFolder number them, and the result notes it.
 
-Every image is decoded in full (no JPEG draft scaling: the pixels must be the ones PyTorch
-sees), brought to the models' colour and resized and center-cropped per their preprocessing
-(edgekd.runtime.preprocessing.geometry), so all models of one bench share one uint8 array.
-numpy and PIL (imported when a folder is read; a one-line error says to install it); no torch.
+The folder is listed and every image decoded by training's own lister and decoder
+(edgekd.data.files: list_classes, decode_fitted, decoded whole): brought to the models' colour
+and resized and center-cropped per their preprocessing (edgekd.runtime.preprocessing.geometry),
+so all models of one bench share one uint8 array, pixel for pixel what training evaluated
+(tests/data/test_decoder_parity.py). numpy and PIL (imported when a folder is read; a one-line
+error says to install it); no torch.
 """
 
 from __future__ import annotations
@@ -18,30 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import ConfigError, DataError, joined_lines
+from edgekd.data.files import Remedy, decode_fitted, list_classes, thread_map
+from edgekd.errors import ConfigError, DataError
 from edgekd.runtime.datamatch import EvalSet, check_models, takes_images
 from edgekd.runtime.inputs import check_feed_size, load_eval_set
 from edgekd.runtime.preprocessing import geometry, require_pillow, resolve
 
 log = logging.getLogger("edgekd")
+FOLDER_REMEDY = Remedy("replace or remove it", "use smaller images, or remove this one from the folder")
 
 
 def list_image_folder(root: Path) -> tuple[list, np.ndarray, tuple]:
     """(files, int64 labels, class names) of root/<class>/<image>; DataError when the folder
     has no class folders or no images at all (an empty class folder keeps its index)."""
-    from edgekd.data.base import MAX_CLASSES
-    from edgekd.data.files import IMAGE_SUFFIXES, list_class_folder
-
     layout = f"{root}/<class>/*.png (one folder per class)"
-    class_names = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
-    if not class_names:
-        raise DataError(f"image folder '{root}' has no class folders; expected {layout}")
-    if len(class_names) > MAX_CLASSES:
-        raise DataError(f"image folder '{root}' has {len(class_names):,} class folders; at most {MAX_CLASSES:,}")
-    found, _ = list_class_folder(root, class_names, layout, every_class=False)
-    if not found:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of '{root}'; "
-                        f"expected {layout}")
+    found, class_names, _ = list_classes(root, layout, every_class=False)
     return [str(f) for f, _ in found], np.array([y for _, y in found], dtype=np.int64), class_names
 
 
@@ -91,32 +84,15 @@ def models_geometry(models: list, stated: dict | None) -> tuple | None:
 
 
 def _decode(file: str, mode: str, resize: int, crop: tuple) -> np.ndarray:
-    """uint8 (C, H, W): the whole image decoded, converted, resized and center-cropped."""
-    from PIL import Image
-
-    from edgekd.data.decodegate import DECODE_GATE
-    from edgekd.data.preprocess import decode_bytes, fit_image, to_chw, to_mode
-
-    try:
-        image = Image.open(file)  # the header only: what decoding holds is known before it starts
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types (and DecompressionBombError)
-        raise DataError(f"cannot read image {file} ({joined_lines(exc)}); replace or remove it") from None
-    cost = decode_bytes(image.mode, image.width, image.height, mode, resize)
-    with image, DECODE_GATE.admit(cost, file, "use smaller images, or remove this one from the folder"):
-        try:
-            image.load()  # truncated and corrupt files fail only when the pixels are decoded
-            converted = to_mode(image, mode)
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types
-            raise DataError(f"cannot read image {file} ({joined_lines(exc)}); replace or remove it") from None
-        return to_chw(fit_image(converted, resize, crop))
+    """uint8 (C, H, W): training's evaluation decode (edgekd.data.files.decode_fitted), its
+    errors naming what to do with a file of this folder."""
+    return decode_fitted(file, mode, resize, crop, FOLDER_REMEDY)
 
 
 def load_image_folder(root, files: list, wanted: tuple) -> np.ndarray:
     """uint8 N x C x H x W: the folder's images `files` (list_image_folder) at `wanted`
     (channels, resize, crop). The decoded set must fit the feed limit (with its float32 copy)
     before any image is decoded."""
-    from edgekd.data.files import thread_map
-
     require_pillow(f"reading the image folder '{root}'")
     channels, resize, crop = wanted
     check_feed_size([len(files), channels, *crop], np.float32, f"the {len(files)} images of '{root}' as float32",

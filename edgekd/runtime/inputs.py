@@ -7,7 +7,6 @@ Needs only numpy (no torch, no onnxruntime import of its own); onnx is optional.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,67 +38,6 @@ SYNTHETIC_AGREEMENT_SAMPLES = 64  # reference agreement without an eval set
 # The largest input edgekd builds for one run (a feed, a padded batch, synthetic rows): this
 # many bytes, or half of the memory available now if that is less (feed_bytes_limit).
 MAX_FEED_BYTES = 2 * 1024**3
-
-
-INT_METADATA_MAX = 2**63 - 1  # edgekd.params, edgekd.macs: counts that fit an int64
-
-
-def _shown(text) -> str:
-    return repr(str(text)[:40])
-
-
-def meta_json(meta: dict, key: str):
-    """The JSON value of metadata entry `key` (None when absent); anything that is not JSON
-    is a ModelFileError (exit 2)."""
-    if key not in meta:
-        return None
-    try:
-        return json.loads(meta[key])
-    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
-        raise ModelFileError(
-            f"model metadata {key} is not valid JSON ({_shown(meta[key])}); re-export the model"
-        ) from exc
-
-
-def meta_int(meta: dict, key: str) -> int | None:
-    """Metadata entry `key` as a whole number from 0 to INT_METADATA_MAX (None when absent)."""
-    if key not in meta:
-        return None
-    try:
-        value = int(str(meta[key]).strip())
-    except ValueError as exc:  # also: more digits than Python converts
-        raise ModelFileError(
-            f"model metadata {key} is not an integer ({_shown(meta[key])}); re-export the model"
-        ) from exc
-    if not 0 <= value <= INT_METADATA_MAX:
-        raise ModelFileError(f"model metadata {key} must be a count from 0 to 2**63-1, got {_shown(meta[key])}; "
-                             "re-export the model")
-    return value
-
-
-def meta_floats(meta: dict, key: str, channels: int | None) -> np.ndarray | None:
-    """Metadata entry `key` (edgekd.mean, edgekd.std) as float64 values, one per channel or
-    one for all (None when absent): a JSON list of 1 or `channels` numbers that float32 holds, not empty
-    (any count with channels None: checked where the images are known)."""
-    values = meta_json(meta, key)
-    if values is None and key not in meta:
-        return None
-    ok = isinstance(values, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    if ok:
-        try:
-            array = np.array(values, dtype=np.float64)
-        except OverflowError:  # an integer beyond float64
-            ok = False
-    if not ok or not len(array) or not (np.abs(array) <= np.finfo(np.float32).max).all():  # NaN fails too
-        raise ModelFileError(f"model metadata {key} must be a JSON list of finite float32 numbers, got "
-                             f"{_shown(meta[key])}; re-export the model")
-    if channels is not None and len(array) not in (1, channels):
-        raise DataError(
-            f"model metadata {key} has {array.size} values but the images have {channels} channels; "
-            "use an eval set made for this model"
-        )
-    return array
 
 
 def feed_bytes_limit() -> int:

@@ -28,6 +28,13 @@ from edgekd.errors import ConfigError, DataError, ModelFileError
 from edgekd.runtime.inputs import (
     MAX_PREPROCESS_SIDE,
     check_feed_size,
+)
+from edgekd.runtime.metadata import (
+    INPUT_LAYOUT,
+    MEAN,
+    PREFIX,
+    PREPROCESS,
+    STD,
     meta_floats,
     meta_json,
 )
@@ -65,7 +72,7 @@ class Preprocessing:
         """Where a value came from, for error messages."""
         if name in self.stated:
             return f"--{name.replace('_', '-')}"
-        return f"model metadata edgekd.{name}" if self.source == METADATA else f"the {self.source}'s {name}"
+        return f"model metadata {PREFIX}{name}" if self.source == METADATA else f"the {self.source}'s {name}"
 
     def describe(self) -> dict:
         """The JSON form in a bench row."""
@@ -202,18 +209,18 @@ def _metadata_scale(value) -> float:
         return DEFAULT_SCALE
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_SCALE:
         return float(value)
-    raise ModelFileError(f"model metadata edgekd.preprocess scale is not 'x / 255' or a positive number "
+    raise ModelFileError(f"model metadata {PREPROCESS} scale is not 'x / 255' or a positive number "
                          f"({str(value)[:40]!r}); re-export the model")
 
 
 def _check_metadata_lengths(meta: dict, mean, std, channels: int | None, color) -> None:
     """ModelFileError (exit 2) unless edgekd.mean and edgekd.std each hold 1 value or one per
     channel: the same count when both hold several, and the color's count when it is known."""
-    counts = {key: len(v) for key, v in (("edgekd.mean", mean), ("edgekd.std", std)) if v is not None}
+    counts = {key: len(v) for key, v in ((MEAN, mean), (STD, std)) if v is not None}
     several = {n for n in counts.values() if n > 1}
     if len(several) > 1 or (channels is not None and several - {channels}):
         shown = "; ".join(f"{key} {str(meta[key])[:60]} ({n} values)" for key, n in counts.items())
-        per = f" ({channels}: edgekd.preprocess color is {color})" if channels is not None else ""
+        per = f" ({channels}: {PREPROCESS} color is {color})" if channels is not None else ""
         raise ModelFileError(f"model metadata {shown}: each must hold 1 value or one per channel{per}, the same "
                              "count in both; re-export the model")
 
@@ -221,27 +228,27 @@ def _check_metadata_lengths(meta: dict, mean, std, channels: int | None, color) 
 def from_metadata(meta: dict) -> Preprocessing | None:
     """The model's own preprocessing (edgekd.mean, edgekd.std, edgekd.preprocess), or None when
     it has none of them. Metadata that is not valid is a ModelFileError (exit 2)."""
-    if not any(k in meta for k in ("edgekd.mean", "edgekd.std", "edgekd.preprocess")):
+    if not any(k in meta for k in (MEAN, STD, PREPROCESS)):
         return None
-    mean, std = (meta_floats(meta, key, None) for key in ("edgekd.mean", "edgekd.std"))
-    steps = meta_json(meta, "edgekd.preprocess")
+    mean, std = (meta_floats(meta, key, None) for key in (MEAN, STD))
+    steps = meta_json(meta, PREPROCESS)
     steps = steps if isinstance(steps, dict) else {}
     crop, resize, color = steps.get("center_crop"), steps.get("resize_shorter"), steps.get("color")
     sides = [*(crop if isinstance(crop, list) and len(crop) == 2 else [None]), *([] if resize is None else [resize])]
-    if "edgekd.preprocess" in meta and not all(
+    if PREPROCESS in meta and not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_PREPROCESS_SIDE for v in sides):
-        raise ModelFileError(f"model metadata edgekd.preprocess is not a valid preprocessing "
-                             f"({str(meta['edgekd.preprocess'])[:40]!r}); re-export the model")
+        raise ModelFileError(f"model metadata {PREPROCESS} is not a valid preprocessing "
+                             f"({str(meta[PREPROCESS])[:40]!r}); re-export the model")
     try:
-        layout = _choice(steps.get("layout") or meta.get("edgekd.input_layout") or "NCHW", "", LAYOUTS)
+        layout = _choice(steps.get("layout") or meta.get(INPUT_LAYOUT) or "NCHW", "", LAYOUTS)
         order = _choice(steps.get("channel_order") or "rgb", "", CHANNEL_ORDERS)
     except ConfigError:
-        raise ModelFileError("model metadata edgekd.preprocess has a layout or channel order edgekd does not "
+        raise ModelFileError(f"model metadata {PREPROCESS} has a layout or channel order edgekd does not "
                              "know; re-export the model") from None
     known_color = color in (None, "L", "RGB") or (isinstance(color, str) and re.fullmatch(r"\d+ channels", color))
     interpolation = steps.get("interpolation")
     if not known_color or interpolation not in (None, "bilinear"):  # edgekd writes "4 channels" for 4
-        raise ModelFileError(f"model metadata edgekd.preprocess has color {str(color)[:40]!r} and interpolation "
+        raise ModelFileError(f"model metadata {PREPROCESS} has color {str(color)[:40]!r} and interpolation "
                              f"{str(interpolation)[:40]!r}; bench applies color L, RGB or 'N channels' and bilinear "
                              "interpolation: re-export the model")
     channels = {"L": 1, "RGB": 3}.get(color)
@@ -250,9 +257,9 @@ def from_metadata(meta: dict) -> Preprocessing | None:
                          _metadata_scale(steps.get("scale")), layout, order, channels,
                          tuple(crop) if crop else None, resize, crop_fraction=None)
     if std is not None and not (std > 0).all():
-        raise ModelFileError(f"model metadata edgekd.std must be positive, got {str(meta['edgekd.std'])[:40]!r}; "
+        raise ModelFileError(f"model metadata {STD} must be positive, got {str(meta[STD])[:40]!r}; "
                              "re-export the model")
-    check_range(spec.mean, spec.std, spec.scale, ModelFileError, "model metadata edgekd.mean / edgekd.std",
+    check_range(spec.mean, spec.std, spec.scale, ModelFileError, f"model metadata {MEAN} / {STD}",
                 "re-export the model")
     return spec
 
@@ -371,7 +378,7 @@ def metadata_entries(stated: dict | None, *, channels: int, height: int, width: 
     if spec.scale != DEFAULT_SCALE:
         steps["scale"] = spec.scale
     steps["channel_order"] = spec.channel_order.upper()
-    entries = {"edgekd.input_layout": "NCHW", "edgekd.preprocess": json.dumps(steps)}
-    for key, values in (("edgekd.mean", spec.mean), ("edgekd.std", spec.std)):
+    entries = {INPUT_LAYOUT: "NCHW", PREPROCESS: json.dumps(steps)}
+    for key, values in ((MEAN, spec.mean), (STD, spec.std)):
         entries[key] = None if values is None else json.dumps(list(values))  # None: remove the data's entry
     return entries

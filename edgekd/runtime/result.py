@@ -15,6 +15,13 @@ import numpy as np
 from edgekd.errors import ConfigError, ModelFileError, first_line
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.config import BenchConfig
+from edgekd.runtime.datamatch import (
+    EvalSet,
+    check_mean_std_channels,
+    fitted_images,
+    model_labels,
+    takes_images,
+)
 from edgekd.runtime.inputs import (
     INPUT_TYPES,
     SYNTHETIC_AGREEMENT_SAMPLES,
@@ -23,7 +30,6 @@ from edgekd.runtime.inputs import (
     check_labels,
     feed_shape,
     id_limit,
-    meta_int,
     predict,
     synthetic,
     topk_accuracy,
@@ -34,13 +40,7 @@ from edgekd.runtime.measure import (
     low_confidence,
     stopped_early,
 )
-from edgekd.runtime.datamatch import (
-    EvalSet,
-    check_mean_std_channels,
-    fitted_images,
-    model_labels,
-    takes_images,
-)
+from edgekd.runtime.metadata import ARCH, MACS, PARAMS, STAGE, meta_int
 from edgekd.runtime.preprocessing import NO_PREPROCESSING_NOTE, apply, image_dims, resolve
 from edgekd.runtime.providers import resolve_provider
 from edgekd.runtime.session import (
@@ -337,12 +337,12 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
     op_counts, provider_nodes = ops[ops_key], nodes[node_key]
     requested = resolve_provider(cfg.provider)
     fallback = 0 if requested == "CPUExecutionProvider" else provider_nodes.get("CPUExecutionProvider", 0)
-    params = meta_int(meta, "edgekd.params")
+    params = meta_int(meta, PARAMS)
     return BenchRow(
         name=path.stem,
         path=str(path),
-        stage=meta.get("edgekd.stage"),
-        arch=meta.get("edgekd.arch"),
+        stage=meta.get(STAGE),
+        arch=meta.get(ARCH),
         provider=cfg.provider,
         providers_used=session.get_providers(),
         batch_size=batch,
@@ -351,7 +351,7 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
         top1=top1,
         top5=top5,
         params=count_params(path) if params is None else params,
-        macs=meta_int(meta, "edgekd.macs"),
+        macs=meta_int(meta, MACS),
         file_bytes=path.stat().st_size,
         latency_ms=stats,
         runs=len(timings),

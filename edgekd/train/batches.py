@@ -18,6 +18,8 @@ from typing import Iterator
 
 import torch
 
+from edgekd.train.augment import augment_batch
+
 
 class InMemory:
     """Images (normalized float NCHW) and labels held as tensors."""
@@ -30,8 +32,6 @@ class InMemory:
 
     def batches(self, batch_size: int, generator: torch.Generator, augment: bool
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        from edgekd.train.loop import augment_batch
-
         order = torch.randperm(len(self.x), generator=generator)
         for i in range(0, len(order), batch_size):
             index = order[i : i + batch_size]

@@ -140,11 +140,12 @@ class Compute:
 # loop and predictions, so every stage that trains (teacher, distill, its schemes, prune's
 # fine-tuning, QAT, transfer) computes the same way without each passing it on. Outside a
 # run: the CPU in fp32 NCHW, what the functions did before there was a choice.
-_CURRENT = contextvars.ContextVar("edgekd_compute", default=Compute())
+OUTSIDE_A_RUN = Compute()
+_CURRENT = contextvars.ContextVar("edgekd_compute")
 
 
 def current() -> Compute:
-    return _CURRENT.get()
+    return _CURRENT.get(OUTSIDE_A_RUN)
 
 
 def session_threads() -> int:

@@ -4,14 +4,14 @@ Images stay in memory as one normalized float tensor; batches are sliced from it
 augmented as whole batches (no per-sample Python, no DataLoader workers), which is what
 keeps small datasets fast on a 2-core CPU. Each stage supplies a step function
 ``step_fn(images, labels, index) -> (loss, logits)``; ``index`` lets a stage look up
-per-sample data such as precomputed teacher logits.
+per-sample data such as precomputed teacher logits. Beside it: evaluate.py (predict,
+accuracy), augment.py (batch crop and flip), checkpoint.py (the checkpoint format, the
+diagnosis when training diverges), batches.py (where batches come from).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,12 +23,21 @@ import torch
 from torch import nn
 
 from edgekd.data.unlabeled import UNLABELED
-from edgekd.errors import ModelFileError, TrainingDiverged, first_line
+from edgekd.io import artifacts  # artifacts.save_checkpoint looked up per call: tests stop a run inside it
 from edgekd.models.bn import recalibrate_batch_norm
 from edgekd.train import distributed
 from edgekd.train.batches import as_source
+from edgekd.train.checkpoint import (
+    all_finite,
+    checkpoint_identity,
+    checkpoint_state,
+    diverged_error,
+    non_finite_cause,
+    restore_checkpoint,
+)
 from edgekd.train.compute import current
 from edgekd.train.config import TrainConfig
+from edgekd.train.evaluate import accuracy
 from edgekd.train.threads import ThreadTuner
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -50,60 +59,6 @@ def to_tensor(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
 
     # plain NCHW: the training loop puts each batch in the run's layout (edgekd.train.compute)
     return torch.from_numpy(normalize(images_uint8, mean, std))
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random crop after padding by `pad`, and random horizontal flip, per sample.
-
-    Padding replicates the border, so a black background stays black after normalization.
-    The draws come from `generator` (on the CPU); x may be on any device.
-    """
-    n, c, h, w = x.shape
-    padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (torch.arange(h).view(1, h) + dy.view(n, 1)).view(n, 1, h, 1).expand(n, c, h, w).to(x.device)
-    cols = (torch.arange(w).view(1, w) + dx.view(n, 1)).view(n, 1, 1, w).expand(n, c, h, w).to(x.device)
-    cropped = _crop(padded, rows, cols)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    cropped[flip] = cropped[flip].flip(3)
-    return cropped
-
-
-def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = rows.shape
-    wp = padded.shape[3]
-    picked_rows = padded.gather(2, rows[..., :1].expand(n, c, h, wp))  # (n, c, h, wp)
-    return picked_rows.gather(3, cols)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x, batch_size: int = 1024, *, full_precision: bool = False) -> torch.Tensor:
-    """Logits for every image of x (a tensor or a source, edgekd.train.batches), in eval
-    mode, batched, computed as the run computes (edgekd.train.compute: device, precision,
-    layout; full_precision: in fp32 whatever the run's precision, as the exported model
-    computes); returned as float32 on the CPU."""
-    compute = current()
-    if full_precision:
-        compute = dataclasses.replace(compute, precision="fp32")
-    was_training = model.training
-    model.eval()
-    parts = []
-    with compute.borrowed(model):
-        for images in as_source(x).images(batch_size):
-            with compute.autocast():
-                parts.append(model(compute.batch(images)).float().cpu())
-    model.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0)
-
-
-def accuracy(model: nn.Module, x, y: torch.Tensor | None = None) -> float:
-    """Top-1 in percent (computed in fp32), of a tensor and its labels or of a source."""
-    source = as_source(x, y)
-    if len(source) == 0:
-        return float("nan")
-    # in fp32: accuracy picks the best epoch and is reported; the deployed model computes in fp32
-    return float((predict(model, source, full_precision=True).argmax(1) == source.labels).float().mean() * 100)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -138,7 +93,7 @@ def fit(
     decay to zero, which converges well in the few epochs a CPU run can afford.
 
     With `checkpoint` (a file path), the whole training state is saved there atomically
-    at the end of every epoch (see `_checkpoint_state`); with `resume=True` and that file
+    at the end of every epoch (see `edgekd.train.checkpoint`); with `resume=True` and that file
     present, training continues from the epoch after the saved one and ends with the same
     weights as an uninterrupted run (CPU, deterministic algorithms, same thread count).
     No checkpoint is written for an epoch whose loss or weights are not finite.
@@ -173,10 +128,10 @@ def fit(
     # the first epoch always counts as the best so far: never hand back untrained weights
     result = FitResult(best_val_top1=-math.inf, best_epoch=0)
     best_state = copy.deepcopy(model.state_dict())
-    identity = _identity(cfg, desc, seed, len(train), len(val))
+    identity = checkpoint_identity(cfg, desc, seed, len(train), len(val))
     first_epoch, seen, seconds_before = 1, 0, 0.0
     if checkpoint is not None and resume and Path(checkpoint).is_file():
-        saved = _restore(Path(checkpoint), identity, cfg, model, optimizer, scheduler, generator)
+        saved = restore_checkpoint(Path(checkpoint), identity, cfg, model, optimizer, scheduler, generator)
         first_epoch = saved["epoch"] + 1
         best_state = saved["best"]["state"]
         result.best_val_top1, result.best_epoch = float(saved["best"]["val_top1"]), int(saved["best"]["epoch"])
@@ -210,8 +165,8 @@ def fit(
                     loss, logits = step_fn(images, labels, index)
                 if not torch.isfinite(loss):
                     step = (epoch - 1) * steps_per_epoch + i + 1
-                    raise _diverged(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint,
-                                    step=step, cause=_non_finite_cause(desc, cfg, images, model, step))
+                    raise diverged_error(desc, f"loss became {loss.item()}", epoch, cfg, checkpoint,
+                                    step=step, cause=non_finite_cause(desc, cfg, images, model, step))
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
@@ -234,8 +189,8 @@ def fit(
                 tuner.step_done(len(index))
             if ranks > 1:
                 distributed.average_buffers(model)
-            if not _all_finite(model):  # a finite loss can still leave inf/NaN weights behind
-                raise _diverged(desc, "weights became non-finite", epoch, cfg, checkpoint)
+            if not all_finite(model):  # a finite loss can still leave inf/NaN weights behind
+                raise diverged_error(desc, "weights became non-finite", epoch, cfg, checkpoint)
             if recompute_bn:  # statistics that match this epoch's weights, before val picks the best epoch
                 recalibrate_batch_norm(model, _shuffled_images(train, cfg.batch_size, seed, epoch, compute),
                                        autocast=compute.autocast)
@@ -254,9 +209,7 @@ def fit(
                 result.best_val_top1, result.best_epoch = val_top1, epoch
                 best_state = copy.deepcopy(model.state_dict())
             if checkpoint is not None and distributed.is_main():  # rank 0 alone writes
-                from edgekd.io.artifacts import save_checkpoint
-
-                save_checkpoint(checkpoint, _checkpoint_state(
+                artifacts.save_checkpoint(checkpoint, checkpoint_state(
                     identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
                     seconds_before + time.perf_counter() - start,
                 ))
@@ -280,108 +233,6 @@ def _shuffled_images(train, batch_size: int, seed: int, epoch: int, compute):
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     for images, _labels, _index in train.batches(batch_size, generator, False):
         yield compute.batch(images)
-
-
-def _identity(cfg: TrainConfig, desc: str, seed: int, train_size: int, val_size: int) -> dict:
-    """What a checkpoint must have been written for: the same stage, training config
-    (epochs, lr, batch size, ... fix the schedule), seed and data sizes."""
-    config = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
-    return {"stage": desc, "config": config, "seed": seed, "train_size": train_size, "val_size": val_size}
-
-
-def _checkpoint_state(identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
-                      seconds) -> dict:
-    from edgekd.io.artifacts import CHECKPOINT_FORMAT
-
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "identity": identity,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(),  # data order and augmentation
-        "torch_rng": torch.get_rng_state(),  # the global CPU RNG (dropout, if any)
-        "best": {"state": best_state, "val_top1": result.best_val_top1, "epoch": result.best_epoch},
-        "history": list(result.epochs),
-        "seen": seen,
-        "seconds": seconds,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def _restore(path: Path, identity: dict, cfg: TrainConfig, model, optimizer, scheduler, generator) -> dict:
-    """Load a checkpoint into model, optimizer, scheduler and generator; any mismatch is a
-    ModelFileError that names the file (a checkpoint is never silently ignored)."""
-    from edgekd.io.artifacts import load_checkpoint
-
-    saved = load_checkpoint(path)
-    if saved.get("identity") != identity:
-        raise ModelFileError(
-            f"checkpoint '{path}' was written for a different {identity['stage']} setup "
-            "(recipe, seed or data changed); start a new run"
-        )
-    try:
-        epoch, best, history = saved["epoch"], saved["best"], saved["history"]
-        if not (isinstance(epoch, int) and 1 <= epoch <= cfg.epochs and isinstance(history, list)
-                and len(history) == epoch and isinstance(best, dict) and isinstance(best.get("state"), dict)):
-            raise ValueError("epoch, history or best-so-far entries are inconsistent")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        model_keys = set(model.state_dict())
-        if set(best["state"]) != model_keys:
-            raise ValueError("best-so-far weights do not fit the model")
-        int(saved["seen"]), float(saved["seconds"]), float(best["val_top1"]), int(best["epoch"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-        raise ModelFileError(
-            f"checkpoint '{path}' does not fit this run ({first_line(exc)}); start a new run"
-        ) from exc
-    return saved
-
-
-def _all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
-
-
-USUAL_LR = {"adamw": 1e-3, "sgd": 0.1}
-LARGE_LR = {"adamw": 0.1, "sgd": 1.0}  # above these, a learning rate is far beyond the usual
-
-
-def _diverged(desc: str, what: str, epoch: int, cfg: TrainConfig, checkpoint, step: int | None = None,
-              cause: str | None = None) -> TrainingDiverged:
-    """One line: what diverged where, the checkpoint kept, and the likely cause with its fix."""
-    kept = ""
-    if checkpoint is not None and epoch > 1 and Path(checkpoint).is_file():
-        kept = f"; the checkpoint of epoch {epoch - 1} is kept in {checkpoint}"
-    where = f"at epoch {epoch}, step {step}" if step is not None else f"at epoch {epoch}"
-    return TrainingDiverged(f"{desc}: {what} {where}{kept}; {cause or _lr_advice(desc, cfg)}")
-
-
-def _lr_advice(desc: str, cfg: TrainConfig) -> str:
-    limit = LARGE_LR.get(cfg.optimizer, 1.0)
-    if not cfg.lr <= limit:  # inf and NaN included
-        return (f"{desc}.lr {cfg.lr:g} is very large for {cfg.optimizer} (usual: about "
-                f"{USUAL_LR.get(cfg.optimizer, 1e-3):g}): start a new run with a lower {desc}.lr")
-    return f"start a new run with a lower {desc}.lr (now {cfg.lr})"
-
-
-def _non_finite_cause(desc: str, cfg: TrainConfig, images: torch.Tensor, model: nn.Module, step: int) -> str:
-    """Why the loss of `step` is not finite: the inputs, the weights (broken by an earlier
-    update), a very large lr, or else the loss itself (its settings)."""
-    if not bool(torch.isfinite(images).all()):
-        return ("the inputs contain NaN or inf (check the data: a channel with zero variance, or its mean/std); "
-                "a lower lr will not help")
-    if not _all_finite(model):
-        when = f"at step {step - 1}" if step > 1 else "before the first step"
-        return f"the weights became non-finite {when}: {_lr_advice(desc, cfg)}"
-    advice = _lr_advice(desc, cfg)
-    if not cfg.lr <= LARGE_LR.get(cfg.optimizer, 1.0):
-        return advice
-    settings = "" if desc.startswith("teacher") else ", or check the loss settings (distill.temperature, alpha, terms)"
-    return f"the inputs and weights are finite, so the loss itself overflowed: {advice}{settings}"
 
 
 def cross_entropy_step(model: nn.Module) -> StepFn:

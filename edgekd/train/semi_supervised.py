@@ -35,7 +35,7 @@ CONTRAST = 0.4  # contrast scaled by a factor in [1 - CONTRAST, 1 + CONTRAST]
 def strong_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Another random shift and flip, a square cut out (set to the data's mean, 0 once
     normalized) and contrast scaled around it, per image, on x's device."""
-    from edgekd.train.loop import augment_batch
+    from edgekd.train.augment import augment_batch
 
     x = augment_batch(x, generator, pad=STRONG_SHIFT)
     n, _c, h, w = x.shape
@@ -70,9 +70,9 @@ def fixmatch_step(pair, labeled_x: torch.Tensor, labeled_y: torch.Tensor, cfg: S
                   seed: int, stats: Stats):
     """The step function of fit (edgekd.train.loop) for `pair` (StudentWithEma: the teacher
     being trained and its moving average), with the labeled images and labels as CPU tensors."""
+    from edgekd.train.augment import augment_batch
     from edgekd.train.compute import current
     from edgekd.train.labels import labeled_cross_entropy
-    from edgekd.train.loop import augment_batch
 
     compute = current()
     generator = torch.Generator()
@@ -122,7 +122,8 @@ def train_semi_supervised(model: nn.Module, cfg, *, train_x, train_y, val_x, val
     """Train `model` (a TeacherConfig `cfg` with semi_supervised set) on the whole train split;
     returns the better of it and its moving average on val, fit's result and the record."""
     from edgekd.distill.schemes import StudentWithEma
-    from edgekd.train.loop import accuracy, fit
+    from edgekd.train.evaluate import accuracy
+    from edgekd.train.loop import fit
 
     labeled_x, labeled_y = check_data(train_x, train_y, desc)
     pair, stats = StudentWithEma(model), Stats()

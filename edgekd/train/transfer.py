@@ -22,7 +22,8 @@ from torch import nn
 
 from edgekd.errors import ModelFileError
 from edgekd.train.config import TeacherConfig
-from edgekd.train.loop import accuracy, cross_entropy_step, fit
+from edgekd.train.evaluate import accuracy
+from edgekd.train.loop import cross_entropy_step, fit
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "head")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import CLASSES, write_folder
 
+from conftest import CLASSES, write_folder
 from edgekd.cli import main
 from edgekd.data.config import DataConfig
 from edgekd.data.splits import load_splits
@@ -107,8 +107,9 @@ def test_a_file_the_system_refuses_to_open_is_refused(tmp_path, folder, monkeypa
 
 
 def test_an_image_smaller_than_the_crop_is_refused(tmp_path, folder):
-    from conftest import save, draw
     import numpy as np
+
+    from conftest import draw, save
 
     small = folder / "train" / CLASSES[1] / "tiny.png"
     save(small, draw(1, (20, 30), np.random.default_rng(0)), "PNG", "RGB")
@@ -136,8 +137,9 @@ def test_a_manifest_path_outside_its_folder_is_refused(tmp_path, folder, row):
 
 
 def test_skip_bad_skips_and_counts_every_kind(tmp_path, folder):
-    from conftest import draw, save
     import numpy as np
+
+    from conftest import draw, save
 
     truncate(first(folder, ".jpg"))
     first(folder, ".webp").write_bytes(b"garbage" * 20)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, draw, save, write_folder
 
+from conftest import CLASSES, draw, save, write_folder
 from edgekd.data.config import DataConfig
 from edgekd.data.preprocess import crop_box, fit_array, fit_image, resized_size
 from edgekd.data.splits import load_splits

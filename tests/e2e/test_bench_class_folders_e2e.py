@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a default edgekd compress run
+
 FAST = ["--warmup", "0", "--runs", "2", "--min-seconds", "0", "--no-progress"]
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a fresh venv
+
 REPO = Path(__file__).resolve().parents[2]
 # the README's device install (run literally, in a copy of this checkout)
 DEVICE_INSTALL = "python3 -m venv .venv && . .venv/bin/activate && pip install ."

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from clitools import refused
 
+from clitools import refused
 from edgekd.cli import main
 
 SCARCE = ["data.labels_per_class=4", "distill.baseline=true", "distill.augment=true", "prune.enabled=true",

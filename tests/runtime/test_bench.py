@@ -538,7 +538,7 @@ def test_thread_and_spinning_options_reach_the_session(zoo):
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "1"
     default = make_session(zoo["fp32"], "cpu").get_session_options()
     assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
-    with pytest.raises(Exception):  # not set: ONNX Runtime's own default applies
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's own default applies
         default.get_session_config_entry("session.intra_op.allow_spinning")
     cfg = BenchConfig(warmup=1, runs=3, min_seconds=0.0, inter_threads=2, intra_spinning=False)
     (row,) = bench.bench([zoo["fp32"]], cfg=cfg, progress=False)

@@ -163,7 +163,7 @@ def test_bench_run_dir_on_cpu_and_openvino(run_dir, tmp_path):  # noqa: F811
     report = json.loads(result.output)
     rows = {(m["name"], m["provider"]): m for m in report["models"]}
     assert set(rows) == {(n, p) for n in ("model.fp32", "model.int8") for p in ("cpu", "openvino")}
-    for (name, provider), m in rows.items():
+    for (_name, provider), m in rows.items():
         assert m["top1"] is not None and any("timed interleaved" in n for n in m["notes"])
         assert m["fallback_nodes"] is not None and m["provider_nodes"]
         if provider == "openvino":

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from clitools import cli, refused
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
+from clitools import cli, refused
 from edgekd.errors import ModelFileError
 from edgekd.io import onnxfile
 from edgekd.io.onnxfile import check_onnx_file

@@ -19,7 +19,6 @@ import random
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fuzzing import fuzz_cases, fuzz_rng, fuzz_settings
 from hypothesis import example, given
 from hypothesis import strategies as st
 from test_bench_outputs import FAST, X, identity_net, refused
@@ -27,7 +26,9 @@ from test_bench_outputs import FAST, X, identity_net, refused
 from edgekd.cli import main
 from edgekd.errors import EdgekdError
 from edgekd.runtime import fmt
-from edgekd.runtime.inputs import meta_int, meta_json, preprocess
+from edgekd.runtime.inputs import preprocess
+from edgekd.runtime.metadata import meta_int, meta_json
+from fuzzing import fuzz_cases, fuzz_rng, fuzz_settings
 
 # cases per fuzz loop, fixed so that every run of a commit checks the same ones (about 4 s each here)
 METADATA_CASES = 3000

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from clitools import refused
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
 import edgekd
+from clitools import refused
 from edgekd.cli import main
 from edgekd.errors import ConfigError, EdgekdError
 from edgekd.runtime import measure

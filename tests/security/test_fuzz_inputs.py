@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from fuzzing import fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,6 +28,7 @@ from edgekd.data.splits import load_arrays
 from edgekd.errors import EdgekdError
 from edgekd.io.artifacts import load_state_dict
 from edgekd.recipe import Recipe, apply_override, parse_yaml_mapping
+from fuzzing import fuzz_settings
 
 
 def accepted_or_bad_input(call):

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -327,7 +326,7 @@ def test_decoding_threads_are_bounded_by_a_pixel_budget(big_pngs, concurrent_pix
 
 def test_an_image_larger_than_the_budget_is_refused_or_skipped_with_the_reason(big_pngs, concurrent_pixels,
                                                                             monkeypatch):
-    from edgekd.data.files import decode_fitted, refuse_or_skip, scan, file_split
+    from edgekd.data.files import decode_fitted, file_split, refuse_or_skip, scan
 
     monkeypatch.setenv("EDGEKD_MEMORY_LIMIT", "1M")  # budget 512 KiB: one image of 1 MiB is too large
     _fresh_decode_gate()

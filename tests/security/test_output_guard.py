@@ -16,9 +16,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from clitools import cli, refused
 
 import edgekd
+from clitools import cli, refused
 from edgekd.errors import ConfigError
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import cli, refused
 
+from clitools import cli, refused
 from edgekd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clitools import cli, refused
 
+from clitools import cli, refused
 from edgekd.errors import ConfigError, ModelFileError, TrainingDiverged
 
 

@@ -65,7 +65,7 @@ def test_step_with_no_unlabeled_weight_is_the_labeled_cross_entropy():
     loss, logits = step(data["train_x"][index], data["train_y"][index], index)
     assert logits.shape == (20, 3)  # the loop's batch, strongly augmented
     # the same draws by hand: the labeled batch's cross-entropy alone
-    from edgekd.train.loop import augment_batch
+    from edgekd.train.augment import augment_batch
 
     g = torch.Generator().manual_seed(0 * 1_000_003 + 0 * 1_009 + 19)
     picks = torch.randint(int(labeled.sum()), (6,), generator=g)

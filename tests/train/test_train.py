@@ -11,17 +11,10 @@ import torch
 from torch import nn
 
 from edgekd.errors import TrainingDiverged
+from edgekd.train.augment import augment_batch
 from edgekd.train.config import TrainConfig
-from edgekd.train.loop import (
-    FitResult,
-    accuracy,
-    augment_batch,
-    cross_entropy_step,
-    fit,
-    make_optimizer,
-    predict,
-    to_tensor,
-)
+from edgekd.train.evaluate import accuracy, predict
+from edgekd.train.loop import FitResult, cross_entropy_step, fit, make_optimizer, to_tensor
 
 # -- to_tensor ----------------------------------------------------------------------------
 

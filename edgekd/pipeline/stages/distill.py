@@ -1,18 +1,19 @@
 """The distill stage: knowledge distillation into the student, by the scheme the recipe
-names (edgekd.distill: offline from the frozen teacher(s), online mutual learning,
-born-again or EMA self-distillation)."""
+names, looked up in SCHEMES (edgekd.distill.scheme_registry: offline from the frozen
+teacher(s), online mutual learning, born-again or EMA self-distillation, or a registered one)."""
 
 from __future__ import annotations
 
 from edgekd.distill.config import DistillConfig
+from edgekd.distill.scheme_registry import SCHEMES, SchemeRun
 from edgekd.pipeline.context import Context, StageResult, build_arch, degenerate_flags, fit_summary, model_summary
 from edgekd.pipeline.layout import BASELINE_CHECKPOINT, CHECKPOINTS, STUDENT_ALONE_WEIGHTS, STUDENT_WEIGHTS
 
 
 def learns_from_teacher(cfg: DistillConfig) -> bool:
-    """Offline KD and born-again's first generation learn from the teacher stage's teacher(s);
-    online and ema train without them."""
-    return cfg.scheme in ("offline", "born-again")
+    """Whether the scheme reads the teacher stage's teacher(s) (offline KD and born-again's first
+    generation do; online and ema train without them): its `learns_from_teacher` in SCHEMES."""
+    return SCHEMES.get(cfg.scheme).learns_from_teacher
 
 
 def check(cfg: DistillConfig, *, spec, teacher_arch: str, teacher_arch_args: dict) -> None:
@@ -39,29 +40,22 @@ def run(ctx: Context, cfg: DistillConfig, inputs: dict) -> StageResult:
 
     from edgekd.data.unlabeled import image_counts
     from edgekd.io.artifacts import save_weights
-    from edgekd.train.loop import accuracy
+    from edgekd.train.evaluate import accuracy
 
     spec, t = inputs["splits"].spec, inputs["tensors"]
     initial_rng = torch.get_rng_state()  # the baseline starts from the student's own initial weights
-    if cfg.scheme == "offline":
-        from edgekd.distill.offline import distill
-
-        teachers = inputs["teachers"]
-        student = build_arch(spec, cfg.arch, cfg.arch_args)
-        fit_result = distill(student, teachers, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
-                             val_y=t["val_y"], cfg=cfg, seed=ctx.seed, progress=ctx.progress,
-                             checkpoint=ctx.path(CHECKPOINTS["distill"]), resume=ctx.resume, log=ctx.log)
-        details = {"teachers": len(teachers), "terms": [term["kind"] for term in cfg.terms]}
-    else:
-        student, fit_result, details = _scheme(ctx, cfg, spec, t, inputs["teachers"])
+    outcome = SCHEMES.get(cfg.scheme)().train(_scheme_run(ctx, cfg, spec, t, inputs["teachers"]))
+    student = outcome.student
     save_weights(student, ctx.path(STUDENT_WEIGHTS))
-    offline = cfg.scheme == "offline"
-    record = {**fit_summary(fit_result), **model_summary(student, cfg.arch, spec), **({} if offline else details)}
+    record = {**fit_summary(outcome.fit), **model_summary(student, cfg.arch, spec)}
     record["flags"] = degenerate_flags(ctx, "student", student, t["val_x"], t["val_y"], spec.num_classes)
     record.update(val_top1=accuracy(student, t["val_x"], t["val_y"]), weights=STUDENT_WEIGHTS,
-                  temperature=cfg.temperature, alpha=cfg.alpha, **(details if offline else {}))
+                  temperature=cfg.temperature, alpha=cfg.alpha)
+    # what the scheme measured on the way; it never replaces the stage's own keys
+    record.update({key: value for key, value in outcome.details.items() if key not in record})
     record.update(images=image_counts(t["train_y"]), teacher_outputs=teacher_outputs_seen(cfg))
-    name = f"{cfg.arch}:" if offline else f"{cfg.scheme}: {cfg.arch}"
+    # the default scheme goes unnamed in the log
+    name = f"{cfg.arch}:" if cfg.scheme == DistillConfig.scheme else f"{cfg.scheme}: {cfg.arch}"
     ctx.log(f"[distill] {name} val top-1 {record['val_top1']:.2f}%")
     if cfg.baseline:
         record.update(_baseline(ctx, cfg, inputs, student, record["val_top1"], initial_rng))
@@ -89,7 +83,8 @@ def _baseline(ctx: Context, cfg: DistillConfig, inputs: dict, student, val_top1:
     from edgekd.data.unlabeled import image_counts
     from edgekd.distill.baseline import optimizer_steps, train_alone
     from edgekd.io.artifacts import save_weights
-    from edgekd.train.loop import accuracy, to_tensor
+    from edgekd.train.evaluate import accuracy
+    from edgekd.train.loop import to_tensor
 
     splits, t = inputs["splits"], inputs["tensors"]
     spec = splits.spec
@@ -117,27 +112,17 @@ def _baseline(ctx: Context, cfg: DistillConfig, inputs: dict, student, val_top1:
             "val_gain_points": round(val_top1 - alone_val, 3)}
 
 
-def _scheme(ctx: Context, cfg: DistillConfig, spec, t: dict, teachers: list):
-    """online / born-again / ema (edgekd.distill.schemes): (student, fit result, details)."""
+def _scheme_run(ctx: Context, cfg: DistillConfig, spec, t: dict, teachers: list) -> SchemeRun:
+    """What the scheme (SCHEMES, edgekd.distill.scheme_registry) trains with."""
     import torch
 
-    from edgekd.distill import schemes
+    def new_student(seed: int | None = None):
+        if seed is None:  # drawn from the global RNG, as the run's seed left it
+            return build_arch(spec, cfg.arch, cfg.arch_args)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_arch(spec, cfg.arch, cfg.arch_args)
 
     data = {key: t[key] for key in ("train_x", "train_y", "val_x", "val_y")}
-    common = {"cfg": cfg, "seed": ctx.seed, "progress": ctx.progress, "resume": ctx.resume, "log": ctx.log}
-    if cfg.scheme == "online":
-        peers = [build_arch(spec, cfg.arch, cfg.arch_args) for _ in range(cfg.peers)]  # each its own initialization
-        outcome = schemes.mutual_learning(peers, **data, **common, checkpoint=ctx.path(CHECKPOINTS["distill"]))
-    elif cfg.scheme == "born-again":
-        def fresh_student(generation: int):
-            # seeded per generation and outside the global RNG: a resumed run rebuilds the same one
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(ctx.seed * 1000 + generation)
-                return build_arch(spec, cfg.arch, cfg.arch_args)
-
-        outcome = schemes.born_again(build_arch(spec, cfg.arch, cfg.arch_args), teachers, make_student=fresh_student,
-                                     **data, **common, checkpoint_dir=ctx.path("state"))
-    else:
-        outcome = schemes.ema_self_distill(build_arch(spec, cfg.arch, cfg.arch_args), **data, **common,
-                                           checkpoint=ctx.path(CHECKPOINTS["distill"]))
-    return outcome.student, outcome.fit, outcome.details
+    return SchemeRun(cfg=cfg, data=data, teachers=teachers, new_student=new_student, ctx=ctx,
+                     checkpoint=ctx.path(CHECKPOINTS["distill"]))

@@ -62,15 +62,16 @@ def copy_onnx_teacher(source: str, target, spec) -> dict:
     import onnx
 
     from edgekd.io.artifacts import atomic_path
-    from edgekd.onnx_export import model_metadata, set_metadata
+    from edgekd.onnx_export import model_metadata
+    from edgekd.runtime.metadata import MACS, STAGE, props, set_metadata
     from edgekd.runtime.session import count_params
 
     proto = onnx.load(str(source))
-    own = {p.key: p.value for p in proto.metadata_props}
+    own = props(proto)
     ours = model_metadata(stage="teacher", arch=f"onnx:{Path(source).name}", spec=spec,
                           params=count_params(source) or 0, macs=0)
-    del ours["edgekd.macs"]  # not known for a foreign graph
-    set_metadata(proto, {**ours, **own, "edgekd.stage": "teacher"})
+    del ours[MACS]  # not known for a foreign graph
+    set_metadata(proto, {**ours, **own, STAGE: "teacher"})
     with atomic_path(target) as tmp:
         onnx.save(proto, str(tmp))
     return {"path": str(target.name), "copied_from": str(source), "max_abs_diff": {}}

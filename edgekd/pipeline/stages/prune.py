@@ -28,7 +28,7 @@ def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
     from edgekd.models.cost import count_macs, count_params
     from edgekd.models.shapes import layer_shapes
     from edgekd.prune.channels import channel_table, prune_channels, sparsity_train
-    from edgekd.train.loop import accuracy
+    from edgekd.train.evaluate import accuracy
 
     if not cfg.enabled:
         for name in (PRUNED_WEIGHTS, PRUNED_SHAPES):  # stale files of an earlier --force run

@@ -12,7 +12,6 @@ from edgekd.pipeline.layout import INT8_ONNX, QUANT_BUDGET_JSON, STUDENT_ONNX
 from edgekd.quant.budget import budget_summary, exceeds_budget
 from edgekd.quant.config import QuantConfig
 
-
 # what the stage's record keeps of resolve_quant_settings' answer
 RECORDED_SETTINGS = ("target_from", "activation_type", "weight_type", "reduce_range", "per_channel",
                      "pad_input_channels_to", "overrides")
@@ -32,6 +31,7 @@ def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
     from edgekd.quant.ptq import ptq
     from edgekd.runtime.inputs import evaluate, preprocess
     from edgekd.runtime.machine import detect_machine
+    from edgekd.runtime.metadata import STAGE, props
     from edgekd.runtime.session import make_session
 
     if not cfg.enabled:
@@ -39,8 +39,8 @@ def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
         return StageResult({"enabled": False})
     splits = inputs["splits"]
     fp32 = ctx.path(STUDENT_ONNX)
-    meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
-    meta["edgekd.stage"] = "int8"
+    meta = props(onnx.load(str(fp32), load_external_data=False))
+    meta[STAGE] = "int8"
     calib = preprocess(splits.calib_x, meta)
     machine = detect_machine()
     if cfg.method == "qat":

@@ -19,7 +19,7 @@ def run(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult:
     `extra_teachers`: the TeacherConfigs of distill.extra_teachers when the distillation scheme
     learns from them, else []."""
     from edgekd.io.artifacts import load_weights, save_weights
-    from edgekd.train.loop import accuracy
+    from edgekd.train.evaluate import accuracy
 
     spec, t = inputs["splits"].spec, inputs["tensors"]
     if cfg.onnx is not None:
@@ -99,7 +99,7 @@ def _onnx_teacher(ctx: Context, cfg: TeacherConfig, inputs: dict) -> StageResult
     if any, are trained or loaded as usual."""
     from edgekd.distill.onnx_teacher import open_teacher
     from edgekd.runtime.session import count_params
-    from edgekd.train.loop import accuracy
+    from edgekd.train.evaluate import accuracy
 
     spec, t = inputs["splits"].spec, inputs["tensors"]
     teacher = open_teacher(cfg.onnx, spec)
@@ -123,7 +123,7 @@ def _extra_teachers(ctx: Context, inputs: dict) -> list[dict]:
     """Multi-teacher KD: train or load each extra teacher like the main one, with its own
     per-epoch checkpoint (so --resume continues it) and weights file."""
     from edgekd.io.artifacts import load_weights, save_weights
-    from edgekd.train.loop import accuracy
+    from edgekd.train.evaluate import accuracy
 
     spec, t = inputs["splits"].spec, inputs["tensors"]
     summaries = []

@@ -35,9 +35,10 @@ def export_qdq(qmodel: nn.Module, path: str | Path, *, input_shape: tuple[int, i
     import onnx
 
     from edgekd.io.artifacts import atomic_path
-    from edgekd.onnx_export import INPUT_NAME, OUTPUT_NAME, set_metadata
+    from edgekd.onnx_export import INPUT_NAME, OUTPUT_NAME
     from edgekd.quant.graph import shorten_names
     from edgekd.quant.pad import pad_input_channels
+    from edgekd.runtime.metadata import set_metadata
 
     if opset < 13:
         raise ConfigError("QAT export needs opset >= 13 (per-channel QuantizeLinear)")

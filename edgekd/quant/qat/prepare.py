@@ -264,7 +264,7 @@ def prepare_qat(model: nn.Module, *, activation_type: str = "uint8", reduce_rang
         gm.add_submodule(name, ActivationQuant(activation_type, max_value=_relu_cap(node, modules)))
         with gm.graph.inserting_after(node):
             quant_node = gm.graph.call_module(name, (node,))
-        node.replace_all_uses_with(quant_node, delete_user_cb=lambda user: user is not quant_node)
+        node.replace_all_uses_with(quant_node, delete_user_cb=lambda user, new=quant_node: user is not new)
     gm.graph.lint()
     gm.recompile()
     modules = dict(gm.named_modules())

@@ -45,7 +45,8 @@ def qat(qmodel: nn.Module, teacher: nn.Module, *, train_x, train_y, val_x, val_y
 
     from edgekd.distill.config import DistillConfig
     from edgekd.distill.offline import kd_step
-    from edgekd.train.loop import accuracy, fit, predict
+    from edgekd.train.evaluate import accuracy, predict
+    from edgekd.train.loop import fit
 
     start = time.perf_counter()
     calibrate(qmodel, calib_images)

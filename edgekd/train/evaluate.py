@@ -1,0 +1,42 @@
+"""Evaluation of a model being trained: logits and top-1 accuracy, computed as the run
+computes (edgekd.train.compute: device, precision, layout), of a tensor or a source
+(edgekd.train.batches)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from edgekd.train.batches import as_source
+from edgekd.train.compute import current
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x, batch_size: int = 1024, *, full_precision: bool = False) -> torch.Tensor:
+    """Logits for every image of x (a tensor or a source, edgekd.train.batches), in eval
+    mode, batched, computed as the run computes (edgekd.train.compute: device, precision,
+    layout; full_precision: in fp32 whatever the run's precision, as the exported model
+    computes); returned as float32 on the CPU."""
+    compute = current()
+    if full_precision:
+        compute = dataclasses.replace(compute, precision="fp32")
+    was_training = model.training
+    model.eval()
+    parts = []
+    with compute.borrowed(model):
+        for images in as_source(x).images(batch_size):
+            with compute.autocast():
+                parts.append(model(compute.batch(images)).float().cpu())
+    model.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def accuracy(model: nn.Module, x, y: torch.Tensor | None = None) -> float:
+    """Top-1 in percent (computed in fp32), of a tensor and its labels or of a source."""
+    source = as_source(x, y)
+    if len(source) == 0:
+        return float("nan")
+    # in fp32: accuracy picks the best epoch and is reported; the deployed model computes in fp32
+    return float((predict(model, source, full_precision=True).argmax(1) == source.labels).float().mean() * 100)
