@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekd.runtime.ranking import DEFAULT_TOLERANCE  # light: `import edgekd` loads no config module
+
 
 def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = False, progress: bool = False) -> dict:
     """Run the chain (teacher -> distill -> prune -> export -> quantize -> bench -> report)
@@ -29,14 +31,11 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
     run's only in keys of the stages still to run) or force=True (start again in an earlier
     run's directory, replacing its artifacts). A directory another run is using is refused.
     """
-    import json
-
     from edgekd.extras import require_train
 
     require_train("edgekd.compress")
     from edgekd.errors import ConfigError
-    from edgekd.pipeline.chain import compress as run_chain
-    from edgekd.pipeline.rundir import check_inputs_outside, new_run_dir, real_run_dir, run_recipe
+    from edgekd.pipeline.rundir import run_recipe
     from edgekd.recipe import Recipe
 
     if resume and run_dir is None:
@@ -48,14 +47,40 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
         recipe_file, recipe = recipe, Recipe.from_yaml(recipe)
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
+    if not resume:  # the recipe file too must survive the run that force replaces
+        run_dir = new_run(recipe, run_dir, force, {"recipe": recipe_file})
+    return run_compress(recipe, Path(run_dir), resume=resume, force=force, progress=progress)
+
+
+def new_run(recipe, run_dir, force: bool, files: dict) -> Path:
+    """The directory of a new run, picked and checked once per compress (by the CLI too, which
+    needs it first), before preflight: `run_dir`, or the first free runs/NAME, runs/NAME-2...
+    (rundir.new_run_dir), with the recipe's input files and `files` ({label: a file the
+    caller read}) outside it. Under torchrun only rank 0 picks and checks it; the others only
+    name it and get its real path from rank 0 (edgekd.pipeline.chain.compress)."""
+    from edgekd.pipeline.layout import RUNS_FOLDER
+    from edgekd.pipeline.rundir import check_inputs_outside, new_run_dir, real_run_dir
     from edgekd.train.distributed import is_main
 
-    if not is_main():  # another torchrun rank: it trains in its copy inside the run rank 0 owns, with the report
-        run_chain(recipe, Path(run_dir or Path("runs") / recipe.name), resume=resume, force=force, progress=False)
+    if not is_main():
+        return Path(run_dir or Path(RUNS_FOLDER) / recipe.name)
+    path = new_run_dir(recipe.name, run_dir, force)
+    check_inputs_outside(recipe, real_run_dir(path), files)
+    return path
+
+
+def run_compress(recipe, run_dir: Path, *, resume: bool, force: bool, progress: bool) -> dict:
+    """The chain in `run_dir` (new_run's, or the run to resume) and its report; {} on a torchrun
+    rank other than 0, which trains in its copy inside the run that rank 0 owns, with the report."""
+    import json
+
+    from edgekd.pipeline.chain import compress as run_chain
+    from edgekd.pipeline.rundir import real_run_dir
+    from edgekd.train.distributed import is_main
+
+    if not is_main():
+        run_chain(recipe, run_dir, resume=resume, force=force, progress=False)
         return {}
-    run_dir = Path(run_dir) if resume else new_run_dir(recipe.name, run_dir, force)
-    if not resume:  # the recipe file too must survive the run that force replaces
-        check_inputs_outside(recipe, real_run_dir(run_dir), {"recipe": recipe_file})
     report = run_chain(recipe, run_dir, resume=resume, force=force, progress=progress)
     if report is None:  # every stage was already done
         report = json.loads((real_run_dir(run_dir) / "report.json").read_text())
@@ -63,13 +88,14 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
 
 
 def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | None = None,
-           arch_args: dict | None = None, data: str = "fashion-mnist-subset", data_path=None, int8: bool = False,
-           output=None, opset: int = 17, force: bool = False, progress: bool = False, input_size=None,
+           arch_args: dict | None = None, data: str | None = None, data_path=None, int8: bool = False,
+           output=None, opset: int | None = None, force: bool = False, progress: bool = False, input_size=None,
            dynamic_hw: bool = False, fp16: bool = False, fp32_io: bool = False, name: str | None = None,
            preprocess: dict | None = None) -> dict:
     """One model to ONNX, validated against PyTorch: a run's `stage` (student or teacher), or
-    `weights` of `arch` for the dataset `data`. Returns the path, the parity per batch size
-    and, with int8, the argmax agreement with PyTorch. input_size (H, W), dynamic_hw, fp16 (with
+    `weights` of `arch` for the dataset `data` (None: the recipe's, DataConfig.name), in
+    ONNX opset `opset` (None: the recipe's, ExportConfig.opset). Returns the path, the parity
+    per batch size and, with int8, the argmax agreement with PyTorch. input_size (H, W), dynamic_hw, fp16 (with
     fp32_io), and the labels stage / name: as `edgekd export --help` says. preprocess: with
     `weights`, the preprocessing they were trained with, written into the metadata
     ({"preset": "imagenet"}, or mean, std, scale, channel_order, crop_fraction; see
@@ -77,20 +103,26 @@ def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | No
     from edgekd.extras import require_train
 
     require_train("edgekd.export")
+    from edgekd.data.config import DataConfig
+    from edgekd.onnx_export import ExportConfig
     from edgekd.pipeline.export_one import export_one
 
+    data = DataConfig.name if data is None else data
+    opset = ExportConfig.opset if opset is None else opset
     return export_one(run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args,
                       data_name=data, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
                       progress=progress, input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io,
                       name=name, preprocess=preprocess)
 
 
-def bench(models, *, data=None, batch_sizes=(1,), threads=(0,), reference=None, progress: bool = False,
-          accuracy_tolerance: float = 0.5, **settings) -> dict:
+def bench(models, *, data=None, batch_sizes=None, threads=None, reference=None, progress: bool = False,
+          accuracy_tolerance: float = DEFAULT_TOLERANCE, **settings) -> dict:
     """Latency and accuracy of ONNX `models` (files, or one run directory) on ONNX Runtime;
     returns the JSON report (schema edgekd.bench/1). data: an eval set (.npz), a dataset's name
-    or an image folder; settings: the fields of the recipe's `bench` section (provider, runs,
-    warmup, interleave, preprocess={"preset": "imagenet", "layout": "NHWC"}, ...).
+    or an image folder; batch_sizes / threads: one value or a list to sweep (None: the
+    recipe's bench.batch_size / bench.threads); settings: the fields of the recipe's `bench`
+    section (provider, runs, warmup, interleave, preprocess={"preset": "imagenet", "layout":
+    "NHWC"}, ...).
     provider may be a comma list ("cpu,openvino") or "all" (every installed provider): each
     model runs on each, and the report's provider_ranking names the fastest per model and the
     fastest whose top-1 stays within accuracy_tolerance points of the CPU provider's. A model
@@ -104,13 +136,15 @@ def bench(models, *, data=None, batch_sizes=(1,), threads=(0,), reference=None, 
     from edgekd.runtime.ranking import check_tolerance, rank_providers
 
     models = [models] if isinstance(models, (str, Path)) else list(models)
+    batch_sizes = BenchConfig.batch_size if batch_sizes is None else batch_sizes
+    threads = BenchConfig.threads if threads is None else threads
     batch_sizes = list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]
     threads = list(threads) if isinstance(threads, (list, tuple)) else [threads]
     check_sweep(batch_sizes, threads, settings.get("inter_threads", 0))
     # NaN, inf, negative or huge durations and run counts: exit 2 before BenchConfig and any model
     check_protocol(**{k: settings[k] for k in ("warmup", "runs", "min_seconds", "warmup_seconds") if k in settings})
     tolerance = check_tolerance(accuracy_tolerance)
-    providers, skipped = expand_providers(settings.get("provider", "cpu"))
+    providers, skipped = expand_providers(settings.get("provider", BenchConfig.provider))
     if not providers:
         raise ConfigError(f"--provider all: no installed provider can run here ({'; '.join(skipped)})")
     settings["provider"] = providers[0]

@@ -239,18 +239,15 @@ def parity_check(
 ) -> dict[int, dict]:
     """ONNX Runtime vs PyTorch at each check batch size: parity_diff's dict (max_abs_diff,
     max_rel_diff, excess, torch_finite) with the gate's tolerances (parity_tolerances)."""
-    import onnxruntime as ort
-
     from edgekd.io.onnxfile import check_onnx_file
+    from edgekd.runtime.session import cpu_session
 
     atol, rtol = parity_tolerances(cfg)
     # to_onnx wrote this file a moment ago, inline (no external data), after a full
     # onnx.checker pass; checked again because parity_check() accepts any path and the check
     # costs milliseconds: no ONNX Runtime session in edgekd skips check_onnx_file.
     check_onnx_file(onnx_path)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path, log_severity=3)
     import torch
 
     generator = torch.Generator().manual_seed(0)

@@ -12,6 +12,7 @@ from edgekd.cli.group import verbosity_options
 from edgekd.cli.preprocess_options import preprocess_options
 from edgekd.cli.provider_options import echo_provider_list, provider_control_options
 from edgekd.errors import ConfigError, EdgekdError, first_line
+from edgekd.runtime.config import BenchConfig  # the flags' defaults: the recipe's bench section
 from edgekd.runtime.providers import PROVIDERS
 
 
@@ -104,21 +105,23 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
               help="Convert (grey <-> RGB) and resize eval arrays (.npz, a dataset) whose channels or size differ "
                    "from the model's input, per its preprocessing, and note it in the result. Without it they are "
                    "refused (image folders are always decoded at the model's size).")
-@click.option("--provider", default="cpu", show_default=True,
+@click.option("--provider", default=BenchConfig.provider, show_default=True,
               help=f"ONNX Runtime execution provider: a registered short name ({', '.join(PROVIDERS.names())}), "
                    "a full name or an installed plugin (onnxruntime-ep-ID); a comma list (cpu,openvino) or 'all' "
                    "benches each model on each, side by side; --list-providers shows which are installed.")
-@click.option("--batch-size", "-b", default="1", show_default=True, callback=_int_list,
+@click.option("--batch-size", "-b", default=str(BenchConfig.batch_size), show_default=True, callback=_int_list,
               help="Batch size for latency; a comma list (1,8) benches each.")
-@click.option("--warmup", default="10", show_default=True, callback=_protocol_value, metavar="N",
+@click.option("--warmup", default=str(BenchConfig.warmup), show_default=True, callback=_protocol_value, metavar="N",
               help="Untimed runs before timing (at most 1000000).")
-@click.option("--warmup-seconds", default="0", show_default=True, callback=_protocol_value, metavar="SECONDS",
+@click.option("--warmup-seconds", default=f"{BenchConfig.warmup_seconds:g}", show_default=True,
+              callback=_protocol_value, metavar="SECONDS",
               help="Warm up for at least this long too (both --warmup runs and this time; at most 3600).")
-@click.option("--runs", default="200", show_default=True, callback=_protocol_value, metavar="N",
+@click.option("--runs", default=str(BenchConfig.runs), show_default=True, callback=_protocol_value, metavar="N",
               help="Minimum number of timed runs (at most 1000000).")
-@click.option("--min-seconds", default="1", show_default=True, callback=_protocol_value, metavar="SECONDS",
+@click.option("--min-seconds", default=f"{BenchConfig.min_seconds:g}", show_default=True,
+              callback=_protocol_value, metavar="SECONDS",
               help="Minimum total timed duration (at most 3600; timing stops at 1000000 runs or 3600 s).")
-@click.option("--threads", default="0", show_default=True, callback=_int_list,
+@click.option("--threads", default=str(BenchConfig.threads), show_default=True, callback=_int_list,
               help="Intra-op threads (0: ONNX Runtime default); a comma list (1,2) benches each.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema edgekd.bench/1) instead of a table.")
 @click.option("--json-out", type=click.Path(), help="Also write the JSON report to this file.")
@@ -134,7 +137,7 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
               help="Compare two JSON reports (ratios B/A) instead of benching; exit 1 when they have no result "
                    "in common (same model name, batch size and threads).")
 @verbosity_options
-@click.option("--inter-threads", type=int, default=0, show_default=True,
+@click.option("--inter-threads", type=int, default=BenchConfig.inter_threads, show_default=True,
               help="Inter-op threads; > 0 runs the graph in ONNX Runtime's parallel execution mode.")
 @click.option("--intra-spinning", type=click.Choice(["on", "off"]), default=None,
               help="session.intra_op.allow_spinning (default: ONNX Runtime's, on).")

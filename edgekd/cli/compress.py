@@ -9,8 +9,7 @@ import click
 from edgekd.cli.group import verbosity_options
 from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
-from edgekd.pipeline.rundir import check_inputs_outside, new_run_dir, real_run_dir, run_recipe
-from edgekd.train.distributed import is_main
+from edgekd.pipeline.rundir import run_recipe
 
 
 @click.command()
@@ -55,6 +54,7 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     from edgekd.extras import require_train
 
     require_train("edgekd compress")  # before a recipe is read or a run directory made
+    from edgekd.api import new_run, run_compress
     from edgekd.recipe import Recipe
 
     if resume_dir is not None:
@@ -72,14 +72,12 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
                  "deterministic": True if deterministic else None, "device": device, "train__precision": precision,
                  "distill__baseline": True if baseline else None}
         resolved = resolved.replace(**{k: v for k, v in flags.items() if v is not None})
-        # under torchrun only rank 0 picks and checks the run directory; the others get it from rank 0
-        run_dir = new_run_dir(resolved.name, out_dir, force) if is_main() else Path(out_dir or "runs/" + resolved.name)
-        if is_main():  # the recipe file too must survive the run that --force replaces
-            check_inputs_outside(resolved, real_run_dir(run_dir), {"RECIPE": recipe})
+        # here, not in the API, so that the resume hint below knows it; the RECIPE file too must
+        # survive the run that --force replaces
+        run_dir = new_run(resolved, out_dir, force, {"RECIPE": recipe})
     ctx = click.get_current_context()
     ctx.obj["run_dir"] = str(run_dir)  # for the resume hint after Ctrl-C, SIGTERM or a full disk
 
-    from edgekd.api import compress as run_compress
     from edgekd.pipeline.report import summary_table
 
     report = run_compress(resolved, run_dir, resume=resume_dir is not None, force=force, progress=not quiet)

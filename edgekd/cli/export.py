@@ -6,8 +6,10 @@ import click
 
 from edgekd.cli.group import verbosity_options
 from edgekd.cli.preprocess_options import preprocess_options
+from edgekd.data.config import DataConfig
 from edgekd.data.formats import FORMATS
 from edgekd.errors import ConfigError
+from edgekd.onnx_export import ExportConfig
 from edgekd.recipe import parse_yaml_mapping
 
 
@@ -22,7 +24,7 @@ from edgekd.recipe import parse_yaml_mapping
 @click.option("--arch", help="Architecture of --weights: a registered name (the zoo's resnet8, resnet20, resnet56, "
                              "mobilenetv2, tinycnn, or a plugin's), torchvision:NAME, or package.module:function.")
 @click.option("--arch-args", default="{}", metavar="YAML", help="Keyword arguments of --arch, e.g. '{width: 24}'.")
-@click.option("--data", "data_name", default="fashion-mnist-subset", show_default=True, metavar="NAME|PATH",
+@click.option("--data", "data_name", default=DataConfig.name, show_default=True, metavar="NAME|PATH",
               help=f"Dataset of --weights ({', '.join(FORMATS.names())}, or a path): input shape, classes, "
                    "normalization and calibration images.")
 @click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
@@ -35,7 +37,7 @@ from edgekd.recipe import parse_yaml_mapping
 @click.option("--input-size", metavar="H,W", callback=lambda ctx, param, value: _size(value),
               help="Export for this input size instead of the data's (the architecture must take it).")
 @click.option("--dynamic-hw", is_flag=True, help="Make height and width dynamic axes, as the batch is.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
+@click.option("--opset", type=int, default=ExportConfig.opset, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True,
               help="Replace the output file if it exists (never an input, a file of the run outside RUN_DIR/export/, "
                    "nor a name a run owns such as state/ or recipe.yaml).")

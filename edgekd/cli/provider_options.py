@@ -9,6 +9,7 @@ import functools
 
 import click
 
+from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.ranking import DEFAULT_TOLERANCE, check_tolerance
 from edgekd.runtime.session_options import (
     GRAPH_OPTIMIZATION,
@@ -43,7 +44,8 @@ def provider_control_options(fn):
         click.option("--session-config", "session_config", multiple=True, metavar="KEY=VALUE",
                      help="An ONNX Runtime session config entry (repeatable), e.g. "
                           "session.disable_prepacking=1."),
-        click.option("--graph-optimization", default="all", show_default=True, metavar="|".join(GRAPH_OPTIMIZATION),
+        click.option("--graph-optimization", default=BenchConfig.graph_optimization, show_default=True,
+                     metavar="|".join(GRAPH_OPTIMIZATION),
                      help="ONNX Runtime's graph optimization level."),
         click.option("--accuracy-tolerance", default=str(DEFAULT_TOLERANCE), show_default=True, metavar="POINTS",
                      help="With several providers: name the fastest whose top-1 is at most this many points "

@@ -110,7 +110,7 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force
     0 runs the chain in `run_dir`, the others in their own copy inside it (state/rank<N>),
     where they train their share of each batch and skip the stages that do not train.
     """
-    ranks = distributed.world()[1]
+    ranks = distributed.world_size()
     if ranks > 1:
         check_distributable(recipe)
         distributed.setup(resolve_compute(recipe.device, **dataclasses.asdict(recipe.train)).device)
@@ -199,7 +199,7 @@ def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool,
                 set_torch_rng(state["torch_rng"], ctx.path(STATE_FILE))
             if distributed.is_main():
                 distributed.remove_rank_copies(real)  # left by a rank killed -9 in an earlier run
-                if distributed.world()[1] > 1:
+                if distributed.world_size() > 1:
                     distributed.share_run_dir(real)  # the other ranks start now
             return _run_stages(ctx, recipe, store, state, stage_notes(state))
 
@@ -245,7 +245,7 @@ def _run_stages(ctx: Context, recipe: Recipe, store: RunStore, state: dict, note
     for name, stage, section in CHAIN:
         if not distributed.is_main() and name in RANK0_ONLY and not (name == "quantize" and recipe.quantize.method == "qat"):
             continue  # another torchrun rank: only what trains together
-        if name == RANK0_ONLY[0] and distributed.world()[1] > 1 and distributed.is_main():
+        if name == RANK0_ONLY[0] and distributed.world_size() > 1 and distributed.is_main():
             distributed.ranks_done(ctx.run_dir)  # the other ranks have trained: their copies go
         if name in done:
             store.records[name] = done[name]

@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgekd.data.config import DataConfig
 from edgekd.errors import ConfigError, ModelFileError
+from edgekd.onnx_export import ExportConfig
 from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS, RECIPE_FILE, STAGES
 from edgekd.recipe import Recipe
 
 
 def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_args=None,
-               data_name="fashion-mnist-subset", data_path=None, int8=False, output=None, opset=17,
+               data_name=DataConfig.name, data_path=None, int8=False, output=None, opset=ExportConfig.opset,
                force=False, progress=True, input_size=None, dynamic_hw=False, fp16=False, fp32_io=False,
                name=None, preprocess=None) -> dict:
     """Export a run's stage, or a weights file plus an architecture, to ONNX (optionally int8
@@ -31,11 +33,10 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
 
     import torch
 
-    from edgekd.data.config import DataConfig
     from edgekd.data.splits import load_splits
     from edgekd.io.artifacts import load_weights
     from edgekd.models.cost import count_macs, count_params
-    from edgekd.onnx_export import ExportConfig, model_metadata, to_onnx
+    from edgekd.onnx_export import model_metadata, to_onnx
     from edgekd.pipeline.context import build_arch
     from edgekd.train.loop import to_tensor
 

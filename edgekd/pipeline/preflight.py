@@ -287,10 +287,10 @@ def check_opset(opset: int) -> None:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
+    from edgekd.runtime.session import cpu_session
+
     try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        cpu_session(model.SerializeToString(), log_severity=4)
     except Exception as exc:  # onnxruntime's own error types
         raise ConfigError(f"export.opset {opset} is not supported by the installed onnxruntime {ort.__version__}: "
                           f"{first_line(exc)[:120]}; lower export.opset") from exc

@@ -143,19 +143,18 @@ def _batches(images: np.ndarray, input_name: str, batch_size: int) -> list[dict]
 
 def _activations(model_path: Path, feeds: list[dict], work: Path) -> dict[str, np.ndarray]:
     """Every float tensor of the model on `feeds` (ORT's qdq_loss_debug; graph optimizations off)."""
-    import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         modify_model_output_intermediate_tensors,
     )
 
+    from edgekd.runtime.session import cpu_options
     from edgekd.train.compute import session_threads
 
     augmented = work / (model_path.stem + ".augmented.onnx")
     modify_model_output_intermediate_tensors(str(model_path), str(augmented))
-    options = ort.SessionOptions()  # ORT's own default, with the run's thread count (train.threads)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = session_threads()
+    # graph optimizations off (every tensor keeps its name), the run's thread count (train.threads)
+    options = cpu_options(graph_optimization="disable", threads=session_threads())
     return collect_activations(str(augmented), feeds, session_options=options)
 
 

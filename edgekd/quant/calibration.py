@@ -159,19 +159,16 @@ class ActivationBatches:
 
     def open(self):
         """The session that outputs every activation (created on the first iteration)."""
-        import onnxruntime as ort
-
         graph = self.model.graph
         inputs = {i.name for i in graph.input}
         outputs = {o.name for o in graph.output}
         infos = {vi.name: vi for vi in graph.value_info}
         graph.output.extend(infos[n] for n in self.names if n not in inputs and n not in outputs)
+        from edgekd.runtime.session import cpu_session
         from edgekd.train.compute import session_threads
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.intra_op_num_threads = session_threads()  # the run's count (train.threads); 0: ORT's default
-        return ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        # the run's thread count (train.threads); 0: ORT's default
+        return cpu_session(self.model.SerializeToString(), graph_optimization="disable", threads=session_threads())
 
     def __iter__(self) -> Iterator[dict]:
         if self.session is None:

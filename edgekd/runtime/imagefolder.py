@@ -41,13 +41,10 @@ def list_image_folder(root: Path) -> tuple[list, np.ndarray, tuple]:
 def model_input(path):
     """(metadata, first input) of a model, from a session without graph optimizations (cheap);
     None when it cannot be opened here (its own row reports why)."""
-    import onnxruntime as ort
+    from edgekd.runtime.session import cpu_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(path, graph_optimization="disable", log_severity=3)
     except Exception as exc:  # noqa: BLE001 - ORT's errors share no base class
         log.debug("eval data: cannot read the input of %s: %s", path, exc)
         return None

@@ -1,7 +1,9 @@
-"""ONNX Runtime sessions for `edgekd bench`: sessions that must really run on the provider
-asked for (a short name of edgekd.runtime.providers.PROVIDERS, with its provider options),
-with the benchmark's thread and spinning options, and what the session does with the graph:
-op types after optimization, int8 kernels, and the nodes each provider ran.
+"""Every ONNX Runtime session edgekd creates. For `edgekd bench` (make_session): sessions
+that must really run on the provider asked for (a short name of
+edgekd.runtime.providers.PROVIDERS, with its provider options), with the benchmark's thread
+and spinning options, and what the session does with the graph: op types after
+optimization, int8 kernels, and the nodes each provider ran. For edgekd's own work
+(cpu_session): plain CPU sessions with the few options each caller sets.
 
 Needs only onnxruntime and numpy (onnx optional), like the rest of the bench path.
 """
@@ -121,6 +123,30 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
             "check that the provider's drivers and libraries are installed"
         )
     return session
+
+
+def cpu_options(*, threads: int | None = None, graph_optimization: str | None = None,
+                log_severity: int | None = None):
+    """SessionOptions for edgekd's own CPU work (not bench's): ONNX Runtime's defaults except
+    what is given: intra-op threads (0: ORT's default), graph_optimization (a key of
+    session_options.GRAPH_OPTIMIZATION) and the log severity."""
+    options = ort.SessionOptions()
+    if graph_optimization is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization])
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if log_severity is not None:
+        options.log_severity_level = log_severity
+    return options
+
+
+def cpu_session(model, **settings):
+    """An InferenceSession on the CPU provider alone for edgekd's own work (a model's inputs,
+    calibration, the export parity check, an opset probe): `model` is a file's path or a
+    serialized model; settings: cpu_options'. The caller checks a file that needs it
+    (check_onnx_file) and handles ONNX Runtime's errors."""
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, cpu_options(**settings), providers=["CPUExecutionProvider"])
 
 
 def check_provider_available(provider: str, provider_options: dict | None = None) -> None:

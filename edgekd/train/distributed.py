@@ -40,14 +40,25 @@ def world() -> tuple[int, int]:
         return 0, 1
 
 
+def rank() -> int:
+    """This process's rank: 0 outside torchrun."""
+    return world()[0]
+
+
+def world_size() -> int:
+    """How many processes train together: 1 outside torchrun."""
+    return world()[1]
+
+
 def is_main() -> bool:
-    return world()[0] == 0
+    """Rank 0: the process that writes the run (the only one outside torchrun)."""
+    return rank() == 0
 
 
 def active() -> bool:
     import torch.distributed as dist
 
-    return world()[1] > 1 and dist.is_available() and dist.is_initialized()
+    return world_size() > 1 and dist.is_available() and dist.is_initialized()
 
 
 def local_rank() -> int:
@@ -59,7 +70,7 @@ def setup(device: str) -> None:
     import torch
     import torch.distributed as dist
 
-    if world()[1] <= 1 or dist.is_initialized():
+    if world_size() <= 1 or dist.is_initialized():
         return
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
@@ -92,7 +103,7 @@ def average_gradients(model) -> None:
     """The mean of every parameter's gradient over the ranks (one all-reduce per tensor)."""
     import torch.distributed as dist
 
-    size = world()[1]
+    size = world_size()
     for p in model.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
@@ -103,7 +114,7 @@ def average_buffers(model) -> None:
     """Float buffers (batch-norm running statistics) averaged over the ranks."""
     import torch.distributed as dist
 
-    size = world()[1]
+    size = world_size()
     for b in model.buffers():
         if b.is_floating_point():
             dist.all_reduce(b, op=dist.ReduceOp.SUM)
@@ -112,7 +123,7 @@ def average_buffers(model) -> None:
 
 def rank_copy(real: Path) -> Path:
     """Where this rank (not 0) works: its own copy inside the run directory `real`."""
-    return real / "state" / f"rank{world()[0]}"
+    return real / "state" / f"rank{rank()}"
 
 
 def copy_for_rank(real: Path, work: Path) -> None:

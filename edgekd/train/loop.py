@@ -107,7 +107,7 @@ def fit(
     compute = current()
     compute.model(model)  # in place: the optimizer below holds the same parameters
     scaler = compute.grad_scaler()
-    ranks = distributed.world()[1] if distributed.active() else 1  # torchrun: each global batch split over ranks
+    ranks = distributed.world_size() if distributed.active() else 1  # torchrun: each global batch split over ranks
     if ranks > 1:
         distributed.broadcast_parameters(model)
     optimizer = make_optimizer(model, cfg)

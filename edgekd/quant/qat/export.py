@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ConfigError
+from edgekd.onnx_export import ExportConfig
 from edgekd.quant.qat.prepare import (
     INT32_MAX,
     QuantConv2d,
@@ -25,7 +26,7 @@ from edgekd.quant.qat.prepare import (
 
 
 def export_qdq(qmodel: nn.Module, path: str | Path, *, input_shape: tuple[int, int, int], metadata: dict[str, str],
-               opset: int = 17, pad_input_channels_to: int = 0) -> list[dict]:
+               opset: int = ExportConfig.opset, pad_input_channels_to: int = 0) -> list[dict]:
     """Write the fake-quant model as a QDQ ONNX model: QuantizeLinear -> DequantizeLinear for
     every activation, int8 weight initializers with a DequantizeLinear (per channel, axis 0),
     int32 biases with scale s_in * s_w; ONNX Runtime fuses these groups into int8 kernels.
