@@ -7,6 +7,17 @@ from click.testing import CliRunner
 
 from edgekd.cli import main
 
+# the smallest whole run, for tests that need one: .format(data=NPZ_PATH_OR_DATASET_NAME)
+TINY_RECIPE = """\
+name: tiny
+data: {{name: {data}, calib_size: 16}}
+teacher: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
+distill: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
+quantize: {{max_drop: null}}
+export: {{check_batch_sizes: [1, 3]}}
+bench: {{warmup: 0, runs: 2, min_seconds: 0}}
+"""
+
 
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clitools import cli, refused
+from clitools import TINY_RECIPE, cli, refused
 
 
 def images(n: int, seed: int):
@@ -25,24 +25,13 @@ def images(n: int, seed: int):
     return x, y.astype(np.int64)
 
 
-RECIPE = """\
-name: tiny
-data: {{name: {data}, calib_size: 16}}
-teacher: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
-distill: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
-quantize: {{max_drop: null}}
-export: {{check_batch_sizes: [1, 3]}}
-bench: {{warmup: 0, runs: 2, min_seconds: 0}}
-"""
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """tiny.npz: 120 train images of 3 classes (12 of them val at the default 0.1), 30 test."""
     folder = tmp_path_factory.mktemp("inputs")
     (tx, ty), (sx, sy) = images(120, 0), images(30, 1)
     np.savez(folder / "tiny.npz", train_x=tx, train_y=ty, test_x=sx, test_y=sy)
-    (folder / "tiny.yaml").write_text(RECIPE.format(data=folder / "tiny.npz"))
+    (folder / "tiny.yaml").write_text(TINY_RECIPE.format(data=folder / "tiny.npz"))
     return folder
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clitools import cli, refused
+from clitools import TINY_RECIPE, cli, refused
 from edgekd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,15 +53,7 @@ def tiny_data(path: Path) -> Path:
 def tiny_recipe(folder: Path) -> Path:
     data = tiny_data(folder / "tiny.npz")
     recipe = folder / "tiny.yaml"
-    recipe.write_text(f"""\
-name: tiny
-data: {{name: {data}, calib_size: 16}}
-teacher: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
-distill: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
-quantize: {{max_drop: null}}
-export: {{check_batch_sizes: [1, 3]}}
-bench: {{warmup: 0, runs: 2, min_seconds: 0}}
-""")
+    recipe.write_text(TINY_RECIPE.format(data=data))
     return recipe
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from clitools import cli, refused
+from clitools import TINY_RECIPE, cli, refused
 from edgekd.errors import ConfigError, ModelFileError, TrainingDiverged
 
 
@@ -44,21 +44,10 @@ def dataset(path: Path, **kwargs) -> Path:
     return path
 
 
-RECIPE = """\
-name: tiny
-data: {{name: {data}, calib_size: 16}}
-teacher: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
-distill: {{arch: tinycnn, arch_args: {{width: 4}}, epochs: 1, batch_size: 32}}
-quantize: {{max_drop: null}}
-export: {{check_batch_sizes: [1, 3]}}
-bench: {{warmup: 0, runs: 2, min_seconds: 0}}
-"""
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("inputs")
-    (folder / "tiny.yaml").write_text(RECIPE.format(data=dataset(folder / "tiny.npz")))
+    (folder / "tiny.yaml").write_text(TINY_RECIPE.format(data=dataset(folder / "tiny.npz")))
     return folder
 
 
@@ -155,7 +144,7 @@ def test_a_student_that_cannot_run_on_the_data_is_refused(work, tmp_path, monkey
 def test_an_architecture_too_deep_for_the_image_size_is_refused(tmp_path):
     work = tmp_path / "in"
     work.mkdir()
-    (work / "tiny.yaml").write_text(RECIPE.format(data=dataset(work / "two.npz", size=2)))
+    (work / "tiny.yaml").write_text(TINY_RECIPE.format(data=dataset(work / "two.npz", size=2)))
     compress_refused(work, tmp_path, "--set", "teacher.arch_args={width: 4}",
                      expected=["tinycnn", "cannot run on the data's 1x2x2 images"])
 
@@ -203,7 +192,7 @@ def test_constant_images_are_refused_before_training(tmp_path, kind, expected):
     work = tmp_path / "in"
     work.mkdir()
     data = dataset(work / "c.npz", **({"constant": 0} if kind == "constant" else {"flat": True}))
-    (work / "tiny.yaml").write_text(RECIPE.format(data=data))
+    (work / "tiny.yaml").write_text(TINY_RECIPE.format(data=data))
     compress_refused(work, tmp_path, expected=[expected])
 
 
