@@ -103,10 +103,12 @@ def test_fifo_in_a_manifest_row_is_skipped_and_counted_with_skip_bad(tmp_path, f
     assert json.loads(result.stdout) == {"train": {"not_a_file": 1}}
 
 
-def test_fifo_as_the_manifest_is_refused(tmp_path):
-    fifo = tmp_path / "data.csv"
+@pytest.mark.parametrize("fmt, name", [("manifest", "data.csv"), ("npz", "data.npz")])
+def test_fifo_as_the_data_file_is_refused(tmp_path, fmt, name):
+    """A manifest or npz path that is a FIFO, given as data.path or as data.name."""
+    fifo = tmp_path / name
     os.mkfifo(fifo)
-    for data in ({"name": "manifest", "path": str(fifo)}, {"name": str(fifo)}):
+    for data in ({"name": fmt, "path": str(fifo)}, {"name": str(fifo)}):
         result = load(data, tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert f"{fifo} {FIFO}, not a" in result.stdout
@@ -118,15 +120,6 @@ def test_fifo_as_the_train_manifest_of_a_folder_is_refused(tmp_path):
     result = load({"name": "manifest", "path": str(tmp_path)}, tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"manifest {tmp_path / 'train.csv'} {FIFO}, not a regular file" in result.stdout
-
-
-def test_fifo_as_an_npz_is_refused(tmp_path):
-    fifo = tmp_path / "data.npz"
-    os.mkfifo(fifo)
-    for data in ({"name": "npz", "path": str(fifo)}, {"name": str(fifo)}):
-        result = load(data, tmp_path)
-        assert result.returncode == 2, result.stdout + result.stderr
-        assert f"{fifo} {FIFO}, not a" in result.stdout
 
 
 def test_fifo_as_an_idx_file_is_refused(tmp_path):
