@@ -104,7 +104,7 @@ def split_tensors(splits, *names: str) -> dict:
     ('train', 'val', 'test') of edgekd.data.splits.load_splits, as the training loop takes them."""
     import torch
 
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
     spec, out = splits.spec, {}
     for name in names:

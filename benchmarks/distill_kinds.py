@@ -61,6 +61,7 @@ from edgekd.models.zoo import build_model
 from edgekd.train.config import TeacherConfig
 from edgekd.train.evaluate import accuracy
 from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
 
 RESULTS_JSON = RESULTS / "distill-kinds.json"
 STUDENT_ARCH = "tinycnn"
@@ -144,7 +145,8 @@ def trained_teacher(data: dict, args):
     train = {k: data[k] for k in ("train_x", "train_y", "val_x", "val_y")}
     start = time.perf_counter()
     torch.set_num_threads(args.teacher_threads)
-    result = fit(teacher, cross_entropy_step(teacher), cfg=cfg, seed=0, desc="teacher", progress=True, **train)
+    result = fit(teacher, cross_entropy_step(teacher), TrainData.of(**train), cfg,
+                 RunOptions(seed=0, desc="teacher", progress=True))
     torch.set_num_threads(1)
     info = {
         "arch": args.teacher_arch, "arch_args": {}, "epochs": args.teacher_epochs, "augment": args.teacher_augment,
@@ -177,11 +179,12 @@ def run_kind(kind: str, seed: int, settings: dict, teacher, data: dict, teacher_
         return build(STUDENT_ARCH, data, width=settings["width"])
 
     first = student(1000 + seed)  # the same initialization for every kind
+    run = RunOptions(seed=seed, progress=False)
     start = time.perf_counter()
     extra: dict = {}
     if kind == "dml":
         peers = [first, student(2000 + seed)]
-        outcome = schemes.mutual_learning(peers, **train, cfg=cfg, seed=seed, progress=False)
+        outcome = schemes.mutual_learning(peers, TrainData.of(**train), cfg, run)
         final, extra = outcome.student, {**outcome.details, "peers_test_top1": [accuracy(p, *test) for p in peers]}
     elif kind == "born-again":
         generations = [first]
@@ -190,15 +193,15 @@ def run_kind(kind: str, seed: int, settings: dict, teacher, data: dict, teacher_
             generations.append(student(1000 + seed + 100 * k))
             return generations[-1]
 
-        outcome = schemes.born_again(first, teacher, make_student=fresh, **train, cfg=cfg, seed=seed,
-                                     progress=False, teacher_cache=teacher_cache)
+        outcome = schemes.born_again(first, teacher, TrainData.of(**train), cfg, run, make_student=fresh,
+                                     teacher_cache=teacher_cache)
         final = outcome.student
         extra = {**outcome.details, "generations_test_top1": [accuracy(g, *test) for g in generations]}
     elif kind == "ema":
-        outcome = schemes.ema_self_distill(first, **train, cfg=cfg, seed=seed, progress=False)
+        outcome = schemes.ema_self_distill(first, TrainData.of(**train), cfg, run)
         final, extra = outcome.student, outcome.details
     else:  # offline: alone (alpha 0, no terms: plain cross-entropy) and the teacher's kinds
-        distill(first, teacher, cfg=cfg, seed=seed, progress=False, teacher_cache=teacher_cache, **train)
+        distill(first, teacher, TrainData.of(**train), cfg, run, teacher_cache=teacher_cache)
         final = first
     return {"seed": seed, "test_top1": accuracy(final, *test), "val_top1": accuracy(final, data["val_x"], data["val_y"]),
             "seconds": round(time.perf_counter() - start, 1), **extra}

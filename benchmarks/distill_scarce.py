@@ -41,16 +41,16 @@ def teachers_test_top1(run_dir: Path) -> float:
     from edgekd.distill.config import extra_teacher_configs
     from edgekd.io.artifacts import load_weights
     from edgekd.models.zoo import build_model
-    from edgekd.pipeline.layout import TEACHER_WEIGHTS, extra_teacher_file
+    from edgekd.pipeline.layout import EXTRA_TEACHER_WEIGHTS, TEACHER_WEIGHTS
     from edgekd.recipe import Recipe
     from edgekd.train.evaluate import predict
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
     recipe = Recipe.from_yaml(run_dir / "recipe.yaml")
     test = np.load(run_dir / "eval.npz")
     x, y = to_tensor(test["x"], test["mean"], test["std"]), torch.from_numpy(test["y"])
     teachers = [(recipe.teacher, TEACHER_WEIGHTS)] + [
-        (cfg, extra_teacher_file(i)) for i, cfg in enumerate(extra_teacher_configs(recipe.distill), start=1)]
+        (cfg, EXTRA_TEACHER_WEIGHTS.format(i)) for i, cfg in enumerate(extra_teacher_configs(recipe.distill), start=1)]
     probs = 0
     for cfg, weights in teachers:
         model = build_model(cfg.arch, in_channels=x.shape[1], num_classes=len(test["class_names"]), **cfg.arch_args)

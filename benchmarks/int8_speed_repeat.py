@@ -68,7 +68,7 @@ def block_series(fp32: Path, int8: Path, seconds: float, runs_per_block: int = 1
     from edgekd.runtime.session import make_session
 
     image = np.zeros((1, 1, 28, 28), np.float32)
-    sessions = {"fp32": make_session(fp32, "cpu", threads=1), "int8": make_session(int8, "cpu", threads=1)}
+    sessions = {"fp32": make_session(fp32, BenchConfig(threads=1)), "int8": make_session(int8, BenchConfig(threads=1))}
     feeds = {name: {s.get_inputs()[0].name: image} for name, s in sessions.items()}
     for name, s in sessions.items():  # warm-up
         for _ in range(50):

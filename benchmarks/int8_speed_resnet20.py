@@ -43,10 +43,12 @@ from edgekd.onnx_export import ExportConfig, model_metadata, to_onnx
 from edgekd.quant.calibration import ArrayCalibrationReader
 from edgekd.quant.config import QuantConfig
 from edgekd.quant.ptq import prepare, ptq
+from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import preprocess
 from edgekd.runtime.session import optimized_op_counts
 from edgekd.train.config import TeacherConfig
 from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
 from int8_speed_repeat import alternating_pair
 
 MAX_ROUND_SECONDS = 0.4  # per model and round
@@ -220,8 +222,8 @@ def main() -> int:
     torch.manual_seed(0)
     trained_net = build_model("resnet20", in_channels=1, num_classes=10)
     start = time.perf_counter()
-    fit(trained_net, cross_entropy_step(trained_net), **t,
-        cfg=TeacherConfig(epochs=args.train_epochs, lr=0.003, augment=False), desc="train", progress=False)
+    fit(trained_net, cross_entropy_step(trained_net), TrainData.of(**t),
+        TeacherConfig(epochs=args.train_epochs, lr=0.003, augment=False), RunOptions(desc="train", progress=False))
     train_seconds = time.perf_counter() - start
     trained_net.eval()
     print(f"trained resnet20 in {train_seconds:.0f} s", flush=True)
@@ -266,7 +268,7 @@ def main() -> int:
     test28 = preprocess(splits.test_x, {"edgekd.mean": json.dumps(spec.mean), "edgekd.std": json.dumps(spec.std)})
     models = {}
     for key, path in files.items():
-        entry = {"file_bytes": path.stat().st_size, "op_counts": optimized_op_counts(path, threads=1)}
+        entry = {"file_bytes": path.stat().st_size, "op_counts": optimized_op_counts(path, BenchConfig(threads=1))}
         if key.startswith("trained28/"):
             sess = session(path, 1)
             logits = np.concatenate([sess.run(None, {"input": test28[i:i + 500]})[0] for i in range(0, len(test28), 500)])

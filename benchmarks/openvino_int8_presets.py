@@ -36,7 +36,7 @@ from common import RESULTS, Clock, command, machine_info, machine_line, table, w
 from edgekd.data.splits import load_arrays
 from edgekd.quant.config import QuantConfig
 from edgekd.quant.ptq import ptq
-from edgekd.runtime.bench import bench
+from edgekd.runtime.bench import Sweep, bench
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import preprocess
 from edgekd.runtime.session import provider_route
@@ -208,8 +208,8 @@ def main() -> int:
         openvino_threads = {"openvino:num_of_threads": str(args.threads)} if args.threads else {}
         cfg = BenchConfig(runs=args.runs, min_seconds=args.min_seconds, warmup=20, interleave=True,
                           threads=args.threads, provider_options=openvino_threads)
-        rows = bench(paths, eval_set=run_dir / "eval.npz", cfg=cfg, progress=False, providers=["cpu", "openvino"],
-                     keep_failures=True)
+        rows = bench(paths, eval_set=run_dir / "eval.npz", cfg=cfg, progress=False,
+                     sweep=Sweep(providers=["cpu", "openvino"]), keep_failures=True)
         print(f"benched in {clock.seconds():.0f} s; OpenVINO's compiled precisions", flush=True)
         entries = summarize(models, rows)
     samples = next((r.samples for r in rows if hasattr(r, "samples")), 0)

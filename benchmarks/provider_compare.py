@@ -19,7 +19,7 @@ import sys
 import common
 from common import RESULTS, Clock, command, write_results
 from edgekd.api import bench
-from edgekd.runtime.fmt import to_markdown
+from edgekd.runtime.bench_output import to_markdown
 from edgekd.runtime.session import provider_route
 
 

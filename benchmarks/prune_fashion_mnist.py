@@ -39,15 +39,18 @@ from edgekd.models.cost import count_macs, count_params
 from edgekd.models.zoo import build_model
 from edgekd.onnx_export import ExportConfig, model_metadata
 from edgekd.prune.channels import channel_table
-from edgekd.prune.latency import LatencyTarget, export_deployable, prune_to_latency
+from edgekd.prune.config import PruneConfig
+from edgekd.prune.latency import Deployed, export_deployable, prune_to_latency
 from edgekd.quant.config import QuantConfig
 from edgekd.runtime.bench import bench
+from edgekd.runtime.bench_output import format_table
 from edgekd.runtime.config import BenchConfig
-from edgekd.runtime.fmt import format_table
 from edgekd.runtime.machine import detect_machine
 from edgekd.train.config import TeacherConfig
 from edgekd.train.evaluate import accuracy
-from edgekd.train.loop import cross_entropy_step, fit, to_tensor
+from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
+from edgekd.train.tensors import to_tensor
 
 
 def main() -> int:
@@ -85,9 +88,9 @@ def main() -> int:
         load_weights(student, args.student)
         history = []
     else:
-        history = fit(student, cross_entropy_step(student), **t,
-                      cfg=TeacherConfig(epochs=args.epochs, lr=0.003, augment=False), desc="train", progress=False,
-                      log=lambda line: print(line, flush=True)).epochs
+        history = fit(student, cross_entropy_step(student), TrainData.of(**t),
+                      TeacherConfig(epochs=args.epochs, lr=0.003, augment=False),
+                      RunOptions(desc="train", progress=False, log=lambda line: print(line, flush=True))).epochs
     if args.save_student:
         save_weights(student, args.save_student)
     timings["train"] = time.perf_counter() - start
@@ -102,15 +105,16 @@ def main() -> int:
     pruned = copy.deepcopy(student)
     machine = detect_machine()
     quant_cfg = QuantConfig()
-    pruned, latency = prune_to_latency(
-        pruned, input_shape=shape, target=LatencyTarget(speedup=args.target_speedup), calib_images=calib,
-        max_ratio=0.6, step_ratio=0.05, importance="l1", round_to=16, int8=True, quant_cfg=quant_cfg,
-        threads=args.bench_threads, rounds=20, max_macs=before["macs"] // 2, log=lambda line: print(line, flush=True))
+    prune_cfg = PruneConfig(target_speedup=args.target_speedup, ratio=0.6, latency_step=0.05, importance="l1",
+                            round_to=16, latency_rounds=20, target_macs=before["macs"] // 2)
+    deployed = Deployed(int8=True, quant_cfg=quant_cfg, bench=BenchConfig(threads=args.bench_threads))
+    pruned, latency = prune_to_latency(pruned, input_shape=shape, cfg=prune_cfg, calib_images=calib, deployed=deployed,
+                                       log=lambda line: print(line, flush=True))
     timings["prune_loop"] = time.perf_counter() - start
     after_prune_top1 = accuracy(pruned, test_x, test_y)
     start = time.perf_counter()
-    ft = distill(pruned, student, **t, cfg=DistillConfig(epochs=args.finetune_epochs, lr=0.001, augment=False),
-                 progress=False, log=lambda line: print(line, flush=True))
+    ft = distill(pruned, student, TrainData.of(**t),
+                 DistillConfig(epochs=args.finetune_epochs, lr=0.001, augment=False), RunOptions(progress=False, log=lambda line: print(line, flush=True)))
     timings["kd_finetune"] = time.perf_counter() - start
     pruned.eval()
     after = {"params": count_params(pruned), "macs": count_macs(pruned, shape), "channels": channel_table(pruned),

@@ -27,8 +27,9 @@ import common
 from common import RESULTS, command, machine_info, machine_line, table, write_results
 from edgekd.models.cost import count_macs, count_params
 from edgekd.models.zoo import build_model
-from edgekd.prune.channels import prune_channels
+from edgekd.prune.channels import PrunePlan, prune_channels
 from edgekd.prune.latency import export_deployable, interleaved_p50_ms
+from edgekd.runtime.config import BenchConfig
 
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 CANDIDATES = [
@@ -61,14 +62,15 @@ def main() -> int:
             variants = {"unpruned": base}
             for mode in ("uniform", "global"):
                 pruned = copy.deepcopy(base)
-                prune_channels(pruned, input_shape=SHAPE, ratio=0.75, importance="l1", round_to=16, steps=30,
-                               global_pruning=mode == "global", target_macs=macs // 2)
+                plan = PrunePlan(ratio=0.75, importance="l1", round_to=16, steps=30, global_pruning=mode == "global",
+                                 target_macs=macs // 2)
+                prune_channels(pruned, plan, input_shape=SHAPE)
                 variants[mode] = pruned
             tag = f"{arch}-{'-'.join(f'{k}{v}' for k, v in arch_args.items())}"
             paths = [export_deployable(m, work / f"{tag}-{name}", input_shape=SHAPE, calib_images=calib)[1]
                      for name, m in variants.items()]
             for t in threads:
-                p50 = interleaved_p50_ms(paths, calib[0], threads=t, rounds=args.rounds)
+                p50 = interleaved_p50_ms(paths, calib[0], BenchConfig(threads=t), rounds=args.rounds)
                 for (name, m), ms in zip(variants.items(), p50):
                     row = {"arch": arch, "arch_args": arch_args, "variant": name, "threads": t,
                            "macs": count_macs(m, SHAPE), "params": count_params(m), "int8_p50_ms": ms,

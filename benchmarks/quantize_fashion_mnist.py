@@ -37,11 +37,14 @@ from edgekd.quant.ptq import ptq
 from edgekd.quant.qat.export import export_qdq
 from edgekd.quant.qat.prepare import prepare_qat
 from edgekd.quant.qat.train import qat
+from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.inputs import evaluate, preprocess
 from edgekd.runtime.session import make_session, optimized_op_counts
 from edgekd.train.config import TeacherConfig
 from edgekd.train.evaluate import accuracy
-from edgekd.train.loop import cross_entropy_step, fit, to_tensor
+from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
+from edgekd.train.tensors import to_tensor
 
 DATA = "/usr/share/datasets/fashion-mnist"
 TARGETS = {"ptq": 0.5, "qat": 0.2, "qat_deployed_vs_fake_quant": 0.1}
@@ -74,8 +77,8 @@ def main() -> int:
 
     start = time.perf_counter()
     teacher = build_model("resnet8", in_channels=1, num_classes=10)
-    fit(teacher, cross_entropy_step(teacher), **t, cfg=TeacherConfig(epochs=args.teacher_epochs, augment=False),
-        desc="teacher", progress=False)
+    fit(teacher, cross_entropy_step(teacher), TrainData.of(**t),
+        TeacherConfig(epochs=args.teacher_epochs, augment=False), RunOptions(desc="teacher", progress=False))
     seconds["teacher"] = time.perf_counter() - start
     teacher.eval()
     print(f"teacher: test {accuracy(teacher, test_x, test_y):.2f}% in {seconds['teacher']:.0f} s", flush=True)
@@ -83,7 +86,7 @@ def main() -> int:
     start = time.perf_counter()
     student = build_model("tinycnn", in_channels=1, num_classes=10, width=args.student_width)
     distill_cfg = DistillConfig(epochs=args.distill_epochs, augment=False)
-    distill(student, teacher, **t, cfg=distill_cfg, progress=False)
+    distill(student, teacher, TrainData.of(**t), distill_cfg, RunOptions(progress=False))
     seconds["distill"] = time.perf_counter() - start
     student.eval()
     print(f"student: test {accuracy(student, test_x, test_y):.2f}% in {seconds['distill']:.0f} s", flush=True)
@@ -109,8 +112,9 @@ def main() -> int:
     start = time.perf_counter()
     qmodel = prepare_qat(student, activation_type="uint8")
     qat_cfg = QatConfig(epochs=args.qat_epochs, lr=args.qat_lr)
-    result = qat(qmodel, teacher, **t, cfg=qat_cfg, temperature=distill_cfg.temperature, alpha=distill_cfg.alpha,
-                 calib_images=to_tensor(splits.calib_x, spec.mean, spec.std), progress=False)
+    result = qat(qmodel, teacher, TrainData.of(**t), qat_cfg, RunOptions(progress=False),
+                 temperature=distill_cfg.temperature, alpha=distill_cfg.alpha,
+                 calib_images=to_tensor(splits.calib_x, spec.mean, spec.std))
     qat_path = work / "student.qat.onnx"
     export_qdq(qmodel, qat_path, input_shape=shape, metadata={**meta, "edgekd.stage": "int8"})
     seconds["qat"] = time.perf_counter() - start
@@ -122,10 +126,10 @@ def main() -> int:
     print(f"qat: fake-quant test {fake_quant_top1:.2f}% in {seconds['qat']:.0f} s", flush=True)
 
     for name, entry in models.items():
-        session = make_session(entry["path"], threads=1)
+        session = make_session(entry["path"], BenchConfig(threads=1))
         entry["test_top1"] = evaluate(session, test_np, splits.test_y)
         entry["file_bytes"] = Path(entry["path"]).stat().st_size
-        ops = optimized_op_counts(entry["path"], threads=1)
+        ops = optimized_op_counts(entry["path"], BenchConfig(threads=1))
         entry["op_counts"] = ops
         entry["path"] = Path(entry["path"]).name
         print(f"{name}: test {entry['test_top1']:.2f}% (ONNX Runtime)", flush=True)

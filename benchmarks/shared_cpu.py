@@ -1,11 +1,11 @@
-"""Training speed on a shared CPU: train.threads auto against every fixed thread count (issue #29).
+"""Training speed on a shared CPU: compute.threads auto against every fixed thread count (issue #29).
 
     python benchmarks/shared_cpu.py [--epochs 3] [--rounds 3] [--quick] [--out DIR]
 
 The default teacher (ResNet-8, the recipe's train settings: precision auto, bf16 where the CPU
 has it, + channels_last; batch 128; the embedded Fashion-MNIST subset) is trained by edgekd's
 own training loop (edgekd.train.loop.fit with TeacherConfig and the teacher's cross-entropy
-step, inside `use(compute)` as a run does) for --epochs epochs, with train.threads auto and
+step, inside `use(compute)` as a run does) for --epochs epochs, with compute.threads auto and
 with each fixed count 1..N (N: the CPUs this process may use). img/s is the loop's own
 (images trained / seconds, the per-epoch validation included, alike for every setting). Each
 fit resolves its compute afresh, as a new run does, so auto's first trial is paid every time.
@@ -43,7 +43,7 @@ BUSY = "while True: pass"
 
 
 def train_once(setting, tensors: dict, epochs: int) -> dict:
-    """One fit of the default teacher with train.threads `setting`: its img/s and thread record."""
+    """One fit of the default teacher with compute.threads `setting`: its img/s and thread record."""
     import torch
 
     from edgekd.pipeline.context import build_arch
@@ -51,18 +51,19 @@ def train_once(setting, tensors: dict, epochs: int) -> dict:
     from edgekd.recipe import Recipe
     from edgekd.train.compute import resolve, use
     from edgekd.train.loop import cross_entropy_step, fit
+    from edgekd.train.plumbing import RunOptions, TrainData
 
     recipe = Recipe()  # the default run's teacher and train settings
-    train = dataclasses.asdict(dataclasses.replace(recipe.train, threads=setting))
+    train = dataclasses.asdict(dataclasses.replace(recipe.compute, threads=setting))
     compute = resolve("cpu", **train)
     cfg = dataclasses.replace(recipe.teacher, epochs=epochs)
     seed_everything(0)
     spec = tensors["spec"]
     model = build_arch(spec, cfg.arch, cfg.arch_args)  # as the teacher stage builds it
     with use(compute):
-        result = fit(model, cross_entropy_step(model), train_x=tensors["train_x"], train_y=tensors["train_y"],
-                     val_x=tensors["val_x"], val_y=tensors["val_y"], cfg=cfg, seed=0, desc=f"threads {setting}",
-                     progress=False, log=lambda line: None)
+        data = TrainData.of(tensors["train_x"], tensors["train_y"], tensors["val_x"], tensors["val_y"])
+        result = fit(model, cross_entropy_step(model), data, cfg,
+                     RunOptions(seed=0, desc=f"threads {setting}", progress=False, log=lambda line: None))
     record = result.compute.get("threads", {})
     return {"img_per_s": result.images_per_second, "seconds": result.seconds,
             "final_threads": record.get("count", torch.get_num_threads()),
@@ -127,7 +128,7 @@ def write(out: Path, result: dict) -> None:
     (out / "shared-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     m, summary = result["machine"], result["summary"]
     fixed = [s for s in result["settings"] if s != "auto"]
-    lines = ["# Training on a shared CPU: train.threads auto vs fixed counts (issue #29)", "",
+    lines = ["# Training on a shared CPU: compute.threads auto vs fixed counts (issue #29)", "",
              f"Command: `{result['command']}`", "",
              f"Machine: {m['cpu']}, {m['cores']} cores; CPUs this process may use: {result['cpu_limits']}; "
              f"torch {result['torch']}. Default teacher (ResNet-8, {result['compute']}, batch 128), "
@@ -164,7 +165,7 @@ def main() -> int:
     from edgekd.data.splits import load_splits
     from edgekd.runtime.machine import machine_info
     from edgekd.train.compute import resolve
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
     from edgekd.train.threads import cpu_limit, cpu_limits
 
     data = DataConfig(limit_train=512) if args.quick else DataConfig()

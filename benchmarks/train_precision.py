@@ -80,7 +80,9 @@ def train_and_test(compute, splits, epochs: int, seed: int) -> dict:
     from edgekd.train.compute import use
     from edgekd.train.config import TeacherConfig
     from edgekd.train.evaluate import accuracy
-    from edgekd.train.loop import cross_entropy_step, fit, to_tensor
+    from edgekd.train.loop import cross_entropy_step, fit
+    from edgekd.train.plumbing import RunOptions, TrainData
+    from edgekd.train.tensors import to_tensor
 
     spec = splits.spec
     seed_everything(seed)
@@ -89,8 +91,9 @@ def train_and_test(compute, splits, epochs: int, seed: int) -> dict:
     t = {k: to_tensor(getattr(splits, k), spec.mean, spec.std) for k in ("train_x", "val_x", "test_x")}
     ty = {k: torch.from_numpy(getattr(splits, k).astype(np.int64)) for k in ("train_y", "val_y", "test_y")}
     with use(compute):  # what the chain does for a run: every fit and prediction computes this way
-        result = fit(model, cross_entropy_step(model), train_x=t["train_x"], train_y=ty["train_y"],
-                     val_x=t["val_x"], val_y=ty["val_y"], cfg=cfg, seed=seed, desc=compute.precision, progress=False)
+        data = TrainData.of(t["train_x"], ty["train_y"], t["val_x"], ty["val_y"])
+        result = fit(model, cross_entropy_step(model), data, cfg,
+                     RunOptions(seed=seed, desc=compute.precision, progress=False))
         test_top1 = accuracy(model, t["test_x"], ty["test_y"])
     return {"test_top1": test_top1,
             "val_top1": result.best_val_top1, "best_epoch": result.best_epoch,

@@ -37,7 +37,9 @@ from edgekd.models.cost import count_params
 from edgekd.models.zoo import build_model
 from edgekd.train.config import TeacherConfig, TransferConfig
 from edgekd.train.evaluate import accuracy
-from edgekd.train.loop import cross_entropy_step, fit, to_tensor
+from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
+from edgekd.train.tensors import to_tensor
 from edgekd.train.transfer import transfer
 
 ARCH = "resnet8"
@@ -66,8 +68,8 @@ def pretrained(train_x, train_y, mean, std, work: Path, epochs: int) -> tuple[Pa
     model = build_model(ARCH, in_channels=1, num_classes=len(SOURCE_CLASSES))
     cfg = TeacherConfig(arch=ARCH, epochs=epochs, batch_size=128, lr=0.003, augment=False)
     start = time.perf_counter()
-    result = fit(model, cross_entropy_step(model), train_x=x[train], train_y=y[train], val_x=x[val], val_y=y[val],
-                 cfg=cfg, seed=0, desc="pretrain", progress=False)
+    result = fit(model, cross_entropy_step(model), TrainData.of(x[train], y[train], x[val], y[val]), cfg,
+                 RunOptions(seed=0, desc="pretrain", progress=False))
     info = {"classes": list(SOURCE_CLASSES), "images": len(x), "train": len(train), "val": len(val),
             "epochs": epochs, "val_top1": result.best_val_top1, "seconds": round(time.perf_counter() - start, 1)}
     work.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,7 @@ def run_seed(seed, weights, target, test, head_epochs, finetune_epochs) -> dict:
             phase["head"] = accuracy(model, *test)
         print(f"  seed {seed}: {line}", flush=True)
 
-    report = transfer(model, cfg=cfg, **data, seed=seed, progress=False, log=log)
+    report = transfer(model, TrainData.of(**data), cfg, RunOptions(seed=seed, progress=False, log=log))
     out["transfer"] = {"test_top1_head": phase["head"], "test_top1_finetune": accuracy(model, *test),
                        "val_top1_head": report["val_top1_head"], "val_top1_finetune": report["val_top1_finetune"],
                        "seconds": round(time.perf_counter() - start, 1)}
@@ -114,7 +116,8 @@ def run_seed(seed, weights, target, test, head_epochs, finetune_epochs) -> dict:
         scratch = build_model(ARCH, in_channels=1, num_classes=len(TARGET_CLASSES))
         scfg = TeacherConfig(arch=ARCH, epochs=head_epochs + finetune_epochs, batch_size=BATCH, lr=lr, augment=True)
         start = time.perf_counter()
-        result = fit(scratch, cross_entropy_step(scratch), **data, cfg=scfg, seed=seed, desc="scratch", progress=False)
+        result = fit(scratch, cross_entropy_step(scratch), TrainData.of(**data), scfg,
+                     RunOptions(seed=seed, desc="scratch", progress=False))
         out[f"scratch_lr{lr:g}"] = {"test_top1": accuracy(scratch, *test), "val_top1": result.best_val_top1,
                                     "seconds": round(time.perf_counter() - start, 1)}
     print(f"seed {seed}: {json.dumps(out)}", flush=True)

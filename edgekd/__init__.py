@@ -4,8 +4,7 @@ The Python API is `edgekd.compress`, `edgekd.export` and `edgekd.bench` (edgekd/
 Importing edgekd loads neither torch nor onnxruntime; each stage imports what it needs.
 """
 
-__version__ = "0.1.0"
-
-from edgekd.api import bench, compress, export  # noqa: E402
+from edgekd.api import bench, compress, export
+from edgekd.version import __version__
 
 __all__ = ["__version__", "bench", "compress", "export"]

@@ -91,7 +91,7 @@ def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | No
            arch_args: dict | None = None, data: str | None = None, data_path=None, int8: bool = False,
            output=None, opset: int | None = None, force: bool = False, progress: bool = False, input_size=None,
            dynamic_hw: bool = False, fp16: bool = False, fp32_io: bool = False, name: str | None = None,
-           preprocess: dict | None = None) -> dict:
+           preprocess: dict | None = None, skip_bad: bool = False) -> dict:
     """One model to ONNX, validated against PyTorch: a run's `stage` (student or teacher), or
     `weights` of `arch` for the dataset `data` (None: the recipe's, DataConfig.name), in
     ONNX opset `opset` (None: the recipe's, ExportConfig.opset). Returns the path, the parity
@@ -99,20 +99,15 @@ def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | No
     fp32_io), and the labels stage / name: as `edgekd export --help` says. preprocess: with
     `weights`, the preprocessing they were trained with, written into the metadata
     ({"preset": "imagenet"}, or mean, std, scale, channel_order, crop_fraction; see
-    edgekd.runtime.preprocessing)."""
+    edgekd.runtime.preprocessing). skip_bad: with `weights` and a dataset of image files, files
+    that cannot be decoded are skipped (result["data_skipped"]) instead of refused."""
+    arguments = dict(locals())  # first: the keywords above, by name (ExportRequest's fields)
     from edgekd.extras import require_train
 
     require_train("edgekd.export")
-    from edgekd.data.config import DataConfig
-    from edgekd.onnx_export import ExportConfig
-    from edgekd.pipeline.export_one import export_one
+    from edgekd.pipeline.export_command import ExportRequest, export_one
 
-    data = DataConfig.name if data is None else data
-    opset = ExportConfig.opset if opset is None else opset
-    return export_one(run_dir=run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args,
-                      data_name=data, data_path=data_path, int8=int8, output=output, opset=opset, force=force,
-                      progress=progress, input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io,
-                      name=name, preprocess=preprocess)
+    return export_one(ExportRequest.from_arguments(arguments))
 
 
 def bench(models, *, data=None, batch_sizes=None, threads=None, reference=None, progress: bool = False,
@@ -128,8 +123,8 @@ def bench(models, *, data=None, batch_sizes=None, threads=None, reference=None, 
     fastest whose top-1 stays within accuracy_tolerance points of the CPU provider's. A model
     a provider cannot load or run is an entry of the report's "failed" list."""
     from edgekd.errors import ConfigError
+    from edgekd.runtime.bench import Sweep, bench_run_dir, check_sweep, to_json
     from edgekd.runtime.bench import bench as bench_files
-    from edgekd.runtime.bench import bench_run_dir, check_sweep, to_json
     from edgekd.runtime.config import BenchConfig
     from edgekd.runtime.measure import check_protocol
     from edgekd.runtime.providers import expand_providers
@@ -150,12 +145,11 @@ def bench(models, *, data=None, batch_sizes=None, threads=None, reference=None, 
     settings["provider"] = providers[0]
     cfg = BenchConfig(batch_size=batch_sizes[0], threads=threads[0], **settings)
     sweep = {"batch_sizes": batch_sizes, "threads": threads}
-    run = {"providers": providers, "keep_failures": True}
+    run = {"sweep": Sweep(batch_sizes, threads, providers), "keep_failures": True}
     if len(models) == 1 and Path(models[0]).is_dir():
-        rows = bench_run_dir(Path(models[0]), cfg, progress=progress, eval_set=data, reference=reference, **sweep,
-                             **run)
+        rows = bench_run_dir(Path(models[0]), cfg, progress=progress, eval_set=data, reference=reference, **run)
     else:
-        rows = bench_files(models, eval_set=data, cfg=cfg, progress=progress, reference=reference, **sweep, **run)
+        rows = bench_files(models, eval_set=data, cfg=cfg, progress=progress, reference=reference, **run)
     if len(providers) > 1:
         sweep["providers"] = providers
     report = to_json(rows, {"sweep": sweep}, cfg=cfg)

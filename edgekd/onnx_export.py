@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekd import __version__
 from edgekd.configtools import check_number, require
 from edgekd.errors import ExportMismatch
 from edgekd.io.artifacts import atomic_path
 from edgekd.runtime.metadata import model_entries, set_metadata
+from edgekd.version import __version__
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +73,18 @@ def model_metadata(*, stage: str, arch: str, spec, params: int, macs: int) -> di
                          params=params, macs=macs)
 
 
+@dataclass(frozen=True)
+class OnnxForm:
+    """The form of the exported graph. fp16: a float16 model (for GPU providers), its input
+    and output float16 too unless fp32_io; it is checked against the fp32 PyTorch model with
+    fp16's tolerance (FP16_ATOL, FP16_RTOL). dynamic_hw: height and width are dynamic axes
+    as the batch is."""
+
+    fp16: bool = False
+    fp32_io: bool = False
+    dynamic_hw: bool = False
+
+
 def to_onnx(
     model: nn.Module,
     path: str | Path,
@@ -81,16 +93,12 @@ def to_onnx(
     metadata: dict[str, str],
     cfg: ExportConfig,
     check_inputs: torch.Tensor | None = None,
-    fp16: bool = False,
-    fp32_io: bool = False,
-    dynamic_hw: bool = False,
+    form: OnnxForm = OnnxForm(),
 ) -> ExportReport:
-    """Export `model` (eval mode) to `path` and validate it; returns the parity report.
+    """Export `model` (eval mode) to `path` in `form` (float32 with a dynamic batch axis by
+    default) and validate it; returns the parity report.
 
     `check_inputs` are real samples used for the parity check (random ones otherwise).
-    fp16: a float16 model (for GPU providers), its input and output float16 too unless
-    fp32_io; it is checked against the fp32 PyTorch model with fp16's tolerance
-    (FP16_ATOL, FP16_RTOL). dynamic_hw: height and width are dynamic axes as the batch is.
     """
     import copy
 
@@ -98,6 +106,7 @@ def to_onnx(
     import torch
 
     start = time.perf_counter()
+    fp16, fp32_io, dynamic_hw = form.fp16, form.fp32_io, form.dynamic_hw
     reference = model.eval()
     model = Float16(copy.deepcopy(reference), fp32_io) if fp16 else reference
     example = torch.zeros(EXAMPLE_BATCH, *input_shape, dtype=torch.float16 if fp16 and not fp32_io else torch.float32)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ MAX_YAML_NODES = 100_000  # nodes after alias expansion: anchors may share, neve
 MAX_YAML_CHARS = 2_000_000  # characters of the scalars after alias expansion
 MAX_YAML_DEPTH = 50  # nesting levels (PyYAML composes nested nodes recursively)
 MAX_OVERRIDE_CHARS = 100_000  # one --set item
+# old section name -> new name: the old one is still read, with a warning, until it is removed
+RENAMED_SECTIONS = {"train": "compute"}
+logger = logging.getLogger("edgekd")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
@@ -58,7 +62,7 @@ class Recipe:
     # where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
-    train: ComputeConfig = field(default_factory=ComputeConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)  # was `train:` (RENAMED_SECTIONS)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -92,7 +96,7 @@ class Recipe:
                 import_plugins(raw["plugins"], source)  # their names must be known before the sections are checked
             except ConfigError as exc:
                 raise ConfigError(clip(str(exc))) from exc.__cause__
-        return build_config(cls, raw, "", source)
+        return build_config(cls, renamed_sections(raw, source), "", source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple = ()) -> "Recipe":
@@ -111,6 +115,7 @@ class Recipe:
         names --set as its source rather than the recipe."""
         import copy
 
+        raw = renamed_sections(raw, source)  # once, so that an old name warns once
         merged = copy.deepcopy(raw)
         for item in overrides:  # paths given on the command line stay relative to the current folder
             apply_override(merged, item)
@@ -151,6 +156,26 @@ class Recipe:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def renamed_sections(raw, source: str):
+    """`raw` with each old section name (RENAMED_SECTIONS) replaced by its new one, with a
+    warning that names both; a recipe that gives both names is a ConfigError."""
+    if not isinstance(raw, dict):
+        return raw
+    for old, new in RENAMED_SECTIONS.items():
+        if old in raw:
+            if new in raw:
+                raise ConfigError(clip(f"{source} has both '{old}:' and '{new}:' sections; '{old}:' is the old name "
+                                       f"of '{new}:': keep only '{new}:'"))
+            deprecated_name(old, new, source)
+            raw = {(new if key == old else key): value for key, value in raw.items()}
+    return raw
+
+
+def deprecated_name(old: str, new: str, source: str) -> None:
+    logger.warning(clip(f"{source}: '{old}' is deprecated, use '{new}' (it was renamed; '{old}' will be removed in a "
+                        "later version)"))
 
 
 def resolve_file_paths(raw: dict, recipe_dir: Path) -> None:
@@ -339,6 +364,10 @@ def apply_override(raw: dict, item: str) -> None:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(clip(f"--set expects KEY=VALUE, got {shown(item)}"))
+    if parts[0] in RENAMED_SECTIONS:
+        new = RENAMED_SECTIONS[parts[0]]
+        deprecated_name(".".join(parts[:2]), ".".join([new, *parts[1:2]]), "--set")
+        parts[0] = new
     node = raw
     for part in parts[:-1]:
         child = node.get(part)

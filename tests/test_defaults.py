@@ -137,16 +137,39 @@ def _mismatches(section: str, defaults: dict, cell: str) -> list[str]:
     return [p for p in problems if p]
 
 
+def _missing(section: str, defaults: dict, cell: str) -> list[str]:
+    """The fields of a section that its row never names (as `key`, anywhere in the cell)."""
+    return [f"{section}.{key}" for key in defaults if f"`{key}`" not in cell]
+
+
+def _recipe_sections() -> dict:
+    return {f.name: f.default_factory for f in dataclasses.fields(Recipe)
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)}
+
+
 def test_readme_recipe_table_matches_the_dataclasses():
     rows = _recipe_table()
-    sections = {f.name: f.default_factory for f in dataclasses.fields(Recipe)
-                if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)}
+    sections = _recipe_sections()
     assert set(sections) <= set(rows), f"README recipe table lacks the sections {sorted(set(sections) - set(rows))}"
     top = {k: v for k, v in _defaults(Recipe).items() if k not in sections}
     problems = _mismatches("top", top, rows["top"])
     for section, config in sections.items():
         problems += _mismatches(section, _defaults(config), rows[section])
     assert not problems, "\n".join(problems)
+
+
+def test_readme_recipe_table_names_every_field():
+    rows = _recipe_table()
+    sections = _recipe_sections()
+    missing = _missing("top", {k: v for k, v in _defaults(Recipe).items() if k not in sections}, rows["top"])
+    for section, config in sections.items():
+        missing += _missing(section, _defaults(config), rows.get(section, ""))
+    assert not missing, f"README recipe table lacks the fields {', '.join(missing)}"
+
+
+def test_the_table_check_catches_a_missing_field():
+    assert _missing("export", _defaults(ExportConfig), "`opset` (17), `atol` (1e-4)") == [
+        f"export.{name}" for name in _defaults(ExportConfig) if name not in ("opset", "atol")]
 
 
 def test_the_table_check_catches_a_wrong_default():

@@ -195,12 +195,12 @@ def test_fp16_export_matches_pytorch_within_fp16_tolerance_and_runs_on_cpu(tmp_p
     """The default student (TinyCNN-24 at 28x28) as a float16 model: parity against PyTorch's
     fp32 outputs within FP16_ATOL + FP16_RTOL of their size, run by the CPU provider."""
     from edgekd.models.zoo import build_model
-    from edgekd.onnx_export import FP16_ATOL, FP16_RTOL, ExportConfig, to_onnx
+    from edgekd.onnx_export import FP16_ATOL, FP16_RTOL, ExportConfig, OnnxForm, to_onnx
 
     torch.manual_seed(0)
     model = build_model("tinycnn", in_channels=1, num_classes=10, width=24).eval()
     report = to_onnx(model, tmp_path / "m.onnx", input_shape=(1, 28, 28), metadata={}, cfg=ExportConfig(),
-                     fp16=True, fp32_io=fp32_io)
+                     form=OnnxForm(fp16=True, fp32_io=fp32_io))
     assert report.atol >= FP16_ATOL and report.rtol >= FP16_RTOL
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     dtype = np.float32 if fp32_io else np.float16
@@ -217,10 +217,11 @@ def test_fp16_export_matches_pytorch_within_fp16_tolerance_and_runs_on_cpu(tmp_p
 
 def test_dynamic_hw_export_takes_other_sizes(tmp_path):
     from edgekd.models.zoo import build_model
-    from edgekd.onnx_export import ExportConfig, to_onnx
+    from edgekd.onnx_export import ExportConfig, OnnxForm, to_onnx
 
     model = build_model("tinycnn", in_channels=1, num_classes=3, width=4).eval()
-    to_onnx(model, tmp_path / "m.onnx", input_shape=(1, 16, 16), metadata={}, cfg=ExportConfig(), dynamic_hw=True)
+    to_onnx(model, tmp_path / "m.onnx", input_shape=(1, 16, 16), metadata={}, cfg=ExportConfig(),
+            form=OnnxForm(dynamic_hw=True))
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[2:] == ["height", "width"]
     x = torch.randn(2, 1, 24, 20)

@@ -360,7 +360,7 @@ def test_to_yaml_from_yaml_round_trip(tmp_path, overrides):
 
 def test_to_dict_is_plain_data():
     d = Recipe.default().to_dict()
-    assert set(d) == {"name", "seed", "plugins", "deterministic", "device", "train", "data", "teacher", "distill", "prune", "quantize", "export", "bench"}
+    assert set(d) == {"name", "seed", "plugins", "deterministic", "device", "compute", "data", "teacher", "distill", "prune", "quantize", "export", "bench"}
     assert d["deterministic"] is False
     assert d["teacher"]["arch"] == "resnet8"
     assert "_stage" not in d["teacher"]

@@ -64,7 +64,7 @@ MAX_COMPARE_BYTES = 256 * 1024**2  # a bench or report JSON file of --compare
 def _load_bench_json(path) -> dict:
     """A --compare file, checked for what the comparison reads (fmt.check_compare_report):
     anything else is a ConfigError (exit 2, one line)."""
-    from edgekd.runtime.fmt import check_compare_report
+    from edgekd.runtime.bench_output import check_compare_report
 
     hint = "pass two files written by edgekd bench --json-out"
     path = Path(path)
@@ -105,6 +105,9 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
               help="Convert (grey <-> RGB) and resize eval arrays (.npz, a dataset) whose channels or size differ "
                    "from the model's input, per its preprocessing, and note it in the result. Without it they are "
                    "refused (image folders are always decoded at the model's size).")
+@click.option("--skip-bad", is_flag=True,
+              help="With --data FOLDER: skip image files that cannot be decoded (unreadable, truncated), counted and "
+                   "the first ones named, instead of refusing the folder.")
 @click.option("--provider", default=BenchConfig.provider, show_default=True,
               help=f"ONNX Runtime execution provider: a registered short name ({', '.join(PROVIDERS.names())}), "
                    "a full name or an installed plugin (onnxruntime-ep-ID); a comma list (cpu,openvino) or 'all' "
@@ -146,15 +149,19 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="Reference model (e.g. the fp32 one): argmax agreement and max abs difference of the "
                    "outputs, on --data or synthetic input. A run directory compares int8 with fp32 by itself.")
+@click.option("--latency-table", type=click.Path(dir_okay=False), metavar="TABLE.json",
+              help="MODELS is one candidates folder that compress wrote (distill.search.export_only): time its "
+                   "int8 candidates side by side with its reference and write their latency table (read by "
+                   "distill.search.latency_table) to this file.")
 @click.option("--interleave/--no-interleave", default=None,
               help="Time all models side by side in short rotating rounds instead of one after another: "
                    "fair ratios on a machine whose speed changes while it runs (a shared VM, a throttling device). "
                    "Default: on whenever several models or providers are compared.")
 @provider_control_options  # --provider-option, --session-config, ...: one `provider_control` argument
 @preprocess_options()  # --preprocess, --mean, --std, ...: one `preprocess` argument
-def bench(models, eval_set, fit_data, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
+def bench(models, eval_set, fit_data, skip_bad, provider, batch_size, warmup, runs, min_seconds, threads, as_json, json_out,
           csv_out, md_out, plot, force, list_providers, compare, quiet, verbose, warmup_seconds, inter_threads,
-          intra_spinning, inter_spinning, reference, interleave, preprocess, provider_control):
+          intra_spinning, inter_spinning, reference, interleave, preprocess, provider_control, latency_table=None):
     """Latency (p50/p90/p99 after warm-up, throughput), peak memory and top-1 of ONNX MODELS.
 
     MODELS are .onnx files or one run directory (then every model in it is benched on
@@ -163,7 +170,7 @@ def bench(models, eval_set, fit_data, provider, batch_size, warmup, runs, min_se
     """
     import onnxruntime as ort
 
-    from edgekd.runtime import fmt as benchfmt
+    from edgekd.runtime import bench_output as benchfmt
     from edgekd.runtime.providers import provider_list
 
     if list_providers:
@@ -184,6 +191,9 @@ def bench(models, eval_set, fit_data, provider, batch_size, warmup, runs, min_se
         else:
             click.echo(benchfmt.format_compare(rows, compare[0], compare[1]))
         return
+    if latency_table:
+        _bench_candidates(models, latency_table, provider, batch_size, threads, force, quiet)
+        return
     if not models:
         raise click.UsageError("give .onnx MODELS or a run directory (or --list-providers, --compare A B)")
 
@@ -199,7 +209,8 @@ def bench(models, eval_set, fit_data, provider, batch_size, warmup, runs, min_se
                        progress=not quiet, provider=provider, warmup=warmup, runs=runs, min_seconds=min_seconds,
                        warmup_seconds=warmup_seconds, inter_threads=inter_threads,
                        intra_spinning=spin[intra_spinning], inter_spinning=spin[inter_spinning],
-                       interleave=interleave, preprocess=preprocess, fit_data=fit_data, **provider_control)
+                       interleave=interleave, preprocess=preprocess, fit_data=fit_data, skip_bad=skip_bad,
+                       **provider_control)
     # checked again just before each write: a file may have appeared while benching
     if json_out:
         _check_outputs({"--json-out": json_out}, models, eval_set, reference, force)
@@ -212,7 +223,7 @@ def bench(models, eval_set, fit_data, provider, batch_size, warmup, runs, min_se
         _write_output(md_out, benchfmt.to_markdown(report["models"] + report["failed"], report["machine"],
                                                    report["config"], report.get("provider_ranking")))
     if plot:
-        from edgekd.pipeline.report import pareto_plot_models
+        from edgekd.pipeline.plots import pareto_plot_models
 
         _check_outputs({"--plot": plot}, models, eval_set, reference, force)
         if pareto_plot_models(report["models"], plot, title="edgekd bench") is None:
@@ -222,3 +233,16 @@ def bench(models, eval_set, fit_data, provider, batch_size, warmup, runs, min_se
     else:
         click.echo(benchfmt.format_table(report["models"] + report["failed"], report.get("provider_ranking"),
                                          report.get("providers_skipped")))
+
+
+def _bench_candidates(models, table, provider, batch_size, threads, force, quiet) -> None:
+    """--latency-table: a search's candidates folder timed into a latency table (edgekd.search.timing)."""
+    from edgekd.search.timing import bench_candidates
+
+    if len(models) != 1 or not Path(models[0]).is_dir() or len(batch_size) != 1 or len(threads) != 1:
+        raise ConfigError("--latency-table times one candidates folder at one --batch-size and one --threads: give "
+                          "the folder that compress wrote with distill.search.export_only: true")
+    _check_outputs({"--latency-table": table}, models, None, None, force)
+    written = bench_candidates(models[0], table, provider=provider, threads=threads[0], batch=batch_size[0],
+                               log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
+    click.echo(f"latency table of {len(written['candidates'])} candidates written to {table}")

@@ -18,7 +18,8 @@ from edgekd.pipeline.rundir import run_recipe
               help="Override a recipe field, e.g. --set teacher.epochs=3 (repeatable; VALUE is YAML).")
 @click.option("--data", "data_name", metavar="NAME|PATH",
               help=f"Dataset: a registered name ({', '.join(FORMATS.names())}; the first is embedded) or a path "
-                   "to an .npz file or IDX folder.")
+                   "to an .npz file, an IDX folder, a .csv/.jsonl manifest or an image folder (FOLDER/<class>/*, "
+                   "20% of each class held out for test, or FOLDER/train/<class>/* with FOLDER/test/<class>/*).")
 @click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
 @click.option("--seed", type=int, help="Random seed for data splits, initialization and order.")
 @click.option("--name", help="Run name (the default output folder is runs/NAME).")
@@ -35,7 +36,7 @@ from edgekd.pipeline.rundir import run_recipe
               help="Where training runs (the recipe's device; default auto: a CUDA GPU when torch sees one, "
                    "else the CPU). May change on --resume.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="Training precision (train.precision; default auto: bf16 on CPUs with AVX512-BF16/AMX "
+              help="Training precision (compute.precision; default auto: bf16 on CPUs with AVX512-BF16/AMX "
                    "and on GPUs that have it, fp16 on other GPUs, else fp32).")
 @click.option("--baseline", is_flag=True,
               help="Also train the student alone (cross-entropy only, same initialization, schedule and steps) and "
@@ -69,7 +70,7 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
     else:
         resolved = Recipe.from_yaml(recipe, overrides) if recipe else Recipe.default(overrides)
         flags = {"data__name": data_name, "data__path": data_path, "seed": seed, "name": name,
-                 "deterministic": True if deterministic else None, "device": device, "train__precision": precision,
+                 "deterministic": True if deterministic else None, "device": device, "compute__precision": precision,
                  "distill__baseline": True if baseline else None}
         resolved = resolved.replace(**{k: v for k, v in flags.items() if v is not None})
         # here, not in the API, so that the resume hint below knows it; the RECIPE file too must

@@ -1,4 +1,4 @@
-"""`edgekd export`: flags -> edgekd.api.export; prints the parity and the file written."""
+"""`edgekd export`: flags -> an ExportRequest, as edgekd.export makes; prints the parity and the file written."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from edgekd.recipe import parse_yaml_mapping
               help=f"Dataset of --weights ({', '.join(FORMATS.names())}, or a path): input shape, classes, "
                    "normalization and calibration images.")
 @click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
+@click.option("--skip-bad", is_flag=True,
+              help="With --weights and a dataset of image files: skip files that cannot be decoded (counted, the "
+                   "first ones named) instead of refusing the dataset (data.skip_bad).")
 @click.option("--int8", is_flag=True, help="Quantize to int8 (QDQ, per-channel, calibrated on training images).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Output file. Default: RUN_DIR/export/STAGE.{fp32,int8}.onnx, or beside --weights.")
@@ -43,8 +46,8 @@ from edgekd.recipe import parse_yaml_mapping
                    "nor a name a run owns such as state/ or recipe.yaml).")
 @verbosity_options
 @preprocess_options(input_size=False)  # with --weights: the preprocessing written into the metadata for bench
-def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, data_path, int8, output, fp16, fp32_io,
-           input_size, dynamic_hw, opset, force, quiet, verbose, preprocess):
+def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, data_path, skip_bad, int8, output, fp16,
+           fp32_io, input_size, dynamic_hw, opset, force, quiet, verbose, preprocess):
     """Export one model to ONNX, validated against PyTorch at two batch sizes.
 
     \b
@@ -52,7 +55,7 @@ def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, d
     edgekd export --onnx runs/default --int8          # ... quantized to int8
     edgekd export --onnx --weights w.safetensors --arch resnet20 -o resnet20.onnx
     """
-    from edgekd.api import export as run_export
+    arguments = dict(locals())  # first: the flags by name (ExportRequest's fields; --data is data_name)
     from edgekd.extras import require_train
 
     require_train("edgekd export")
@@ -61,10 +64,17 @@ def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, d
     if weights is not None and not arch:
         raise ConfigError("--weights needs --arch NAME (the architecture the weights belong to)")
     arch_args = parse_yaml_mapping(arch_args, "--arch-args", "a mapping such as '{width: 24}'")
-    result = run_export(run_dir, stage=stage, weights=weights, arch=arch, arch_args=arch_args, data=data_name,
-                        data_path=data_path, int8=int8, output=output, opset=opset, force=force, progress=not quiet,
-                        input_size=input_size, dynamic_hw=dynamic_hw, fp16=fp16, fp32_io=fp32_io, name=name,
-                        preprocess=preprocess)
+    from edgekd.pipeline.export_command import ExportRequest, export_one
+
+    request = ExportRequest.from_arguments(arguments, data=data_name, arch_args=arch_args, progress=not quiet)
+    result = export_one(request)
+    if "data_skipped" in result:
+        from edgekd.data.image_files import named_files
+
+        skipped = result["data_skipped"]
+        total = sum(sum(v.values()) for v in skipped["counts"].values() if isinstance(v, dict))
+        click.echo(f"skipped {total} bad image(s) (--skip-bad): {skipped['counts']}; first: "
+                   f"{named_files(skipped['first'], total)}")
     for batch, diff in result["max_abs_diff"].items():
         click.echo(f"batch {batch}: max |onnx - torch| = {diff:.3e}")
     if "int8_top1_agreement" in result:

@@ -17,9 +17,9 @@ import traceback
 
 import click
 
-from edgekd import __version__
 from edgekd.configtools import clip
 from edgekd.errors import EdgekdError, first_line
+from edgekd.version import __version__
 
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 
@@ -46,6 +46,9 @@ class EdgekdGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgekdError as exc:
+            if exc.exit_code == 0:  # a planned stop (distill.search.export_only): what to do next, no error
+                click.echo(f"edgekd: {exc}", err=True)
+                sys.exit(0)
             _fail(exc, exc.exit_code, debug or _debug(ctx))
         except KeyboardInterrupt:
             click.echo(f"\nedgekd: interrupted; {_kept(ctx)}", err=True)

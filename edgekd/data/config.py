@@ -36,8 +36,9 @@ class DataConfig:
     augment_policy). None: the images are used at their own size (all alike).
     channels: 1 or 3 (grey or RGB); None: the data's own. mean / std: numbers (one, or one
     per channel), 'imagenet', or 'dataset' (computed from the train split).
-    skip_bad: unreadable, truncated or too small images (and empty class folders) are skipped
-    and counted in the data stage's record instead of refused (exit 2) before training.
+    skip_bad: unreadable or truncated images (and empty class folders) are skipped and counted
+    (the first files named) in the data stage's record instead of refused (exit 2) before
+    training. Images smaller than image_size are no bad ones: they are resized up and counted.
     streaming: 'auto' decodes images per batch (DataLoader workers) for image files with an
     image_size or a train set above STREAM_BYTES as float32; else one in-memory tensor.
     workers: DataLoader worker processes (None: min(4, CPUs)). eval_size: at most this many

@@ -2,7 +2,7 @@
 
 An image is decoded whole: a PNG of 0.7 MB just under Pillow's bomb limit decodes to
 hundreds of MB, so a pool of one thread per CPU holds that many times as much, and more on a
-machine with more cores. Every whole decode of edgekd (data/files.py, training's and bench's)
+machine with more cores. Every whole decode of edgekd (data/image_files.py, training's and bench's)
 reads the image's header first (PIL's lazy open: nothing decoded), estimates what decoding,
 converting and resizing it holds (edgekd.data.preprocess.decode_bytes), and enters the one
 gate of the process:

@@ -31,7 +31,7 @@ FIRST_SHOWN = 4  # differences named in one message
 
 
 def files_part(ds) -> dict:
-    """The `files` part of a FileDataset (edgekd.data.files): its rows [path, split, class, size,
+    """The `files` part of a FileDataset (edgekd.data.image_files): its rows [path, split, class, size,
     mtime_ns] in the lister's order (size and mtime -1 for a file that cannot be stat'ed)."""
     root = ds.source if os.path.isdir(ds.source) else os.path.dirname(ds.source)
     rows = []

@@ -1,6 +1,6 @@
 """The one image normalizer: uint8 pixels -> float32 (x/255 - mean) / std per channel.
 
-Training (edgekd.train.loop.to_tensor) and ONNX evaluation (edgekd.runtime.inputs.preprocess)
+Training (edgekd.train.tensors.to_tensor) and ONNX evaluation (edgekd.runtime.inputs.preprocess)
 both call it, so a model sees the same floats in both. numpy only: no torch.
 """
 

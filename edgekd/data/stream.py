@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from edgekd.data.files import FileSplit, decode, decode_fitted
+from edgekd.data.image_files import FileSplit, decode, decode_fitted
 from edgekd.data.memory import release_free_memory
 from edgekd.data.normalize import normalize
 from edgekd.data.preprocess import to_chw

@@ -71,13 +71,13 @@ def load_unlabeled(path: str, cfg, channels: int, size: tuple[int, int]) -> tupl
 
 
 def _from_npz(file: Path, cfg, channels: int, size: tuple[int, int]) -> np.ndarray:
+    from edgekd.data.fitting import fit_arrays
     from edgekd.data.formats.npz import (
         array_names,
         check_npz_magic,
         npz_member,
         to_nchw,
     )
-    from edgekd.data.splits import fit_arrays
 
     try:
         check_npz_magic(file, _UNLABELED_NPZ)
@@ -103,7 +103,8 @@ def _from_npz(file: Path, cfg, channels: int, size: tuple[int, int]) -> np.ndarr
 
 
 def _from_folder(root: Path, cfg, channels: int, size: tuple[int, int]) -> tuple[np.ndarray, dict]:
-    from edgekd.data.files import (
+    from edgekd.data.fitting import decode_many
+    from edgekd.data.image_files import (
         IMAGE_SUFFIXES,
         MAX_FILES,
         FileSplit,
@@ -111,7 +112,6 @@ def _from_folder(root: Path, cfg, channels: int, size: tuple[int, int]) -> tuple
         refuse_or_skip,
         scan,
     )
-    from edgekd.data.filesplits import decode_many
 
     files = []
     for file in sorted(root.rglob("*")):

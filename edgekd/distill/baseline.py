@@ -14,6 +14,7 @@ from torch import nn
 
 from edgekd.train.labels import labeled_repeated
 from edgekd.train.loop import FitResult, cross_entropy_step, fit
+from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 
 
 def optimizer_steps(images: int, batch_size: int, epochs: int) -> int:
@@ -22,11 +23,9 @@ def optimizer_steps(images: int, batch_size: int, epochs: int) -> int:
     return epochs * (full + (1 if rest >= 2 else 0))
 
 
-def train_alone(student: nn.Module, *, train_x, train_y, val_x, val_y, cfg, seed: int = 0, progress: bool = True,
-                checkpoint=None, resume: bool = False, log=None) -> FitResult:
+def train_alone(student: nn.Module, data: TrainData, cfg, run: RunOptions = DEFAULT_RUN) -> FitResult:
     """Train `student` in place on cross-entropy only, as the distilled student was scheduled
-    (cfg: the distill section); `checkpoint` and `resume` as in train.fit."""
-    x, y = labeled_repeated(train_x, train_y)
+    (cfg: the distill section); `run` as in train.fit, named "distill"."""
+    alone = data.with_train(*labeled_repeated(data.train_x, data.train_y))
     with torch.random.fork_rng(devices=[]):  # the chain's RNG continues as if there were no baseline
-        return fit(student, cross_entropy_step(student), train_x=x, train_y=y, val_x=val_x, val_y=val_y, cfg=cfg,
-                   seed=seed, desc="distill", progress=progress, checkpoint=checkpoint, resume=resume, log=log)
+        return fit(student, cross_entropy_step(student), alone, cfg, run.with_(desc="distill"))

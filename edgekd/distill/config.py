@@ -20,6 +20,7 @@ from edgekd.distill.responses import RESPONSES
 from edgekd.distill.scheme_registry import SCHEMES, spoken_list, teacher_schemes
 from edgekd.distill.terms import LAYER_KEYS, TERMS
 from edgekd.errors import ConfigError, first_line
+from edgekd.search.config import SearchConfig
 from edgekd.train.config import TeacherConfig, TrainConfig, check_arch_fields
 
 MAX_TEMPERATURE = 100.0  # softmax(z / T) is uniform long before this
@@ -74,6 +75,8 @@ class DistillConfig(TrainConfig):
     # also train the student alone (cross-entropy only, same initialization, schedule, data and
     # optimizer steps) and report distillation's gain (edgekd.distill.baseline)
     baseline: bool = False
+    # arch: auto: the student is chosen by its measured int8 latency on the target (edgekd.search)
+    search: SearchConfig = field(default_factory=SearchConfig)
     _stage = "distill"
 
     def __post_init__(self):
@@ -113,6 +116,7 @@ class DistillConfig(TrainConfig):
                 "distill.mixup matches the teacher on mixed images, and with alpha 0 and no terms nothing is "
                 "learnt from the teacher; raise distill.alpha or set distill.mixup: 0")
         check_flag(self.baseline, "distill.baseline")
+        self.search.check_for(self)
         teacher_keys = {"terms": self.terms, "extra_teachers": self.extra_teachers, "mixup": self.mixup,
                         "teacher_outputs": self.teacher_outputs != "auto", "response": self.response != "hinton"}
         without_teacher = not SCHEMES.get(self.scheme).learns_from_teacher

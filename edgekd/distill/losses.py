@@ -67,13 +67,6 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, 
     return (1.0 - alpha) * ce + alpha * temperature**2 * kl
 
 
-def multi_teacher_kd_loss(student_logits: torch.Tensor, teacher_logits: Sequence[torch.Tensor],
-                          labels: torch.Tensor, *, temperature: float, alpha: float) -> torch.Tensor:
-    """KD from several teachers: the student matches the average of their softened probabilities."""
-    probs = averaged_soft_targets(teacher_logits, temperature)
-    return soft_target_loss(student_logits, probs, labels, temperature=temperature, alpha=alpha)
-
-
 def dkd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor, *,
              temperature: float, alpha: float, beta: float) -> torch.Tensor:
     """Decoupled KD (Zhao et al. 2022), against the teacher's softened probabilities (one

@@ -25,7 +25,8 @@ optimizer over both) but are not part of it: the student's state_dict and its ON
 hold only the student.
 
 `cfg` is the recipe's distill section (edgekd.distill.config.DistillConfig); this module does
-not import it, as edgekd.distill.scheme_registry (imported by that config) calls into this one.
+not import it, not even for type checking: edgekd.distill.scheme_registry (imported by that
+config) calls into this one, and tests/test_import_cycles.py counts every import.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from edgekd.io.membudget import check_memory, memory_budget, over_budget
 from edgekd.train.compute import current
 from edgekd.train.evaluate import predict
 from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit
+from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 
 __all__ = ["distill", "kd_loss", "kd_step", "knowledge_step", "TEACHER_CACHE_BYTES"]
 
@@ -159,30 +161,16 @@ def knowledge_step(student: nn.Module, teachers: Sequence[nn.Module], terms: lis
     return step
 
 
-def distill(
-    student: nn.Module,
-    teacher: nn.Module | Sequence[nn.Module],
-    *,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
-    cfg,
-    seed: int = 0,
-    progress: bool = True,
-    checkpoint=None,
-    resume: bool = False,
-    log=None,
-    teacher_cache: dict | None = None,
-) -> FitResult:
+def distill(student: nn.Module, teacher: nn.Module | Sequence[nn.Module], data: TrainData, cfg,
+            run: RunOptions = DEFAULT_RUN, *, teacher_cache: dict | None = None) -> FitResult:
     """Train `student` in place from the frozen teacher(s); returns the fit history.
 
     `teacher`: one module, or a list (multi-teacher: their softened outputs are averaged;
-    cfg.terms read features from the first). `checkpoint`, `resume` and `log` are passed
-    to train.fit (a checkpoint per epoch, and continuing from it); the teachers are not in
-    the checkpoint, they are the teacher stage's weights files. `teacher_cache`: a dict
-    to keep the cached teacher outputs in and reuse them in later calls with the same
-    teachers and train_x (None: a fresh one).
+    cfg.terms read features from the first). `run` goes to train.fit, named "distill" (a
+    checkpoint per epoch, and continuing from it); the teachers are not in the checkpoint,
+    they are the teacher stage's weights files. `teacher_cache`: a dict to keep the cached
+    teacher outputs in and reuse them in later calls with the same teachers and train
+    images (None: a fresh one).
     """
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     for t in teachers:
@@ -193,26 +181,22 @@ def distill(
     with contextlib.ExitStack() as on_device:  # the teachers run where the student trains, then come back
         for t in teachers:
             on_device.enter_context(compute.borrowed(t))
-        return _distill(student, teachers, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg,
-                        seed=seed, progress=progress, checkpoint=checkpoint, resume=resume, log=log,
-                        teacher_cache=teacher_cache)
+        return _distill(student, teachers, data, cfg, run.with_(desc="distill"), teacher_cache)
 
 
-def _distill(student, teachers, *, train_x, train_y, val_x, val_y, cfg, seed, progress, checkpoint, resume, log,
-             teacher_cache):
+def _distill(student, teachers, data: TrainData, cfg, run: RunOptions, teacher_cache):
     terms = [Term.from_config(raw) for raw in cfg.terms]
-    fit_args = dict(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed, desc="distill",
-                    progress=progress, checkpoint=checkpoint, resume=resume, log=log)
+    train_x, seed, log = data.train_x, run.seed, run.log
     store = {} if teacher_cache is None else teacher_cache
     if not terms and cfg.alpha == 0.0:  # nothing to learn from the teachers: plain cross-entropy
-        return fit(student, cross_entropy_step(student), **fit_args)
+        return fit(student, cross_entropy_step(student), data, cfg, run)
     if not terms and len(teachers) == 1:
         caching = ("logits", 0) in store or (cfg.caches_teacher() and caches_logits(
             cfg, len(train_x), _outputs(student, train_x), log))
         if caching and ("logits", 0) not in store:
             store[("logits", 0)] = predict(teachers[0], train_x)
         cached = store[("logits", 0)] if caching else None
-        return fit(student, kd_step(student, teachers[0], cfg, cached), **fit_args)
+        return fit(student, kd_step(student, teachers[0], cfg, cached), data, cfg, run)
 
     student_capture = Capture(student, [n for term in terms for n in term.student])
     teacher_capture = Capture(teachers[0], [n for term in terms for n in term.teacher])
@@ -227,7 +211,7 @@ def _distill(student, teachers, *, train_x, train_y, val_x, val_y, cfg, seed, pr
                 raise ConfigError(f"distill.teacher_outputs cached: the teachers' outputs for the terms would take "
                                   f"more than {limit >> 20} MiB; use auto or per_batch")
         step = knowledge_step(student, teachers, terms, cfg, targets, student_capture)
-        return fit(model, step, **fit_args)
+        return fit(model, step, data, cfg, run)
     finally:  # the student leaves without hooks (they would run in export and later stages)
         student_capture.remove()
         teacher_capture.remove()

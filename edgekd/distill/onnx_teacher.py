@@ -35,11 +35,12 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: str | Path, *, data_mean, data_std, data_class_names=None, provider: str = "cpu"):
         super().__init__()
+        from edgekd.runtime.config import BenchConfig
         from edgekd.runtime.datamatch import model_class_names
         from edgekd.runtime.session import make_session
 
         self.path = self.onnx_path = str(path)
-        self.session = make_session(path, provider)
+        self.session = make_session(path, BenchConfig(provider=provider))
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelFileError(f"teacher.onnx '{path}' has {len(inputs)} inputs; a classifier with one image "

@@ -24,10 +24,10 @@ a module named in the recipe's `plugins:` (then `scheme: twice`):
         '''offline KD, then KD again from the teachers with half the temperature'''
         def train(self, run):
             student = run.new_student()
-            options = dict(seed=run.ctx.seed, progress=run.ctx.progress, log=run.ctx.log)
-            distill(student, run.teachers, **run.data, cfg=run.cfg, **options)
+            options = run.options().with_(checkpoint=None)  # two runs: no per-epoch checkpoint
+            distill(student, run.teachers, run.data, run.cfg, options)
             cooler = dataclasses.replace(run.cfg, temperature=run.cfg.temperature / 2)
-            result = distill(student, run.teachers, **run.data, cfg=cooler, **options)
+            result = distill(student, run.teachers, run.data, cooler, options)
             return SchemeResult(student=student, fit=result, details={"scheme": "twice"})
 
 Importing this module does not import torch (recipes are checked without it).
@@ -47,21 +47,27 @@ class SchemeRun:
     """What a scheme trains with.
 
     cfg          the recipe's distill section (a DistillConfig)
-    data         {"train_x", "train_y", "val_x", "val_y"}: tensors (labels -1: unlabeled images)
+    data         the train and val splits (edgekd.train.plumbing.TrainData; labels -1: unlabeled images)
     teachers     the teacher stage's teacher, then the extra teachers ([] when the scheme does
                  not learn_from_teacher)
     new_student  new_student(seed=None): a freshly built distill.arch; with a seed, its
                  initialization is drawn from that seed and the global RNG is left as it was
     ctx          the stage's Context: seed, progress, resume, log, path(name) in the run directory
     checkpoint   the stage's per-epoch checkpoint file (for train.fit's checkpoint and --resume)
+
+    options() is the stage's RunOptions (edgekd.train.plumbing) for train.fit and the wrappers
+    around it: the run's seed, progress, resume and log, named "distill", with `checkpoint`.
     """
 
     cfg: Any
-    data: dict
+    data: Any
     teachers: list
     new_student: Callable[..., Any]
     ctx: Any
     checkpoint: Path
+
+    def options(self):
+        return self.ctx.run_options("distill", self.checkpoint)
 
 
 class Scheme:
@@ -76,12 +82,6 @@ class Scheme:
 SCHEMES: Registry[type[Scheme]] = Registry("distillation scheme")
 
 
-def fit_options(run: SchemeRun) -> dict:
-    """The training plumbing every built-in scheme passes on from the stage's context."""
-    ctx = run.ctx
-    return {"cfg": run.cfg, "seed": ctx.seed, "progress": ctx.progress, "resume": ctx.resume, "log": ctx.log}
-
-
 @SCHEMES.register("offline")
 class Offline(Scheme):
     """A frozen, trained teacher (or several: multi-teacher KD) teaches the student."""
@@ -91,7 +91,7 @@ class Offline(Scheme):
         from edgekd.distill.schemes import SchemeResult
 
         student = run.new_student()
-        result = distill(student, run.teachers, **run.data, **fit_options(run), checkpoint=run.checkpoint)
+        result = distill(student, run.teachers, run.data, run.cfg, run.options())
         details = {"teachers": len(run.teachers), "terms": [term["kind"] for term in run.cfg.terms]}
         return SchemeResult(student=student, fit=result, details=details)
 
@@ -106,7 +106,7 @@ class Online(Scheme):
         from edgekd.distill.schemes import mutual_learning
 
         peers = [run.new_student() for _ in range(run.cfg.peers)]  # each its own initialization
-        return mutual_learning(peers, **run.data, **fit_options(run), checkpoint=run.checkpoint)
+        return mutual_learning(peers, run.data, run.cfg, run.options())
 
 
 @SCHEMES.register("born-again")
@@ -120,8 +120,8 @@ class BornAgain(Scheme):
             # seeded per generation and outside the global RNG: a resumed run rebuilds the same one
             return run.new_student(seed=run.ctx.seed * 1000 + generation)
 
-        return born_again(run.new_student(), run.teachers, make_student=fresh_student, **run.data,
-                          **fit_options(run), checkpoint_dir=run.checkpoint.parent)  # beside the stage's
+        return born_again(run.new_student(), run.teachers, run.data, run.cfg, run.options(), make_student=fresh_student,
+                          checkpoint_dir=run.checkpoint.parent)  # beside the stage's
 
 
 @SCHEMES.register("ema")
@@ -133,7 +133,7 @@ class Ema(Scheme):
     def train(self, run: SchemeRun):
         from edgekd.distill.schemes import ema_self_distill
 
-        return ema_self_distill(run.new_student(), **run.data, **fit_options(run), checkpoint=run.checkpoint)
+        return ema_self_distill(run.new_student(), run.data, run.cfg, run.options())
 
 
 def teacher_schemes() -> tuple[str, ...]:

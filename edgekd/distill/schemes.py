@@ -9,9 +9,11 @@ Each scheme returns a SchemeResult: the student that continues down the chain, t
 training history of the run that produced it, and what the scheme measured on the way
 (each peer's, generation's or model's val top-1). All of them train through train.fit, so
 the schedule, per-epoch checkpoints, resume and divergence checks are the same as for
-offline distillation. `cfg` is the recipe's distill section (edgekd.distill.config.DistillConfig);
-this module does not import it, as edgekd.distill.scheme_registry (imported by that config)
-calls into this one.
+offline distillation. `data` and `run` are train.fit's (edgekd.train.plumbing); every
+scheme's training runs are named "distill". `cfg` is the recipe's distill section
+(edgekd.distill.config.DistillConfig); this module does not import it, not even for type
+checking: edgekd.distill.scheme_registry (imported by that config) calls into this one, and
+tests/test_import_cycles.py counts every import.
 
 SCHEMES (edgekd.distill.scheme_registry) names these schemes for the recipe and the stage.
 """
@@ -30,6 +32,7 @@ from edgekd.distill.losses import soft_kl
 from edgekd.train.evaluate import accuracy
 from edgekd.train.labels import labeled_cross_entropy
 from edgekd.train.loop import FitResult, fit
+from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 
 
 @dataclass
@@ -78,29 +81,28 @@ def mutual_step(cohort: Cohort, cfg):
     return step
 
 
-def mutual_learning(peers: list[nn.Module], *, train_x, train_y, val_x, val_y, cfg, seed: int = 0,
-                    progress: bool = True, checkpoint=None, resume: bool = False, log=None) -> SchemeResult:
+def mutual_learning(peers: list[nn.Module], data: TrainData, cfg,
+                    run: RunOptions = DEFAULT_RUN) -> SchemeResult:
     """Train the peers together (no teacher); the best peer by val top-1 is the student."""
     cohort = Cohort(peers)
-    result = fit(cohort, mutual_step(cohort, cfg), train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
-                 cfg=cfg, seed=seed, desc="distill", progress=progress, checkpoint=checkpoint, resume=resume, log=log)
-    peer_top1 = [round(accuracy(peer, val_x, val_y), 3) for peer in cohort.peers]
+    result = fit(cohort, mutual_step(cohort, cfg), data, cfg, run.with_(desc="distill"))
+    peer_top1 = [round(accuracy(peer, data.val), 3) for peer in cohort.peers]
     best = max(range(len(peer_top1)), key=lambda k: peer_top1[k])  # first of equals: deterministic
     details = {"scheme": "online", "peers_val_top1": peer_top1, "best_peer": best,
                "cohort_val_top1": round(result.best_val_top1, 3)}
     return SchemeResult(student=cohort.peers[best], fit=result, details=details)
 
 
-def born_again(student: nn.Module, teacher, *, make_student, train_x, train_y, val_x, val_y,
-               cfg, seed: int = 0, progress: bool = True, checkpoint_dir=None,
-               resume: bool = False, log=None, teacher_cache: dict | None = None) -> SchemeResult:
+def born_again(student: nn.Module, teacher, data: TrainData, cfg, run: RunOptions = DEFAULT_RUN, *,
+               make_student, checkpoint_dir=None, teacher_cache: dict | None = None) -> SchemeResult:
     """Generation 1 is `student` distilled from `teacher` (a module, or a list for
     multi-teacher KD, with cfg.terms), or trained on labels alone when teacher is None;
     generation k+1 is `make_student(k + 1)`, a freshly initialized copy, distilled from
     generation k with Hinton KD only (cfg.terms name the teacher's layers, which a student
     generation does not have). The best generation by val top-1 is returned (the first of
     equals). `teacher_cache`: passed to distill() for generation 1 (the teacher's cached
-    outputs, shared with other runs of the same teacher and train_x).
+    outputs, shared with other runs of the same teacher and train images). Generation k trains
+    with seed run.seed + k - 1; run.checkpoint is not read.
 
     `checkpoint_dir`: each generation keeps its own per-epoch checkpoint there
     (distill.gen<k>.ckpt) until the stage is done, so a resumed run restores finished
@@ -110,6 +112,7 @@ def born_again(student: nn.Module, teacher, *, make_student, train_x, train_y, v
     from edgekd.train.loop import cross_entropy_step
 
     generations, models, fits = [], [], []
+    log = run.log
     current = student
     for k in range(1, cfg.generations + 1):
         if k > 1:
@@ -118,16 +121,13 @@ def born_again(student: nn.Module, teacher, *, make_student, train_x, train_y, v
         source = teacher if k == 1 else models[-1]
         if log is not None:
             log(f"[distill] born-again generation {k} of {cfg.generations}")
+        generation = run.with_(seed=run.seed + k - 1, desc="distill", checkpoint=ckpt)
         if source is None:
-            fit_result = fit(current, cross_entropy_step(current), train_x=train_x, train_y=train_y, val_x=val_x,
-                             val_y=val_y, cfg=cfg, seed=seed + k - 1, desc="distill", progress=progress,
-                             checkpoint=ckpt, resume=resume, log=log)
+            fit_result = fit(current, cross_entropy_step(current), data, cfg, generation)
         else:
-            fit_result = distill(current, source, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
-                                 cfg=cfg if k == 1 else _response_only(cfg), seed=seed + k - 1, progress=progress,
-                                 checkpoint=ckpt, resume=resume, log=log,
+            fit_result = distill(current, source, data, cfg if k == 1 else _response_only(cfg), generation,
                                  teacher_cache=teacher_cache if k == 1 else None)
-        top1 = round(accuracy(current, val_x, val_y), 3)
+        top1 = round(accuracy(current, data.val), 3)
         generations.append({"generation": k, "val_top1": top1, "best_epoch": fit_result.best_epoch,
                             "train_seconds": round(fit_result.seconds, 3)})
         models.append(current)
@@ -157,6 +157,10 @@ def ema_decay_at(decay: float, updates: int) -> float:
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, for every parameter and floating-point
     buffer (batch-norm running statistics); integer buffers (num_batches_tracked) are copied."""
+    # Not torch.optim.swa_utils.AveragedModel + get_ema_multi_avg_fn: their decay is fixed (no
+    # warm-up, ema_decay_at), the first update copies the student, lerp differs from this sum in
+    # the last bits, and the wrapper's state_dict keys (module.*, n_averaged) would change the
+    # checkpoint format, so a run checkpointed before could not resume.
     ema_state, model_state = ema.state_dict(), model.state_dict()
     for name, value in model_state.items():
         target = ema_state[name]
@@ -208,15 +212,14 @@ def ema_step(pair: StudentWithEma, cfg):
     return step
 
 
-def ema_self_distill(student: nn.Module, *, train_x, train_y, val_x, val_y, cfg, seed: int = 0,
-                     progress: bool = True, checkpoint=None, resume: bool = False, log=None) -> SchemeResult:
+def ema_self_distill(student: nn.Module, data: TrainData, cfg,
+                     run: RunOptions = DEFAULT_RUN) -> SchemeResult:
     """Train `student` with KD from its own EMA; the better of the two on val continues
     (the student on a tie)."""
     pair = StudentWithEma(student)
-    result = fit(pair, ema_step(pair, cfg), train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg,
-                 seed=seed, desc="distill", progress=progress, checkpoint=checkpoint, resume=resume, log=log)
-    student_top1 = round(accuracy(pair.student, val_x, val_y), 3)
-    ema_top1 = round(accuracy(pair.ema, val_x, val_y), 3)
+    result = fit(pair, ema_step(pair, cfg), data, cfg, run.with_(desc="distill"))
+    student_top1 = round(accuracy(pair.student, data.val), 3)
+    ema_top1 = round(accuracy(pair.ema, data.val), 3)
     chosen = "ema" if ema_top1 > student_top1 else "student"
     details = {"scheme": "ema", "ema_decay": cfg.ema_decay, "student_val_top1": student_top1,
                "ema_val_top1": ema_top1, "continues": chosen, "ema_updates": max(0, int(pair.steps) - 1)}

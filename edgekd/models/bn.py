@@ -42,6 +42,9 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor], *,
     depth are off meanwhile, as at inference. The model's mode and the layers' momentum are
     restored; with no batch at all, the previous statistics are kept. `autocast`: a
     context factory for the forward passes (the training precision)."""
+    # Not torch.optim.swa_utils.update_bn: it resets every batch-norm layer, frozen ones too
+    # (a wrapper that keeps them in eval mode loses their pretrained statistics), runs with
+    # dropout on, takes no image cap or autocast, and an empty loader leaves the statistics reset.
     was_training = model.training
     model.train()
     layers = [m for m in batch_norm_layers(model) if m.training]

@@ -103,17 +103,6 @@ def import_factory(spec: str, search_dirs: Iterable[str | Path] = ()) -> Callabl
     return factory
 
 
-def preload_factories(arches: Iterable[str], search_dirs: Iterable[str | Path] = ()) -> None:
-    """Import the modules of the 'module:function' architectures among `arches` now, looking
-    in `search_dirs` (the recipe's folder) too: afterwards they are in sys.modules (and their
-    folder on sys.path), so every later build_model in this process finds them without
-    search_dirs. torchvision:, timm: and registered names are skipped."""
-    dirs = list(search_dirs)
-    for arch in arches:
-        if isinstance(arch, str) and ":" in arch and not arch.startswith(("torchvision:", "timm:")):
-            import_factory(arch, dirs)
-
-
 def import_module(module_name: str, spec: str, search_dirs: Iterable[str | Path] = ()):
     top = module_name.partition(".")[0]
     dirs = _unique([Path(d) for d in search_dirs] + [Path.cwd()])

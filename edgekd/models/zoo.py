@@ -22,7 +22,7 @@ own, registered from a module named in the recipe's `plugins:` (then `arch: mlp`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -31,32 +31,15 @@ from torch import nn
 from edgekd.configtools import check_builtin_arch_args, clip, shown
 from edgekd.errors import ConfigError, first_line
 from edgekd.models.adapt import adapt_to_input
+from edgekd.models.blocks import BasicBlock, init_weights
 from edgekd.models.external import import_factory, timm_model, torchvision_model
-from edgekd.registry import Registry
+from edgekd.models.registry import ARCHITECTURES
 
 
 def check_arch_arg(arch: str, name: str, value) -> None:
     """ConfigError unless a built-in architecture's argument is in its range
     (configtools.BUILTIN_ARCH_ARGS): checked before any layer of that size is allocated."""
     check_builtin_arch_args(arch, {name: value}, "arch_args")
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -79,7 +62,7 @@ class CifarResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
@@ -136,7 +119,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x):
         x = self.pool(self.features(x))
@@ -161,23 +144,11 @@ class TinyCNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x):
         x = self.pool(self.features(x))
         return self.fc(torch.flatten(x, 1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
 
 @ARCHITECTURES.register("resnet8")
@@ -248,3 +219,7 @@ def _call(factory, arch: str, **kwargs) -> nn.Module:
         args = {k: v for k, v in kwargs.items() if k not in ("in_channels", "num_classes")}
         raise ConfigError(clip(f"cannot build '{arch}' with arguments {shown(args)} (for {kwargs.get('in_channels')} "
                                f"channels, {kwargs.get('num_classes')} classes): {first_line(exc)}")) from exc
+
+
+# the edgenet family (issue 27) registers itself here, so that any run that loads the zoo can name it
+import edgekd.models.family  # noqa: E402,F401

@@ -24,6 +24,7 @@ from typing import Callable
 
 from edgekd.errors import ConfigError
 from edgekd.io.artifacts import atomic_write_text, load_checkpoint, remove_temp_files
+from edgekd.pipeline import stage_inputs
 from edgekd.pipeline.context import Context, StageResult, logger
 from edgekd.pipeline.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, STAGES
 from edgekd.pipeline.preflight import preflight
@@ -42,6 +43,7 @@ from edgekd.pipeline.runstate import (
 from edgekd.pipeline.stages import bench, data, distill, export, prune, quantize, report, teacher
 from edgekd.pipeline.store import RunStore
 from edgekd.recipe import Recipe
+from edgekd.search.stage import student_arch
 from edgekd.train import distributed
 from edgekd.train.compute import resolve as resolve_compute
 from edgekd.train.compute import use as use_compute
@@ -61,10 +63,11 @@ assert tuple(name for name, _, _ in CHAIN) == STAGES
 RANK0_ONLY = ("export", "quantize", "bench", "report")  # under torchrun, the stages that do not train
 
 
-def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
-    """What each stage is handed: data, models, and the few settings of other sections it needs."""
+def _inputs(name: str, recipe: Recipe, store: RunStore):
+    """What each stage is handed (its dataclass in stage_inputs.py): data, models, and the few
+    settings of other sections it needs."""
     if name == "data":
-        return {"splits": store.splits()}
+        return stage_inputs.DataInputs(store.splits())
     if name == "teacher":
         from edgekd.distill.config import extra_teacher_configs
 
@@ -73,32 +76,34 @@ def _inputs(name: str, recipe: Recipe, store: RunStore) -> dict:
         # (label-scarce data: edgekd.data.unlabeled); with teacher.semi_supervised from all of them,
         # and the repeated copy (54,000 images from 600) is built only when a supervised teacher reads it
         supervised = any(cfg.semi_supervised is None and cfg.onnx is None for cfg in (recipe.teacher, *extra))
-        return {"splits": store.splits(), "tensors": store.labeled_tensors(repeated=supervised),
-                "all_tensors": store.tensors(), "extra_teachers": extra}
+        return stage_inputs.TeacherInputs(store.splits(), data=store.labeled_tensors(repeated=supervised),
+                                          every=store.tensors(), extra_teachers=extra)
     if name == "distill":
         teachers = [store.teacher(), *store.extra_teachers()] if distill.learns_from_teacher(recipe.distill) else []
-        return {"splits": store.splits(), "tensors": store.tensors(), "teachers": teachers}
+        deployed = {"quant_cfg": recipe.quantize, "opset": recipe.export.opset}  # distill.arch auto exports with these
+        return stage_inputs.DistillInputs(store.splits(), data=store.tensors(), teachers=teachers, deployed=deployed)
     if name == "prune":
         if not recipe.prune.enabled:
-            return {}
-        from edgekd.runtime.session import session_settings
+            return None
+        from edgekd.prune.latency import Deployed
 
-        deployed = {"int8": recipe.quantize.enabled, "quant_cfg": recipe.quantize, "provider": recipe.bench.provider,
-                    "threads": recipe.bench.threads, "session_options": session_settings(recipe.bench)}
-        return {"splits": store.splits(), "tensors": store.tensors(), "labeled": store.labeled_tensors(),
-                "teacher": store.teacher(), "student": store.student(), "kd": recipe.distill, "deployed": deployed}
+        deployed = Deployed(int8=recipe.quantize.enabled, quant_cfg=recipe.quantize, bench=recipe.bench)
+        return stage_inputs.PruneInputs(store.splits(), data=store.tensors(), labeled=store.labeled_tensors(),
+                                        teacher=store.teacher(), student=store.student(), kd=recipe.distill,
+                                        deployed=deployed)
     if name == "export":
         models = {"teacher": (store.teacher(), recipe.teacher.arch, store.records["teacher"]),
-                  "student": (store.student(), recipe.distill.arch, store.student_record())}
-        return {"splits": store.splits(), "tensors": store.tensors(), "models": models}
+                  "student": (store.student(), student_arch(recipe.distill, store.records.get("distill"))[0],
+                              store.student_record())}
+        return stage_inputs.ExportInputs(store.splits(), data=store.tensors(), models=models)
     if name == "quantize":
         if recipe.quantize.enabled and recipe.quantize.method == "qat":
-            return {"splits": store.splits(), "tensors": store.tensors(), "teacher": store.teacher(),
-                    "student": store.student(), "kd": recipe.distill, "opset": recipe.export.opset}
-        return {"splits": store.splits()}
+            return stage_inputs.QuantizeInputs(store.splits(), data=store.tensors(), teacher=store.teacher(),
+                                               student=store.student(), kd=recipe.distill, opset=recipe.export.opset)
+        return stage_inputs.QuantizeInputs(store.splits())
     if name == "report":
-        return {"stages": {k: v for k, v in store.records.items() if k != "report"}}
-    return {}
+        return stage_inputs.ReportInputs({k: v for k, v in store.records.items() if k != "report"})
+    return stage_inputs.BenchInputs()
 
 
 def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True,
@@ -113,7 +118,7 @@ def compress(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, force
     ranks = distributed.world_size()
     if ranks > 1:
         check_distributable(recipe)
-        distributed.setup(resolve_compute(recipe.device, **dataclasses.asdict(recipe.train)).device)
+        distributed.setup(resolve_compute(recipe.device, **dataclasses.asdict(recipe.compute)).device)
         if not distributed.is_main():
             return _follow(recipe, resume)
     try:
@@ -169,7 +174,7 @@ def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool,
     state, changes = _resume_state(ctx, recipe, run_dir) if resume else ({"done": {}}, {})
     if not resume:
         check_inputs_outside(recipe, real)
-    compute = resolve_compute(recipe.device, **dataclasses.asdict(recipe.train))  # cuda w/o GPU: exit 2
+    compute = resolve_compute(recipe.device, **dataclasses.asdict(recipe.compute))  # cuda w/o GPU: exit 2
     store = RunStore(recipe, ctx, records={})
     if resume:  # the data the finished stages were made from; its file list before preflight scans the files
         check_data(state, recipe.data, store.splits, real, run_dir, log)
@@ -243,7 +248,7 @@ def _run_stages(ctx: Context, recipe: Recipe, store: RunStore, state: dict, note
     final = None
     done = state["done"]
     for name, stage, section in CHAIN:
-        if not distributed.is_main() and name in RANK0_ONLY and not (name == "quantize" and recipe.quantize.method == "qat"):
+        if not distributed.is_main() and name in RANK0_ONLY:  # qat, which would train, is refused under torchrun
             continue  # another torchrun rank: only what trains together
         if name == RANK0_ONLY[0] and distributed.world_size() > 1 and distributed.is_main():
             distributed.ranks_done(ctx.run_dir)  # the other ranks have trained: their copies go

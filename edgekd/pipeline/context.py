@@ -2,10 +2,11 @@
 
 Every stage is a module in pipeline/stages/ with one public function
 
-    run(ctx: Context, cfg: <its own recipe section>, inputs: dict) -> StageResult
+    run(ctx: Context, cfg: <its own recipe section>, inputs: <its StageInputs>) -> StageResult
 
 It reads its own config section and the inputs the chain hands it (data, models, and the
-few settings of other sections it needs, named in chain.py), writes its files into the
+few settings of other sections it needs: a dataclass per stage in stage_inputs.py, built in
+chain.py), trains through ctx.run_options(...) (edgekd.train.plumbing.RunOptions), writes its files into the
 run directory through `ctx.path(...)`, and returns plain data (`record`, kept in
 state/progress.json and the report) plus in-memory `artifacts` for later stages.
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from edgekd.train.plumbing import RunOptions
 
 logger = logging.getLogger("edgekd")
 
@@ -32,6 +36,14 @@ class Context:
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
+
+    def run_options(self, desc: str, checkpoint: Path | None = None) -> RunOptions:
+        """How a stage's training run goes: seed, progress, resume and log from the run;
+        its name (`desc`) and per-epoch checkpoint file from the stage."""
+        from edgekd.train.plumbing import RunOptions  # here: the pipeline's modules load without torch
+
+        return RunOptions(seed=self.seed, desc=desc, progress=self.progress, checkpoint=checkpoint,
+                          resume=self.resume, log=self.log)
 
 
 @dataclass

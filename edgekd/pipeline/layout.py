@@ -1,8 +1,6 @@
-"""Every file name inside a run directory, in one place."""
+"""Every file name inside a run directory, in one place: constants only."""
 
 from __future__ import annotations
-
-from edgekd.errors import ConfigError
 
 STAGES = ("data", "teacher", "distill", "prune", "export", "quantize", "bench", "report")
 
@@ -23,22 +21,6 @@ CHECKPOINTS = {"teacher": "state/teacher.ckpt", "distill": "state/distill.ckpt"}
 BASELINE_CHECKPOINT = "state/distill.baseline.ckpt"  # removed with the distill stage's (chain._checkpoint_files)
 LOCK_FILE = "state/run.lock"  # held (flock) while a run uses the directory; names the holder
 RUNS_FOLDER = "runs"  # where runs go without --out: runs/NAME, runs/NAME-2, ...
-
-
-def extra_teacher_file(i: int) -> str:
-    """Weights of distill.extra_teachers[i - 1] (multi-teacher KD)."""
-    return f"teacher.extra{i}.safetensors"
-
-
-def extra_teacher_checkpoint(i: int) -> str:
-    return f"state/teacher.extra{i}.ckpt"
-
-
-def check_run_name(name: str) -> None:
-    """A run name is one folder name under runs/: never '.', '..', a path or a control character."""
-    bad = (not isinstance(name, str) or name.strip() in ("", ".", "..") or any(sep in name for sep in ("/", "\\"))
-           or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8", "replace")) > 200)
-    if bad:
-        shown = repr(name)[:60]
-        raise ConfigError(f"run name {shown} cannot be a folder name under {RUNS_FOLDER}/ (no '.', '..', '/', "
-                          "control characters, at most 200 bytes); set --name or give --out")
+# distill.extra_teachers[i - 1] (multi-teacher KD): the name with .format(i)
+EXTRA_TEACHER_WEIGHTS = "teacher.extra{}.safetensors"
+EXTRA_TEACHER_CHECKPOINT = "state/teacher.extra{}.ckpt"

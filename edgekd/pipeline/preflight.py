@@ -3,7 +3,7 @@ can be found cheaply is found here, as one line with exit code 2, instead of aft
 expensive stages.
 
 - the recipe's numbers are finite (an inf/NaN lr or temperature never reaches training);
-- the data: every image file was decoded once when listed (edgekd.data.files: bad ones are
+- the data: every image file was decoded once when listed (edgekd.data.image_files: bad ones are
   refused or, with data.skip_bad, skipped), its train split is not constant, and its
   normalized images are finite;
 - the teacher, the student and the extra teachers build, and a batch at the data's size
@@ -43,6 +43,7 @@ def preflight(recipe: Recipe, store, done=()) -> None:
     import torch
 
     from edgekd.pipeline.stages import distill
+    from edgekd.search import stage as search_stage
 
     check_finite_numbers(recipe.to_dict())
     splits = store.splits()
@@ -52,7 +53,7 @@ def preflight(recipe: Recipe, store, done=()) -> None:
         images, labels = check_data(splits)
         teacher = None if recipe.teacher.onnx is not None else \
             check_model("teacher", recipe.teacher.arch, recipe.teacher.arch_args, spec, images)
-        student = check_model("distill", recipe.distill.arch, recipe.distill.arch_args, spec, images)
+        student = check_model("distill", *search_stage.preflight_student(recipe.distill, done), spec, images)
         if "teacher" not in done:
             check_teacher(recipe, teacher, spec, images)
             for i, extra in enumerate(_extra_teachers(recipe), start=1):
@@ -63,6 +64,7 @@ def preflight(recipe: Recipe, store, done=()) -> None:
         if "distill" not in done:
             distill.check(recipe.distill, spec=spec, teacher_arch=recipe.teacher.arch,
                           teacher_arch_args=recipe.teacher.arch_args)
+            search_stage.check(recipe.distill, spec=spec, opset=recipe.export.opset)  # distill.search.latency_table
             from edgekd.distill.offline import caches_logits  # the logit cache fits, before the teacher trains
 
             caches_logits(recipe.distill, len(splits.train_y), spec.num_classes * (1 + len(_extra_teachers(recipe))))
@@ -110,7 +112,7 @@ def check_data(splits):
     their pixel checks look at the calibration sample, random train images."""
     import torch
 
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
     x = splits.train_x if splits.train_x is not None else splits.calib_x
     y = splits.train_y if splits.train_x is not None else splits.calib_y
@@ -347,15 +349,13 @@ def check_pruning(recipe: Recipe, student, spec, images, labels):
     the pruned copy."""
     import torch
 
-    from edgekd.prune.channels import prune_channels
+    from edgekd.prune.channels import PrunePlan, prune_channels
 
     cfg = recipe.prune
     trial = copy.deepcopy(student)
     try:
-        prune_channels(trial, input_shape=input_shape_of(spec), ratio=cfg.ratio, importance=cfg.importance,
-                       global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect,
-                       steps=1 if cfg.latency_targeted else cfg.steps, loss_batch=(images, labels),
-                       target_macs=cfg.target_macs, target_params=cfg.target_params)
+        prune_channels(trial, PrunePlan.of(cfg, steps=1 if cfg.latency_targeted else cfg.steps),
+                       input_shape=input_shape_of(spec), loss_batch=(images, labels))
         with torch.no_grad():
             trial.eval()(images)
     except EdgekdError as exc:

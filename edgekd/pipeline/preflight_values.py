@@ -110,9 +110,9 @@ def check_semi_supervised(recipe: Recipe, store) -> None:
         return
     from edgekd.train.semi_supervised import check_data
 
-    every = store.tensors()  # the teacher stage's all_tensors (kept by the store for it)
+    every = store.tensors()  # the teacher stage's `every` (kept by the store for it)
     for where in semi:
-        check_data(every["train_x"], every["train_y"], where)
+        check_data(every.train_x, every.train_y, where)
 
 
 def check_quant_exclusions(recipe: Recipe, student, spec) -> None:

@@ -1,4 +1,4 @@
-"""Run results -> report.json, report.md, results.csv, pareto.png and the terminal table.
+"""Run results -> report.json, report.md, results.csv, pareto.png, curves.png and the terminal table.
 
 report.json follows schema edgekd.report/1: the `models` entries are exactly the rows of
 `edgekd bench --json` (schema edgekd.bench/1), so one parser reads both; `stages` holds
@@ -13,14 +13,23 @@ import json
 import math
 from pathlib import Path
 
-from edgekd.io.artifacts import atomic_path, atomic_write_text
+from edgekd.io.artifacts import atomic_write_text
+from edgekd.pipeline.plots import curves_plot, pareto_plot_models
+from edgekd.pipeline.report_checks import (
+    low_confidence_legend,
+    p50_cell,
+    speedup_cell,
+    student_vs_teacher_flags,
+)
 from edgekd.pipeline.report_distill import (
     gain_section,
     labels_section,
     student_alone_row,
     table_cells,
 )
-from edgekd.runtime.fmt import format_count, format_size
+from edgekd.pipeline.report_stages import stages_section
+from edgekd.runtime.bench_output import format_count, format_size
+from edgekd.search.report import SEARCH_PLOT, search_plot, search_section
 
 SCHEMA = "edgekd.report/1"
 
@@ -55,15 +64,18 @@ def build_report(*, recipe: dict, stages: dict, bench_json: dict) -> dict:
         "stages": stages,
         "models": models,
         "speedup_vs_teacher": speedups(models),
-        # warnings a reader must not miss (e.g. a degenerate model), collected from the stages
-        "flags": [f for record in stages.values() if isinstance(record, dict) for f in record.get("flags") or []],
+        # warnings a reader must not miss (e.g. a degenerate model), collected from the stages,
+        # and a student bigger or slower than its teacher
+        "flags": [f for record in stages.values() if isinstance(record, dict) for f in record.get("flags") or []]
+        + student_vs_teacher_flags(models),
         # distill.baseline: the student trained alone (PyTorch top-1; not among the benched models)
         "student_alone": student_alone_row(stages),
     }
 
 
 def summary_table(report: dict) -> str:
-    """The one table `compress` prints: each model's accuracy, size, cost and speed."""
+    """The one table `compress` prints: each model's accuracy, size, cost and speed; a '*'
+    marks a p50 (and a speed-up from it) that `edgekd bench` would mark, reasons below."""
     header = ["model", "top-1 %", "params", "MACs", "file", "p50 ms (b=1)", "speed-up"]
     rows = [header]
     for m in report["models"]:
@@ -74,18 +86,20 @@ def summary_table(report: dict) -> str:
             format_count(m["params"]),
             format_count(m["macs"]),
             format_size(m["file_bytes"]),
-            f"{m['latency_ms']['p50']:.3f}",
-            "-" if speed is None else f"{speed:.2f}x",
+            p50_cell(m),
+            speedup_cell(m, speed, report["models"]),
         ])
         if m.get("stage") == "student" and report.get("student_alone"):
             rows.append([*table_cells(report["student_alone"]), "-", "-", "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += low_confidence_legend(report["models"], label=lambda m: STAGE_LABELS.get(m.get("stage"), m["name"]))
     return "\n".join(lines)
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, figures: dict[str, Path] | None = None) -> str:
+    """report.md; `figures` ({"pareto": path, "curves": path}) are the figures written beside it."""
     machine = report.get("machine") or {}
     bench_cfg = report.get("bench_config") or {}
     lines = [
@@ -108,30 +122,31 @@ def markdown(report: dict) -> str:
         top1 = "-" if m["top1"] is None else f"{m['top1']:.2f}"
         lines.append(
             f"| {m['name']} | {top1} | {format_count(m['params'])} | "
-            f"{format_count(m['macs'])} | {format_size(m['file_bytes'])} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
-            f"{lat['p99']:.3f} | {'-' if speed is None else f'{speed:.2f}x'} | "
+            f"{format_count(m['macs'])} | {format_size(m['file_bytes'])} | {p50_cell(m)} | {lat['p90']:.3f} | "
+            f"{lat['p99']:.3f} | {speedup_cell(m, speed, report['models'])} | "
             f"{'-' if m.get('int8_ops') is None else m['int8_ops']} |"
         )
         if m.get("stage") == "student" and report.get("student_alone"):
             lines.append("| " + " | ".join(table_cells(report["student_alone"])) + " | - | - | - | - | - | - |")
+    legend = low_confidence_legend(report["models"])
+    if legend:
+        lines += ["", "\\* marks a latency, and a speed-up computed from it, that `edgekd bench` marks as low "
+                      "confidence:", "", *[f"- {line.lstrip('* ')}" for line in legend]]
     for m in report["models"]:  # edgekd bench compares the int8 model with the fp32 one
         ref = m.get("reference")
         if ref:
             lines += ["", f"{m['name']} vs {Path(ref['path']).name}: argmax agreement {ref['argmax_match']:.2f}% "
                           f"on {ref['samples']} {ref['inputs']} inputs, max abs difference of the outputs "
                           f"{ref['max_abs_diff']:.4g}."]
-    lines += ["", "## Stages", "", "| stage | seconds | details |", "|---|---:|---|"]
-    for name, stage in report["stages"].items():
-        shown_below = PRUNE_DETAILS if name == "prune" else ("baseline",) if name == "distill" else ()
-        details = ", ".join(f"{k}={_short(v)}" for k, v in stage.items()
-                            if k not in ("seconds", "epochs", "adapted", *shown_below))
-        lines.append(f"| {name} | {stage.get('seconds', 0):.1f} | {details} |")
+    lines += figures_section(figures)
+    lines += stages_section(report["stages"])
     lines += adaptation_section(report["stages"])
     lines += gain_section(report["stages"])
     lines += labels_section(report["stages"])
     lines += pruning_section(report["stages"].get("prune") or {})
     lines += scheme_section(report["stages"])
     lines += gates_section(report["stages"])
+    lines += search_section(report["stages"])
     return "\n".join(lines) + "\n"
 
 
@@ -141,9 +156,6 @@ def adaptation_section(stages: dict) -> list[str]:
     lines = [f"- {name} ({record.get('arch')}): {'; '.join(record['adapted'])}"
              for name, record in stages.items() if isinstance(record, dict) and record.get("adapted")]
     return ["", "## Models adapted to the input", "", *lines] if lines else []
-
-
-PRUNE_DETAILS = ("before", "after", "steps", "latency")  # tables of their own in report.md
 
 
 def pruning_section(prune: dict) -> list[str]:
@@ -200,77 +212,33 @@ def pareto_plot(report: dict, path: str | Path) -> Path | None:
                               xlabel="p50 latency, batch 1 (ms)")
 
 
-def pareto_plot_models(models: list[dict], path: str | Path, *, title: str = "edgekd bench",
-                       xlabel: str | None = None) -> Path | None:
-    """Accuracy vs p50 latency, one point per model entry (schema edgekd.bench/1), the
-    Pareto front joined. Entries of a batch/threads sweep are labelled "name b8 t2".
-    Returns None without matplotlib or without any entry that has a top-1."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    sweep = len({(m.get("batch_size"), m.get("threads")) for m in models}) > 1
-    points = [
-        (m["latency_ms"]["p50"], m["top1"],
-         f"{m['name']} b{m.get('batch_size')} t{m.get('threads')}" if sweep else m["name"])
-        for m in models if m.get("top1") is not None
-    ]
-    if not points:
-        return None
-    if xlabel is None:
-        batches = sorted({m.get("batch_size") for m in models})
-        xlabel = f"p50 latency, batch {batches[0]} (ms)" if len(batches) == 1 else "p50 latency per batch (ms)"
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for latency, top1, name in points:
-        ax.scatter(latency, top1, s=40)
-        ax.annotate(name, (latency, top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    front = pareto_front(points)
-    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", linewidth=1, label="Pareto front")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.margins(x=0.2, y=0.2)  # room for the labels
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
-
-
-def pareto_front(points: list[tuple]) -> list[tuple]:
-    """Points (latency, accuracy, ...) not beaten on both axes, sorted by latency."""
-    front, best = [], float("-inf")
-    for point in sorted(points, key=lambda p: (p[0], -p[1])):
-        if point[1] > best:
-            front.append(point)
-            best = point[1]
-    return front
+def figures_section(figures: dict[str, Path] | None) -> list[str]:
+    """report.md links to the figures beside it, or why there are none."""
+    if not figures:
+        return ["", "No figures: they need matplotlib (pip install matplotlib) and results with a top-1."]
+    captions = {"pareto": "Accuracy vs latency", "curves": "Training curves (val top-1 and train loss per epoch)"}
+    return ["", "## Figures", "", *[f"![{captions.get(key, key)}]({Path(path).name})\n"
+                                    for key, path in figures.items()]]
 
 
 def write_report(report: dict, run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
-    paths = {
-        "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
-        "markdown": atomic_write_text(run_dir / "report.md", markdown(report)),
-        "csv": atomic_write_text(run_dir / "results.csv", results_csv(report)),
-    }
+    figures = {}
     plot = pareto_plot(report, run_dir / "pareto.png")
     if plot is not None:
-        paths["pareto"] = plot
+        figures["pareto"] = plot
+    curves = curves_plot(report["stages"], run_dir / "curves.png", title=f"edgekd: {report['recipe']['name']}")
+    if curves is not None:
+        figures["curves"] = curves
+    paths = {
+        "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
+        "markdown": atomic_write_text(run_dir / "report.md", markdown(report, figures)),
+        "csv": atomic_write_text(run_dir / "results.csv", results_csv(report)),
+        **figures,
+    }
+    if search_plot(report["stages"], run_dir) is not None:  # distill.arch auto: its candidates
+        paths["search"] = run_dir / SEARCH_PLOT
     return paths
-
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
 
 def scheme_section(stages: dict) -> list[str]:

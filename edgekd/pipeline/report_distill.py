@@ -9,7 +9,7 @@ rows of `edgekd bench --json`).
 
 from __future__ import annotations
 
-from edgekd.runtime.fmt import format_count
+from edgekd.runtime.bench_output import format_count
 
 STUDENT_ALONE = "student-alone"
 LABEL_STAGES = (("teacher", "teacher"), ("distill", "distill"), ("prune", "prune fine-tuning"))

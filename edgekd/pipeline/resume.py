@@ -24,6 +24,7 @@ from edgekd.configtools import MAX_MESSAGE, clip
 from edgekd.errors import ConfigError, DataError
 from edgekd.io.regular import open_regular
 from edgekd.pipeline.layout import DATA_FINGERPRINT, STAGES
+from edgekd.recipe import RENAMED_SECTIONS
 
 MAX_KEYS_SHOWN = 8
 MAX_FINGERPRINT_BYTES = 2 * 1024**3  # the data fingerprint's details, unzipped (about 100 bytes per file)
@@ -65,7 +66,7 @@ def first_stage(key: str, old: dict, new: dict) -> str:
     pruning = bool((old.get("prune") or {}).get("enabled") or (new.get("prune") or {}).get("enabled"))
     if section in ("data", "seed", "plugins"):
         return "data"
-    if section in ("teacher", "deterministic", "train"):
+    if section in ("teacher", "deterministic", "compute"):
         return "teacher"
     if section == "distill":  # the teacher stage trains distill.extra_teachers when the scheme uses them
         return "teacher" if field in ("extra_teachers", "scheme") else "distill"
@@ -73,7 +74,7 @@ def first_stage(key: str, old: dict, new: dict) -> str:
         return "prune" if pruning else section
     if section in ("prune", "export"):
         return section
-    if section in ("name", "device") or key == "train.threads":  # where/how the rest computes: any time
+    if section in ("name", "device") or key == "compute.threads":  # where/how the rest computes: any time
         return "report"
     return "data"  # unknown: assume everything reads it
 
@@ -85,6 +86,8 @@ def check_changes(state: dict, recipe_dict: dict, run_dir, defaults: dict | None
     stored = state.get("recipe")
     if not isinstance(stored, dict):
         return {}
+    if not any(name in stored for name in RENAMED_SECTIONS.values()):  # a run from before a section's rename
+        stored = {RENAMED_SECTIONS.get(key, key): value for key, value in stored.items()}
     new = plain(recipe_dict)
     if fingerprint(new) == fingerprint(stored):
         return {}
@@ -134,8 +137,8 @@ def stage_notes(state: dict) -> dict:
 def data_fingerprint(splits) -> dict:
     """The fingerprint of the data stage's data (edgekd.data.fingerprint): the file list that the
     lister produced (kept in `splits.record`), and the loaded arrays' hashes."""
-    from edgekd.data.filesplits import FILES_FINGERPRINT
     from edgekd.data.fingerprint import VERSION, arrays_part
+    from edgekd.data.image_file_splits import FILES_FINGERPRINT
 
     return {"version": VERSION, "files": splits.record.get(FILES_FINGERPRINT), "arrays": arrays_part(splits)}
 
@@ -156,8 +159,8 @@ def check_data(state: dict, data_cfg, splits: Callable, run_dir: Path, shown, lo
     is compared first (stat only, before any file is scanned), then the loaded arrays
     (`splits()`, which preflight loads anyway). A difference is a DataError naming it; a run
     recorded before fingerprints existed resumes with a note."""
-    from edgekd.data.filesplits import list_files
     from edgekd.data.fingerprint import VERSION, arrays_changes, arrays_part, digest, files_changes, files_part
+    from edgekd.data.image_file_splits import list_files
 
     record = (state.get("done") or {}).get("data")
     if record is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgekd.errors import ConfigError
-from edgekd.pipeline.layout import LOCK_FILE, RECIPE_FILE, RUNS_FOLDER, check_run_name
+from edgekd.pipeline.layout import LOCK_FILE, RECIPE_FILE, RUNS_FOLDER
 
 EXPORT_FOLDER = "export"  # `edgekd export RUN` writes here by default; no stage reads it
 
@@ -348,3 +348,13 @@ def new_run_dir(name: str, out_dir: str | None, force: bool) -> Path:
         path = base.with_name(f"{name}-{n}")
     check_new_run_dir(path, force)  # runs/ itself may be a link: the real path must be new too
     return path
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder name under runs/: never '.', '..', a path or a control character."""
+    bad = (not isinstance(name, str) or name.strip() in ("", ".", "..") or any(sep in name for sep in ("/", "\\"))
+           or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8", "replace")) > 200)
+    if bad:
+        shown = repr(name)[:60]
+        raise ConfigError(f"run name {shown} cannot be a folder name under {RUNS_FOLDER}/ (no '.', '..', '/', "
+                          "control characters, at most 200 bytes); set --name or give --out")

@@ -5,13 +5,23 @@ directory otherwise, so a resumed run rebuilds only what the remaining stages ne
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekd.errors import ModelFileError
 from edgekd.pipeline.context import Context, build_arch
-from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS, STUDENT_WEIGHTS, TEACHER_WEIGHTS, extra_teacher_file
+from edgekd.pipeline.layout import (
+    EXTRA_TEACHER_WEIGHTS,
+    PRUNED_SHAPES,
+    PRUNED_WEIGHTS,
+    STUDENT_WEIGHTS,
+    TEACHER_WEIGHTS,
+)
 from edgekd.recipe import Recipe
+
+if TYPE_CHECKING:
+    from edgekd.train.plumbing import TrainData
 
 
 class RunStore:
@@ -20,7 +30,7 @@ class RunStore:
     def __init__(self, recipe: Recipe, ctx: Context, records: dict):
         self.recipe, self.ctx, self.records = recipe, ctx, records
         self._splits = None
-        self._tensors: dict = {}
+        self._tensors = None
         self._models: dict = {}
 
     def splits(self):
@@ -30,40 +40,38 @@ class RunStore:
             self._splits = load_splits(self.recipe.data, seed=self.recipe.seed)
         return self._splits
 
-    def tensors(self) -> dict:
-        """train_x / val_x: normalized float tensors (small data), or sources that decode or
-        normalize per batch when the splits are streamed (edgekd.data.stream); train_y / val_y
-        their labels. Either goes wherever the training loop takes images."""
-        if not self._tensors:
+    def tensors(self) -> TrainData:
+        """The train and val splits (edgekd.train.plumbing.TrainData): normalized float tensors
+        (small data), or sources that decode or normalize per batch when the splits are streamed
+        (edgekd.data.stream). Either goes wherever the training loop takes images."""
+        if self._tensors is None:
             import torch
 
-            from edgekd.train.loop import to_tensor
+            from edgekd.train.plumbing import TrainData
+            from edgekd.train.tensors import to_tensor
 
             s = self.splits()
             if s.stream is not None:
                 from edgekd.data.stream import sources
 
-                train, val = sources(s)
-                self._tensors = {"train_x": train, "train_y": train.labels, "val_x": val, "val_y": val.labels}
+                self._tensors = TrainData(*sources(s))
                 return self._tensors
-            self._tensors = {
-                "train_x": to_tensor(s.train_x, s.spec.mean, s.spec.std),
-                "train_y": torch.from_numpy(s.train_y.astype(np.int64)),
-                "val_x": to_tensor(s.val_x, s.spec.mean, s.spec.std),
-                "val_y": torch.from_numpy(s.val_y.astype(np.int64)),
-            }
+            self._tensors = TrainData.of(
+                to_tensor(s.train_x, s.spec.mean, s.spec.std), torch.from_numpy(s.train_y.astype(np.int64)),
+                to_tensor(s.val_x, s.spec.mean, s.spec.std), torch.from_numpy(s.val_y.astype(np.int64)),
+            )
         return self._tensors
 
-    def labeled_tensors(self, repeated: bool = False) -> dict:
+    def labeled_tensors(self, repeated: bool = False) -> TrainData:
         """tensors() with the train split cut to its labeled images (edgekd.data.unlabeled),
         repeated in turn to the train split's size with `repeated` (what the teacher learns
-        from: an epoch as long as every other stage's); the same dict when every image has its
-        label."""
+        from: an epoch as long as every other stage's); the same object when every image has
+        its label."""
         from edgekd.train.labels import labeled_part, labeled_repeated
 
         t = self.tensors()
-        train_x, train_y = (labeled_repeated if repeated else labeled_part)(t["train_x"], t["train_y"])
-        return t if train_y is t["train_y"] else {**t, "train_x": train_x, "train_y": train_y}
+        train_x, train_y = (labeled_repeated if repeated else labeled_part)(t.train_x, t.train_y)
+        return t if train_y is t.train_y else t.with_train(train_x, train_y)
 
     def update(self, artifacts: dict) -> None:
         self._models.update(artifacts)
@@ -83,17 +91,19 @@ class RunStore:
         """distill.extra_teachers (multi-teacher KD), from their weights files."""
         from edgekd.distill.config import extra_teacher_configs
 
-        return [self._load(cfg.arch, cfg.arch_args, extra_teacher_file(i))
+        return [self._load(cfg.arch, cfg.arch_args, EXTRA_TEACHER_WEIGHTS.format(i))
                 for i, cfg in enumerate(extra_teacher_configs(self.recipe.distill), start=1)]
 
     def student(self):
         """The student as the last stage left it: pruned when pruning ran, else distilled."""
         if "student" not in self._models:
-            cfg = self.recipe.distill
+            from edgekd.search.stage import student_arch  # distill.arch auto: the student the search chose
+
+            arch, arch_args = student_arch(self.recipe.distill, self.records.get("distill"))
             if self.pruned():
-                self._models["student"] = self._load(cfg.arch, cfg.arch_args, PRUNED_WEIGHTS, shapes=PRUNED_SHAPES)
+                self._models["student"] = self._load(arch, arch_args, PRUNED_WEIGHTS, shapes=PRUNED_SHAPES)
             else:
-                self._models["student"] = self._load(cfg.arch, cfg.arch_args, STUDENT_WEIGHTS)
+                self._models["student"] = self._load(arch, arch_args, STUDENT_WEIGHTS)
         return self._models["student"]
 
     def pruned(self) -> bool:

@@ -13,6 +13,8 @@ architecture to those shapes before the weights are loaded.
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -22,35 +24,54 @@ from edgekd.errors import ConfigError, first_line
 from edgekd.models.cost import count_macs, count_params
 from edgekd.models.shapes import layer_in
 from edgekd.prune.importance import default_protected, make_importance, needs_gradients
+from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 
 
-def prune_channels(
-    model: nn.Module,
-    *,
-    input_shape: tuple[int, int, int],
-    ratio: float,
-    importance: str = "l1",
-    global_pruning: bool = False,
-    round_to: int | None = 8,
-    protect: list[str] | tuple = (),
-    steps: int = 1,
-    loss_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-    after_step: Callable[[int], None] | None = None,
-    target_macs: int | None = None,
-    target_params: int | None = None,
-    stop: Callable[[int], bool] | None = None,
-) -> nn.Module:
-    """Remove `ratio` of the prunable channels from `model` (in place) in `steps` steps.
+@dataclass(frozen=True)
+class PrunePlan:
+    """What prune_channels removes, and how (the fields of the recipe's prune section that say so).
 
-    target_macs: stop at the first step whose model has at most this many MACs (then
-    `ratio` is the most that may be removed, and `steps` the resolution of the search).
-    target_params: the same with the parameter count (with both, the first step meeting both).
-    protect: module names kept whole, in addition to default_protected(model).
-    importance: a name in edgekd.prune.importance.IMPORTANCES.
+    ratio           the share of the prunable channels removed (all steps together)
+    importance      a name in edgekd.prune.importance.IMPORTANCES
+    global_pruning  rank channels across layers instead of within each layer
+    round_to        channel counts stay multiples of this (None: any count)
+    protect         module names kept whole, in addition to default_protected(model)
+    steps           the steps `ratio` is removed in
+    target_macs     stop at the first step whose model has at most this many MACs (then `ratio`
+                    is the most that may be removed, and `steps` the resolution of the search)
+    target_params   the same with the parameter count (with both, the first step meeting both)
+    """
+
+    ratio: float
+    importance: str = "l1"
+    global_pruning: bool = False
+    round_to: int | None = 8
+    protect: tuple = ()
+    steps: int = 1
+    target_macs: int | None = None
+    target_params: int | None = None
+
+    @classmethod
+    def of(cls, cfg, **changes) -> PrunePlan:
+        """From a PruneConfig (edgekd.prune.config), with `changes` on top."""
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+        fields.update(changes)
+        return cls(**{**fields, "protect": tuple(fields["protect"])})
+
+
+def prune_channels(model: nn.Module, plan: PrunePlan, *, input_shape: tuple[int, int, int],
+                   loss_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   after_step: Callable[[int], None] | None = None,
+                   stop: Callable[[int], bool] | None = None) -> nn.Module:
+    """Remove `plan.ratio` of the prunable channels from `model` (in place) in `plan.steps`
+    steps, stopping early at plan.target_macs / target_params (see PrunePlan).
+
     loss_batch: (images, labels) for an importance that reads gradients ('taylor').
     after_step(step): called after each step, for fine-tuning between steps.
     stop(step): called after after_step; True ends the pruning (latency targets use it).
     """
+    ratio, importance, protect, steps = plan.ratio, plan.importance, plan.protect, plan.steps
+    target_macs, target_params = plan.target_macs, plan.target_params
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"prune ratio must be between 0 and 1, got {ratio}")
     scorer = make_importance(importance)  # an unknown name fails here, listing the known ones
@@ -66,9 +87,9 @@ def prune_channels(
     # every step first on a copy, so that a graph torch-pruning cannot prune fails before the
     # model is touched (the caller can then go on with the unpruned model)
     trial = copy.deepcopy(model)
-    _run_pruner(trial, example, scorer, ratio, importance, global_pruning, round_to, protect, steps, loss_batch)
+    _run_pruner(trial, example, plan, scorer, loss_batch if gradients else None)
     del trial
-    pruner = _make_pruner(model, example, scorer, ratio, global_pruning, round_to, protect, steps)
+    pruner = _make_pruner(model, example, plan, scorer)
     for step in range(steps):
         _prune_step(model, pruner, loss_batch if gradients else None)
         if after_step is not None:
@@ -112,15 +133,15 @@ def _failure(exc: Exception, modules: dict, what: str) -> PruningFailed:
     return PruningFailed(f"{what}{where}: {type(exc).__name__}: {first_line(exc)}; {fix}")
 
 
-def _make_pruner(model, example, scorer, ratio, global_pruning, round_to, protect, steps):
+def _make_pruner(model, example, plan: PrunePlan, scorer):
     import torch_pruning as tp
 
     modules = dict(model.named_modules())
-    ignored = [modules[name] for name in {*default_protected(model), *protect}]
+    ignored = [modules[name] for name in {*default_protected(model), *plan.protect}]
     try:
-        return tp.pruner.MetaPruner(model, example, importance=scorer, global_pruning=global_pruning,
-                                    pruning_ratio=ratio, iterative_steps=steps, ignored_layers=ignored,
-                                    round_to=round_to)
+        return tp.pruner.MetaPruner(model, example, importance=scorer, global_pruning=plan.global_pruning,
+                                    pruning_ratio=plan.ratio, iterative_steps=plan.steps, ignored_layers=ignored,
+                                    round_to=plan.round_to)
     except Exception as exc:  # torch-pruning raises plain errors for graphs it cannot trace
         raise _failure(exc, modules, "cannot build the pruning dependency graph") from exc
 
@@ -137,12 +158,13 @@ def _prune_step(model, pruner, loss_batch) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def _run_pruner(model, example, scorer, ratio, importance, global_pruning, round_to, protect, steps, loss_batch):
+def _run_pruner(model, example, plan: PrunePlan, scorer, loss_batch):
     """All the steps on `model` (a copy), then one forward pass: a graph that torch-pruning
-    pruned inconsistently fails here, before the real model is touched."""
-    pruner = _make_pruner(model, example, scorer, ratio, global_pruning, round_to, protect, steps)
-    for _ in range(steps):
-        _prune_step(model, pruner, loss_batch if needs_gradients(importance) else None)
+    pruned inconsistently fails here, before the real model is touched. `loss_batch`: None
+    unless the importance reads gradients."""
+    pruner = _make_pruner(model, example, plan, scorer)
+    for _ in range(plan.steps):
+        _prune_step(model, pruner, loss_batch)
     try:
         with torch.no_grad():
             model.eval()(example)
@@ -150,12 +172,11 @@ def _run_pruner(model, example, scorer, ratio, importance, global_pruning, round
         raise _failure(exc, dict(model.named_modules()), "the pruned model no longer runs") from exc
 
 
-def sparsity_train(model: nn.Module, *, train_x, train_y, val_x, val_y, penalty: float, cfg, seed: int = 0,
-                   progress: bool = True):
+def sparsity_train(model: nn.Module, data: TrainData, cfg, run: RunOptions = DEFAULT_RUN, *, penalty: float):
     """Network slimming (Liu et al. 2017): train with cross-entropy plus `penalty` times the
     L1 norm of every batch-norm scale, so that the channels the model can do without end
     with scales near zero and importance 'bn_scale' removes them first. `cfg`: a
-    TrainConfig (epochs, lr, ...). Returns train.fit's FitResult."""
+    TrainConfig (epochs, lr, ...); `run` as in train.fit, named "sparsity". Returns train.fit's FitResult."""
     from edgekd.train.loop import cross_entropy_step, fit
 
     scales = [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.weight is not None]
@@ -167,8 +188,7 @@ def sparsity_train(model: nn.Module, *, train_x, train_y, val_x, val_y, penalty:
         loss, logits = base(images, labels, index)
         return loss + penalty * sum(s.abs().sum() for s in scales), logits
 
-    return fit(model, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed,
-               desc="sparsity", progress=progress)
+    return fit(model, step, data, cfg, run.with_(desc="sparsity"))
 
 
 def channel_table(model: nn.Module) -> dict[str, int]:

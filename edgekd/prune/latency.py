@@ -26,7 +26,9 @@ from torch import nn
 from edgekd.errors import ConfigError
 from edgekd.models.cost import count_macs, count_params
 from edgekd.onnx_export import ExportConfig
+from edgekd.prune.config import PruneConfig
 from edgekd.quant.config import QuantConfig
+from edgekd.runtime.config import BenchConfig
 
 
 def export_deployable(model: nn.Module, stem: str | Path, *, input_shape: tuple[int, int, int],
@@ -51,21 +53,31 @@ def export_deployable(model: nn.Module, stem: str | Path, *, input_shape: tuple[
     return fp32, deployed
 
 
-def interleaved_p50_ms(paths: list, image: np.ndarray, *, provider: str = "cpu", threads: int = 0,
-                       rounds: int = 20, runs_per_round: int = 10, warmup: int = 10,
-                       session_options: dict | None = None) -> list[float]:
-    """Median latency (ms, batch 1) of each model, measured side by side: every round runs
-    each model `runs_per_round` times in turn (the order rotates each round), so that load
-    from other processes falls on all models alike; the median is over all timed runs.
-    Timed by edgekd.runtime.measure (interleaved_medians), after a cold run and `warmup` runs.
-    session_options: more make_session keywords (bench.session_settings of a BenchConfig)."""
+def interleaved_p50_ms(paths: list, image: np.ndarray, target: BenchConfig | None = None, *, rounds: int = 20,
+                       runs_per_round: int = 10, warmup: int = 10) -> list[float]:
+    """Median latency (ms, batch 1) of each model on `target` (a BenchConfig's provider, threads
+    and session options; None: the CPU with ONNX Runtime's defaults), measured side by side:
+    every round runs each model `runs_per_round` times in turn (the order rotates each round),
+    so that load from other processes falls on all models alike; the median is over all timed
+    runs. Timed by edgekd.runtime.measure (interleaved_medians), after a cold run and `warmup` runs."""
     from edgekd.onnx_export import INPUT_NAME
     from edgekd.runtime.measure import interleaved_medians
     from edgekd.runtime.session import make_session
 
     feed = {INPUT_NAME: np.ascontiguousarray(image[None], dtype=np.float32)}
-    sessions = [(make_session(p, provider, threads, **(session_options or {})), feed) for p in paths]
+    sessions = [(make_session(p, target), feed) for p in paths]
     return interleaved_medians(sessions, rounds=rounds, round_runs=runs_per_round, warmup=warmup)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """How the pruned model will be deployed, so how each candidate is exported and timed:
+    int8 (quantized with quant_cfg; None: QuantConfig(max_drop=None)) or fp32, on `bench`'s
+    provider, threads and session options (the recipe's bench section), at batch 1."""
+
+    int8: bool = True
+    quant_cfg: QuantConfig | None = None
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 @dataclass
@@ -117,39 +129,30 @@ def prune_to_latency(
     model: nn.Module,
     *,
     input_shape: tuple[int, int, int],
-    target: LatencyTarget,
+    cfg: PruneConfig,
     calib_images: np.ndarray,
-    max_ratio: float = 0.75,
-    step_ratio: float = 0.05,
-    importance: str = "l1",
-    global_pruning: bool = False,
-    round_to: int | None = 8,
-    protect: list[str] | tuple = (),
+    deployed: Deployed | None = None,
     loss_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-    int8: bool = True,
-    quant_cfg: QuantConfig | None = None,
-    provider: str = "cpu",
-    threads: int = 0,
-    rounds: int = 20,
-    session_options: dict | None = None,
-    max_macs: int | None = None,
     finetune: Callable[[int], None] | None = None,
-    finetune_each_step: bool = True,
     log: Callable[[str], None] = lambda line: None,
 ) -> tuple[nn.Module, LatencyResult]:
-    """Prune `model` (in place) `step_ratio` of the channels at a time, at most `max_ratio`
-    in all, timing each new candidate against the unpruned model until `target` is met.
+    """Prune `model` (in place) cfg.latency_step of the channels at a time, at most cfg.ratio
+    in all (by cfg.importance, global_pruning, round_to, protect), timing each new candidate
+    as `deployed` (None: Deployed()) against the unpruned model, in cfg.latency_rounds
+    rounds, until the latency target (cfg.target_latency_ms / target_speedup) is met.
 
-    max_macs: a MACs target on top of the latency one; candidates above it are not timed.
+    cfg.target_macs: a MACs target on top of the latency one; candidates above it are not timed.
 
-    finetune(step): KD fine-tuning, after every step (finetune_each_step) or once at the
+    finetune(step): KD fine-tuning, after every step (cfg.finetune 'step') or once at the
     end. The returned model is timed once more (twice the rounds) after fine-tuning:
     that final measurement decides `met`.
     """
-    from edgekd.prune.channels import prune_channels
+    from edgekd.prune.channels import PrunePlan, prune_channels
 
-    if not 0.0 < step_ratio <= max_ratio < 1.0:
-        raise ConfigError(f"need 0 < prune.latency_step ({step_ratio}) <= prune.ratio ({max_ratio}) < 1")
+    target = LatencyTarget(latency_ms=cfg.target_latency_ms, speedup=cfg.target_speedup)
+    deployed = deployed or Deployed()
+    max_ratio, step_ratio, rounds, max_macs = cfg.ratio, cfg.latency_step, cfg.latency_rounds, cfg.target_macs
+    int8, bench = deployed.int8, deployed.bench  # PruneConfig holds 0 < latency_step <= ratio < 1
     start = time.perf_counter()
     steps = max(1, math.ceil(max_ratio / step_ratio - 1e-9))
     image = np.ascontiguousarray(calib_images[0], dtype=np.float32)
@@ -161,7 +164,7 @@ def prune_to_latency(
 
         def deploy(m: nn.Module, name: str) -> Path:
             return export_deployable(m, work / name, input_shape=input_shape, calib_images=calib_images,
-                                     int8=int8, quant_cfg=quant_cfg)[1]
+                                     int8=int8, quant_cfg=deployed.quant_cfg)[1]
 
         reference = deploy(model, "reference")
         last_macs = result.reference["macs"]
@@ -169,7 +172,7 @@ def prune_to_latency(
         def measure(step: int) -> bool:
             """Time the candidate after `step` (when its shape changed); True stops pruning."""
             nonlocal last_macs
-            if finetune is not None and finetune_each_step:
+            if finetune is not None and cfg.finetune == "step":
                 finetune(step)
             macs = count_macs(model, input_shape)
             if macs == last_macs:  # round_to kept every channel count: nothing new to time
@@ -179,8 +182,7 @@ def prune_to_latency(
                 log(f"[prune] step {step}: MACs {macs:,} > {max_macs:,}; not timed")
                 return False
             candidate = deploy(model, f"step{step}")
-            ref_ms, cand_ms = interleaved_p50_ms([reference, candidate], image, provider=provider,
-                                                 threads=threads, rounds=rounds, session_options=session_options)
+            ref_ms, cand_ms = interleaved_p50_ms([reference, candidate], image, bench, rounds=rounds)
             record = {"step": step, "removed": round(step * max_ratio / steps, 4), "macs": macs,
                       "params": count_params(model), "p50_ms": cand_ms, "reference_p50_ms": ref_ms,
                       "speedup": ref_ms / cand_ms, "met": target.met(ref_ms, cand_ms)}
@@ -189,22 +191,19 @@ def prune_to_latency(
                 f"{ref_ms:.3f} ms ({record['speedup']:.2f}x)")
             return record["met"]
 
-        (ref_ms,) = interleaved_p50_ms([reference], image, provider=provider, threads=threads, rounds=rounds,
-                                       session_options=session_options)
+        (ref_ms,) = interleaved_p50_ms([reference], image, bench, rounds=rounds)
         result.reference["p50_ms"] = ref_ms
         small_enough = max_macs is None or result.reference["macs"] <= max_macs
         if target.met(ref_ms, ref_ms) and small_enough:  # e.g. an absolute p50 the model already has
             final_ms = ref_ms
             log(f"[prune] the unpruned model already meets the latency target ({target.describe()}); nothing pruned")
         else:
-            prune_channels(model, input_shape=input_shape, ratio=max_ratio, importance=importance,
-                           global_pruning=global_pruning, round_to=round_to, protect=protect, steps=steps,
-                           loss_batch=loss_batch, after_step=None, stop=measure)
-            if finetune is not None and not finetune_each_step:
+            plan = PrunePlan.of(cfg, ratio=max_ratio, steps=steps, target_macs=None, target_params=None)
+            prune_channels(model, plan, input_shape=input_shape, loss_batch=loss_batch, after_step=None, stop=measure)
+            if finetune is not None and cfg.finetune != "step":
                 finetune(len(result.steps))
             final = deploy(model, "final")
-            ref_ms, final_ms = interleaved_p50_ms([reference, final], image, provider=provider, threads=threads,
-                                                  rounds=2 * rounds, session_options=session_options)
+            ref_ms, final_ms = interleaved_p50_ms([reference, final], image, bench, rounds=2 * rounds)
     result.final = {"macs": count_macs(model, input_shape), "params": count_params(model), "p50_ms": final_ms,
                     "reference_p50_ms": ref_ms, "speedup": ref_ms / final_ms}
     result.met = target.met(ref_ms, final_ms) and (max_macs is None or result.final["macs"] <= max_macs)

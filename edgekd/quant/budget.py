@@ -153,7 +153,7 @@ def _activations(model_path: Path, feeds: list[dict], work: Path) -> dict[str, n
 
     augmented = work / (model_path.stem + ".augmented.onnx")
     modify_model_output_intermediate_tensors(str(model_path), str(augmented))
-    # graph optimizations off (every tensor keeps its name), the run's thread count (train.threads)
+    # graph optimizations off (every tensor keeps its name), the run's thread count (compute.threads)
     options = cpu_options(graph_optimization="disable", threads=session_threads())
     return collect_activations(str(augmented), feeds, session_options=options)
 
@@ -222,23 +222,40 @@ def node_sensitivity(prepared_fp32: str | Path, int8_path: str | Path, images: n
     return ranked
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Where a budget search starts: val top-1 of the fp32 model and of its all-int8
+    quantization, on val_size images (None: the budget as given, see allowed_drop)."""
+
+    fp32_top1: float
+    int8_top1: float
+    val_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PtqInputs:
+    """What ptq() quantizes the fp32 model with besides the paths and the QuantConfig: the
+    calibration images, the metadata to write and the machine (detect_machine) it targets."""
+
+    calib_images: np.ndarray
+    metadata: dict | None = None
+    machine: dict | None = None
+
+
 def search(
     fp32_path: str | Path,
     int8_path: str | Path,
     *,
-    calib_images: np.ndarray,
     cfg: QuantConfig,
+    measured: Measured,
     evaluate: Callable[[Path], float],
-    fp32_top1: float,
-    int8_top1: float,
-    metadata: dict | None = None,
-    machine: dict | None = None,
+    ptq_inputs: PtqInputs,
     log: Callable[[str], None] = logging.getLogger("edgekd").info,
-    val_size: int | None = None,
 ) -> BudgetResult:
     """Keep the most sensitive nodes of `int8_path` (already quantized from `fp32_path` with
-    `cfg`) in float until fp32_top1 - evaluate(int8_path) fits the budget: cfg.max_drop, or
-    with `val_size` (the val split's image count) allowed_drop(cfg.max_drop, val_size).
+    `cfg` and `ptq_inputs`) in float until measured.fp32_top1 - evaluate(int8_path) fits the
+    budget: cfg.max_drop, or with measured.val_size (the val split's image count)
+    allowed_drop(cfg.max_drop, val_size).
 
     `int8_path` ends as the last model tried. The element-wise ops may be kept float as a
     group (`excluded_op_types`), then at most half of the Conv/Gemm/MatMul nodes (at least
@@ -246,6 +263,8 @@ def search(
     one line per step (the `edgekd` logger unless given)."""
     from edgekd.quant.ptq import prepare, ptq
 
+    fp32_top1, int8_top1, val_size = measured.fp32_top1, measured.int8_top1, measured.val_size
+    calib_images, metadata, machine = ptq_inputs.calib_images, ptq_inputs.metadata, ptq_inputs.machine
     start = time.perf_counter()
     result = BudgetResult(max_drop=cfg.max_drop, fp32_top1=fp32_top1, int8_top1=int8_top1, final_top1=int8_top1,
                           met=not exceeds_budget(fp32_top1, int8_top1, cfg.max_drop, val_size),

@@ -167,7 +167,7 @@ class ActivationBatches:
         from edgekd.runtime.session import cpu_session
         from edgekd.train.compute import session_threads
 
-        # the run's thread count (train.threads); 0: ORT's default
+        # the run's thread count (compute.threads); 0: ORT's default
         return cpu_session(self.model.SerializeToString(), graph_optimization="disable", threads=session_threads())
 
     def __iter__(self) -> Iterator[dict]:

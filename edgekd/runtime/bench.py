@@ -20,6 +20,7 @@ run, times it sequentially or interleaved, and builds the JSON report (to_json).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import (
@@ -32,7 +33,7 @@ from edgekd.errors import (
 )
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime.config import BenchConfig
-from edgekd.runtime.imagefolder import load_eval_data
+from edgekd.runtime.eval_folder import load_eval_data
 from edgekd.runtime.machine import edgekd_version, machine_info
 from edgekd.runtime.measure import (
     MAX_THREADS,
@@ -45,6 +46,7 @@ from edgekd.runtime.providers import resolve_provider
 from edgekd.runtime.result import (
     BenchRow,
     FailedRow,
+    Timed,
     failed_row,
     finish_row,
     open_model,
@@ -77,16 +79,16 @@ def _bench_one(path: Path, cfg: BenchConfig, eval_x, eval_y, cache: dict | None 
     and threads counts op types and runs a reference once. reference: a model to compare
     the outputs with."""
     opened = open_model(path, cfg, eval_x, eval_y)
-    with provider_run(path, cfg):  # the timed runs, and the accuracy and profiled runs of finish_row
+    with ProviderRun(path, cfg):  # the timed runs, and the accuracy and profiled runs of finish_row
         timings, first_run_ms, warmup_runs = measure_latency(
             opened.session, opened.feed, warmup=cfg.warmup, runs=cfg.runs, min_seconds=cfg.min_seconds,
             warmup_seconds=cfg.warmup_seconds,
         )
         memory = opened.memory.finish()  # before accuracy: it holds the whole eval set
-        return finish_row(opened, timings, first_run_ms, warmup_runs, memory, eval_x, eval_y, cache, reference)
+        return finish_row(opened, Timed(timings, first_run_ms, warmup_runs, memory), eval_x, eval_y, cache, reference)
 
 
-class provider_run:
+class ProviderRun:
     """Around session.run: an error of ONNX Runtime's (its own exception types, or a
     RuntimeError) becomes ProviderFailed (a failed result when several are compared) with
     the provider's message. Anything else is not the provider's and goes through."""
@@ -120,24 +122,36 @@ def _progress(items: list, enabled: bool):
     return tqdm(items, desc="bench", unit="result")
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What bench() runs every model with beyond one BenchConfig: each of these batch sizes,
+    thread counts and providers (None: the BenchConfig's own one)."""
+
+    batch_sizes: list | None = None
+    threads: list | None = None
+    providers: list | None = None
+
+
 def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progress: bool = True,
-          batch_sizes: list | None = None, threads: list | None = None, reference=None,
-          references: dict | None = None, providers: list | None = None, keep_failures: bool = False) -> list:
+          sweep: Sweep | None = None, reference=None, references: dict | None = None,
+          keep_failures: bool = False) -> list:
     """Benchmark each model; with eval_set (an .npz, a dataset or an image folder) also top-1, else
     latency only, on the eval images or synthetic input.
 
-    batch_sizes, threads: sweep these instead of cfg.batch_size / cfg.threads; one row
+    sweep: batch sizes and threads instead of cfg.batch_size / cfg.threads; one row
     per (model, batch size, threads), in that order. A model with a fixed batch dim
     gets one row per thread count.
     reference: a model whose outputs every model is compared with (argmax match, max
     abs difference; on the eval images, else synthetic input); references: the same per
     model path (reference wins).
-    providers: bench each model on each of these (default: cfg.provider); rows per model, then
-    provider. keep_failures: a model that ONNX Runtime cannot load or run on a provider
+    sweep.providers: bench each model on each of these (default: cfg.provider); rows per model,
+    then provider. keep_failures: a model that ONNX Runtime cannot load or run on a provider
     (PROVIDER_FAILURES) is a FailedRow and the others still run; when every result fails the
     first error is raised. Without it, the first failure is raised."""
     cfg = cfg or BenchConfig()
-    providers = list(providers or [cfg.provider])
+    sweep = sweep or Sweep()
+    batch_sizes, threads = sweep.batch_sizes, sweep.threads
+    providers = list(sweep.providers or [cfg.provider])
     for provider in providers:  # a typo or a missing provider fails before any model is loaded
         resolve_provider(provider)
         check_provider_available(provider, cfg.provider_options)
@@ -157,7 +171,8 @@ def bench(paths: list, *, eval_set=None, cfg: BenchConfig | None = None, progres
     for path in [*paths, *sorted(set(refs.values()))]:  # every file, before any session: fail at once
         check_onnx_file(path)
     # an .npz, a dataset's name, or an image folder decoded for the models' stated or own preprocessing
-    eval_x, eval_y = load_eval_data(eval_set, paths, cfg.preprocess, fit=cfg.fit_data)  # eval_y: a datamatch.EvalSet
+    eval_x, eval_y = load_eval_data(eval_set, paths, cfg.preprocess, fit=cfg.fit_data,  # eval_y: a datamatch.EvalSet
+                                    skip_bad=cfg.skip_bad)
     cache = {"eval_x": eval_x}  # op counts, provider nodes and reference outputs, see result.finish_row
     items = [(p, c) for p in paths for c in configs]
     if interleaves(cfg, paths, providers):
@@ -204,7 +219,7 @@ def _bench_interleaved(items: list, eval_x, eval_y, cache: dict, refs: dict, pro
             if (path, model.batch, run_cfg.threads, run_cfg.provider) in seen:
                 continue  # a fixed batch dim: another batch size would repeat a result
             seen.add((path, model.batch, run_cfg.threads, run_cfg.provider))
-            with provider_run(path, run_cfg):
+            with ProviderRun(path, run_cfg):
                 first_run_ms, warmup_runs = warm_up(model.session, model.feed, warmup=run_cfg.warmup,
                                                     warmup_seconds=run_cfg.warmup_seconds)
         except PROVIDER_FAILURES as exc:
@@ -222,8 +237,8 @@ def _bench_interleaved(items: list, eval_x, eval_y, cache: dict, refs: dict, pro
     rows = []
     for (model, first_run_ms, warmup_runs, memory), times in zip(opened, timings):
         try:
-            with provider_run(model.path, model.cfg):  # accuracy and the profiled run
-                row = finish_row(model, times, first_run_ms, warmup_runs, memory, eval_x, eval_y, cache,
+            with ProviderRun(model.path, model.cfg):  # accuracy and the profiled run
+                row = finish_row(model, Timed(times, first_run_ms, warmup_runs, memory), eval_x, eval_y, cache,
                                  refs.get(model.path))
         except PROVIDER_FAILURES as exc:
             if not keep_failures:
@@ -248,7 +263,7 @@ def run_dir_references(paths: list) -> dict:
 
 
 def bench_run_dir(run_dir, cfg: BenchConfig | None = None, progress: bool = True, *, eval_set=None,
-                  reference=None, **sweep) -> list:
+                  reference=None, sweep: Sweep | None = None, keep_failures: bool = False) -> list:
     """Benchmark every *.onnx in a run directory (teacher first), with eval_set or else
     run_dir/eval.npz for accuracy when it exists; the int8 model is compared with the
     fp32 one (run_dir_references) unless `reference` is given for all."""
@@ -259,7 +274,7 @@ def bench_run_dir(run_dir, cfg: BenchConfig | None = None, progress: bool = True
     if eval_set is None and (run_dir / "eval.npz").is_file():
         eval_set = run_dir / "eval.npz"
     return bench(paths, eval_set=eval_set, cfg=cfg, progress=progress, reference=reference,
-                 references=run_dir_references(paths), **sweep)
+                 references=run_dir_references(paths), sweep=sweep, keep_failures=keep_failures)
 
 
 def to_json(rows: list, extra: dict | None = None, *, cfg: BenchConfig | None = None) -> dict:

@@ -53,6 +53,8 @@ class BenchConfig:
     # eval arrays (.npz, a dataset) at another size or channel count than the model's input:
     # converted and resized per its preprocessing (noted in the row) instead of refused
     fit_data: bool = False
+    # an image folder's files that cannot be decoded are skipped (logged, first ones named), not refused
+    skip_bad: bool = False
 
     def __post_init__(self):
         check_name(self.provider, "bench.provider")
@@ -77,6 +79,7 @@ class BenchConfig:
         check_flag(self.intra_spinning, "bench.intra_spinning", optional=True)
         check_flag(self.inter_spinning, "bench.inter_spinning", optional=True)
         check_flag(self.fit_data, "bench.fit_data")
+        check_flag(self.skip_bad, "bench.skip_bad")
         require(self.interleave is None or isinstance(self.interleave, bool),
                 "bench.interleave must be true or false (or unset: whenever several results are compared)")
         check_option_map(self.provider_options, "bench.provider_options", provider_prefix=True)

@@ -13,6 +13,8 @@ import numpy as np
 
 from edgekd.errors import DataError, ModelFileError, first_line
 from edgekd.io import onnxfile
+from edgekd.io.membudget import size_text
+from edgekd.runtime.feedlimit import check_feed_size
 
 # ONNX tensor types this module can feed.
 INPUT_TYPES = {
@@ -33,39 +35,6 @@ SYNTHETIC_ID_LIMIT = 2
 
 
 SYNTHETIC_AGREEMENT_SAMPLES = 64  # reference agreement without an eval set
-
-
-# The largest input edgekd builds for one run (a feed, a padded batch, synthetic rows): this
-# many bytes, or half of the memory available now if that is less (feed_bytes_limit).
-MAX_FEED_BYTES = 2 * 1024**3
-
-
-def feed_bytes_limit() -> int:
-    """MAX_FEED_BYTES, or half of the memory available now if that is less."""
-    from edgekd.runtime.machine import available_memory_bytes
-
-    available = available_memory_bytes()
-    return MAX_FEED_BYTES if available is None else max(1, min(MAX_FEED_BYTES, available // 2))
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.3g} {unit}"
-    return f"{nbytes} bytes"
-
-
-def check_feed_size(shape, dtype, what: str, hint: str, error=ModelFileError) -> None:
-    """Raise `error` (a BadInput: exit 2) before anything of `shape` and `dtype` is allocated
-    when it would exceed feed_bytes_limit(); `what` names it, `hint` says what to change."""
-    count = 1
-    for d in shape:
-        count *= max(int(d), 0)
-    nbytes, limit = count * np.dtype(dtype).itemsize, feed_bytes_limit()
-    if nbytes > limit:
-        dims = " x ".join(str(int(d)) for d in shape)
-        raise error(f"{what} would be {dims} {np.dtype(dtype).name} = {_size(nbytes)}, more than the limit of "
-                    f"{_size(limit)} (the smaller of 2 GiB and half of the available memory); {hint}")
 
 
 def check_labels(y: np.ndarray | None, num_outputs: int, path) -> None:
@@ -106,8 +75,8 @@ def _check_declared_sizes(path, declared: dict) -> None:
                             "save raw pixels 0-255")
         need, available = 5 * int(np.prod(shape, dtype=object)), available_memory_bytes()
         if available is not None and need > available:
-            raise DataError(f"eval set '{path}': x is {list(shape)}, {_size(need)} with its float32 copy, more than "
-                            f"the {_size(available)} of memory available; use a smaller eval set")
+            raise DataError(f"eval set '{path}': x is {list(shape)}, {size_text(need)} with its float32 copy, more than "
+                            f"the {size_text(available)} of memory available; use a smaller eval set")
         if "y" in declared and (declared["y"][0] != shape[:1] or declared["y"][1].kind not in "iu"):
             y_shape, y_dtype = declared["y"]
             raise DataError(f"eval set '{path}': y must be {shape[0]} integer labels, got {y_dtype} {list(y_shape)}; "
@@ -116,7 +85,7 @@ def _check_declared_sizes(path, declared: dict) -> None:
         shape, dtype = declared["class_names"]
         if int(np.prod(shape, dtype=object)) * dtype.itemsize > MAX_CLASS_NAMES_BYTES:
             raise DataError(f"eval set '{path}': class_names is {list(shape)} {dtype}, more than "
-                            f"{_size(MAX_CLASS_NAMES_BYTES)}; save one short name per class")
+                            f"{size_text(MAX_CLASS_NAMES_BYTES)}; save one short name per class")
 
 
 def load_eval_set(path):
@@ -172,9 +141,6 @@ def load_eval_set(path):
                             "labels are class indices 0, 1, ...")
     names = arrays.get("class_names")
     return x, y, (None if names is None else [str(n) for n in names])
-
-
-MAX_PREPROCESS_SIDE = 16384  # pixels: edgekd.preprocess sizes beyond this are not a model's input
 
 
 def fit_to_model(x_uint8: np.ndarray, meta: dict) -> np.ndarray:

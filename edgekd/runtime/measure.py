@@ -217,9 +217,14 @@ def low_confidence(timings_ms, stats: dict | None = None) -> list[str]:
     cv = float(t.std()) / mean if mean > 0 else 0.0
     if cv > MAX_CV:
         reasons.append(f"noisy: coefficient of variation {cv:.2f} > {MAX_CV}")
+    return reasons + tail_reasons(stats)
+
+
+def tail_reasons(stats: dict) -> list[str]:
+    """The long-tail part of low_confidence, from the percentiles alone (a report without timings)."""
     if stats["p50"] > 0 and stats["p99"] > MAX_TAIL * stats["p50"]:
-        reasons.append(f"long tail: p99 is {stats['p99'] / stats['p50']:.1f}x p50 (> {MAX_TAIL:g}x)")
-    return reasons
+        return [f"long tail: p99 is {stats['p99'] / stats['p50']:.1f}x p50 (> {MAX_TAIL:g}x)"]
+    return []
 
 
 def _proc_status_kb(key: str) -> int | None:

@@ -25,10 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd.errors import ConfigError, DataError, ModelFileError
-from edgekd.runtime.inputs import (
-    MAX_PREPROCESS_SIDE,
-    check_feed_size,
-)
+from edgekd.runtime.feedlimit import check_feed_size
 from edgekd.runtime.metadata import (
     INPUT_LAYOUT,
     MEAN,
@@ -40,6 +37,7 @@ from edgekd.runtime.metadata import (
 )
 
 DEFAULT_SCALE = 1 / 255
+MAX_PREPROCESS_SIDE = 16384  # pixels: edgekd.preprocess sizes beyond this are not a model's input
 MAX_SCALE = 1e6
 LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("rgb", "bgr")

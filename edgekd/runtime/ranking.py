@@ -4,7 +4,7 @@ fastest provider by p50, and the fastest whose top-1 stays within a tolerance of
 reference provider's (the CPU provider when it was benched, else the first one listed).
 
 Works on the JSON report's entries (BenchRow.to_dict(), FailedRow.to_dict()) and imports
-only the standard library, like edgekd.runtime.fmt.
+only the standard library, like edgekd.runtime.bench_output.
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ from edgekd.runtime.session import (
     optimized_op_counts,
     provider_route,
     providers_per_node,
-    session_settings,
 )
 
 
@@ -207,7 +206,7 @@ def _compare_with_reference(outputs, x, source: str, reference: Path, cfg: Bench
     outputs_cache = cache.setdefault("outputs", {})
     key = _outputs_key(reference, source, x, cfg)
     if key not in outputs_cache:
-        session = make_session(reference, cfg.provider, cfg.threads, check=False, **session_settings(cfg))
+        session = make_session(reference, cfg, check=False)
         ref_inp, ref_dtype = _model_input(session, reference)
         spec = resolve(cfg.preprocess, session.get_modelmeta().custom_metadata_map)
         if source == "eval" and spec is not None:  # else the reference runs on the model's own inputs
@@ -232,7 +231,7 @@ def _compare_with_reference(outputs, x, source: str, reference: Path, cfg: Bench
 
 
 @dataclass
-class Opened:
+class OpenedModel:
     """A model's session with its input, ready to time (see open_model)."""
 
     path: Path
@@ -262,7 +261,7 @@ def _images_shape(x, eval_x, inp):
     return eval_x.shape if eval_x is not None and dynamic else None
 
 
-def open_model(path: Path, cfg: BenchConfig, eval_x, eval_data: EvalSet | None = None) -> Opened:
+def open_model(path: Path, cfg: BenchConfig, eval_x, eval_data: EvalSet | None = None) -> OpenedModel:
     """Check the file again (a long benchmark of several models leaves time for a file to
     change after bench()'s check; out of session_ms), open its session and build its input.
     eval_data: the eval set's labels and class names (datamatch), mapped to the model's."""
@@ -270,7 +269,7 @@ def open_model(path: Path, cfg: BenchConfig, eval_x, eval_data: EvalSet | None =
     memory = MemoryProbe()
     memory.start()
     start = time.perf_counter()
-    session = make_session(path, cfg.provider, cfg.threads, check=False, **session_settings(cfg))
+    session = make_session(path, cfg, check=False)
     session_ms = (time.perf_counter() - start) * 1000.0
     memory.sample()
     meta = session.get_modelmeta().custom_metadata_map
@@ -293,16 +292,26 @@ def open_model(path: Path, cfg: BenchConfig, eval_x, eval_data: EvalSet | None =
     if images and y is not None and count is not None:  # with or without preprocessing: a wrong
         check_labels(y, count, path)  # eval set is an error; before timing, finish_row checks again
     feed_x = _synthetic_input(path, inp, dtype, shape) if x is None else np.resize(x[:batch], shape)
-    return Opened(path, cfg, session, session_ms, memory, meta, inp, dtype, batch, shape, images, x,
+    return OpenedModel(path, cfg, session, session_ms, memory, meta, inp, dtype, batch, shape, images, x,
                   {inp.name: feed_x}, spec, y, notes)
 
 
-def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: int, memory: tuple,
-               eval_x, eval_data, cache: dict | None, reference: Path | None) -> BenchRow:
+@dataclass(frozen=True)
+class Timed:
+    """What timing an opened model measured: the timed runs (seconds each), the cold run (ms),
+    the warm-up runs made, and MemoryProbe.finish()'s (before, peak, delta)."""
+
+    timings: list
+    first_run_ms: float
+    warmup_runs: int
+    memory: tuple
+
+
+def finish_row(opened: OpenedModel, timed: Timed, eval_x, eval_data, cache: dict | None, reference: Path | None) -> BenchRow:
     """The row of a timed model: latency statistics, accuracy, reference agreement, op and
-    provider-node counts. memory: MemoryProbe.finish()'s (before, peak, delta). eval_data: as
-    for open_model, whose labels (opened.y) are the model's."""
+    provider-node counts. eval_data: as for open_model, whose labels (opened.y) are the model's."""
     cache = {} if cache is None else cache
+    timings, first_run_ms, warmup_runs, memory = timed.timings, timed.first_run_ms, timed.warmup_runs, timed.memory
     eval_y = opened.y
     path, cfg, session, meta, inp = opened.path, opened.cfg, opened.session, opened.meta, opened.inp
     batch, shape, x, feed = opened.batch, opened.shape, opened.x, opened.feed
@@ -330,7 +339,7 @@ def finish_row(opened: Opened, timings: list, first_run_ms: float, warmup_runs: 
     ops, nodes = cache.setdefault("ops", {}), cache.setdefault("nodes", {})
     ops_key = (path, cfg.provider)  # what ORT runs depends on the provider (and the sweep's settings do not)
     if ops_key not in ops:
-        ops[ops_key] = optimized_op_counts(path, cfg.provider, cfg.threads, check=False, **session_settings(cfg))
+        ops[ops_key] = optimized_op_counts(path, cfg, check=False)
     node_key = (path, batch, cfg.threads, cfg.provider)
     if node_key not in nodes:
         nodes[node_key] = providers_per_node(path, cfg, feed, check=False)

@@ -55,13 +55,15 @@ INT8_OPS = frozenset(
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_path=None, check: bool = True,
-                 inter_threads: int = 0, intra_spinning: bool | None = None, inter_spinning: bool | None = None,
-                 profile_prefix=None, provider_options: dict | None = None, session_config: dict | None = None,
-                 graph_optimization: str = "all"):
-    """An InferenceSession on `provider` (a registered short name, whose provider options it
-    passes, an ONNX Runtime provider name, or an installed plugin's id), which must really
-    be the one used.
+DEFAULT_TARGET = BenchConfig()  # the CPU provider with ONNX Runtime's default threads and options
+
+
+def make_session(path, target: BenchConfig | None = None, *, check: bool = True, optimized_path=None,
+                 profile_prefix=None):
+    """An InferenceSession deployed as `target` says: its provider, threads and session
+    options (a BenchConfig's; None: the CPU provider with ONNX Runtime's defaults). The
+    provider (a registered short name, whose provider options it passes, an ONNX Runtime
+    provider name, or an installed plugin's id) must really be the one used.
 
     Every session edgekd creates on a model file comes from here, and the file passes
     check_onnx_file first (external data inside the model's folder, onnx.checker).
@@ -69,13 +71,15 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
     plugin package that brings it is registered and its device picked (edgekd.runtime.plugins).
     optimized_path: where ORT writes the optimised graph (used for the int8 op counts).
     check: False only right after check_onnx_file(path) has passed, to skip repeating it.
-    inter_threads > 0 switches to the parallel execution mode (ORT uses inter-op threads
-    only there); intra_spinning / inter_spinning set the session.*.allow_spinning
-    options (None: ORT's default). profile_prefix: enable ORT's profiler, writing there.
-    provider_options: bench.provider_options (plain and 'PROVIDER:KEY' entries, see
-    session_options.options_for), over the registered ones; session_config: config entries;
-    graph_optimization: a key of session_options.GRAPH_OPTIMIZATION.
+    profile_prefix: enable ORT's profiler, writing there. Of the target: inter_threads > 0
+    switches to the parallel execution mode (ORT uses inter-op threads only there);
+    intra_spinning / inter_spinning set the session.*.allow_spinning options (None: ORT's
+    default); provider_options (plain and 'PROVIDER:KEY' entries, see
+    session_options.options_for) go over the registered ones; session_config: config
+    entries; graph_optimization: a key of session_options.GRAPH_OPTIMIZATION.
     """
+    target = target or DEFAULT_TARGET
+    provider, threads, provider_options = target.provider, target.threads, target.provider_options
     ep = resolve_provider(provider)
     plugin = None if ep in ort.get_available_providers() else plugin_for_ep(ep)
     if plugin is None:
@@ -83,16 +87,17 @@ def make_session(path, provider: str = "cpu", threads: int = 0, *, optimized_pat
     if check:
         check_onnx_file(path)
     options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization])
+    level = GRAPH_OPTIMIZATION[target.graph_optimization]
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if threads > 0:
         options.intra_op_num_threads = threads
-    if inter_threads > 0:
+    if target.inter_threads > 0:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        options.inter_op_num_threads = inter_threads
-    for key, value in (session_config or {}).items():
+        options.inter_op_num_threads = target.inter_threads
+    for key, value in (target.session_config or {}).items():
         options.add_session_config_entry(key, value)
-    for key, value in (("session.intra_op.allow_spinning", intra_spinning),
-                       ("session.inter_op.allow_spinning", inter_spinning)):
+    for key, value in (("session.intra_op.allow_spinning", target.intra_spinning),
+                       ("session.inter_op.allow_spinning", target.inter_spinning)):
         if value is not None:
             options.add_session_config_entry(key, "1" if value else "0")
     if profile_prefix is not None:
@@ -183,19 +188,10 @@ def provider_route(provider: str, provider_options: dict | None = None) -> dict:
     return {"kind": "plugin", "package": plugin.package.label, "device": describe_device(device)}
 
 
-def session_settings(cfg: BenchConfig) -> dict:
-    """make_session's keyword arguments for a BenchConfig's thread, spinning, provider and
-    session options."""
-    return {"inter_threads": cfg.inter_threads, "intra_spinning": cfg.intra_spinning,
-            "inter_spinning": cfg.inter_spinning, "provider_options": cfg.provider_options,
-            "session_config": cfg.session_config, "graph_optimization": cfg.graph_optimization}
-
-
-def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check: bool = True,
-                        **settings) -> dict | None:
-    """op_type -> count in the graph ORT actually runs; None without onnx or when the
-    provider compiles nodes that ORT cannot save (TensorRT, OpenVINO, ...).
-    check: as for make_session; settings: make_session's other options (session_settings)."""
+def optimized_op_counts(path, target: BenchConfig | None = None, *, check: bool = True) -> dict | None:
+    """op_type -> count in the graph ORT actually runs on `target` (as for make_session);
+    None without onnx or when the provider compiles nodes that ORT cannot save (TensorRT,
+    OpenVINO, ...). check: as for make_session."""
     onnx = onnxfile._onnx()
     if onnx is None:
         return None
@@ -204,7 +200,7 @@ def optimized_op_counts(path, provider: str = "cpu", threads: int = 0, *, check:
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         try:
-            make_session(path, provider, threads, optimized_path=optimized, check=False, **settings)
+            make_session(path, target, optimized_path=optimized, check=False)
         except (ModelFileError, ProviderUnavailable):
             return None
         if not optimized.is_file():  # a compiling provider (a plugin) may write nothing
@@ -219,8 +215,7 @@ def providers_per_node(path, cfg: BenchConfig, feed: dict, *, check: bool = True
     if check:
         check_onnx_file(path)
     with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as tmp:
-        session = make_session(path, cfg.provider, cfg.threads, check=False, profile_prefix=Path(tmp) / "profile",
-                               **session_settings(cfg))
+        session = make_session(path, cfg, check=False, profile_prefix=Path(tmp) / "profile")
         session.run(None, feed)
         return provider_node_counts(session.end_profiling())
 
@@ -237,7 +232,7 @@ def count_params(path) -> int | None:
 def check_session_options(cfg, where: str = "bench") -> None:
     """Whether ONNX Runtime accepts a BenchConfig's session config, provider options, graph
     optimization and threads: a session is created, with the function and the arguments the
-    bench stage uses (make_session, session_settings), on a one-node model. A value ONNX
+    bench stage uses (make_session), on a one-node model. A value ONNX
     Runtime refuses is a ConfigError with its message, before any model is trained; an
     unavailable provider is ProviderUnavailable (exit 2) as in bench."""
     import contextlib
@@ -259,7 +254,7 @@ def check_session_options(cfg, where: str = "bench") -> None:
         save(model, str(path))
         try:  # ORT's Python layer prints its provider fallback on stdout: not ours to show
             with contextlib.redirect_stdout(io.StringIO()):
-                make_session(path, cfg.provider, cfg.threads, **session_settings(cfg))
+                make_session(path, cfg)
         except ProviderFailed as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
             given = [f"{where}.{k} {shown(getattr(cfg, k))}" for k in ("session_config", "provider_options")

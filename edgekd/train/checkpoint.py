@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,9 +30,19 @@ def checkpoint_identity(cfg: TrainConfig, desc: str, seed: int, train_size: int,
     return {"stage": desc, "config": config, "seed": seed, "train_size": train_size, "val_size": val_size}
 
 
-def checkpoint_state(identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
-                     seconds) -> dict:
+@dataclass(frozen=True)
+class TrainingParts:
+    """What a checkpoint saves and restores the state of."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+
+
+def checkpoint_state(identity, epoch, parts: TrainingParts, best_state, result, seen, seconds) -> dict:
     """The whole training state after `epoch` (`result`: the FitResult so far)."""
+    model, optimizer, scheduler, generator = parts.model, parts.optimizer, parts.scheduler, parts.generator
     return {
         "format": CHECKPOINT_FORMAT,
         "identity": identity,
@@ -48,10 +60,10 @@ def checkpoint_state(identity, epoch, model, optimizer, scheduler, generator, be
     }
 
 
-def restore_checkpoint(path: Path, identity: dict, cfg: TrainConfig, model, optimizer, scheduler,
-                       generator) -> dict:
+def restore_checkpoint(path: Path, identity: dict, cfg: TrainConfig, parts: TrainingParts) -> dict:
     """Load a checkpoint into model, optimizer, scheduler and generator; any mismatch is a
     ModelFileError that names the file (a checkpoint is never silently ignored)."""
+    model, optimizer, scheduler, generator = parts.model, parts.optimizer, parts.scheduler, parts.generator
     saved = load_checkpoint(path)
     if saved.get("identity") != identity:
         raise ModelFileError(

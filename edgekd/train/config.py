@@ -43,11 +43,11 @@ class ComputeConfig:
         from edgekd.train.compute import PRECISIONS
 
         require(self.precision in PRECISIONS,
-                f"unknown train.precision {shown(self.precision)}; available: {', '.join(PRECISIONS)}")
+                f"unknown compute.precision {shown(self.precision)}; available: {', '.join(PRECISIONS)}")
         require(self.channels_last in ("auto", True, False),
-                f"train.channels_last must be auto, true or false, got {shown(self.channels_last)}")
+                f"compute.channels_last must be auto, true or false, got {shown(self.channels_last)}")
         require(self.recompute_batch_norm in ("auto", True, False),
-                f"train.recompute_batch_norm must be auto, true or false, got {shown(self.recompute_batch_norm)}")
+                f"compute.recompute_batch_norm must be auto, true or false, got {shown(self.recompute_batch_norm)}")
         from edgekd.train.threads import check_setting
 
         check_setting(self.threads)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -26,8 +25,8 @@ from edgekd.data.unlabeled import UNLABELED
 from edgekd.io import artifacts  # artifacts.save_checkpoint looked up per call: tests stop a run inside it
 from edgekd.models.bn import recalibrate_batch_norm
 from edgekd.train import distributed
-from edgekd.train.batches import as_source
 from edgekd.train.checkpoint import (
+    TrainingParts,
     all_finite,
     checkpoint_identity,
     checkpoint_state,
@@ -38,6 +37,7 @@ from edgekd.train.checkpoint import (
 from edgekd.train.compute import current
 from edgekd.train.config import TrainConfig
 from edgekd.train.evaluate import accuracy
+from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 from edgekd.train.threads import ThreadTuner
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -53,14 +53,6 @@ class FitResult:
     compute: dict = field(default_factory=dict)  # device, precision, channels_last it trained with
 
 
-def to_tensor(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
-    """uint8 NCHW -> float32 normalized: edgekd.data.normalize, the ONNX bench's arithmetic too."""
-    from edgekd.data.normalize import normalize
-
-    # plain NCHW: the training loop puts each batch in the run's layout (edgekd.train.compute)
-    return torch.from_numpy(normalize(images_uint8, mean, std))
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # no weight decay on biases and batch-norm parameters (the usual practice)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -71,34 +63,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def fit(
-    model: nn.Module,
-    step_fn: StepFn,
-    *,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
-    cfg: TrainConfig,
-    seed: int = 0,
-    desc: str = "train",
-    progress: bool = True,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> FitResult:
+def fit(model: nn.Module, step_fn: StepFn, data: TrainData, cfg: TrainConfig,
+        run: RunOptions = DEFAULT_RUN) -> FitResult:
     """Train `model` in place with `step_fn`; keep the weights of the best val epoch.
 
     The schedule is one-cycle: linear warm-up over the first 10% of steps, then cosine
     decay to zero, which converges well in the few epochs a CPU run can afford.
 
-    With `checkpoint` (a file path), the whole training state is saved there atomically
-    at the end of every epoch (see `edgekd.train.checkpoint`); with `resume=True` and that file
+    With `run.checkpoint` (a file path), the whole training state is saved there atomically
+    at the end of every epoch (see `edgekd.train.checkpoint`); with `run.resume` and that file
     present, training continues from the epoch after the saved one and ends with the same
     weights as an uninterrupted run (CPU, deterministic algorithms, same thread count).
     No checkpoint is written for an epoch whose loss or weights are not finite.
     """
     from tqdm.auto import tqdm
+
+    seed, desc, progress, checkpoint, resume, log = (run.seed, run.desc, run.progress, run.checkpoint, run.resume,
+                                                     run.log)
 
     # Data order and augmentation draw only from this generator (batches are sliced from
     # in-memory tensors: no DataLoader, no worker processes), so its state plus the
@@ -111,7 +92,7 @@ def fit(
     if ranks > 1:
         distributed.broadcast_parameters(model)
     optimizer = make_optimizer(model, cfg)
-    train, val = as_source(train_x, train_y), as_source(val_x, val_y)
+    train, val = data.train, data.val
     recompute_bn = compute.recomputes_batch_norm(model)
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     total_steps = max(1, cfg.epochs * steps_per_epoch)
@@ -129,9 +110,10 @@ def fit(
     result = FitResult(best_val_top1=-math.inf, best_epoch=0)
     best_state = copy.deepcopy(model.state_dict())
     identity = checkpoint_identity(cfg, desc, seed, len(train), len(val))
+    parts = TrainingParts(model, optimizer, scheduler, generator)
     first_epoch, seen, seconds_before = 1, 0, 0.0
     if checkpoint is not None and resume and Path(checkpoint).is_file():
-        saved = restore_checkpoint(Path(checkpoint), identity, cfg, model, optimizer, scheduler, generator)
+        saved = restore_checkpoint(Path(checkpoint), identity, cfg, parts)
         first_epoch = saved["epoch"] + 1
         best_state = saved["best"]["state"]
         result.best_val_top1, result.best_epoch = float(saved["best"]["val_top1"]), int(saved["best"]["epoch"])
@@ -143,7 +125,7 @@ def fit(
                 log(f"[{desc}] note: the checkpoint was written with {saved.get('threads')} torch threads, now "
                     f"{torch.get_num_threads()}; the final weights may differ in the last bits from an "
                     "uninterrupted run")
-    # train.threads auto: re-measured on these steps (at the start and every few epochs)
+    # compute.threads auto: re-measured on these steps (at the start and every few epochs)
     tuner = ThreadTuner(compute.threads, steps_per_epoch=steps_per_epoch, desc=desc, log=log,
                         device_type=compute.device_type)
     start = time.perf_counter()
@@ -210,8 +192,7 @@ def fit(
                 best_state = copy.deepcopy(model.state_dict())
             if checkpoint is not None and distributed.is_main():  # rank 0 alone writes
                 artifacts.save_checkpoint(checkpoint, checkpoint_state(
-                    identity, epoch, model, optimizer, scheduler, generator, best_state, result, seen,
-                    seconds_before + time.perf_counter() - start,
+                    identity, epoch, parts, best_state, result, seen, seconds_before + time.perf_counter() - start,
                 ))
     finally:
         bar.close()

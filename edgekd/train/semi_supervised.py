@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from edgekd.data.unlabeled import UNLABELED
 from edgekd.train.config import SemiSupervisedConfig
+from edgekd.train.plumbing import RunOptions, TrainData
 
 STRONG_SHIFT = 2  # pixels, on top of the weak view's crop
 HOLE_FRACTION = 0.4  # the cut-out square's side, of the image's shorter side
@@ -117,20 +118,19 @@ def check_data(train_x, train_y, desc: str):
     return labeled_x, labeled_y
 
 
-def train_semi_supervised(model: nn.Module, cfg, *, train_x, train_y, val_x, val_y, seed: int, desc: str,
-                          progress: bool, checkpoint, resume: bool, log) -> tuple[nn.Module, object, dict]:
-    """Train `model` (a TeacherConfig `cfg` with semi_supervised set) on the whole train split;
-    returns the better of it and its moving average on val, fit's result and the record."""
+def train_semi_supervised(model: nn.Module, data: TrainData, cfg, run: RunOptions) -> tuple[nn.Module, object, dict]:
+    """Train `model` (a TeacherConfig `cfg` with semi_supervised set) on the whole train split
+    (`run` as in train.fit); returns the better of it and its moving average on val, fit's
+    result and the record."""
     from edgekd.distill.schemes import StudentWithEma
     from edgekd.train.evaluate import accuracy
     from edgekd.train.loop import fit
 
-    labeled_x, labeled_y = check_data(train_x, train_y, desc)
+    labeled_x, labeled_y = check_data(data.train_x, data.train_y, run.desc)
     pair, stats = StudentWithEma(model), Stats()
-    step = fixmatch_step(pair, labeled_x, labeled_y, cfg.semi_supervised, seed, stats)
-    result = fit(pair, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed,
-                 desc=desc, progress=progress, checkpoint=checkpoint, resume=resume, log=log)
-    model_top1, ema_top1 = accuracy(pair.student, val_x, val_y), accuracy(pair.ema, val_x, val_y)
+    step = fixmatch_step(pair, labeled_x, labeled_y, cfg.semi_supervised, run.seed, stats)
+    result = fit(pair, step, data, cfg, run)
+    model_top1, ema_top1 = accuracy(pair.student, data.val), accuracy(pair.ema, data.val)
     chosen = "ema" if ema_top1 > model_top1 else "model"
     winner = pair.ema if chosen == "ema" else pair.student
     winner.requires_grad_(True)

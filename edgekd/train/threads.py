@@ -1,4 +1,4 @@
-"""How many CPU threads a run computes with (`train.threads`): torch's intra-op threads while
+"""How many CPU threads a run computes with (`compute.threads`): torch's intra-op threads while
 training, and ONNX Runtime's in edgekd's own sessions (calibration, the budget search, val
 accuracy). `edgekd bench` keeps its explicit, stated count: a latency measurement must not
 change its own settings.
@@ -180,7 +180,7 @@ def budget_of(limits: dict) -> int:
     return max(1, min(math.ceil(v - 1e-9) for v in limits.values()))
 
 
-def check_setting(value, where: str = "train.threads") -> None:
+def check_setting(value, where: str = "compute.threads") -> None:
     from edgekd.configtools import require, shown
 
     integer = isinstance(value, int) and not isinstance(value, bool)
@@ -220,8 +220,20 @@ def choose(setting) -> ThreadChoice:
                         count=budget if setting == "auto" else int(setting))
 
 
+@dataclass(frozen=True)
+class TunerHooks:
+    """What a ThreadTuner reads and sets, for a test to replace: the clock its trials time steps
+    with (None: `clock`), how a count is set (None: torch's), whether algorithms are
+    deterministic (None: torch's setting) and the other processes' load (None: load_probe())."""
+
+    timer: Optional[Callable[[], float]] = None
+    set_threads: Optional[Callable[[int], None]] = None
+    deterministic: Optional[bool] = None
+    load: Optional[Callable[[], Optional[float]]] = None
+
+
 class ThreadTuner:
-    """train.threads auto inside the training loop: re-measures the thread count on the
+    """compute.threads auto inside the training loop: re-measures the thread count on the
     loop's own steps (see the module docstring). The loop calls epoch_started() before each
     epoch's first batch (the time between epochs is not a step's) and step_done(images)
     after each step; finish() at the end. Inactive (every call a no-op) for a number, outside
@@ -229,14 +241,13 @@ class ThreadTuner:
 
     def __init__(self, choice: Optional[ThreadChoice], *, steps_per_epoch: int, desc: str = "train",
                  log: Optional[Callable[[str], None]] = None, device_type: str = "cpu",
-                 timer: Optional[Callable[[], float]] = None,
-                 set_threads: Optional[Callable[[int], None]] = None,
-                 deterministic: Optional[bool] = None,
-                 load: Optional[Callable[[], Optional[float]]] = None):
-        self.choice, self.desc, self.timer = choice, desc, timer or clock
-        self.load = load
+                 hooks: Optional[TunerHooks] = None):
+        hooks = hooks or TunerHooks()
+        deterministic = hooks.deterministic
+        self.choice, self.desc, self.timer = choice, desc, hooks.timer or clock
+        self.load = hooks.load
         self.log = log or logger.info
-        self.set_threads = set_threads or _torch_set_threads
+        self.set_threads = hooks.set_threads or _torch_set_threads
         self.interval = max(1, min(MEASURE_EVERY_EPOCHS * steps_per_epoch, MAX_STEPS_BETWEEN))
         self.changes: list = []
         self.plan: list = []  # (count, timed) for each step of the trial under way
@@ -254,7 +265,7 @@ class ThreadTuner:
                 self.active = False
                 self._note("deterministic", f"[{desc}] threads: auto keeps {choice.count} (deterministic: a "
                            "count that followed the machine's load would change the weights); "
-                           "train.threads: N fixes another")
+                           "compute.threads: N fixes another")
         if choice is not None:  # a trial of an earlier fit may have ended elsewhere
             self.set_threads(choice.count)
         if self.active:  # the first check: after the first few steps

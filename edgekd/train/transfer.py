@@ -24,6 +24,7 @@ from edgekd.errors import ModelFileError
 from edgekd.train.config import TeacherConfig
 from edgekd.train.evaluate import accuracy
 from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "head")
 
@@ -118,25 +119,25 @@ class HeadOnly(nn.Module):
         return self
 
 
-def transfer(model: nn.Module, *, cfg: TeacherConfig, train_x, train_y, val_x, val_y, seed: int = 0,
-             progress: bool = True, checkpoint_dir=None, resume: bool = False, log=None) -> dict:
+def transfer(model: nn.Module, data: TrainData, cfg: TeacherConfig, run: RunOptions = DEFAULT_RUN, *,
+             checkpoint_dir=None) -> dict:
     """Both phases on `model` (in place); returns the stage report entries, including the
-    val top-1 after each phase.
+    val top-1 after each phase. Phase 1 trains with run.seed, named "teacher-head", phase 2
+    with run.seed + 1, named "teacher" (run.desc and run.checkpoint are not read).
 
     `checkpoint_dir`: per-epoch checkpoints teacher.head.ckpt (phase 1) and teacher.ckpt
-    (phase 2) there; with `resume`, a finished phase 1 is restored from its checkpoint."""
-    tcfg = cfg.transfer
+    (phase 2) there; with `run.resume`, a finished phase 1 is restored from its checkpoint."""
+    tcfg, seed, log, val = cfg.transfer, run.seed, run.log, data.val
     info = load_backbone(model, tcfg.pretrained, log=log)
     ckpt = (lambda name: None) if checkpoint_dir is None else (lambda name: Path(checkpoint_dir) / name)
-    report = {"transfer": info, "val_top1_pretrained_backbone": round(accuracy(model, val_x, val_y), 3)}
+    report = {"transfer": info, "val_top1_pretrained_backbone": round(accuracy(model, val), 3)}
 
     frozen = HeadOnly(model, info["head"])
     head_cfg = dataclasses.replace(cfg, epochs=tcfg.head_epochs)
-    head_fit = fit(frozen, cross_entropy_step(frozen), train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
-                   cfg=head_cfg, seed=seed, desc="teacher-head", progress=progress,
-                   checkpoint=ckpt("teacher.head.ckpt"), resume=resume, log=log)
+    head_fit = fit(frozen, cross_entropy_step(frozen), data, head_cfg,
+                   run.with_(seed=seed, desc="teacher-head", checkpoint=ckpt("teacher.head.ckpt")))
     model.requires_grad_(True)
-    report["val_top1_head"] = round(accuracy(model, val_x, val_y), 3)
+    report["val_top1_head"] = round(accuracy(model, val), 3)
     report["head_epochs"] = head_fit.epochs
     if log is not None:
         log(f"[teacher] transfer phase 1 (head only, {tcfg.head_epochs} epochs): "
@@ -146,10 +147,9 @@ def transfer(model: nn.Module, *, cfg: TeacherConfig, train_x, train_y, val_x, v
     finetune_cfg = dataclasses.replace(cfg, lr=finetune_lr)
     finetune_fit = None
     if cfg.epochs > 0:
-        finetune_fit = fit(model, cross_entropy_step(model), train_x=train_x, train_y=train_y, val_x=val_x,
-                           val_y=val_y, cfg=finetune_cfg, seed=seed + 1, desc="teacher", progress=progress,
-                           checkpoint=ckpt("teacher.ckpt"), resume=resume, log=log)
-    report["val_top1_finetune"] = round(accuracy(model, val_x, val_y), 3)
+        finetune_fit = fit(model, cross_entropy_step(model), data, finetune_cfg,
+                           run.with_(seed=seed + 1, desc="teacher", checkpoint=ckpt("teacher.ckpt")))
+    report["val_top1_finetune"] = round(accuracy(model, val), 3)
     report["finetune_lr"] = finetune_lr
     if log is not None:
         log(f"[teacher] transfer phase 2 (all layers, {cfg.epochs} epochs at lr {finetune_lr:g}): "

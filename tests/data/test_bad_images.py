@@ -1,5 +1,5 @@
 """Bad data in an image folder or a manifest (issue #15, "Bad data"): corrupt and truncated
-images, unreadable files, images smaller than the crop, empty class folders and manifest
+images, unreadable files, empty class folders and manifest
 paths outside their folder. Each is one line with exit 2 before any training and leaves no
 run directory, or, with data.skip_bad, is skipped and counted."""
 
@@ -12,11 +12,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import CLASSES, write_folder
 from edgekd.cli import main
 from edgekd.data.config import DataConfig
 from edgekd.data.splits import load_splits
 from edgekd.errors import DataError
+from imagefiles import CLASSES, write_folder
 
 TINY = {
     "teacher": {"arch": "tinycnn", "arch_args": {"width": 4}, "epochs": 1, "batch_size": 8},
@@ -106,15 +106,15 @@ def test_a_file_the_system_refuses_to_open_is_refused(tmp_path, folder, monkeypa
                    "Permission denied")
 
 
-def test_an_image_smaller_than_the_crop_is_refused(tmp_path, folder):
+def test_an_image_smaller_than_the_crop_is_resized_up_and_counted(tmp_path, folder):
     import numpy as np
 
-    from conftest import draw, save
+    from imagefiles import draw, save
 
     small = folder / "train" / CLASSES[1] / "tiny.png"
     save(small, draw(1, (20, 30), np.random.default_rng(0)), "PNG", "RGB")
-    refused_by_cli(tmp_path, {"name": "imagefolder", "path": str(folder), "image_size": 32},
-                   str(small), "30x20", "smaller than the crop 32x32")
+    cfg = DataConfig(name="imagefolder", path=str(folder), image_size=32, workers=0, calib_size=4)
+    assert load_splits(cfg, seed=0).record["upscaled_images"] >= 1  # issue 28: resized up, not refused
 
 
 def test_an_empty_class_folder_is_refused(tmp_path, folder):
@@ -139,7 +139,7 @@ def test_a_manifest_path_outside_its_folder_is_refused(tmp_path, folder, row):
 def test_skip_bad_skips_and_counts_every_kind(tmp_path, folder):
     import numpy as np
 
-    from conftest import draw, save
+    from imagefiles import draw, save
 
     truncate(first(folder, ".jpg"))
     first(folder, ".webp").write_bytes(b"garbage" * 20)
@@ -148,11 +148,10 @@ def test_skip_bad_skips_and_counts_every_kind(tmp_path, folder):
     (folder / "train" / "zebra").mkdir()
     cfg = DataConfig(name="imagefolder", path=str(folder), image_size=32, skip_bad=True, workers=0, calib_size=4)
     splits = load_splits(cfg, seed=0)
-    assert splits.record["skipped"] == {"empty_class_folders": 1, "train": {"corrupt": 1, "unreadable": 1,
-                                                                           "too_small": 1},
-                                        "test": {"corrupt": 1}}
+    assert splits.record["skipped"] == {"empty_class_folders": 1, "train": {"corrupt": 1, "unreadable": 1},
+                                        "test": {"corrupt": 1}}  # the small image is resized up (issue 28)
     assert splits.spec.class_names == CLASSES  # the empty folder is no class
-    assert len(splits.train_y) + len(splits.stream.val) == 3 * 4 - 2
+    assert len(splits.train_y) + len(splits.stream.val) == 3 * 4 + 1 - 2
     assert len(splits.test_y) == 3 * 2 - 1
     with pytest.raises(DataError) as info:  # without skip_bad: the first one, and how many more
         load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=32, workers=0), seed=0)

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import draw, save, write_folder
 from edgekd.cli import main
+from imagefiles import draw, save, write_folder
 
 DATA_FINGERPRINT = "state/data-fingerprint.json.gz"  # the details; the digests are in progress.json
 TINY = {"arch": "tinycnn", "arch_args": {"width": 4}, "epochs": 1, "batch_size": 8, "lr": 0.01}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgekd.data.config import DataConfig
-from edgekd.data.formats import FORMATS, RawArrays
+from edgekd.data.formats import FORMATS, FileLister, RawArrays
 from edgekd.data.splits import load_arrays, load_splits
 from edgekd.errors import ConfigError, DataError
 from edgekd.recipe import Recipe
@@ -45,7 +45,8 @@ def toy_format():
 def test_built_in_formats_are_registered():
     assert set(BUILT_IN) <= set(FORMATS.names())
     for name in BUILT_IN:
-        assert callable(FORMATS.get(name))
+        entry = FORMATS.get(name)
+        assert callable(entry) or isinstance(entry, FileLister)  # a loader, or a lister of files
 
 
 def test_toy_format_from_a_recipe(toy_format):

@@ -67,7 +67,7 @@ def test_preprocess_is_the_normalizer():
 
 def test_to_tensor_is_the_normalizer():
     pytest.importorskip("torch")
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
     x = np.random.default_rng(2).integers(0, 256, (4, 1, 6, 6), dtype=np.uint8)
     mean, std = (0.2860402,), (0.3530239,)

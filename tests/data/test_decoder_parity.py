@@ -23,7 +23,7 @@ from edgekd.data.config import DataConfig
 from edgekd.data.splits import load_arrays, load_splits
 from edgekd.data.stream import FileImages
 from edgekd.onnx_export import model_metadata, set_metadata
-from edgekd.runtime.imagefolder import load_eval_data
+from edgekd.runtime.eval_folder import load_eval_data
 
 SIZE = 64  # the model's input; resize 73 (crop fraction 0.875)
 # (suffix, PIL format, mode, width x height): the JPEGs are large enough for draft scaling

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import write_folder
+from imagefiles import write_folder
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
@@ -40,7 +40,7 @@ print(json.dumps(splits.record.get("skipped")))
 
 DECODE = """\
 import sys
-from edgekd.data.files import decode
+from edgekd.data.image_files import decode
 from edgekd.errors import DataError
 try:
     decode(sys.argv[1], "RGB")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import edgekd
-from conftest import write_folder
+from imagefiles import write_folder
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_bench_top1_equals_pytorch_on_the_eval_set(run):
     from edgekd.recipe import Recipe
     from edgekd.runtime.bench import bench as bench_files
     from edgekd.runtime.config import BenchConfig
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
     out, _ = run
     recipe = Recipe.from_yaml(out / "recipe.yaml")
@@ -88,7 +88,7 @@ def test_the_device_resizes_raw_images_as_training_did(run, tmp_path):
     import onnx
     from PIL import Image
 
-    from edgekd.data.files import decode_fitted
+    from edgekd.data.image_files import decode_fitted
     from edgekd.runtime.inputs import fit_to_model, preprocess
 
     out, _ = run

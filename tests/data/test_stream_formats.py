@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CLASSES, draw, save, write_folder
 from edgekd.data.config import DataConfig
 from edgekd.data.preprocess import crop_box, fit_array, fit_image, resized_size
 from edgekd.data.splits import load_splits
 from edgekd.errors import ConfigError, DataError
+from imagefiles import CLASSES, draw, save, write_folder
 
 REPO = Path(__file__).resolve().parents[2]
 

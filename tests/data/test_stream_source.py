@@ -14,12 +14,12 @@ from edgekd.data.splits import load_splits
 from edgekd.data.stream import ArraySource, FileSource, sources, worker_error
 from edgekd.errors import DataError
 from edgekd.train.batches import InMemory
-from edgekd.train.loop import to_tensor
+from edgekd.train.tensors import to_tensor
 
 
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory):
-    from conftest import write_folder
+    from imagefiles import write_folder
 
     folder = write_folder(tmp_path_factory.mktemp("stream") / "f", per_class=6, test_per_class=1)
     return load_splits(DataConfig(name="imagefolder", path=str(folder), image_size=16, calib_size=4, workers=0,
@@ -105,7 +105,7 @@ def test_a_file_broken_after_the_check_is_a_data_error(streamed, tmp_path):
     s = streamed.stream
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    from edgekd.data.files import FileSplit
+    from edgekd.data.image_files import FileSplit
 
     source = FileSource(FileSplit([broken] * 4, np.zeros(4, dtype=np.int64)), mode=s.mode, resize=s.resize,
                         crop=s.crop, policy=None, mean=streamed.spec.mean, std=streamed.spec.std, workers=2)

@@ -10,6 +10,7 @@ from edgekd.distill.baseline import optimizer_steps, train_alone
 from edgekd.distill.config import DistillConfig
 from edgekd.train.labels import labeled_repeated
 from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
 
 
 def test_the_labeled_images_are_repeated_in_turn_to_the_train_split_s_size():
@@ -44,11 +45,11 @@ def test_train_alone_is_the_cross_entropy_fit_and_leaves_the_global_rng(make_tin
     before = torch.get_rng_state()
     alone = make_tiny_cnn(seed=3)
     torch.set_rng_state(before)
-    result = train_alone(alone, train_x=x, train_y=y, val_x=val_x, val_y=val_y, cfg=cfg, seed=4, progress=False)
+    result = train_alone(alone, TrainData.of(x, y, val_x, val_y), cfg, RunOptions(seed=4, progress=False))
     assert torch.equal(torch.get_rng_state(), before)
     reference = make_tiny_cnn(seed=3)
-    expected = fit(reference, cross_entropy_step(reference), train_x=x, train_y=y, val_x=val_x, val_y=val_y, cfg=cfg,
-                   seed=4, desc="distill", progress=False)
+    expected = fit(reference, cross_entropy_step(reference), TrainData.of(x, y, val_x, val_y), cfg,
+                   RunOptions(seed=4, desc="distill", progress=False))
     assert [e["loss"] for e in result.epochs] == [e["loss"] for e in expected.epochs]
     for a, b in zip(alone.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)

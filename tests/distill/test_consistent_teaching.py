@@ -14,6 +14,7 @@ from edgekd.distill.mixup import mixed_batch
 from edgekd.distill.offline import distill
 from edgekd.errors import ConfigError
 from edgekd.train.compute import Compute, use
+from edgekd.train.plumbing import RunOptions, TrainData
 
 
 class Recorder(nn.Module):
@@ -35,8 +36,8 @@ def run(make_tiny_cnn, tiny_images, compute=None, **settings):
     student, teacher = Recorder(make_tiny_cnn(seed=1)), Recorder(make_tiny_cnn(seed=2), always=True)
     cfg = DistillConfig(arch="tinycnn", arch_args={"width": 4}, epochs=1, batch_size=16, **settings)
     with use(compute or Compute()):
-        distill(student, teacher, train_x=x, train_y=torch.arange(32) % 3, val_x=val_x, val_y=torch.arange(9) % 3,
-                cfg=cfg, progress=False)
+        distill(student, teacher, TrainData.of(x, torch.arange(32) % 3, val_x, torch.arange(9) % 3), cfg,
+                RunOptions(progress=False))
     return x, student.seen, teacher.seen
 
 

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.losses import kd_loss
 from edgekd.distill.offline import distill, kd_step
+from edgekd.train.plumbing import RunOptions, TrainData
 
 
 def softmax(values, t=1.0):
@@ -131,7 +132,7 @@ def test_distill_leaves_the_teacher_untouched(make_tiny_cnn, kd_data, augment):
     teacher, student = make_tiny_cnn(seed=0).train(), make_tiny_cnn(seed=1)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}  # params and BN buffers
     cfg = DistillConfig(epochs=2, batch_size=8, lr=0.01, augment=augment)
-    result = distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    result = distill(student, teacher, TrainData.of(**kd_data), cfg, RunOptions(progress=False))
     assert len(result.epochs) == 2
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
@@ -148,7 +149,8 @@ def test_decoupled_kd_trains_the_student_from_one_or_several_teachers(make_tiny_
     student = make_tiny_cnn(seed=5)
     before = [p.clone() for p in student.parameters()]
     cfg = DistillConfig(epochs=1, batch_size=8, lr=0.01, augment=True, response="dkd", temperature=4.0, alpha=0.5)
-    result = distill(student, teacher if teachers > 1 else teacher[0], cfg=cfg, progress=False, **kd_data)
+    result = distill(student, teacher if teachers > 1 else teacher[0], TrainData.of(**kd_data), cfg,
+                     RunOptions(progress=False))
     assert math.isfinite(result.epochs[0]["loss"]) and result.epochs[0]["loss"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
 
@@ -157,7 +159,7 @@ def test_teacher_logits_are_cached_without_augmentation(make_tiny_cnn, kd_data):
     teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
     calls = watch(teacher)
     cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=False)
-    distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    distill(student, teacher, TrainData.of(**kd_data), cfg, RunOptions(progress=False))
     # one predict() over the 24 training images (predict batches by 1024), none per step
     assert calls == [{"n": 24, "training": False, "grad": False}]
 
@@ -166,7 +168,7 @@ def test_teacher_runs_per_step_with_augmentation(make_tiny_cnn, kd_data):
     teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
     calls = watch(teacher)
     cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=True)
-    distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    distill(student, teacher, TrainData.of(**kd_data), cfg, RunOptions(progress=False))
     # augmented images differ every step: 24 / 8 = 3 steps per epoch * 3 epochs = 9 calls of 8 images,
     # all in eval mode and without autograd
     assert calls == [{"n": 8, "training": False, "grad": False}] * 9
@@ -208,7 +210,7 @@ def test_feature_terms_and_two_teachers_leave_the_teachers_untouched(make_tiny_c
     student_keys = set(student.state_dict())
     terms = [FITNET, AT, {"kind": "rkd"}, {"kind": "sp", "student": "features.4", "teacher": "features.4"}]
     cfg = DistillConfig(epochs=2, batch_size=8, lr=0.01, augment=augment, terms=terms)
-    result = distill(student, teachers, cfg=cfg, progress=False, **kd_data)
+    result = distill(student, teachers, TrainData.of(**kd_data), cfg, RunOptions(progress=False))
     assert len(result.epochs) == 2 and all(math.isfinite(e["loss"]) for e in result.epochs)
     for teacher, saved in zip(teachers, before):
         for key, value in teacher.state_dict().items():
@@ -229,7 +231,8 @@ def test_regressors_are_trained_and_checkpointed_but_not_exported(make_tiny_cnn,
 
     teacher, student = make_tiny_cnn(seed=0, width=8), make_tiny_cnn(seed=1)
     cfg = DistillConfig(epochs=1, batch_size=8, lr=0.01, augment=False, alpha=0.0, terms=[FITNET])
-    distill(student, teacher, cfg=cfg, progress=False, checkpoint=tmp_path / "distill.ckpt", **kd_data)
+    distill(student, teacher, TrainData.of(**kd_data), cfg,
+            RunOptions(progress=False, checkpoint=tmp_path / "distill.ckpt"))
     saved = load_checkpoint(tmp_path / "distill.ckpt")["model"]
     # fit() trained student + regressor: a 1x1 conv from 16 to 32 channels, saved with the student
     assert saved["regressors.0.weight"].shape == (32, 16, 1, 1)
@@ -249,13 +252,14 @@ def test_feature_targets_are_cached_without_augmentation(make_tiny_cnn, kd_data)
     calls = watch(teacher)
     cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=False, terms=[AT])
     cache = {}
-    distill(student, teacher, cfg=cfg, progress=False, teacher_cache=cache, **kd_data)
+    distill(student, teacher, TrainData.of(**kd_data), cfg, RunOptions(progress=False), teacher_cache=cache)
     # one probe image (to size the cache), then one pass over the 24 training images; none per step
     assert calls == [{"n": 1, "training": False, "grad": False}, {"n": 24, "training": False, "grad": False}]
     # only the attention maps are kept for AT: (24, H, W) per layer, not the feature maps
     assert cache[("at", "features.2", 2.0)].shape == (24, 4, 4) and cache[("logits", 0)].shape == (24, 3)
     calls.clear()
-    distill(make_tiny_cnn(seed=3), teacher, cfg=cfg, progress=False, teacher_cache=cache, **kd_data)
+    distill(make_tiny_cnn(seed=3), teacher, TrainData.of(**kd_data), cfg, RunOptions(progress=False),
+            teacher_cache=cache)
     assert calls == [{"n": 1, "training": False, "grad": False}]  # reused: only the sizing probe ran
 
 
@@ -263,14 +267,15 @@ def test_feature_terms_run_the_teacher_per_step_with_augmentation(make_tiny_cnn,
     teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
     calls = watch(teacher)
     cfg = DistillConfig(epochs=3, batch_size=8, lr=0.01, augment=True, terms=[AT])
-    distill(student, teacher, cfg=cfg, progress=False, **kd_data)
+    distill(student, teacher, TrainData.of(**kd_data), cfg, RunOptions(progress=False))
     assert calls == [{"n": 8, "training": False, "grad": False}] * 9
 
 
 def test_alpha_zero_without_terms_never_runs_the_teacher(make_tiny_cnn, kd_data):
     teacher, student = make_tiny_cnn(seed=0), make_tiny_cnn(seed=1)
     calls = watch(teacher)
-    distill(student, teacher, cfg=DistillConfig(epochs=1, batch_size=8, alpha=0.0), progress=False, **kd_data)
+    distill(student, teacher, TrainData.of(**kd_data), DistillConfig(epochs=1, batch_size=8, alpha=0.0),
+            RunOptions(progress=False))
     assert calls == []
 
 

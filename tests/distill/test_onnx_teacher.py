@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 import torch
 
+from edgekd.train.plumbing import RunOptions, TrainData
+
 INPUT_SHAPE = (1, 8, 8)  # the tiny fixtures' images (tests/conftest.py)
 
 
@@ -31,15 +33,15 @@ def test_student_from_onnx_teacher_matches_student_from_the_same_pytorch_teacher
     students, caches = [], []
     for teacher in (torch_teacher, onnx_teacher):
         student, cache = make_tiny_cnn(seed=3), {}
-        distill(student, teacher, train_x=x, train_y=y, val_x=x[:32], val_y=y[:32], cfg=cfg, seed=0,
-                progress=False, teacher_cache=cache)
+        distill(student, teacher, TrainData.of(x, y, x[:32], y[:32]), cfg, RunOptions(seed=0, progress=False),
+                teacher_cache=cache)
         students.append(student)
         caches.append(cache[("logits", 0)])
     assert torch.allclose(caches[0], caches[1], atol=1e-5)  # the cached logits agree
     # the same cached logits: distilling again from the ONNX teacher's cache gives the same student
     again = make_tiny_cnn(seed=3)
-    distill(again, torch_teacher, train_x=x, train_y=y, val_x=x[:32], val_y=y[:32], cfg=cfg, seed=0,
-            progress=False, teacher_cache={("logits", 0): caches[1]})
+    distill(again, torch_teacher, TrainData.of(x, y, x[:32], y[:32]), cfg, RunOptions(seed=0, progress=False),
+            teacher_cache={("logits", 0): caches[1]})
     for a, b in zip(again.state_dict().values(), students[1].state_dict().values()):
         assert torch.equal(a, b)
     for a, b in zip(students[0].state_dict().values(), students[1].state_dict().values()):
@@ -56,8 +58,8 @@ def test_onnx_teacher_per_augmented_batch_and_refusals(tiny_onnx, make_tiny_cnn)
     teacher = OnnxTeacher(path, data_mean=(0.5,), data_std=(0.25,))
     x, y = _data()
     cfg = dataclasses.replace(DistillConfig(), epochs=1, batch_size=32, augment=True)  # teacher runs per batch
-    result = distill(make_tiny_cnn(seed=3), teacher, train_x=x, train_y=y, val_x=x[:32], val_y=y[:32], cfg=cfg,
-                     seed=0, progress=False)
+    result = distill(make_tiny_cnn(seed=3), teacher, TrainData.of(x, y, x[:32], y[:32]), cfg,
+                     RunOptions(seed=0, progress=False))
     assert len(result.epochs) == 1 and result.epochs[0]["loss"] == result.epochs[0]["loss"]  # finite, not NaN
     with pytest.raises(ConfigError, match="input"):
         teacher.check_input((3, 8, 8))

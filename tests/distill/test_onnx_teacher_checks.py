@@ -108,7 +108,7 @@ def _val_top1(teacher_path):
     """The top-1 on the run's val split of edgekd's own teacher, in the data's class order."""
     from edgekd.distill.onnx_teacher import OnnxTeacher
     from edgekd.train.evaluate import accuracy
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
     splits = _spec()
     spec = splits.spec

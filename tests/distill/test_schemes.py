@@ -25,6 +25,7 @@ from edgekd.distill.schemes import (
     mutual_losses,
     mutual_step,
 )
+from edgekd.train.plumbing import RunOptions, TrainData
 
 
 def softmax(values, t=1.0):
@@ -116,7 +117,7 @@ def _fixed_linear(sign: float) -> nn.Linear:
 
 def test_best_peer_by_val_becomes_the_student(separable):
     peers = [_fixed_linear(-1.0), _fixed_linear(+1.0)]
-    result = mutual_learning(peers, **separable, cfg=cfg(epochs=0), progress=False)
+    result = mutual_learning(peers, TrainData.of(**separable), cfg(epochs=0), RunOptions(progress=False))
     assert result.details["peers_val_top1"] == [0.0, 100.0]
     assert result.details["best_peer"] == 1 and result.student is peers[1]
 
@@ -124,7 +125,8 @@ def test_best_peer_by_val_becomes_the_student(separable):
 def test_mutual_learning_trains_both_peers(separable):
     torch.manual_seed(0)
     peers = [nn.Linear(2, 2), nn.Linear(2, 2)]
-    result = mutual_learning(peers, **separable, cfg=cfg(epochs=5, lr=0.05, temperature=1.0), progress=False)
+    result = mutual_learning(peers, TrainData.of(**separable), cfg(epochs=5, lr=0.05, temperature=1.0),
+                             RunOptions(progress=False))
     assert len(result.fit.epochs) == 5
     assert min(result.details["peers_val_top1"]) >= 95.0
 
@@ -138,9 +140,9 @@ def test_born_again_generations_start_fresh_and_learn_from_the_previous(separabl
     calls, fresh = [], {}
     real = distill_module.distill
 
-    def recording(student, teacher, **kw):
+    def recording(student, teacher, *args, **kw):
         calls.append((student, teacher))
-        return real(student, teacher, **kw)
+        return real(student, teacher, *args, **kw)
 
     monkeypatch.setattr(distill_module, "distill", recording)
     teacher = _fixed_linear(+1.0)
@@ -153,8 +155,8 @@ def test_born_again_generations_start_fresh_and_learn_from_the_previous(separabl
         fresh[k] = model.weight.detach().clone()
         return model
 
-    result = born_again(first, teacher, make_student=make_student, **separable,
-                        cfg=cfg(epochs=3, lr=0.05, generations=3), progress=False)
+    result = born_again(first, teacher, TrainData.of(**separable), cfg(epochs=3, lr=0.05, generations=3),
+                        RunOptions(progress=False), make_student=make_student)
     assert len(calls) == 3 and sorted(fresh) == [2, 3]
     gen1, gen2, gen3 = (student for student, _ in calls)
     assert calls[0] == (first, teacher)
@@ -171,8 +173,8 @@ def test_born_again_generations_start_fresh_and_learn_from_the_previous(separabl
 
 def test_born_again_without_teacher_trains_generation_one_on_labels(separable):
     torch.manual_seed(0)
-    result = born_again(nn.Linear(2, 2), None, make_student=lambda k: nn.Linear(2, 2), **separable,
-                        cfg=cfg(epochs=3, lr=0.05, generations=2), progress=False)
+    result = born_again(nn.Linear(2, 2), None, TrainData.of(**separable), cfg(epochs=3, lr=0.05, generations=2),
+                        RunOptions(progress=False), make_student=lambda k: nn.Linear(2, 2))
     assert [g["generation"] for g in result.details["generations"]] == [1, 2]
     assert result.details["generations"][0]["val_top1"] >= 90.0
 
@@ -229,7 +231,8 @@ def test_ema_step_updates_after_each_optimizer_step_and_gets_no_gradient():
 
 def test_ema_self_distill_picks_the_better_of_student_and_ema(separable):
     torch.manual_seed(0)
-    result = ema_self_distill(nn.Linear(2, 2), **separable, cfg=cfg(epochs=6, ema_decay=0.9), progress=False)
+    result = ema_self_distill(nn.Linear(2, 2), TrainData.of(**separable), cfg(epochs=6, ema_decay=0.9),
+                              RunOptions(progress=False))
     d = result.details
     assert d["ema_updates"] > 0
     assert d["continues"] == ("ema" if d["ema_val_top1"] > d["student_val_top1"] else "student")
@@ -285,8 +288,8 @@ def test_born_again_resume_restores_finished_generations(separable, tmp_path):
             torch.manual_seed(100 + k)
             return nn.Linear(2, 2)
 
-        return born_again(first, _fixed_linear(+1.0), make_student=make_student, **separable,
-                          cfg=cfg(epochs=2, generations=2), progress=False, checkpoint_dir=tmp_path, resume=resume)
+        return born_again(first, _fixed_linear(+1.0), TrainData.of(**separable), cfg(epochs=2, generations=2),
+                          RunOptions(progress=False, resume=resume), make_student=make_student, checkpoint_dir=tmp_path)
 
     done = run(resume=False)
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["distill.gen1.ckpt", "distill.gen2.ckpt"]

@@ -13,6 +13,7 @@ from edgekd.distill.offline import distill
 from edgekd.distill.terms import TERMS, Term
 from edgekd.errors import ConfigError
 from edgekd.recipe import Recipe
+from edgekd.train.plumbing import RunOptions, TrainData
 
 CALLS: list = []  # one entry per loss computed by the toy term
 
@@ -73,7 +74,7 @@ def test_the_toy_term_is_called_every_step_and_adds_to_the_loss(toy_term, make_t
         recipe = Recipe.from_dict({"distill": {"terms": [{"kind": "toy-l2", "offset": offset}]}})
         cfg = dataclasses.replace(recipe.distill, epochs=2, batch_size=8, augment=augment)
         student = make_tiny_cnn(seed=1)
-        result = distill(student, make_tiny_cnn(seed=0), cfg=cfg, progress=False, **data)
+        result = distill(student, make_tiny_cnn(seed=0), TrainData.of(**data), cfg, RunOptions(progress=False))
         return result, student
 
     plain, plain_student = run(0.0)
@@ -93,7 +94,7 @@ def test_the_toy_term_changes_what_the_student_learns(toy_term, make_tiny_cnn, d
         recipe = Recipe.from_dict({"distill": {"terms": terms}})
         cfg = dataclasses.replace(recipe.distill, epochs=1, batch_size=8)
         student = make_tiny_cnn(seed=1)
-        distill(student, make_tiny_cnn(seed=0), cfg=cfg, progress=False, **data)
+        distill(student, make_tiny_cnn(seed=0), TrainData.of(**data), cfg, RunOptions(progress=False))
         return student
 
     without, with_toy = student_after([]), student_after([{"kind": "toy-l2", "weight": 10.0}])

@@ -9,6 +9,7 @@ import torch
 
 from edgekd.distill.losses import kd_loss, soft_kl, soft_target_loss
 from edgekd.distill.schemes import mutual_losses
+from edgekd.train.plumbing import RunOptions, TrainData
 
 LABELS = torch.tensor([0, -1, 2, -1])  # images 1 and 3 have no label
 
@@ -57,7 +58,7 @@ def test_a_student_distils_from_a_mostly_unlabeled_train_split(make_tiny_cnn, ti
     y[:6] = torch.arange(6) % 3  # 6 labels among 48 images
     cfg = DistillConfig(arch="tinycnn", arch_args={"width": 4}, epochs=2, batch_size=16, alpha=0.5, augment=True)
     student = make_tiny_cnn(seed=1)
-    result = distill(student, make_tiny_cnn(seed=2), train_x=x, train_y=y, val_x=val_x, val_y=torch.arange(12) % 3,
-                     cfg=cfg, progress=False)
+    result = distill(student, make_tiny_cnn(seed=2), TrainData.of(x, y, val_x, torch.arange(12) % 3), cfg,
+                     RunOptions(progress=False))
     assert len(result.epochs) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in result.epochs)
     assert all(0.0 <= e["train_top1"] <= 100.0 for e in result.epochs)  # counted over the 6 labeled images

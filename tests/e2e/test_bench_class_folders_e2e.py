@@ -59,7 +59,7 @@ def bench_row(*args) -> dict:
 
 
 def test_class_folders_score_exactly_the_npz_top1(default_run, class_folders):
-    from edgekd.runtime.imagefolder import load_eval_data
+    from edgekd.runtime.eval_folder import load_eval_data
 
     root, arrays = class_folders
     model = default_run / "model.int8.onnx"

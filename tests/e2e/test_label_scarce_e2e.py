@@ -78,8 +78,8 @@ def test_semi_supervised_teachers_learn_from_every_train_image(tiny_run_inputs, 
 
 
 def test_the_labeled_images_are_repeated_only_for_a_supervised_teacher(tiny_run_inputs, tmp_path):
-    """The teacher stage's `tensors` are the labeled images repeated to the train split's size
-    (a supervised teacher's epoch); semi-supervised teachers read all_tensors, so no copy is made."""
+    """The teacher stage's `data` are the labeled images repeated to the train split's size
+    (a supervised teacher's epoch); semi-supervised teachers read `every`, so no copy is made."""
     from edgekd.pipeline.chain import _inputs
     from edgekd.pipeline.context import Context
     from edgekd.pipeline.store import RunStore
@@ -89,9 +89,9 @@ def test_the_labeled_images_are_repeated_only_for_a_supervised_teacher(tiny_run_
     for overrides, labeled_rows in ((["data.labels_per_class=4"], "train"), (["data.labels_per_class=4", semi], 12)):
         recipe = Recipe.from_yaml(tiny_run_inputs / "tiny.yaml", overrides)
         inputs = _inputs("teacher", recipe, RunStore(recipe, Context(run_dir=tmp_path, seed=recipe.seed), {}))
-        train = len(inputs["all_tensors"]["train_y"])
-        assert len(inputs["tensors"]["train_y"]) == (train if labeled_rows == "train" else labeled_rows)
-        assert inputs["tensors"]["val_y"] is inputs["all_tensors"]["val_y"]
+        train = len(inputs.every.train_y)
+        assert len(inputs.data.train_y) == (train if labeled_rows == "train" else labeled_rows)
+        assert inputs.data.val is inputs.every.val
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -94,12 +94,10 @@ def test_module_next_to_the_recipe(tmp_path, monkeypatch, module_name):
     assert model[-1].out_features == 2
 
 
-def test_preload_makes_later_builds_find_the_module(tmp_path, monkeypatch, module_name):
-    from edgekd.models.external import preload_factories
-
+def test_a_module_found_once_is_found_by_later_builds(tmp_path, monkeypatch, module_name):
     (tmp_path / f"{module_name}.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path.parent)  # not the module's folder
-    preload_factories(["resnet8", "torchvision:resnet18", f"{module_name}:build"], search_dirs=[tmp_path])
+    build_model(f"{module_name}:build", in_channels=1, num_classes=3, search_dirs=[tmp_path])
     model = build_model(f"{module_name}:build", in_channels=1, num_classes=2)  # no search_dirs now
     assert model[-1].out_features == 2
 

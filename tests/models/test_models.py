@@ -21,6 +21,7 @@ SMALL = {
     "resnet56": ({"width": 0.25}, 4),
     "mobilenetv2": ({"width": 0.25, "last_channels": 64}, 8),  # _round8(32 * 0.25) = max(8, 12 // 8 * 8) = 8
     "tinycnn": ({"width": 4}, 4),
+    "edgenet": ({"stem": 16, "stages": [[1, 16, 1]]}, 16),  # widths in multiples of 16
 }
 
 

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
+from edgekd.pipeline.plots import pareto_front
 from edgekd.pipeline.report import (
     CSV_COLUMNS,
     SCHEMA,
     STAGE_LABELS,
     build_report,
     markdown,
-    pareto_front,
     results_csv,
     speedups,
     summary_table,
@@ -155,9 +155,10 @@ def test_markdown(report):
     assert "Test CPU, 2 cores, onnxruntime 1.32, int8 CPU features: avx2." in text
     assert "| student.int8 | 88.00 | 23.73K | 1.50M | 1.0 KB | 0.500 | 0.750 | 1.000 | 8.00x | 3 |" in text
     assert "| teacher | 91.50 | 1.25M | 40.00M | 5.00 MB | 4.000 | 6.000 | 8.000 | 1.00x | - |" in text
-    # stages: seconds with one decimal, details without seconds and epochs
-    assert "| teacher | 12.5 | val_top1=91 |" in text
-    assert "| export | 0.2 | max_abs_diff={1: 1.5e-07, 7: 2.25e-07} |" in text
+    # stages: seconds with one decimal, then each stage's fields as rows with units (issue 28: no dict dumps)
+    assert "| teacher | 12.5 |" in text and "| export | 0.2 |" in text
+    assert "| val_top1 | 91.00 % |" in text
+    assert "| max_abs_diff.1 | 1.5e-07 |" in text and "| max_abs_diff.7 | 2.25e-07 |" in text
 
 
 # -- files -----------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_write_report_files(tmp_path, report):
     assert paths["json"] == run / "report.json" and paths["markdown"] == run / "report.md"
     assert paths["csv"] == run / "results.csv"
     assert json.loads(paths["json"].read_text()) == report
-    assert paths["markdown"].read_text() == markdown(report)
+    assert paths["markdown"].read_text() == markdown(report, {k: v for k, v in paths.items() if k == "pareto"})
     assert paths["csv"].read_text() == results_csv(report)
     expected = {"report.json", "report.md", "results.csv"}
     try:

@@ -28,6 +28,7 @@ from edgekd.errors import ModelFileError, TrainingDiverged
 from edgekd.io.artifacts import load_checkpoint
 from edgekd.train.config import TrainConfig
 from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -309,7 +310,8 @@ FIT_CFG = TrainConfig(epochs=3, batch_size=16, lr=0.05, weight_decay=1e-3, augme
 def train_linear(data, **kwargs):
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
-    result = fit(model, cross_entropy_step(model), cfg=FIT_CFG, seed=5, progress=False, **data, **kwargs)
+    run = RunOptions(seed=5, progress=False, **kwargs)
+    result = fit(model, cross_entropy_step(model), TrainData.of(**data), FIT_CFG, run)
     return model, result
 
 
@@ -407,7 +409,8 @@ def test_non_finite_weights_write_no_checkpoint(separable, tmp_path):
 
     kept = {}
     with pytest.raises(TrainingDiverged, match="weights became non-finite at epoch 2; the checkpoint of epoch 1"):
-        fit(model, poisoning_step, cfg=FIT_CFG, progress=False, checkpoint=ckpt, desc="teacher", **separable)
+        fit(model, poisoning_step, TrainData.of(**separable), FIT_CFG, RunOptions(progress=False, checkpoint=ckpt,
+                                                                                 desc="teacher"))
     assert ckpt.read_bytes() == kept["bytes"] and load_checkpoint(ckpt)["epoch"] == 1
 
 
@@ -491,8 +494,8 @@ def test_checkpoint_of_a_different_setup_is_refused(separable, tmp_path):
     model = torch.nn.Linear(2, 2)
     other = TrainConfig(epochs=3, batch_size=16, lr=0.1, weight_decay=1e-3, augment=False)  # lr changed
     with pytest.raises(ModelFileError, match="was written for a different train setup"):
-        fit(model, cross_entropy_step(model), cfg=other, seed=5, progress=False, checkpoint=ckpt, resume=True,
-            **separable)
+        fit(model, cross_entropy_step(model), TrainData.of(**separable), other,
+            RunOptions(seed=5, progress=False, checkpoint=ckpt, resume=True))
 
 
 def test_deterministic_mode_is_scoped():

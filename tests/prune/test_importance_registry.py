@@ -9,7 +9,7 @@ import torch
 import torch_pruning as tp
 
 from edgekd.errors import ConfigError
-from edgekd.prune.channels import channel_table, prune_channels
+from edgekd.prune.channels import PrunePlan, channel_table, prune_channels
 from edgekd.prune.importance import IMPORTANCES
 from edgekd.recipe import Recipe
 
@@ -61,8 +61,8 @@ def test_the_toy_decides_which_channels_go(toy_importances, make_tiny_cnn):
     model = make_tiny_cnn(seed=0).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, *INPUT)
-    prune_channels(model, input_shape=INPUT, ratio=recipe.prune.ratio, importance=recipe.prune.importance,
-                   round_to=None)
+    prune_channels(model, PrunePlan(ratio=recipe.prune.ratio, importance=recipe.prune.importance, round_to=None),
+                   input_shape=INPUT)
     assert SCORED, "the toy importance was never asked"
     # the first conv and the classifier are protected; the middle convs lose their first half
     assert channel_table(model) == {"features.0.0": 4, "features.2.0": 4, "features.4.0": 8, "fc": 3}
@@ -77,8 +77,9 @@ def test_the_toy_decides_which_channels_go(toy_importances, make_tiny_cnn):
 def test_an_importance_that_needs_gradients_gets_them(toy_importances, make_tiny_cnn, tiny_images):
     model = make_tiny_cnn(seed=0)
     with pytest.raises(ConfigError, match="importance 'toy-grad' needs a batch of training images"):
-        prune_channels(model, input_shape=INPUT, ratio=0.5, importance="toy-grad")
+        prune_channels(model, PrunePlan(ratio=0.5, importance="toy-grad"), input_shape=INPUT)
     batch = (tiny_images(4), torch.tensor([0, 1, 2, 0]))
-    prune_channels(model, input_shape=INPUT, ratio=0.5, importance="toy-grad", loss_batch=batch, round_to=None)
+    prune_channels(model, PrunePlan(ratio=0.5, importance="toy-grad", round_to=None), input_shape=INPUT,
+                   loss_batch=batch)
     assert channel_table(model)["features.2.0"] == 4
     assert all(p.grad is None for p in model.parameters())  # cleared after the step

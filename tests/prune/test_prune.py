@@ -14,7 +14,7 @@ from edgekd.models.cost import count_macs, count_params
 from edgekd.models.shapes import layer_shapes, rebuild
 from edgekd.models.zoo import build_model
 from edgekd.onnx_export import ExportConfig, to_onnx
-from edgekd.prune.channels import channel_table, prune_channels
+from edgekd.prune.channels import PrunePlan, channel_table, prune_channels
 from edgekd.prune.importance import default_protected
 
 INPUT = (1, 16, 16)
@@ -55,7 +55,7 @@ def test_pruning_removes_channels_and_keeps_outputs(name, tmp_path):
     x = torch.randn(3, *INPUT)
     params, macs = count_params(model), count_macs(model, INPUT)
     before = channel_table(model)
-    prune_channels(model, input_shape=INPUT, ratio=0.5, importance="l1", round_to=None)
+    prune_channels(model, PrunePlan(ratio=0.5, importance="l1", round_to=None), input_shape=INPUT)
     after = channel_table(model)
 
     # the requested share of channels is gone from the layers that may be pruned...
@@ -86,7 +86,7 @@ def test_pruning_removes_channels_and_keeps_outputs(name, tmp_path):
 
 def test_round_to_keeps_channel_multiples():
     model = make("resnet20")
-    prune_channels(model, input_shape=INPUT, ratio=0.4, importance="l2", round_to=8)
+    prune_channels(model, PrunePlan(ratio=0.4, importance="l2", round_to=8), input_shape=INPUT)
     protected = set(default_protected(model))
     for name, channels in channel_table(model).items():
         if name not in protected:
@@ -98,7 +98,7 @@ def test_each_importance_prunes(importance):
     model = make("resnet20")
     batch = (torch.randn(8, *INPUT), torch.randint(0, 10, (8,)))
     params = count_params(model)
-    prune_channels(model, input_shape=INPUT, ratio=0.3, importance=importance, loss_batch=batch, steps=2)
+    prune_channels(model, PrunePlan(ratio=0.3, importance=importance, steps=2), input_shape=INPUT, loss_batch=batch)
     assert count_params(model) < params
     assert model(batch[0]).shape == (8, 10)
 
@@ -107,7 +107,7 @@ def test_target_macs_stops_at_the_first_step_at_or_below_it():
     model = make("resnet20")
     macs = count_macs(model, INPUT)
     steps = []
-    prune_channels(model, input_shape=INPUT, ratio=0.8, steps=8, round_to=None, target_macs=int(0.6 * macs),
+    prune_channels(model, PrunePlan(ratio=0.8, steps=8, round_to=None, target_macs=int(0.6 * macs)), input_shape=INPUT,
                    after_step=steps.append)
     # 0.1 of the channels per step: about 0.9^2 = 0.81, 0.64, 0.49 of the MACs after steps 1-3
     assert count_macs(model, INPUT) <= 0.6 * macs
@@ -119,8 +119,8 @@ def test_target_params_stops_at_the_first_step_at_or_below_it():
     model = make("mobilenetv2")
     params = count_params(model)
     steps = []
-    prune_channels(model, input_shape=INPUT, ratio=0.8, steps=8, round_to=None, target_params=int(0.7 * params),
-                   after_step=steps.append)
+    prune_channels(model, PrunePlan(ratio=0.8, steps=8, round_to=None, target_params=int(0.7 * params)),
+                   input_shape=INPUT, after_step=steps.append)
     assert count_params(model) <= 0.7 * params
     assert count_params(model) > 0.2 * params  # stopped long before ratio 0.8
     assert len(steps) < 8
@@ -129,17 +129,17 @@ def test_target_params_stops_at_the_first_step_at_or_below_it():
 
 def test_protected_layer_keeps_its_channels():
     model = make("concat_se")
-    prune_channels(model, input_shape=INPUT, ratio=0.5, protect=["branch_a.0"], round_to=None)
+    prune_channels(model, PrunePlan(ratio=0.5, protect=["branch_a.0"], round_to=None), input_shape=INPUT)
     assert model.branch_a[0].out_channels == 16
 
 
 def test_bad_arguments_are_config_errors():
     with pytest.raises(ConfigError, match="unknown pruning importance 'l3'"):
-        prune_channels(make("resnet20"), input_shape=INPUT, ratio=0.5, importance="l3")
+        prune_channels(make("resnet20"), PrunePlan(ratio=0.5, importance="l3"), input_shape=INPUT)
     with pytest.raises(ConfigError, match="between 0 and 1"):
-        prune_channels(make("resnet20"), input_shape=INPUT, ratio=1.5)
+        prune_channels(make("resnet20"), PrunePlan(ratio=1.5), input_shape=INPUT)
     with pytest.raises(ConfigError, match="unknown layers: nope"):
-        prune_channels(make("resnet20"), input_shape=INPUT, ratio=0.5, protect=["nope"])
+        prune_channels(make("resnet20"), PrunePlan(ratio=0.5, protect=["nope"]), input_shape=INPUT)
     with pytest.raises(ConfigError, match="does not fit|do not fit"):
         rebuild(make("resnet20"), {"fc": {"type": "Conv2d", "in": 1, "out": 1, "groups": 1}})
 
@@ -149,7 +149,7 @@ def test_compress_with_pruning_stage(tmp_path):
     import onnx
 
     from edgekd.pipeline.chain import compress
-    from edgekd.pipeline.export_one import export_one
+    from edgekd.pipeline.export_command import ExportRequest, export_one
     from edgekd.recipe import Recipe
 
     recipe = Recipe.from_dict({
@@ -175,5 +175,5 @@ def test_compress_with_pruning_stage(tmp_path):
     models = {m["stage"]: m for m in report["models"]}
     assert models["student"]["params"] == pruned["params"] and models["int8"]["int8_ops"] > 0
     # `edgekd export RUN_DIR` rebuilds the pruned student from its plain-data shapes
-    result = export_one(run_dir=run_dir, output=tmp_path / "again.onnx", progress=False)
+    result = export_one(ExportRequest(run_dir=run_dir, output=tmp_path / "again.onnx"))
     assert max(result["max_abs_diff"].values()) <= 1e-4

@@ -13,9 +13,11 @@ from edgekd.errors import ConfigError
 from edgekd.models.cost import count_macs
 from edgekd.prune.channels import sparsity_train
 from edgekd.prune.config import PruneConfig
-from edgekd.prune.latency import LatencyTarget, prune_to_latency
+from edgekd.prune.latency import Deployed, LatencyTarget, prune_to_latency
 from edgekd.recipe import Recipe
+from edgekd.runtime.config import BenchConfig
 from edgekd.train.config import TrainConfig
+from edgekd.train.plumbing import RunOptions, TrainData
 
 
 class WideStack(nn.Module):
@@ -42,10 +44,10 @@ def test_prune_to_latency_reaches_a_speedup_measured_against_the_unpruned_model(
     macs = count_macs(model, shape)
     calib = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
     finetuned = []
-    pruned, result = prune_to_latency(
-        model, input_shape=shape, target=LatencyTarget(speedup=1.3), calib_images=calib, max_ratio=0.7,
-        step_ratio=0.1, round_to=16, int8=True, threads=1, rounds=15, finetune=finetuned.append,
-        finetune_each_step=False)
+    cfg = PruneConfig(target_speedup=1.3, ratio=0.7, latency_step=0.1, round_to=16, latency_rounds=15, finetune="end")
+    pruned, result = prune_to_latency(model, input_shape=shape, cfg=cfg, calib_images=calib,
+                                      deployed=Deployed(int8=True, bench=BenchConfig(threads=1)),
+                                      finetune=finetuned.append)
 
     # the final measurement (after fine-tuning, twice the rounds) decides. Whether a shared CI
     # machine's timings meet the target varies (benchmarks/prune_fashion_mnist.py checks the
@@ -75,8 +77,9 @@ def test_unreachable_target_says_what_was_reached():
     model = WideStack(width=32).eval()
     calib = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
     lines = []
-    _, result = prune_to_latency(model, input_shape=shape, target=LatencyTarget(latency_ms=1e-6), calib_images=calib,
-                                 max_ratio=0.5, step_ratio=0.25, round_to=8, int8=False, threads=1, rounds=3,
+    fp32_one_thread = Deployed(int8=False, bench=BenchConfig(threads=1))
+    cfg = PruneConfig(target_latency_ms=1e-6, ratio=0.5, latency_step=0.25, round_to=8, latency_rounds=3)
+    _, result = prune_to_latency(model, input_shape=shape, cfg=cfg, calib_images=calib, deployed=fp32_one_thread,
                                  log=lines.append)
     assert not result.met and result.format == "fp32"
     assert len(result.steps) == 2 and not any(s["met"] for s in result.steps)
@@ -86,8 +89,8 @@ def test_unreachable_target_says_what_was_reached():
     # a target the unpruned model already meets: nothing is pruned
     model = WideStack(width=32).eval()
     macs = count_macs(model, shape)
-    _, result = prune_to_latency(model, input_shape=shape, target=LatencyTarget(latency_ms=1e6), calib_images=calib,
-                                 max_ratio=0.5, step_ratio=0.25, int8=False, threads=1, rounds=3)
+    cfg = PruneConfig(target_latency_ms=1e6, ratio=0.5, latency_step=0.25, latency_rounds=3)
+    _, result = prune_to_latency(model, input_shape=shape, cfg=cfg, calib_images=calib, deployed=fp32_one_thread)
     assert result.met and result.steps == [] and count_macs(model, shape) == macs == result.final["macs"]
 
 
@@ -115,14 +118,15 @@ def test_sparsity_training_shrinks_batchnorm_scales():
     scale_sums = {}
     for penalty in (0.0, 0.05):
         model = copy.deepcopy(base)
-        sparsity_train(model, train_x=x, train_y=y, val_x=x[:16], val_y=y[:16], penalty=penalty,
-                       cfg=TrainConfig(epochs=2, batch_size=8, lr=0.05, augment=False), progress=False)
+        sparsity_train(model, TrainData.of(x, y, x[:16], y[:16]),
+                       TrainConfig(epochs=2, batch_size=8, lr=0.05, augment=False), RunOptions(progress=False),
+                       penalty=penalty)
         scale_sums[penalty] = sum(m.weight.abs().sum().item() for m in model.modules()
                                   if isinstance(m, nn.BatchNorm2d))
     assert scale_sums[0.05] < 0.7 * scale_sums[0.0]  # measured: 44.7 vs 78.2
     with pytest.raises(ConfigError, match="needs batch-norm layers"):
-        sparsity_train(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), train_x=x, train_y=y, val_x=x, val_y=y,
-                       penalty=0.1, cfg=TrainConfig(epochs=1), progress=False)
+        sparsity_train(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), TrainData.of(x, y, x, y), TrainConfig(epochs=1),
+                       RunOptions(progress=False), penalty=0.1)
 
 
 def test_compress_prunes_to_a_latency_target(tmp_path):

@@ -30,6 +30,7 @@ from edgekd.quant.qat.prepare import (
 )
 from edgekd.quant.qat.train import calibrate
 from edgekd.recipe import Recipe
+from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.session import INT8_OPS, QDQ_OPS, make_session, optimized_op_counts
 
 INPUT_SHAPE = (1, 8, 8)  # as in conftest: 1x8x8 images of 3 classes
@@ -199,12 +200,12 @@ def test_export_parity_and_int8_kernels(tmp_path, tiny_images, arch, arch_args, 
     x = tiny_images(128, seed=4)
     with torch.no_grad():
         expected = q(x).numpy()
-    (got,) = make_session(path, threads=1).run(None, {"input": x.numpy()})
+    (got,) = make_session(path, BenchConfig(threads=1)).run(None, {"input": x.numpy()})
     # ONNX Runtime's integer kernels compute what the fake-quant model simulates; they can differ
     # by one requantization step where a value falls on a rounding tie (QLinearAdd), nowhere more
     assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max()
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.97
-    ops = optimized_op_counts(path, threads=1)
+    ops = optimized_op_counts(path, BenchConfig(threads=1))
     for op, count in fused.items():
         assert ops.get(op) == count, ops
     # nothing float is left to compute: only the input's QuantizeLinear and layout Transposes
@@ -288,4 +289,4 @@ def test_compress_with_qat_end_to_end(tmp_path):
     assert int8["top1"] > 30.0  # 10 classes: well above chance
     # the deployed model and the fake-quant model it was exported from agree on val (60 images)
     assert abs(quantize["val_top1_int8"] - quantize["val_top1_fake_quant"]) <= 100 / 60 + 1e-6
-    assert "method=qat" in (out / "report.md").read_text()
+    assert "| method | qat |" in (out / "report.md").read_text()  # the quantize stage's rows

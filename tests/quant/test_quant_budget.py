@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import AccuracyBudgetExceeded, GateFailed
 from edgekd.onnx_export import INPUT_NAME, OUTPUT_NAME
+from edgekd.pipeline.stage_inputs import QuantizeInputs
 from edgekd.quant import budget as quant_budget
 from edgekd.quant.config import QuantConfig
 from edgekd.quant.ptq import ptq
@@ -117,8 +118,9 @@ def test_budget_search_keeps_the_hostile_conv_float(tmp_path, hostile):
     fp32_top1, int8_top1 = top1(fp32, val_x, val_y), top1(int8, val_x, val_y)
     assert fp32_top1 == 100.0 and int8_top1 < 80.0  # int8 is broken by conv2
     lines = []
-    result = quant_budget.search(fp32, int8, calib_images=calib, cfg=cfg, fp32_top1=fp32_top1, int8_top1=int8_top1,
-                                 evaluate=lambda p: top1(p, val_x, val_y), log=lines.append)
+    result = quant_budget.search(fp32, int8, cfg=cfg, measured=quant_budget.Measured(fp32_top1, int8_top1),
+                                 evaluate=lambda p: top1(p, val_x, val_y), ptq_inputs=quant_budget.PtqInputs(calib),
+                                 log=lines.append)
     assert result.met and result.excluded == ["conv2"]
     assert result.final_top1 >= 98.0 and result.drop <= 2.0
     assert result.max_excluded == 1 and len(result.steps) == 1 and "conv2" in lines[0]
@@ -137,8 +139,9 @@ def test_budget_already_met_does_nothing(tmp_path, hostile):
     fp32, calib, _, _ = hostile
     int8 = tmp_path / "int8.onnx"
     int8.write_bytes(b"untouched")
-    result = quant_budget.search(fp32, int8, calib_images=calib, cfg=QuantConfig(max_drop=5.0), fp32_top1=90.0,
-                                 int8_top1=86.0, evaluate=lambda p: pytest.fail("no evaluation expected"))
+    result = quant_budget.search(fp32, int8, cfg=QuantConfig(max_drop=5.0), measured=quant_budget.Measured(90.0, 86.0),
+                                 evaluate=lambda p: pytest.fail("no evaluation expected"),
+                                 ptq_inputs=quant_budget.PtqInputs(calib))
     assert result.met and result.excluded == [] and result.final_top1 == 86.0
     assert int8.read_bytes() == b"untouched"
 
@@ -207,7 +210,7 @@ def test_pipeline_stage_keeps_the_hostile_conv_float_and_records_it(tmp_path):
     ctx = Context(run_dir=tmp_path, progress=False, log=lambda line: None)
     cfg = Recipe.from_dict({"quantize": {"target": "x86-avx2", "max_drop": 10.0}}).quantize
     splits = SimpleNamespace(calib_x=images[:50], val_x=images[50:], val_y=labels)
-    result = quantize_stage.run(ctx, cfg, {"splits": splits}).record
+    result = quantize_stage.run(ctx, cfg, QuantizeInputs(splits)).record
     assert result["target"] == "x86-avx2" and result["settings"]["reduce_range"] is True
     assert result["format"] == "QDQ U8S8" and result["val_top1_fp32"] == 100.0
     budget = result["budget"]
@@ -277,8 +280,9 @@ def test_budget_search_keeps_the_elementwise_ops_float_as_a_group(tmp_path):
     int8_top1 = top1(int8, val_x, val_y)
     assert int8_top1 < 90.0
     lines = []
-    result = quant_budget.search(fp32, int8, calib_images=calib, cfg=cfg, fp32_top1=100.0, int8_top1=int8_top1,
-                                 evaluate=lambda p: top1(p, val_x, val_y), log=lines.append)
+    result = quant_budget.search(fp32, int8, cfg=cfg, measured=quant_budget.Measured(100.0, int8_top1),
+                                 evaluate=lambda p: top1(p, val_x, val_y), ptq_inputs=quant_budget.PtqInputs(calib),
+                                 log=lines.append)
     assert result.met and result.excluded_op_types == ["Mul", "Sigmoid"] and result.excluded == []
     assert result.steps[0]["keep_float"] == "op types Mul, Sigmoid" and len(result.steps) == 1
     assert "element-wise ops (Mul, Sigmoid) kept float" in lines[0]

@@ -23,8 +23,8 @@ from edgekd.errors import ConfigError, DataError, ModelFileError, ProviderUnavai
 from edgekd.io import onnxfile
 from edgekd.io.onnxfile import check_onnx_file
 from edgekd.runtime import bench
+from edgekd.runtime.bench_output import format_table
 from edgekd.runtime.config import BenchConfig
-from edgekd.runtime.fmt import format_table
 from edgekd.runtime.inputs import (
     SYNTHETIC_AGREEMENT_SAMPLES,
     agreement,
@@ -296,10 +296,10 @@ def test_without_onnx_installed(monkeypatch, tmp_path, zoo):
 def test_provider_errors(zoo):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ProviderUnavailable, match="onnxruntime-gpu") as info:
-            make_session(zoo["fp32"], "cuda")
+            make_session(zoo["fp32"], BenchConfig(provider="cuda"))
         assert re.search(r"available: [^)]*\bcpu\b", str(info.value))
     with pytest.raises(ConfigError, match="known: cpu, cuda"):
-        make_session(zoo["fp32"], "gpu")
+        make_session(zoo["fp32"], BenchConfig(provider="gpu"))
     with pytest.raises(ConfigError, match="unknown provider"):
         bench.bench([zoo["fp32"]], cfg=BenchConfig(provider="gpu"), progress=False)
 
@@ -309,7 +309,7 @@ def test_silent_fallback_is_an_error(zoo, monkeypatch):
     listed = ort.get_available_providers() + ["OpenVINOExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
     with pytest.warns(UserWarning), pytest.raises(ProviderUnavailable, match="fell back to CPUExecutionProvider"):
-        make_session(zoo["fp32"], "openvino")
+        make_session(zoo["fp32"], BenchConfig(provider="openvino"))
 
 
 class _SleepySession:
@@ -530,13 +530,14 @@ def test_provider_node_counts_from_a_hand_made_profile(tmp_path):
 
 
 def test_thread_and_spinning_options_reach_the_session(zoo):
-    session = make_session(zoo["fp32"], "cpu", 1, inter_threads=2, intra_spinning=False, inter_spinning=True)
+    session = make_session(zoo["fp32"], BenchConfig(threads=1, inter_threads=2, intra_spinning=False,
+                                                inter_spinning=True))
     options = session.get_session_options()
     assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL and options.inter_op_num_threads == 2
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "1"
-    default = make_session(zoo["fp32"], "cpu").get_session_options()
+    default = make_session(zoo["fp32"]).get_session_options()
     assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     with pytest.raises(RuntimeError):  # not set: ONNX Runtime's own default applies
         default.get_session_config_entry("session.intra_op.allow_spinning")
@@ -592,12 +593,12 @@ def test_bench_interleave_gives_the_same_rows_with_a_note(zoo):
 
     cfg = dataclasses.replace(CFG, interleave=True)
     rows = bench.bench([zoo["fp32"], zoo["int8"], zoo["b1"]], eval_set=zoo["eval"], cfg=cfg, progress=False,
-                       batch_sizes=[2, 4])
+                       sweep=bench.Sweep(batch_sizes=[2, 4]))
     # b1 has a fixed batch of 1: one result for it, as in the sequential mode
     assert [(r.name, r.batch_size) for r in rows] == [("fp32", 2), ("fp32", 4), ("model.int8", 2),
                                                       ("model.int8", 4), ("b1", 1)]
     sequential = bench.bench([zoo["fp32"], zoo["int8"], zoo["b1"]], eval_set=zoo["eval"], cfg=CFG, progress=False,
-                             batch_sizes=[2, 4])
+                             sweep=bench.Sweep(batch_sizes=[2, 4]))
     for row, plain in zip(rows, sequential):
         assert (row.top1, row.int8_ops, row.input_shape) == (plain.top1, plain.int8_ops, plain.input_shape)
         assert row.runs >= CFG.runs and row.warmup == CFG.warmup and row.first_run_ms > 0

@@ -18,7 +18,7 @@ from test_bench import ARGMAX_X, ARGMAX_Y, CFG, argmax_net, conv_net
 
 from edgekd.cli import main
 from edgekd.runtime import bench
-from edgekd.runtime import fmt as benchfmt
+from edgekd.runtime import bench_output as benchfmt
 from edgekd.runtime.measure import MemoryProbe, low_confidence, measure_latency
 from edgekd.runtime.providers import PROVIDERS
 

@@ -70,7 +70,7 @@ def test_image_model_odd_name_fixed_batch_4d_logits(tmp_path, opset):
 
 def test_fixed_batch_sweep_gives_one_row(tmp_path):
     model = image_net(tmp_path / "m.onnx", 9)
-    rows = bench.bench([model], cfg=CFG, progress=False, batch_sizes=[1, 8])
+    rows = bench.bench([model], cfg=CFG, progress=False, sweep=bench.Sweep(batch_sizes=[1, 8]))
     assert [r.batch_size for r in rows] == [2]
 
 

@@ -12,7 +12,7 @@ OWNER = PACKAGE / "runtime" / "metadata.py"
 
 # a quoted string that starts with "edgekd." (any prefix: f, r, b), or an f-string that builds
 # a key from a name ("edgekd.{name}")
-KEY_LITERAL = re.compile(r"""(?<![\w])[rRbBfFuU]{0,2}["']edgekd\.(?P<rest>[\w]*)(?P<version>/\d+)?|edgekd\.\{""")
+KEY_LITERAL = re.compile(r"""(?<![\w])[rRbBfFuU]{0,2}["']edgekd\.(?P<rest>[\w-]*)(?P<version>/\d+)?|edgekd\.\{""")
 
 
 # "edgekd.data.formats" names a module (edgekd list imports the registries by name), not a key

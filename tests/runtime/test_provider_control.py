@@ -128,8 +128,8 @@ def test_options_reach_the_session(tmp_path, monkeypatch):
         return session_class(path, options, providers=providers, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", spy)
-    make_session(model, "cpu", provider_options={"use_arena": "0", "openvino:device_type": "GPU"},
-                 session_config={"session.disable_prepacking": "1"}, graph_optimization="basic")
+    make_session(model, BenchConfig(provider_options={"use_arena": "0", "openvino:device_type": "GPU"},
+                                    session_config={"session.disable_prepacking": "1"}, graph_optimization="basic"))
     options, providers = seen[-1]
     assert providers == [("CPUExecutionProvider", {"use_arena": "0"})]  # not the openvino-only one
     assert options.get_session_config_entry("session.disable_prepacking") == "1"

@@ -25,7 +25,7 @@ from test_bench_outputs import FAST, X, identity_net, refused
 
 from edgekd.cli import main
 from edgekd.errors import EdgekdError
-from edgekd.runtime import fmt
+from edgekd.runtime import bench_output
 from edgekd.runtime.inputs import preprocess
 from edgekd.runtime.metadata import meta_int, meta_json
 from fuzzing import fuzz_cases, fuzz_rng, fuzz_settings
@@ -194,9 +194,9 @@ def some_report(rng: random.Random):
 
 def compare_outcome(a, b) -> None:
     def run():
-        fmt.check_compare_report(a, "a.json")
-        fmt.check_compare_report(b, "b.json")
-        assert isinstance(fmt.format_compare(fmt.compare(a, b)), str)
+        bench_output.check_compare_report(a, "a.json")
+        bench_output.check_compare_report(b, "b.json")
+        assert isinstance(bench_output.format_compare(bench_output.compare(a, b)), str)
 
     expect_valid_or_exit_2(run)
 

@@ -142,9 +142,9 @@ def test_search_with_the_val_size_does_not_search_a_one_image_drop(tmp_path):
     def evaluate(path):
         raise AssertionError("nothing to re-quantize")
 
-    result = budget.search(tmp_path / "missing.onnx", tmp_path / "missing.int8.onnx", calib_images=np.zeros(1),
-                           cfg=QuantConfig(max_drop=1.0), evaluate=evaluate, fp32_top1=100.0,
-                           int8_top1=100.0 - 100 / 18, val_size=18)
+    result = budget.search(tmp_path / "missing.onnx", tmp_path / "missing.int8.onnx", cfg=QuantConfig(max_drop=1.0),
+                           measured=budget.Measured(fp32_top1=100.0, int8_top1=100.0 - 100 / 18, val_size=18),
+                           evaluate=evaluate, ptq_inputs=budget.PtqInputs(calib_images=np.zeros(1)))
     assert result.met and result.excluded == [] and result.allowed_drop == pytest.approx(300 / 18)
     assert result.to_dict()["val_size"] == 18
 

@@ -256,7 +256,7 @@ def test_a_model_that_takes_only_the_export_size_is_estimated_from_its_input(mon
 def _fresh_decode_gate():
     """The decode gate re-reads the budget at most once a second: a test that changes the
     limit starts the gate afresh."""
-    from edgekd.data import files
+    from edgekd.data import image_files as files
 
     gate = getattr(files, "DECODE_GATE", None)  # the process's one gate, as the decoders see it
     if gate is not None:
@@ -303,9 +303,9 @@ def concurrent_pixels(monkeypatch):
 
 
 def test_decoding_threads_are_bounded_by_a_pixel_budget(big_pngs, concurrent_pixels, monkeypatch):
-    from edgekd.data import files as files_module
-    from edgekd.data.files import scan
-    from edgekd.data.filesplits import decode_many
+    from edgekd.data import image_files as files_module
+    from edgekd.data.image_file_splits import decode_many
+    from edgekd.data.image_files import scan
 
     monkeypatch.setattr(files_module, "CHUNK", 1)  # a pool even for 8 files
     monkeypatch.setenv("EDGEKD_MEMORY_LIMIT", "6M")  # budget 3 MiB, decodes in flight 1.5 MiB: one 1 MiB image
@@ -326,7 +326,7 @@ def test_decoding_threads_are_bounded_by_a_pixel_budget(big_pngs, concurrent_pix
 
 def test_an_image_larger_than_the_budget_is_refused_or_skipped_with_the_reason(big_pngs, concurrent_pixels,
                                                                             monkeypatch):
-    from edgekd.data.files import decode_fitted, file_split, refuse_or_skip, scan
+    from edgekd.data.image_files import decode_fitted, file_split, refuse_or_skip, scan
 
     monkeypatch.setenv("EDGEKD_MEMORY_LIMIT", "1M")  # budget 512 KiB: one image of 1 MiB is too large
     _fresh_decode_gate()
@@ -366,6 +366,7 @@ def test_auto_runs_the_teacher_per_step_when_its_logits_do_not_fit(monkeypatch, 
 
     from edgekd.distill import offline
     from edgekd.distill.config import DistillConfig
+    from edgekd.train.plumbing import RunOptions, TrainData
 
     g = torch.Generator().manual_seed(1)
     data = {"train_x": tiny_images(24), "train_y": torch.randint(0, 3, (24,), generator=g),
@@ -373,7 +374,8 @@ def test_auto_runs_the_teacher_per_step_when_its_logits_do_not_fit(monkeypatch, 
     cfg = DistillConfig(epochs=1, batch_size=8, lr=0.01, augment=False)
     monkeypatch.setattr(offline, "logit_cache_bytes", lambda images, outputs: 1 << 50)
     cache = {}
-    offline.distill(make_tiny_cnn(seed=1), make_tiny_cnn(seed=0), cfg=cfg, progress=False, teacher_cache=cache, **data)
+    offline.distill(make_tiny_cnn(seed=1), make_tiny_cnn(seed=0), TrainData.of(**data), cfg, RunOptions(progress=False),
+                    teacher_cache=cache)
     assert cache == {}  # nothing cached: the teacher ran at every step
 
 

@@ -87,7 +87,7 @@ def test_node_names_survive_training_and_pruning(tiny_spec, make_tiny_cnn, tmp_p
     import torch
 
     from edgekd.onnx_export import ExportConfig, to_onnx
-    from edgekd.prune.channels import prune_channels
+    from edgekd.prune.channels import PrunePlan, prune_channels
     from edgekd.quant.ptq import prepare
 
     def names(model, tag):
@@ -101,7 +101,7 @@ def test_node_names_survive_training_and_pruning(tiny_spec, make_tiny_cnn, tmp_p
     with torch.no_grad():  # other weights (as after training), then half the channels removed
         for p in changed.parameters():
             p.mul_(3.0)
-    prune_channels(changed, input_shape=(1, 8, 8), ratio=0.5, round_to=2)
+    prune_channels(changed, PrunePlan(ratio=0.5, round_to=2), input_shape=(1, 8, 8))
     assert sum(p.numel() for p in changed.parameters()) < sum(p.numel() for p in make_tiny_cnn(width=8).parameters())
     assert names(changed, "pruned") == untrained
 

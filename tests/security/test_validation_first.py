@@ -213,6 +213,7 @@ def test_preflight_refuses_any_non_finite_number():
 
 def linear_fit(data, cfg, *, inputs_nan=False, poison_at=None):
     from edgekd.train.loop import cross_entropy_step, fit
+    from edgekd.train.plumbing import RunOptions, TrainData
 
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
@@ -230,8 +231,8 @@ def linear_fit(data, cfg, *, inputs_nan=False, poison_at=None):
     if inputs_nan:
         train_x[5, 0] = float("nan")
     with pytest.raises(TrainingDiverged) as info:
-        fit(model, wrapped, train_x=train_x, train_y=data["train_y"], val_x=data["val_x"], val_y=data["val_y"],
-            cfg=cfg, progress=False, desc="distill")
+        fit(model, wrapped, TrainData.of(train_x, data["train_y"], data["val_x"], data["val_y"]), cfg,
+            RunOptions(progress=False, desc="distill"))
     return str(info.value)
 
 
@@ -256,7 +257,9 @@ def test_a_non_finite_loss_names_its_likely_cause(separable):
 def test_nan_weights_at_export_are_named_not_blamed_on_the_exporter(tmp_path, tiny_spec, make_tiny_cnn):
     from edgekd.onnx_export import ExportConfig
     from edgekd.pipeline.context import Context
+    from edgekd.pipeline.stage_inputs import ExportInputs
     from edgekd.pipeline.stages import export
+    from edgekd.train.plumbing import TrainData
 
     class Splits:
         spec = tiny_spec
@@ -265,8 +268,9 @@ def test_nan_weights_at_export_are_named_not_blamed_on_the_exporter(tmp_path, ti
     with torch.no_grad():
         model.fc.bias[1] = float("nan")
     summary = {"params": 1, "macs": 1}
-    inputs = {"splits": Splits, "tensors": {"val_x": torch.zeros(4, 1, 8, 8)},
-              "models": {"teacher": (make_tiny_cnn(), "tinycnn", summary), "student": (model, "tinycnn", summary)}}
+    images, labels = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    inputs = ExportInputs(Splits, TrainData.of(images, labels, images, labels),
+                          {"teacher": (make_tiny_cnn(), "tinycnn", summary), "student": (model, "tinycnn", summary)})
     with pytest.raises(ModelFileError, match=r"the student \(tinycnn\) weights are non-finite .* 'fc.bias'"):
         export.run(Context(run_dir=tmp_path), ExportConfig(), inputs)
     assert not (tmp_path / "model.fp32.onnx").exists()

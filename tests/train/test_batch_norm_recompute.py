@@ -1,4 +1,4 @@
-"""train.recompute_batch_norm: the training loop recomputes batch-norm statistics after each
+"""compute.recompute_batch_norm: the training loop recomputes batch-norm statistics after each
 epoch for models from torchvision/timm (auto), for every model (true) or never (false)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from edgekd.models.zoo import build_model
 from edgekd.train.compute import Compute, use
 from edgekd.train.config import ComputeConfig, TrainConfig
 from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
 
 CFG = TrainConfig(epochs=1, batch_size=32, lr=0.05, augment=False)
 
@@ -48,7 +49,7 @@ def exact_statistics(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 def test_the_loop_recomputes_statistics_as_set(data, setting, external, recomputed):
     model = bn_net(external)
     with use(Compute(recompute_batch_norm=setting)):
-        result = fit(model, cross_entropy_step(model), cfg=CFG, progress=False, **data)
+        result = fit(model, cross_entropy_step(model), TrainData.of(**data), CFG, RunOptions(progress=False))
     assert result.compute["recompute_batch_norm"] is recomputed
     exact = exact_statistics(model, data["train_x"])  # the same images in another order: the same average
     if recomputed:
@@ -65,5 +66,5 @@ def test_torchvision_models_are_marked_as_built_externally():
 
 def test_the_setting_is_validated():
     assert ComputeConfig(recompute_batch_norm=True).recompute_batch_norm is True
-    with pytest.raises(ConfigError, match="train.recompute_batch_norm must be auto, true or false"):
+    with pytest.raises(ConfigError, match="compute.recompute_batch_norm must be auto, true or false"):
         ComputeConfig(recompute_batch_norm="yes")

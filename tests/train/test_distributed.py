@@ -26,6 +26,7 @@ from torch import nn
 from edgekd.train import distributed
 from edgekd.train.config import TrainConfig
 from edgekd.train.loop import cross_entropy_step, fit
+from edgekd.train.plumbing import RunOptions, TrainData
 torch.set_num_threads(1)
 distributed.setup("cpu")
 g = torch.Generator().manual_seed(0)
@@ -34,8 +35,7 @@ y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 0.5).long()
 torch.manual_seed(1)
 model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3))
 cfg = TrainConfig(epochs=3, batch_size=32, lr=0.01, augment=True)
-fit(model, cross_entropy_step(model), train_x=x, train_y=y, val_x=x[:64], val_y=y[:64], cfg=cfg, seed=0,
-    progress=False)
+fit(model, cross_entropy_step(model), TrainData.of(x, y, x[:64], y[:64]), cfg, RunOptions(seed=0, progress=False))
 if distributed.is_main():
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, sys.argv[1])
 distributed.teardown()

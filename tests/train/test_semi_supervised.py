@@ -4,6 +4,8 @@ labels removed, resume equal to an uninterrupted run, and the recipe's checks.""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from edgekd.data.unlabeled import UNLABELED
 from edgekd.distill.schemes import StudentWithEma
 from edgekd.errors import ConfigError
 from edgekd.train.config import SemiSupervisedConfig, TeacherConfig
+from edgekd.train.plumbing import RunOptions, TrainData
 from edgekd.train.semi_supervised import Stats, fixmatch_step, strong_augment, train_semi_supervised
 
 
@@ -111,9 +114,9 @@ def test_confident_predictions_become_labels_and_labeled_images_keep_theirs():
 
 def test_teacher_learns_from_unlabeled_images_and_reports_it():
     data = brightness_data()
-    model, result, record = train_semi_supervised(small_cnn(), teacher_cfg(threshold=0.8, ema_decay=0.9), **data,
-                                                  seed=0, desc="teacher", progress=False, checkpoint=None,
-                                                  resume=False, log=None)
+    model, result, record = train_semi_supervised(small_cnn(), TrainData.of(**data),
+                                                  teacher_cfg(threshold=0.8, ema_decay=0.9),
+                                                  RunOptions(seed=0, desc="teacher", progress=False))
     assert record["method"] == "fixmatch" and record["continues"] in ("model", "ema")
     assert 0 < record["pseudo_labeled_fraction"] <= 1
     assert max(record["model_val_top1"], record["ema_val_top1"]) >= 90  # brightness: easy once labeled
@@ -123,8 +126,8 @@ def test_teacher_learns_from_unlabeled_images_and_reports_it():
 
 def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     data = brightness_data()
-    common = dict(**data, seed=1, desc="teacher", progress=False, resume=True, log=None)
-    done, _, record = train_semi_supervised(small_cnn(), teacher_cfg(), checkpoint=None, **common)
+    common = RunOptions(seed=1, desc="teacher", progress=False, resume=True)
+    done, _, record = train_semi_supervised(small_cnn(), TrainData.of(**data), teacher_cfg(), common)
 
     class Stop(Exception):
         pass
@@ -142,10 +145,11 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     nn.Sequential.forward = stop_in_epoch_two
     try:
         with pytest.raises(Stop):
-            train_semi_supervised(small_cnn(), teacher_cfg(), checkpoint=checkpoint, **common)
+            train_semi_supervised(small_cnn(), TrainData.of(**data), teacher_cfg(), common.with_(checkpoint=checkpoint))
     finally:
         nn.Sequential.forward = original
-    resumed, _, record_resumed = train_semi_supervised(small_cnn(), teacher_cfg(), checkpoint=checkpoint, **common)
+    resumed, _, record_resumed = train_semi_supervised(small_cnn(), TrainData.of(**data), teacher_cfg(),
+                                                       common.with_(checkpoint=checkpoint))
     assert record_resumed["continues"] == record["continues"]
     for a, b in zip(done.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
@@ -154,13 +158,12 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
 def test_streamed_or_label_free_data_is_refused_in_one_line():
     data = brightness_data()
     with pytest.raises(ConfigError, match="in memory"):
-        train_semi_supervised(small_cnn(), teacher_cfg(), train_x=object(), train_y=data["train_y"],
-                              val_x=data["val_x"], val_y=data["val_y"], seed=0, desc="teacher", progress=False,
-                              checkpoint=None, resume=False, log=None)
+        streamed = TrainData(SimpleNamespace(labels=data["train_y"]), TrainData.of(**data).val)  # not a tensor
+        train_semi_supervised(small_cnn(), streamed, teacher_cfg(), RunOptions(desc="teacher", progress=False))
     no_labels = {**data, "train_y": torch.full_like(data["train_y"], UNLABELED)}
     with pytest.raises(ConfigError, match="at least 2 labeled"):
-        train_semi_supervised(small_cnn(), teacher_cfg(), **no_labels, seed=0, desc="teacher", progress=False,
-                              checkpoint=None, resume=False, log=None)
+        train_semi_supervised(small_cnn(), TrainData.of(**no_labels), teacher_cfg(),
+                              RunOptions(desc="teacher", progress=False))
 
 
 @pytest.mark.parametrize("key,value,message", [

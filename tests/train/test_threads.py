@@ -1,4 +1,4 @@
-"""train.threads (edgekd.train.threads): the CPUs a run may use (affinity, cgroup CPU quota,
+"""compute.threads (edgekd.train.threads): the CPUs a run may use (affinity, cgroup CPU quota,
 torch's count), auto's re-measuring on the training loop's own steps with a fake clock, an
 explicit number used as given, and the count ONNX Runtime's calibration sessions get."""
 
@@ -9,7 +9,7 @@ import pytest
 from edgekd.errors import ConfigError
 from edgekd.io import membudget
 from edgekd.train import threads
-from edgekd.train.threads import ThreadChoice, ThreadTuner
+from edgekd.train.threads import ThreadChoice, ThreadTuner, TunerHooks
 
 
 def _cgroup_v2(tmp_path, cpu_max: str | None, parent_max: str | None = None):
@@ -94,18 +94,18 @@ def test_auto_starts_from_the_smallest_limit_torch_included(fake_machine, monkey
 def test_a_bad_setting_is_a_one_line_config_error(value):
     from edgekd.train.config import ComputeConfig
 
-    with pytest.raises(ConfigError, match="train.threads must be auto or a whole number of threads") as err:
+    with pytest.raises(ConfigError, match="compute.threads must be auto or a whole number of threads") as err:
         ComputeConfig(threads=value)
     assert "\n" not in str(err.value)
 
 
-def test_the_recipe_reads_train_threads():
+def test_the_recipe_reads_compute_threads():
     from edgekd.recipe import Recipe
 
-    assert Recipe().train.threads == "auto"
-    assert Recipe.default(["train.threads=2"]).train.threads == 2
-    with pytest.raises(ConfigError, match="train.threads"):
-        Recipe.default(["train.threads=2.5"])
+    assert Recipe().compute.threads == "auto"
+    assert Recipe.default(["compute.threads=2"]).compute.threads == 2
+    with pytest.raises(ConfigError, match="compute.threads"):
+        Recipe.default(["compute.threads=2.5"])
 
 
 # -- auto re-measures on the loop's steps (fake clock) ------------------------------------------
@@ -119,9 +119,10 @@ class FakeSteps:
         self.now, self.count, self.seconds, self.set_calls, self.lines = 0.0, None, seconds, [], []
         self.others = others
         self.step_counts = []  # the count each step ran with
+        hooks = TunerHooks(timer=lambda: self.now, set_threads=self._set, deterministic=False,
+                           load=lambda: self.others)
         self.tuner = ThreadTuner(choice, steps_per_epoch=steps_per_epoch, desc="teacher", log=self.lines.append,
-                                 timer=lambda: self.now, set_threads=self._set, deterministic=False,
-                                 load=lambda: self.others, **kwargs)
+                                 hooks=hooks, **kwargs)
         self.steps_per_epoch = steps_per_epoch
 
     def _set(self, count: int) -> None:
@@ -236,16 +237,16 @@ def test_no_tuning_on_a_gpu_with_one_cpu_or_deterministic():
         steps.run(epochs=2)
         assert len(set(steps.set_calls)) == 1 and choice.changes == []
     choice, lines = ThreadChoice(setting="auto", budget=2, count=2), []
-    tuner = ThreadTuner(choice, steps_per_epoch=5, desc="distill", log=lines.append, set_threads=lambda n: None,
-                        deterministic=True)
+    tuner = ThreadTuner(choice, steps_per_epoch=5, desc="distill", log=lines.append,
+                        hooks=TunerHooks(set_threads=lambda n: None, deterministic=True))
     assert not tuner.active
     assert lines == ["[distill] threads: auto keeps 2 (deterministic: a count that followed the machine's load "
-                     "would change the weights); train.threads: N fixes another"]
+                     "would change the weights); compute.threads: N fixes another"]
 
 
 def test_outside_a_run_nothing_is_set():
     calls = []
-    tuner = ThreadTuner(None, steps_per_epoch=5, set_threads=calls.append)
+    tuner = ThreadTuner(None, steps_per_epoch=5, hooks=TunerHooks(set_threads=calls.append))
     tuner.epoch_started(1)
     tuner.step_done(8)
     tuner.finish()
@@ -262,6 +263,7 @@ def _tiny_fit(make_tiny_cnn, tiny_images, compute, monkeypatch, seconds):
     from edgekd.train.compute import use
     from edgekd.train.config import TrainConfig
     from edgekd.train.loop import cross_entropy_step, fit
+    from edgekd.train.plumbing import RunOptions, TrainData
 
     now = [0.0]
     monkeypatch.setattr(threads, "clock", lambda: now[0])
@@ -276,8 +278,8 @@ def _tiny_fit(make_tiny_cnn, tiny_images, compute, monkeypatch, seconds):
     x, y = tiny_images(64), torch.arange(64) % 3
     lines = []
     with use(compute):
-        result = fit(model, timed_step, train_x=x, train_y=y, val_x=x[:16], val_y=y[:16],
-                     cfg=TrainConfig(epochs=3, batch_size=8), progress=False, log=lines.append, desc="teacher")
+        result = fit(model, timed_step, TrainData.of(x, y, x[:16], y[:16]), TrainConfig(epochs=3, batch_size=8),
+                     RunOptions(progress=False, log=lines.append, desc="teacher"))
         inside = torch.get_num_threads()
     return result, lines, inside
 

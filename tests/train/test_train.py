@@ -14,7 +14,9 @@ from edgekd.errors import TrainingDiverged
 from edgekd.train.augment import augment_batch
 from edgekd.train.config import TrainConfig
 from edgekd.train.evaluate import accuracy, predict
-from edgekd.train.loop import FitResult, cross_entropy_step, fit, make_optimizer, to_tensor
+from edgekd.train.loop import FitResult, cross_entropy_step, fit, make_optimizer
+from edgekd.train.plumbing import RunOptions, TrainData
+from edgekd.train.tensors import to_tensor
 
 # -- to_tensor ----------------------------------------------------------------------------
 
@@ -186,7 +188,7 @@ CFG = TrainConfig(epochs=4, batch_size=16, lr=0.05, weight_decay=0.0, augment=Fa
 def test_fit_learns_a_linearly_separable_problem(separable):
     model = linear_model()
     start = accuracy(model, separable["val_x"], separable["val_y"])
-    result = fit(model, cross_entropy_step(model), cfg=CFG, progress=False, **separable)
+    result = fit(model, cross_entropy_step(model), TrainData.of(**separable), CFG, RunOptions(progress=False))
     assert isinstance(result, FitResult)
     assert result.best_val_top1 >= 95.0 > start
     assert accuracy(model, separable["val_x"], separable["val_y"]) == result.best_val_top1
@@ -205,7 +207,7 @@ def test_fit_is_deterministic_with_a_seed(separable):
     def train(seed):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))
-        fit(model, cross_entropy_step(model), cfg=cfg, seed=seed, progress=False, **data)
+        fit(model, cross_entropy_step(model), TrainData.of(**data), cfg, RunOptions(seed=seed, progress=False))
         return model[1].weight.detach().clone()
 
     assert torch.equal(train(11), train(11))
@@ -227,7 +229,7 @@ def test_fit_keeps_the_best_epoch_weights(separable):
         return nn.functional.cross_entropy(logits, labels), logits
 
     cfg = TrainConfig(epochs=8, batch_size=16, lr=0.1, weight_decay=0.0, augment=False)
-    result = fit(model, sabotaged_step, cfg=cfg, progress=False, **separable)
+    result = fit(model, sabotaged_step, TrainData.of(**separable), cfg, RunOptions(progress=False))
     snapshots = [e["val_top1"] for e in result.epochs]
     assert calls["n"] == 8 * steps_per_epoch
     assert result.best_epoch in (1, 2)
@@ -239,8 +241,8 @@ def test_fit_keeps_the_best_epoch_weights(separable):
 def test_fit_zero_epochs_keeps_weights(separable):
     model = linear_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = fit(model, cross_entropy_step(model), cfg=TrainConfig(epochs=0, augment=False), progress=False,
-                 **separable)
+    result = fit(model, cross_entropy_step(model), TrainData.of(**separable), TrainConfig(epochs=0, augment=False),
+                 RunOptions(progress=False))
     assert result.epochs == [] and result.best_epoch == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -256,7 +258,8 @@ def test_fit_skips_single_sample_batches(separable):
         return nn.functional.cross_entropy(logits, labels), logits
 
     data = dict(separable, train_x=separable["train_x"][:17], train_y=separable["train_y"][:17])
-    fit(model, step, cfg=TrainConfig(epochs=1, batch_size=8, augment=False), progress=False, **data)
+    fit(model, step, TrainData.of(**data), TrainConfig(epochs=1, batch_size=8, augment=False),
+        RunOptions(progress=False))
     assert sizes == [8, 8]
 
 
@@ -269,8 +272,8 @@ def test_non_finite_loss_raises_training_diverged(separable, bad):
         return (logits.sum() * 0 + bad), logits
 
     with pytest.raises(TrainingDiverged) as info:
-        fit(model, step, cfg=TrainConfig(epochs=2, batch_size=16, lr=0.05, augment=False), desc="teacher",
-            progress=False, **separable)
+        fit(model, step, TrainData.of(**separable), TrainConfig(epochs=2, batch_size=16, lr=0.05, augment=False),
+            RunOptions(desc="teacher", progress=False))
     assert info.value.exit_code == 4
     message = str(info.value)
     assert "epoch 1" in message and "teacher.lr" in message and str(bad) in message

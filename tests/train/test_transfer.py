@@ -13,6 +13,7 @@ from edgekd.errors import ModelFileError
 from edgekd.io.artifacts import save_weights
 from edgekd.models.zoo import build_model
 from edgekd.train.config import TeacherConfig, TransferConfig
+from edgekd.train.plumbing import RunOptions, TrainData
 from edgekd.train.transfer import HeadOnly, find_head, load_backbone, transfer
 
 
@@ -132,7 +133,8 @@ def test_plain_pt_state_dict_is_accepted(tmp_path):
 def test_phase_1_trains_only_the_head(pretrained_file, data):
     path, saved = pretrained_file
     model = tiny(num_classes=3, seed=2)
-    report = transfer(model, cfg=teacher_cfg(path, head_epochs=2, epochs=0), **data, progress=False)
+    report = transfer(model, TrainData.of(**data), teacher_cfg(path, head_epochs=2, epochs=0),
+                      RunOptions(progress=False))
     state = model.state_dict()
     for key, value in saved.items():
         if not key.startswith("fc."):
@@ -155,15 +157,15 @@ def test_head_only_wrapper_freezes_gradients_and_batch_norm():
 def test_phase_2_trains_every_layer_at_the_lower_lr(pretrained_file, data):
     path, saved = pretrained_file
     model = tiny(num_classes=3, seed=2)
-    report = transfer(model, cfg=teacher_cfg(path, head_epochs=1, epochs=1, finetune_lr=0.01), **data,
-                      progress=False)
+    report = transfer(model, TrainData.of(**data), teacher_cfg(path, head_epochs=1, epochs=1, finetune_lr=0.01),
+                      RunOptions(progress=False))
     assert all(p.requires_grad for p in model.parameters())
     assert not torch.equal(model.features[0][0].weight, saved["features.0.0.weight"])  # the backbone moved
     assert report["finetune_lr"] == 0.01
     assert len(report["fit"].epochs) == 1
     # finetune_lr unset: a tenth of teacher.lr
-    default = transfer(tiny(num_classes=3, seed=2), cfg=teacher_cfg(path, head_epochs=0, epochs=1), **data,
-                       progress=False)
+    default = transfer(tiny(num_classes=3, seed=2), TrainData.of(**data), teacher_cfg(path, head_epochs=0, epochs=1),
+                       RunOptions(progress=False))
     assert default["finetune_lr"] == pytest.approx(0.005)
 
 

@@ -1,26 +1,24 @@
-"""The `imagefolder` format: train/<class>/* and test/<class>/* (or val/) under data.path, in
-JPEG, PNG, WebP or BMP, any mode PIL reads (grey, RGB, RGBA, palette, CMYK, 16-bit).
+"""The `imagefolder` format: train/<class>/* and test/<class>/* (or val/) under data.path, or
+<class>/* alone (split into train and test: edgekd.data.class_folders), in JPEG, PNG, WebP or BMP, any mode PIL reads (grey, RGB, RGBA, palette, CMYK, 16-bit).
 
-As a registered loader (load_arrays, `edgekd bench --data`) every image is decoded into one
-uint8 array, grey if all images are, else RGB, and all must share one size. A recipe with
-data.image_size streams them instead (edgekd.data.filesplits): listing, checking and
-decoding live in edgekd.data.files."""
+Registered as a lister (FileLister): it lists the files, and edgekd.data.image_file_splits streams
+them (a recipe with data.image_size) or decodes them into one uint8 array (grey if all images
+are, else RGB, all of one size: load_arrays, `edgekd bench --data`). Listing, checking and
+decoding live in edgekd.data.image_files."""
 
 from __future__ import annotations
 
-from edgekd.data.base import RawArrays, need_path
-from edgekd.data.files import list_imagefolder
-from edgekd.data.formats.registry import FORMATS
+from edgekd.data.base import need_path
+from edgekd.data.class_folders import list_any_image_folder
+from edgekd.data.formats.registry import FORMATS, FileLister
+from edgekd.data.image_files import FileDataset
+
+IMAGEFOLDER_HINT = "DIR (with <class>/*.png, or train/<class>/*.png and test/<class>/*.png)"
 
 
-@FORMATS.register("imagefolder")
-def load_imagefolder_format(name: str, path: str | None) -> RawArrays:
-    """The image folder at data.path."""
-    return load_imagefolder(need_path(name, path, "DIR (with train/<class>/*.png and test/<class>/*.png)"))
+def list_imagefolder_format(name: str, path: str | None, skip_bad: bool) -> FileDataset:
+    """The image folder at data.path, listed; with data.skip_bad, empty class folders are left out."""
+    return list_any_image_folder(need_path(name, path, IMAGEFOLDER_HINT), skip_empty=skip_bad)
 
 
-def load_imagefolder(path: str) -> RawArrays:
-    """Images in path/train/<class>/ and path/test/<class>/ (or val/), decoded into arrays."""
-    from edgekd.data.filesplits import decode_dataset
-
-    return decode_dataset(list_imagefolder(path))
+FORMATS.register("imagefolder", FileLister(list_imagefolder_format))

@@ -20,23 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import MAX_CLASS_NAME, RawArrays, generic_class_names, need_path
-from edgekd.data.files import MAX_FILES, FileDataset, FileSplit
-from edgekd.data.formats.registry import FORMATS
+from edgekd.data.base import MAX_CLASS_NAME, generic_class_names, need_path
+from edgekd.data.formats.registry import FORMATS, FileLister
+from edgekd.data.image_files import MAX_FILES, FileDataset, FileSplit
 from edgekd.errors import DataError
 from edgekd.io.regular import not_regular, open_regular, what_it_is
 
 SUFFIXES = (".csv", ".jsonl")
 MAX_MANIFEST_BYTES = 2 * 1024**3
 SPLITS = {"train": "train", "test": "test", "val": "test"}
+MANIFEST_HINT = "FILE.csv|FILE.jsonl|DIR (with train.csv and test.csv)"
 
 
-@FORMATS.register("manifest")
-def load_manifest_format(name: str, path: str | None) -> RawArrays:
-    """The manifest at data.path, decoded into arrays (all images of one size)."""
-    from edgekd.data.filesplits import decode_dataset
-
-    return decode_dataset(list_manifest(need_path(name, path, "FILE.csv|FILE.jsonl|DIR (with train.csv, test.csv)")))
+def list_manifest_format(name: str, path: str | None, skip_bad: bool) -> FileDataset:
+    """The manifest at data.path, listed (a manifest has no class folders to skip: skip_bad unused)."""
+    return list_manifest(need_path(name, path, MANIFEST_HINT))
 
 
 def is_manifest(path: Path) -> bool:
@@ -79,6 +77,9 @@ def list_manifest(path: str) -> FileDataset:
     n_train = len(splits["train"])
     return FileDataset("manifest", FileSplit([f for f, _ in splits["train"]], labels[:n_train]),
                        FileSplit([f for f, _ in splits["test"]], labels[n_train:]), names, str(given), {})
+
+
+FORMATS.register("manifest", FileLister(list_manifest_format))
 
 
 def _find(folder: Path, stem: str) -> Path | None:

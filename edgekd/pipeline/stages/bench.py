@@ -9,10 +9,11 @@ from pathlib import Path
 from edgekd.io.artifacts import atomic_write_text
 from edgekd.pipeline.context import Context, StageResult
 from edgekd.pipeline.layout import BENCH_JSON, INT8_ONNX, STUDENT_ONNX
+from edgekd.pipeline.stage_inputs import BenchInputs
 from edgekd.runtime.config import BenchConfig
 
 
-def run(ctx: Context, cfg: BenchConfig, inputs: dict) -> StageResult:
+def run(ctx: Context, cfg: BenchConfig, inputs: BenchInputs) -> StageResult:
     """inputs: none; the models are the run directory's ONNX files."""
     from edgekd.runtime.bench import bench_run_dir, to_json
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 from edgekd.data.config import DataConfig
 from edgekd.pipeline.context import Context, StageResult
 from edgekd.pipeline.layout import EVAL_SET
+from edgekd.pipeline.stage_inputs import DataInputs
 
 
-def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
-    """inputs: `splits`."""
-    from edgekd.data.filesplits import FILES_FINGERPRINT
+def run(ctx: Context, cfg: DataConfig, inputs: DataInputs) -> StageResult:
+    """inputs: the splits."""
+    from edgekd.data.image_file_splits import FILES_FINGERPRINT
     from edgekd.data.splits import save_eval_set
     from edgekd.pipeline.resume import data_fingerprint, save_data_fingerprint
 
-    splits = inputs["splits"]
+    splits = inputs.splits
     spec = splits.spec
     save_eval_set(ctx.path(EVAL_SET), splits.test_x, splits.test_y, spec)
     stream = splits.stream
@@ -43,8 +44,21 @@ def run(ctx: Context, cfg: DataConfig, inputs: dict) -> StageResult:
                 "all (KD alone on the unlabeled)")
     skipped = splits.record.get("skipped")
     if skipped:
+        from edgekd.data.image_files import named_files
+
         total = sum(sum(v.values()) if isinstance(v, dict) else v for v in skipped.values())
-        ctx.log(f"[data] skipped {total} bad image(s) or empty class folder(s) (data.skip_bad): {skipped}")
+        first = splits.record.get("skipped_files")
+        files = sum(sum(v.values()) for v in skipped.values() if isinstance(v, dict))  # not the empty folders
+        ctx.log(f"[data] skipped {total} bad image(s) or empty class folder(s) (data.skip_bad): {skipped}"
+                + (f"; first: {named_files(first, files)}" if first else ""))
+    split = splits.record.get("split")
+    if split:
+        ctx.log(f"[data] {spec.source} has class folders only: {split['test']:,} of its images "
+                f"({split['test_fraction']:.0%} of each class, seed {split['seed']}) held out as the test split, "
+                "the same in every run")
+    if splits.record.get("upscaled_images"):
+        ctx.log(f"[data] {splits.record['upscaled_images']:,} image(s) smaller than data.image_size "
+                f"({spec.width}x{spec.height}) resized up")
     if cfg.augment_policy is not None and (stream is None or stream.kind != "files"):
         record["augment_policy_ignored"] = True
         ctx.log(f"[data] note: data.augment_policy {cfg.augment_policy} applies to streamed image files (data.image_size "

@@ -7,24 +7,25 @@ from pathlib import Path
 from edgekd.onnx_export import ExportConfig
 from edgekd.pipeline.context import Context, StageResult, input_shape_of
 from edgekd.pipeline.layout import STUDENT_ONNX, TEACHER_ONNX
+from edgekd.pipeline.stage_inputs import ExportInputs
 
 
-def run(ctx: Context, cfg: ExportConfig, inputs: dict) -> StageResult:
-    """inputs: `splits`, `tensors` (val_x: the parity check's images), and `models`: {stage:
-    (model, arch, record with params and macs)} for 'teacher' and 'student'."""
+def run(ctx: Context, cfg: ExportConfig, inputs: ExportInputs) -> StageResult:
+    """inputs: edgekd.pipeline.stage_inputs.ExportInputs (`models`: {stage: (model, arch,
+    record with params and macs)} for 'teacher' and 'student')."""
     import torch
 
     from edgekd.onnx_export import model_metadata, to_onnx
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
-    splits = inputs["splits"]
+    splits = inputs.splits
     spec = splits.spec
-    check_inputs = inputs["tensors"]["val_x"]
+    check_inputs = inputs.data.val_x
     if not isinstance(check_inputs, torch.Tensor):  # streamed: the first images of the bounded in-memory val set
         check_inputs = to_tensor(splits.val_x[: max(cfg.check_batch_sizes, default=0)], spec.mean, spec.std)
     record = {}
     for stage, file in (("teacher", TEACHER_ONNX), ("student", STUDENT_ONNX)):
-        model, arch, summary = inputs["models"][stage]
+        model, arch, summary = inputs.models[stage]
         if getattr(model, "onnx_path", None) is not None:  # teacher.onnx: it is ONNX already
             record[stage] = copy_onnx_teacher(model.onnx_path, ctx.path(file), spec)
             ctx.log(f"[export] {file}: the ONNX teacher, copied with edgekd metadata")

@@ -8,18 +8,16 @@ import json
 from edgekd.io.artifacts import atomic_write_text
 from edgekd.pipeline.context import Context, StageResult, degenerate_flags, input_shape_of
 from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS
+from edgekd.pipeline.stage_inputs import PruneInputs
 from edgekd.prune.config import PruneConfig
 
 
-def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
+def run(ctx: Context, cfg: PruneConfig, inputs: PruneInputs | None) -> StageResult:
     """Remove channels from the student, fine-tuning it with KD from the teacher after each
     step (or once at the end): to a share of the channels, a MACs count, or a measured
     latency (prune.target_latency_ms / target_speedup, edgekd.prune.latency).
 
-    inputs: `splits`, `tensors`, `labeled` (tensors with the labeled train images only: what
-    the steps on labels alone read), `teacher`, `student`; `kd`: the distill section, whose KD
-    settings the fine-tuning uses; `deployed`: how the latency target times a candidate
-    ({"int8": quantize.enabled, "quant_cfg", "provider", "threads", "session_options"})."""
+    inputs: edgekd.pipeline.stage_inputs.PruneInputs (None when pruning is off)."""
     import dataclasses
 
     from edgekd.data.unlabeled import image_counts
@@ -27,77 +25,67 @@ def run(ctx: Context, cfg: PruneConfig, inputs: dict) -> StageResult:
     from edgekd.io.artifacts import save_weights
     from edgekd.models.cost import count_macs, count_params
     from edgekd.models.shapes import layer_shapes
-    from edgekd.prune.channels import channel_table, prune_channels, sparsity_train
+    from edgekd.prune.channels import PrunePlan, channel_table, prune_channels, sparsity_train
     from edgekd.train.evaluate import accuracy
 
     if not cfg.enabled:
         for name in (PRUNED_WEIGHTS, PRUNED_SHAPES):  # stale files of an earlier --force run
             ctx.path(name).unlink(missing_ok=True)
         return StageResult({"enabled": False})
-    t, teacher, student = inputs["tensors"], inputs["teacher"], inputs["student"]
-    shape = input_shape_of(inputs["splits"].spec)
+    t, teacher, student = inputs.data, inputs.teacher, inputs.student
+    shape = input_shape_of(inputs.splits.spec)
+    # the sparsity and fine-tuning runs keep no per-epoch checkpoint and write no notes
+    quiet = ctx.run_options("distill").with_(log=None)
     before = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
     extra = {}
     if cfg.sparsity > 0 and cfg.sparsity_epochs > 0:  # network slimming: push unneeded BN scales to zero
-        slim = sparsity_train(student, **inputs["labeled"], penalty=cfg.sparsity, seed=ctx.seed, progress=ctx.progress,
-                              cfg=dataclasses.replace(cfg, epochs=cfg.sparsity_epochs))
+        slim = sparsity_train(student, inputs.labeled, dataclasses.replace(cfg, epochs=cfg.sparsity_epochs), quiet,
+                              penalty=cfg.sparsity)
         extra["sparsity"] = {"penalty": cfg.sparsity, "epochs": cfg.sparsity_epochs, "val_top1": slim.best_val_top1}
-    finetune = dataclasses.replace(inputs["kd"], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+    finetune = dataclasses.replace(inputs.kd, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                    weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, augment=cfg.augment)
     history = []
 
     def finetune_step(step: int) -> None:
         if finetune.epochs == 0:
             return
-        result = distill(student, teacher, train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
-                         val_y=t["val_y"], cfg=finetune, seed=ctx.seed + step, progress=ctx.progress)
+        result = distill(student, teacher, t, finetune, quiet.with_(seed=ctx.seed + step))
         history.append({"step": step, "macs": count_macs(student, shape), "val_top1": result.best_val_top1})
 
     each_step = cfg.finetune == "step"
-    labeled = inputs["labeled"]
-    batch = (labeled["train_x"][: cfg.batch_size], labeled["train_y"][: cfg.batch_size])  # gradients for 'taylor'
+    labeled = inputs.labeled
+    batch = (labeled.train_x[: cfg.batch_size], labeled.train_y[: cfg.batch_size])  # gradients for 'taylor'
     if cfg.latency_targeted:
         extra["latency"] = _prune_to_latency(ctx, cfg, inputs, student, shape, batch, finetune_step).to_dict()
     else:
-        prune_channels(student, input_shape=shape, ratio=cfg.ratio, importance=cfg.importance,
-                       global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect,
-                       steps=cfg.steps, loss_batch=batch, after_step=finetune_step if each_step else None,
-                       target_macs=cfg.target_macs, target_params=cfg.target_params)
+        prune_channels(student, PrunePlan.of(cfg), input_shape=shape, loss_batch=batch,
+                       after_step=finetune_step if each_step else None)
         if not each_step:
             finetune_step(cfg.steps)
     atomic_write_text(ctx.path(PRUNED_SHAPES), json.dumps(layer_shapes(student), indent=1))
     save_weights(student, ctx.path(PRUNED_WEIGHTS))
     after = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
-    val_top1 = accuracy(student, t["val_x"], t["val_y"])
-    extra["flags"] = degenerate_flags(ctx, "pruned student", student, t["val_x"], t["val_y"],
-                                      inputs["splits"].spec.num_classes)
+    val_top1 = accuracy(student, t.val)
+    extra["flags"] = degenerate_flags(ctx, "pruned student", student, t.val_x, t.val_y, inputs.splits.spec.num_classes)
     ctx.log(f"[prune] MACs {before['macs']:,} -> {after['macs']:,}, params {before['params']:,} -> "
             f"{after['params']:,}, val top-1 {val_top1:.2f}%")
     if finetune.epochs:  # the KD fine-tuning's images (labels are scarce: KD alone on the unlabeled ones)
-        extra["images"] = image_counts(t["train_y"])
+        extra["images"] = image_counts(t.train_y)
     return StageResult({"enabled": True, "before": before, "after": after, "steps": history, "val_top1": val_top1,
             "params": after["params"], "macs": after["macs"], "weights": PRUNED_WEIGHTS, "shapes": PRUNED_SHAPES,
             **extra}, {"student": student})
 
 
-def _prune_to_latency(ctx: Context, cfg: PruneConfig, inputs: dict, student, shape, loss_batch, finetune):
+def _prune_to_latency(ctx: Context, cfg: PruneConfig, inputs: PruneInputs, student, shape, loss_batch, finetune):
     """Latency-targeted pruning of the prune stage: candidates timed in the deployed format
     (int8 when the quantize stage is on) on bench.provider, batch 1, bench.threads. A
     target not reached is a warning, not an error: the most-pruned model goes on."""
-    from edgekd.prune.latency import LatencyTarget, prune_to_latency
-    from edgekd.train.loop import to_tensor
+    from edgekd.prune.latency import prune_to_latency
+    from edgekd.train.tensors import to_tensor
 
-    splits, deployed = inputs["splits"], inputs["deployed"]
-    spec = splits.spec
+    spec = inputs.splits.spec
     # 128 calibration images: a candidate is only timed, and quantizing it must stay cheap
-    calib = to_tensor(splits.calib_x[:128], spec.mean, spec.std).numpy()
-    _, result = prune_to_latency(
-        student, input_shape=shape, calib_images=calib,
-        target=LatencyTarget(latency_ms=cfg.target_latency_ms, speedup=cfg.target_speedup),
-        max_ratio=cfg.ratio, step_ratio=cfg.latency_step, importance=cfg.importance,
-        global_pruning=cfg.global_pruning, round_to=cfg.round_to, protect=cfg.protect, loss_batch=loss_batch,
-        int8=deployed["int8"], quant_cfg=deployed["quant_cfg"], provider=deployed["provider"],
-        threads=deployed["threads"], session_options=deployed["session_options"],
-        rounds=cfg.latency_rounds, max_macs=cfg.target_macs,
-        finetune=finetune, finetune_each_step=cfg.finetune == "step", log=ctx.log)
+    calib = to_tensor(inputs.splits.calib_x[:128], spec.mean, spec.std).numpy()
+    _, result = prune_to_latency(student, input_shape=shape, cfg=cfg, calib_images=calib, deployed=inputs.deployed,
+                                 loss_batch=loss_batch, finetune=finetune, log=ctx.log)
     return result

@@ -9,7 +9,8 @@ from pathlib import Path
 from edgekd.io.artifacts import atomic_write_text
 from edgekd.pipeline.context import Context, StageResult, fit_summary, input_shape_of
 from edgekd.pipeline.layout import INT8_ONNX, QUANT_BUDGET_JSON, STUDENT_ONNX
-from edgekd.quant.budget import budget_summary, exceeds_budget
+from edgekd.pipeline.stage_inputs import QuantizeInputs
+from edgekd.quant.budget import Measured, PtqInputs, budget_summary, exceeds_budget
 from edgekd.quant.config import QuantConfig
 
 # what the stage's record keeps of resolve_quant_settings' answer
@@ -17,14 +18,14 @@ RECORDED_SETTINGS = ("target_from", "activation_type", "weight_type", "reduce_ra
                      "pad_input_channels_to", "overrides")
 
 
-def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
+def run(ctx: Context, cfg: QuantConfig, inputs: QuantizeInputs) -> StageResult:
     """Post-training static int8 (QDQ) of the student with ONNX Runtime, within the accuracy
     budget (quantize.max_drop): if int8 loses more val top-1 than that, its most sensitive
     nodes are kept in float (edgekd.quant_budget); if that is not enough the run fails with
     exit code 3, after writing state/quantize-budget.json.
 
-    inputs: `splits`; for QAT also `tensors`, `teacher`, `student`, `kd` (the distill section:
-    QAT fine-tunes with its temperature and alpha) and `opset` (export.opset)."""
+    inputs: edgekd.pipeline.stage_inputs.QuantizeInputs (for QAT: data, teacher, student, the
+    distill section whose temperature and alpha QAT fine-tunes with, and export.opset)."""
     import onnx
 
     from edgekd.quant.presets import format_name
@@ -37,7 +38,7 @@ def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
     if not cfg.enabled:
         ctx.path(INT8_ONNX).unlink(missing_ok=True)  # a stale int8 model from --force must not be benched
         return StageResult({"enabled": False})
-    splits = inputs["splits"]
+    splits = inputs.splits
     fp32 = ctx.path(STUDENT_ONNX)
     meta = props(onnx.load(str(fp32), load_external_data=False))
     meta[STAGE] = "int8"
@@ -56,10 +57,11 @@ def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
     # val accuracy of the deployed int8 model, as ONNX Runtime runs it (not a simulation)
     val_x = preprocess(splits.val_x, meta)
 
-    def val_top1(path) -> float:  # with the run's thread count (train.threads), as the budget search
+    def val_top1(path) -> float:  # with the run's thread count (compute.threads), as the budget search
+        from edgekd.runtime.config import BenchConfig
         from edgekd.train.compute import session_threads
 
-        return evaluate(make_session(path, threads=session_threads()), val_x, splits.val_y)
+        return evaluate(make_session(path, BenchConfig(threads=session_threads())), val_x, splits.val_y)
 
     int8_val = val_top1(ctx.path(INT8_ONNX))
     fp32_val = val_top1(fp32)
@@ -84,12 +86,12 @@ def run(ctx: Context, cfg: QuantConfig, inputs: dict) -> StageResult:
     result["budget_resolution"] = budget_summary(cfg.max_drop, val_size)
     ctx.log(f"[quantize] {result['budget_resolution']['text']}")
     if exceeds_budget(fp32_val, int8_val, cfg.max_drop, val_size):
-        result.update(_quantize_budget(ctx, cfg, val_size=val_size, calib=calib, meta=meta, machine=machine, evaluate=val_top1,
-                                       fp32_val=fp32_val, int8_val=int8_val, partial=result))
+        result.update(_quantize_budget(ctx, cfg, measured=Measured(fp32_val, int8_val, val_size),
+                                       ptq_inputs=PtqInputs(calib, meta, machine), evaluate=val_top1, partial=result))
     return StageResult(result)
 
 
-def _quantize_qat(ctx: Context, cfg: QuantConfig, inputs: dict, *, meta, machine) -> dict:
+def _quantize_qat(ctx: Context, cfg: QuantConfig, inputs: QuantizeInputs, *, meta, machine) -> dict:
     """Quantization-aware KD fine-tuning of the student (edgekd.qat), exported as QDQ ONNX.
     The accuracy budget is checked on the deployed model (ONNX Runtime, val split); there is
     no float-node search for QAT: beyond quantize.max_drop the run fails with exit code 3."""
@@ -100,19 +102,17 @@ def _quantize_qat(ctx: Context, cfg: QuantConfig, inputs: dict, *, meta, machine
     from edgekd.quant.qat.train import qat
     from edgekd.runtime.inputs import evaluate, preprocess
     from edgekd.runtime.session import make_session
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
     settings = resolve_quant_settings(cfg, machine)
-    splits, t, kd = inputs["splits"], inputs["tensors"], inputs["kd"]
+    splits, kd = inputs.splits, inputs.kd
     spec = splits.spec
-    qmodel = prepare_qat(inputs["student"], activation_type=settings["activation_type"],
+    qmodel = prepare_qat(inputs.student, activation_type=settings["activation_type"],
                          reduce_range=settings["reduce_range"])
-    result = qat(qmodel, inputs["teacher"], train_x=t["train_x"], train_y=t["train_y"], val_x=t["val_x"],
-                 val_y=t["val_y"], cfg=cfg.qat, temperature=kd.temperature,
-                 alpha=kd.alpha, calib_images=to_tensor(splits.calib_x, spec.mean, spec.std),
-                 seed=ctx.seed, progress=ctx.progress, log=ctx.log)
+    result = qat(qmodel, inputs.teacher, inputs.data, cfg.qat, ctx.run_options("qat"), temperature=kd.temperature,
+                 alpha=kd.alpha, calib_images=to_tensor(splits.calib_x, spec.mean, spec.std))
     padded = export_qdq(qmodel, ctx.path(INT8_ONNX), input_shape=input_shape_of(spec), metadata=meta,
-                        opset=inputs["opset"], pad_input_channels_to=settings["pad_input_channels_to"])
+                        opset=inputs.opset, pad_input_channels_to=settings["pad_input_channels_to"])
     val_x = preprocess(splits.val_x, meta)
     int8_val = evaluate(make_session(ctx.path(INT8_ONNX)), val_x, splits.val_y)
     fp32_val = evaluate(make_session(ctx.path(STUDENT_ONNX)), val_x, splits.val_y)
@@ -138,10 +138,14 @@ def _quantize_qat(ctx: Context, cfg: QuantConfig, inputs: dict, *, meta, machine
     return record
 
 
-def _quantize_budget(ctx: Context, cfg: QuantConfig, *, val_size, calib, meta, machine, evaluate, fp32_val, int8_val, partial) -> dict:
-    """The budget search; its result goes to state/quantize-budget.json whether it succeeds or not."""
+def _quantize_budget(ctx: Context, cfg: QuantConfig, *, measured: Measured, ptq_inputs: PtqInputs, evaluate,
+                     partial: dict) -> dict:
+    """The budget search from the `measured` accuracies; its result goes to
+    state/quantize-budget.json whether it succeeds or not."""
     from edgekd.errors import AccuracyBudgetExceeded
     from edgekd.quant.budget import search
+
+    fp32_val, int8_val = measured.fp32_top1, measured.int8_top1
 
     ctx.log(f"[quantize] int8 loses {fp32_val - int8_val:.2f} points of val top-1, more than quantize.max_drop "
             f"{cfg.max_drop}: keeping the most sensitive nodes in float")
@@ -153,12 +157,11 @@ def _quantize_budget(ctx: Context, cfg: QuantConfig, *, val_size, calib, meta, m
     with tempfile.TemporaryDirectory(prefix="edgekd-budget-") as work:
         all_int8 = Path(work) / "all-int8.onnx"  # to price the float nodes in latency afterwards
         shutil.copyfile(ctx.path(INT8_ONNX), all_int8)
-        budget = search(ctx.path(STUDENT_ONNX), ctx.path(INT8_ONNX), calib_images=calib, cfg=cfg, evaluate=evaluate,
-                        val_size=val_size,
-                        fp32_top1=fp32_val, int8_top1=int8_val, metadata=meta, machine=machine, log=ctx.log)
+        budget = search(ctx.path(STUDENT_ONNX), ctx.path(INT8_ONNX), cfg=cfg, measured=measured, evaluate=evaluate,
+                        ptq_inputs=ptq_inputs, log=ctx.log)
         latency = None
         if budget.met:
-            p50 = quick_p50_ms([ctx.path(STUDENT_ONNX), all_int8, ctx.path(INT8_ONNX)], calib[0])
+            p50 = quick_p50_ms([ctx.path(STUDENT_ONNX), all_int8, ctx.path(INT8_ONNX)], ptq_inputs.calib_images[0])
             latency = dict(zip(("fp32", "int8_all_quantized", "int8_with_float_nodes"), p50))
             ctx.log(f"[quantize] rough p50 (batch 1): fp32 {p50[0]:.3f} ms, all int8 {p50[1]:.3f} ms, "
                     f"with the float nodes {p50[2]:.3f} ms")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from edgekd.quant.qat.prepare import activation_quantizers, set_observing
+from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 
 
 @torch.no_grad()
@@ -34,13 +35,14 @@ class QatResult:
     ranges: list = field(default_factory=list)  # [(scale, zero_point)] per activation quantizer
 
 
-def qat(qmodel: nn.Module, teacher: nn.Module, *, train_x, train_y, val_x, val_y, cfg, temperature: float,
-        alpha: float, calib_images: torch.Tensor, seed: int = 0, progress: bool = True, log=None) -> QatResult:
+def qat(qmodel: nn.Module, teacher: nn.Module, data: TrainData, cfg, run: RunOptions = DEFAULT_RUN, *,
+        temperature: float, alpha: float, calib_images: torch.Tensor) -> QatResult:
     """KD fine-tuning of a prepare_qat() model in place, with edgekd's training loop.
 
     `cfg` is a recipe.QatConfig (epochs, lr, ... and observe_fraction: the share of steps
     during which the activation ranges keep following a moving average; frozen after).
-    The loss is distill.kd_step's Hinton KD with the distill stage's temperature and alpha."""
+    The loss is distill.kd_step's Hinton KD with the distill stage's temperature and alpha;
+    `run` as in train.fit, named "qat"."""
     import math
 
     from edgekd.distill.config import DistillConfig
@@ -53,8 +55,8 @@ def qat(qmodel: nn.Module, teacher: nn.Module, *, train_x, train_y, val_x, val_y
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    cached = None if cfg.augment else predict(teacher, train_x)
-    total_steps = cfg.epochs * max(1, math.ceil(len(train_x) / cfg.batch_size))
+    cached = None if cfg.augment else predict(teacher, data.train_x)
+    total_steps = cfg.epochs * max(1, math.ceil(len(data.train) / cfg.batch_size))
     observe_steps = int(round(cfg.observe_fraction * total_steps))
     steps = [0]
 
@@ -68,12 +70,11 @@ def qat(qmodel: nn.Module, teacher: nn.Module, *, train_x, train_y, val_x, val_y
 
     if observe_steps == 0:
         set_observing(qmodel, False)
-    result = fit(qmodel, step, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, cfg=cfg, seed=seed,
-                 desc="qat", progress=progress, log=log)
+    result = fit(qmodel, step, data, cfg, run.with_(desc="qat"))
     set_observing(qmodel, False)  # fit restored the best epoch's buffers; never observe again
     qmodel.eval()
     quantizers = activation_quantizers(qmodel)
     return QatResult(fit=result, observe_steps=observe_steps, total_steps=total_steps,
-                     val_top1=accuracy(qmodel, val_x, val_y), activation_quantizers=len(quantizers),
+                     val_top1=accuracy(qmodel, data.val), activation_quantizers=len(quantizers),
                      seconds=time.perf_counter() - start,
                      ranges=[(float(q.scale), int(q.zero_point)) for q in quantizers])

@@ -1,6 +1,6 @@
 """Splits of image-file datasets (an image folder, a manifest).
 
-Every file is opened and decoded once before training (data/files.py: `scan`), so a bad
+Every file is opened and decoded once before training (data/image_files.py: `scan`), so a bad
 image is refused (exit 2, naming it) or, with data.skip_bad, skipped and counted, before the
 run directory exists. Then:
 
@@ -18,23 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.base import RawArrays, check_memory, need_path
+from edgekd.data.base import RawArrays, check_memory
+from edgekd.data.class_folders import list_any_image_folder
 from edgekd.data.config import DATASET, DataConfig
-from edgekd.data.files import (
-    FileDataset,
-    FileSplit,
-    dataset_mode,
-    decode_fitted,
-    list_imagefolder,
-    refuse_or_skip,
-    scan,
-    thread_map,
-)
 from edgekd.data.fingerprint import files_part
+from edgekd.data.fitting import check_all_files, decode_many
+from edgekd.data.formats import FORMATS, FileLister
 from edgekd.data.formats.idx import IDX_FILES, find_idx_file
 from edgekd.data.formats.manifest import is_manifest, list_manifest
-from edgekd.data.memory import shared_copy, shared_empty
-from edgekd.data.splits import (
+from edgekd.data.image_files import FileDataset, FileSplit
+from edgekd.data.memory import shared_copy
+from edgekd.data.splitting import (
     Splits,
     Stream,
     array_splits,
@@ -49,103 +43,41 @@ from edgekd.errors import DataError
 from edgekd.io.regular import not_regular, what_it_is
 
 STATS_SAMPLE = 1000  # train images the mean and std of a streamed dataset are computed from
-IMAGEFOLDER_HINT = "DIR (with train/<class>/*.png and test/<class>/*.png)"
-MANIFEST_HINT = "FILE.csv|FILE.jsonl|DIR (with train.csv and test.csv)"
 FILES_FINGERPRINT = "files_fingerprint"  # the key of Splits.record that the data stage takes out
 
 
 def list_files(cfg: DataConfig) -> FileDataset | None:
-    """The file list of data.name when it is a file format (imagefolder, manifest, or a path
-    to one), else None (an array format)."""
-    from edgekd.data.formats import FORMATS
-
-    if cfg.name == "imagefolder":
-        return list_imagefolder(need_path(cfg.name, cfg.path, IMAGEFOLDER_HINT), skip_empty=cfg.skip_bad)
-    if cfg.name == "manifest":
-        return list_manifest(need_path(cfg.name, cfg.path, MANIFEST_HINT))
+    """The file list of data.name when it is a file format (registered with a FileLister, as
+    imagefolder and manifest are, or a path to an image folder or manifest), else None (an
+    array format)."""
     if cfg.name in FORMATS:
-        return None
+        entry = FORMATS.get(cfg.name)
+        return listed(cfg.name, entry, cfg.path, cfg.skip_bad) if isinstance(entry, FileLister) else None
     return list_path(Path(cfg.name).expanduser(), skip_empty=cfg.skip_bad)
 
 
+def listed(name: str, lister: FileLister, path: str | None, skip_bad: bool) -> FileDataset:
+    """What the lister of format `name` returns, checked to be a FileDataset."""
+    files = lister.list(name, path, skip_bad)
+    if not isinstance(files, FileDataset):
+        raise DataError(f"dataset format '{name}' returned a {type(files).__name__}; "
+                        "its lister must return edgekd.data.formats.FileDataset")
+    return files
+
+
 def list_path(path: Path, skip_empty: bool = False) -> FileDataset | None:
-    """A dataset path that is a manifest file or an image folder (not an IDX folder), listed. A
-    path to a FIFO or device is refused here: reading it would block or never end."""
+    """A dataset path that is a manifest file or an image folder (not an IDX folder), listed: a
+    folder in neither image folder layout is refused naming both. A path to a FIFO or device
+    is refused here: reading it would block or never end."""
     kind = not_regular(path)
     if kind not in (None, "missing", "a folder"):
         raise DataError(f"data path {path} {what_it_is(kind)}; pass an .npz or .csv/.jsonl file, or an image or "
                         "IDX folder")
     if path.is_file() and is_manifest(path):
         return list_manifest(str(path))
-    if path.is_dir() and (path / "train").is_dir() and not find_idx_file(path, IDX_FILES["train_x"]):
-        return list_imagefolder(str(path), skip_empty=skip_empty)
+    if path.is_dir() and not find_idx_file(path, IDX_FILES["train_x"]):
+        return list_any_image_folder(str(path), skip_empty=skip_empty)
     return None
-
-
-def checked(ds: FileDataset, cfg: DataConfig) -> tuple[FileSplit, FileSplit, str, tuple, dict]:
-    """(train, test, mode, (height, width), skipped) after scanning every file: bad files
-    refused or skipped, the colour mode chosen, and the size every image is used at (the crop,
-    or the one size all images share)."""
-    workers = max(1, cfg.worker_count())
-    crop = cfg.crop
-    splits, skipped, modes, sizes = {}, dict(ds.skipped), set(), {}
-    for what, split in (("train", ds.train), ("test", ds.test)):
-        found = scan(split.files, crop=crop, workers=workers)
-        kept, bad = refuse_or_skip(found, split, cfg.skip_bad, what)
-        if not len(kept):
-            raise DataError(f"{ds.source}: every image of the {what} split is bad ({bad}); check the dataset")
-        splits[what] = kept
-        if bad:
-            skipped[what] = bad
-        modes |= found.modes
-        sizes[what] = found.sizes
-    if crop is None:
-        crop = _common_size(splits, sizes)
-    return splits["train"], splits["test"], dataset_mode(modes, cfg.channels), crop, skipped
-
-
-def _common_size(splits: dict, sizes: dict) -> tuple[int, int]:
-    """The one (height, width) every image has; a DataError naming the first that differs."""
-    width, height = (int(v) for v in sizes["train"][0])
-    first = splits["train"].files[0]
-    for what in ("train", "test"):
-        differ = np.flatnonzero((sizes[what][:, 0] != width) | (sizes[what][:, 1] != height))
-        if len(differ):
-            w, h = sizes[what][differ[0]]
-            raise DataError(f"{splits[what].files[differ[0]]} is {w}x{h} but the first image ({first}) is "
-                            f"{width}x{height}; all images must share one size: resize them first, or set "
-                            "data.image_size to resize and crop them")
-    return height, width
-
-
-def decode_many(files: list, mode: str, resize: int | None, crop: tuple, workers: int,
-                shared: bool = False) -> np.ndarray:
-    """uint8 (N, C, crop height, crop width): every file decoded and fitted, in a thread pool.
-    `shared`: in a shared mapping, which the forked DataLoader workers do not count
-    (edgekd.data.memory)."""
-    channels = 1 if mode == "L" else 3
-    shape = (len(files), channels, *crop)
-    out = shared_empty(shape) if shared else np.empty(shape, dtype=np.uint8)
-
-    def one(i: int) -> None:
-        out[i] = decode_fitted(files[i], mode, resize, crop)
-
-    thread_map(one, list(range(len(files))), max(1, workers))
-    return out
-
-
-def decode_dataset(ds: FileDataset, cfg: DataConfig | None = None) -> RawArrays:
-    """Every image of `ds` decoded into arrays (the registered loaders' answer, and the in-memory
-    path): checked first, then at data.image_size or the one size they all share."""
-    cfg = cfg or DataConfig()
-    train, test, mode, crop, _ = checked(ds, cfg)
-    channels = 1 if mode == "L" else 3
-    count = len(train) + len(test)
-    check_memory(count * channels * crop[0] * crop[1], f"{ds.source}: {count:,} images of {crop[1]}x{crop[0]}x"
-                 f"{channels}", "use fewer or smaller images, or set data.image_size (streamed from the files)")
-    workers = cfg.worker_count()
-    x_train, x_test = (decode_many(s.files, mode, cfg.resize, crop, workers) for s in (train, test))
-    return RawArrays(ds.name, x_train, train.labels, x_test, test.labels, ds.class_names, ds.source)
 
 
 def file_splits(ds: FileDataset, cfg: DataConfig, seed: int) -> Splits:
@@ -156,9 +88,15 @@ def file_splits(ds: FileDataset, cfg: DataConfig, seed: int) -> Splits:
     rng = np.random.default_rng(seed)
     ds = ds._replace(train=_limit(ds.train, cfg.limit_train, rng),
                      test=_limit(ds.test, cfg.limit_test, np.random.default_rng(0)))
-    train, test, mode, crop, skipped = checked(ds, cfg)
+    train, test, mode, crop, skipped, upscaled, skipped_files = check_all_files(ds, cfg)
     channels = 1 if mode == "L" else 3
     record = {"skipped": skipped} if skipped else {}
+    if skipped_files:
+        record["skipped_files"] = skipped_files  # the first ones, named in the data stage's log
+    if ds.split:
+        record["split"] = ds.split
+    if upscaled:
+        record["upscaled_images"] = upscaled  # smaller than data.image_size: resized up
     record[FILES_FINGERPRINT] = listing
     if not choose_streaming(cfg, len(train), channels * crop[0] * crop[1], files=True):
         workers = cfg.worker_count()

@@ -4,7 +4,9 @@ argmax agreement."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.data.config import DataConfig
@@ -14,21 +16,54 @@ from edgekd.pipeline.layout import PRUNED_SHAPES, PRUNED_WEIGHTS, RECIPE_FILE, S
 from edgekd.recipe import Recipe
 
 
-def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_args=None,
-               data_name=DataConfig.name, data_path=None, int8=False, output=None, opset=ExportConfig.opset,
-               force=False, progress=True, input_size=None, dynamic_hw=False, fp16=False, fp32_io=False,
-               name=None, preprocess=None) -> dict:
-    """Export a run's stage, or a weights file plus an architecture, to ONNX (optionally int8
-    or float16).
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `edgekd export` and edgekd.export are asked for, as one value: their flags and
+    keywords by name, defaults from the recipe's dataclasses (DataConfig.name, ExportConfig.opset).
 
-    input_size (H, W): export for another input size than the data's (the architecture must
-    take it); dynamic_hw: height and width dynamic; fp16: a float16 model, fp32_io keeping
-    float32 input and output; stage / name: labels in the metadata (edgekd.stage, edgekd.name);
-    preprocess: with weights, the stated preprocessing for the metadata (runtime.preprocessing).
+    A run's `stage` (run_dir), or `weights` of `arch` (arch_args) for the dataset `data`
+    (data_path); int8, or fp16 (fp32_io: float32 input and output); input_size (H, W) and
+    dynamic_hw; `output` (None: beside the model), replaced only with force; stage / name:
+    labels in the metadata; preprocess: with weights, their stated preprocessing."""
+
+    run_dir: str | Path | None = None
+    stage: str = "student"
+    weights: str | Path | None = None
+    arch: str | None = None
+    arch_args: dict | None = None
+    data: str = DataConfig.name
+    data_path: str | Path | None = None
+    int8: bool = False
+    output: str | Path | None = None
+    opset: int = ExportConfig.opset
+    force: bool = False
+    progress: bool = False
+    input_size: tuple | None = None
+    dynamic_hw: bool = False
+    fp16: bool = False
+    fp32_io: bool = False
+    name: str | None = None
+    preprocess: dict | None = None
+    skip_bad: bool = False  # with weights and an image-file dataset: bad files skipped (data.skip_bad)
+
+    @classmethod
+    def from_arguments(cls, arguments: dict, **given) -> ExportRequest:
+        """The request from a caller's arguments by name (edgekd.export's locals(), click's
+        params), `given` over them. Names that are no field (--onnx, --quiet) are left out;
+        None for data or opset means the recipe's default, as edgekd.export documents."""
+        values = {**arguments, **given}
+        for key in ("data", "opset"):
+            if key in values and values[key] is None:
+                del values[key]
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def export_one(request: ExportRequest) -> dict:
+    """Export a run's stage, or a weights file plus an architecture, to ONNX (optionally int8
+    or float16), as `request` says (ExportRequest; its preprocess: see runtime.preprocessing).
     Returns the path, the parity per batch size and, for int8, the argmax agreement of the
     int8 model with PyTorch on val images.
     """
-    import dataclasses
     import tempfile
 
     import torch
@@ -36,45 +71,56 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     from edgekd.data.splits import load_splits
     from edgekd.io.artifacts import load_weights
     from edgekd.models.cost import count_macs, count_params
-    from edgekd.onnx_export import model_metadata, to_onnx
+    from edgekd.onnx_export import OnnxForm, model_metadata, to_onnx
     from edgekd.pipeline.context import build_arch
-    from edgekd.train.loop import to_tensor
+    from edgekd.train.tensors import to_tensor
 
-    if int8 and fp16:
+    # what changes on the way is a local; the rest is read from the request
+    run_dir, arch, arch_args, output = request.run_dir, request.arch, request.arch_args, request.output
+    if request.int8 and request.fp16:
         raise ConfigError("--int8 and --fp16 are two different models: give one of them")
-    if fp32_io and not fp16:
+    if request.fp32_io and not request.fp16:
         raise ConfigError("--fp32-io keeps a float16 model's input and output in float32: it needs --fp16")
     from edgekd.runtime.metadata import INPUT_SHAPE, NAME, PRECISION, PREPROCESS, STAGE
     from edgekd.runtime.preprocessing import check_stated, metadata_entries
 
-    preprocess = check_stated(preprocess, where="preprocess")
+    preprocess = check_stated(request.preprocess, where="preprocess")
     if preprocess and run_dir is not None:
         raise ConfigError("--preprocess, --mean, --std, ... describe user weights (--weights); a run's model keeps "
                           "the preprocessing it was trained with")
-    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    if request.skip_bad and run_dir is not None:
+        raise ConfigError("--skip-bad is for --weights and a dataset; a run reads its data as its recipe says "
+                          "(data.skip_bad in its recipe.yaml)")
+    precision = "int8" if request.int8 else "fp16" if request.fp16 else "fp32"
     if run_dir is not None:
         from edgekd.pipeline.rundir import EXPORT_FOLDER, check_no_links, real_run_dir
 
         run_dir = real_run_dir(run_dir)
         check_no_links(run_dir)  # a link inside a run would let export read outside it
         recipe = Recipe.from_yaml(run_dir / RECIPE_FILE)
-        check_in_pytorch(run_dir, recipe, stage)
-        cfg = recipe.teacher if stage == "teacher" else recipe.distill
+        check_in_pytorch(run_dir, recipe, request.stage)
+        cfg = recipe.teacher if request.stage == "teacher" else recipe.distill
         arch, arch_args = cfg.arch, cfg.arch_args
+        if request.stage != "teacher" and cfg.arch == "auto":  # distill.arch auto: the student the search chose
+            from edgekd.pipeline.runstate import load_progress
+            from edgekd.search.stage import student_arch
+
+            arch, arch_args = student_arch(cfg, load_progress(run_dir, STAGES)["done"].get("distill"))
         data_cfg, seed, quant_cfg = recipe.data, recipe.seed, recipe.quantize
-        export_cfg = dataclasses.replace(recipe.export, opset=opset)
-        default_output = run_dir / EXPORT_FOLDER / f"{name or stage}.{precision}.onnx"
+        export_cfg = dataclasses.replace(recipe.export, opset=request.opset)
+        default_output = run_dir / EXPORT_FOLDER / f"{request.name or request.stage}.{precision}.onnx"
     else:
         from edgekd.quant.config import QuantConfig
 
-        data_cfg, seed, quant_cfg = DataConfig(name=data_name, path=data_path), 0, QuantConfig()
-        export_cfg = ExportConfig(opset=opset)
-        default_output = Path(weights).with_suffix(f".{precision}.onnx")
+        data_cfg = DataConfig(name=request.data, path=request.data_path, skip_bad=request.skip_bad)
+        seed, quant_cfg = 0, QuantConfig()
+        export_cfg = ExportConfig(opset=request.opset)
+        default_output = Path(request.weights).with_suffix(f".{precision}.onnx")
     output = Path(output) if output else default_output
     from edgekd.pipeline.rundir import check_export_output
 
-    check_export_output(output, force=force, run=run_dir, recipe=recipe if run_dir is not None else None,
-                        files={"--weights": weights, "--data": data_name, "--data-path": data_path})
+    check_export_output(output, force=request.force, run=run_dir, recipe=recipe if run_dir is not None else None,
+                        files={"--weights": request.weights, "--data": request.data, "--data-path": request.data_path})
 
     if run_dir is not None:  # the run's own model, loaded as the chain loads it (pruned if the run pruned)
         from edgekd.pipeline.context import Context
@@ -83,57 +129,65 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
 
         store = RunStore(recipe, Context(run_dir=run_dir, seed=seed), load_progress(run_dir, STAGES)["done"])
         splits = store.splits()
-        model = store.teacher() if stage == "teacher" else store.student()
+        model = store.teacher() if request.stage == "teacher" else store.student()
     else:
-        splits = load_splits(data_cfg, seed=seed)
-        model = build_arch(splits.spec, arch, arch_args or {})
+        from edgekd.errors import DataError
+
         try:
-            load_weights(model, weights)
+            splits = load_splits(data_cfg, seed=seed)
+        except DataError as exc:  # the data's own advice names the recipe key; export's is its flag
+            raise type(exc)(str(exc).replace("set data.skip_bad: true", "pass --skip-bad")) from exc
+        model = build_arch(splits.spec, arch, arch_args or {})
+        weights = Path(request.weights)
+        try:
+            load_weights(model, request.weights)
         except ModelFileError as exc:
-            if (Path(weights).parent / PRUNED_SHAPES).is_file() or Path(weights).name == PRUNED_WEIGHTS:
-                raise ModelFileError(f"'{weights}' are a pruned model's weights, whose layers are smaller than a "
-                                     f"fresh '{arch}': export the run directory instead (edgekd export RUN_DIR "
+            if (weights.parent / PRUNED_SHAPES).is_file() or weights.name == PRUNED_WEIGHTS:
+                raise ModelFileError(f"'{request.weights}' are a pruned model's weights, whose layers are smaller than "
+                                     f"a fresh '{arch}': export the run directory instead (edgekd export RUN_DIR "
                                      f"--onnx), which rebuilds the pruned shapes from {PRUNED_SHAPES}") from exc
             raise
     spec = splits.spec
     model.eval()
     from edgekd.pipeline.stages.export import check_finite_weights
 
-    check_finite_weights(model, stage, arch)  # NaN weights are the model's fault, not the exporter's
-    input_shape = (spec.channels, *(input_size or (spec.height, spec.width)))
-    if input_size is not None:  # every forward below runs at this size: measured at the data's first
+    check_finite_weights(model, request.stage, arch)  # NaN weights are the model's fault, not the exporter's
+    input_shape = (spec.channels, *(request.input_size or (spec.height, spec.width)))
+    if request.input_size is not None:  # every forward below runs at this size: measured at the data's first
         from edgekd.onnx_export import check_parity_memory
 
         check_parity_memory(model, input_shape, (spec.channels, spec.height, spec.width), export_cfg,
                             "export at a smaller --input-size" + (" (or lower export.check_batch_sizes in the "
                                                                   "run's recipe)" if run_dir is not None else ""))
-    metadata = model_metadata(stage=stage, arch=arch, spec=spec, params=count_params(model),
+    metadata = model_metadata(stage=request.stage, arch=arch, spec=spec, params=count_params(model),
                               macs=count_macs(model, input_shape))
     metadata[INPUT_SHAPE] = json.dumps(list(input_shape))
-    if input_size is not None and tuple(input_size) != (spec.height, spec.width):
+    if request.input_size is not None and tuple(request.input_size) != (spec.height, spec.width):
         metadata.pop(PREPROCESS, None)  # it describes the data's size, not this input
-    if name:
-        metadata[NAME] = name
+    if request.name:
+        metadata[NAME] = request.name
     stated = metadata_entries(preprocess, channels=spec.channels, height=input_shape[1], width=input_shape[2])
     for key, value in stated.items():  # the weights' own preprocessing, not the data's
         if value is None:
             metadata.pop(key, None)
         else:
             metadata[key] = value
-    if fp16:
-        metadata[PRECISION] = "fp16" + (" (fp32 input and output)" if fp32_io else "")
+    if request.fp16:
+        metadata[PRECISION] = "fp16" + (" (fp32 input and output)" if request.fp32_io else "")
     # real images check the parity where the model was trained; another input size gets random ones
-    val_x = to_tensor(splits.val_x, spec.mean, spec.std) if input_size is None else None
+    val_x = to_tensor(splits.val_x, spec.mean, spec.std) if request.input_size is None else None
     result = {"path": str(output)}
-    if not int8:
+    if splits.record.get("skipped"):  # --skip-bad: what was left out, the first files named
+        result["data_skipped"] = {"counts": splits.record["skipped"], "first": splits.record.get("skipped_files", [])}
+    if not request.int8:
         report = to_onnx(model, output, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x,
-                         fp16=fp16, fp32_io=fp32_io, dynamic_hw=dynamic_hw)
+                         form=OnnxForm(fp16=request.fp16, fp32_io=request.fp32_io, dynamic_hw=request.dynamic_hw))
         result["max_abs_diff"] = report.max_abs_diff
         result["tolerance"] = {"atol": report.atol, "rtol": report.rtol}
         return result
-    if input_size is not None:
+    if request.input_size is not None:
         val_x = to_tensor(splits.val_x, spec.mean, spec.std)  # calibration and agreement need the data's size
-        if tuple(input_size) != (spec.height, spec.width):
+        if tuple(request.input_size) != (spec.height, spec.width):
             raise ConfigError("--int8 calibrates on the data's images: export it at the data's input size "
                               f"({spec.height},{spec.width}), or without --input-size")
 
@@ -143,10 +197,10 @@ def export_one(*, run_dir=None, stage="student", weights=None, arch=None, arch_a
     with tempfile.TemporaryDirectory(prefix="edgekd-export-") as work:
         fp32 = Path(work) / "model.fp32.onnx"
         report = to_onnx(model, fp32, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x,
-                         dynamic_hw=dynamic_hw)
+                         form=OnnxForm(dynamic_hw=request.dynamic_hw))
         calib = to_tensor(splits.calib_x, spec.mean, spec.std).numpy()
         ptq(fp32, output, calib_images=calib, cfg=quant_cfg, metadata={**metadata, STAGE: "int8"},
-            progress=progress)
+            progress=request.progress)
     # int8 cannot match fp32 to 1e-4; what must hold is that it predicts the same classes
     (logits,) = make_session(output).run(None, {"input": val_x.numpy()})
     with torch.no_grad():

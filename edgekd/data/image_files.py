@@ -1,14 +1,15 @@
 """Datasets of image files (an image folder, a manifest): their file lists, the check of every
 file before training, and decoding. The one decoder and the one class-folder lister of edgekd:
-training, evaluation, export and `edgekd bench --data` (edgekd.runtime.imagefolder) all use them.
+training, evaluation, export and `edgekd bench --data` (edgekd.runtime.eval_folder) all use them.
 
 numpy and PIL only (PIL imported where an image is opened; no torch). A format lists its files as a
 FileDataset (paths and labels, nothing decoded); `scan` then opens and decodes every file
 once, in a thread pool whose decodes are bounded by the bytes they hold (edgekd.data.decodegate),
-and sorts out the bad ones (unreadable, truncated or corrupt, smaller
-than the crop): a DataError naming the first, or, with data.skip_bad, a list to skip and
-count. JPEGs are decoded at 1/8 scale for the check (libjpeg still reads every byte, so a
-truncated file fails), which keeps the check of 50,000 files to seconds.
+and sorts out the bad ones (unreadable, truncated or corrupt): a DataError naming the first, or,
+with data.skip_bad, a list to skip and count. An image smaller than the crop is no bad one: it is
+resized up, as torchvision's Resize does, and counted (`count_upscaled`). JPEGs are decoded at
+1/8 scale for the check (libjpeg still reads every byte, so a truncated file fails), which keeps
+the check of 50,000 files to seconds.
 
 JPEG draft scaling (libjpeg's DCT scaling, a large JPEG decoded at 1/2, 1/4 or 1/8 size) is used
 for training's augmentation only (`decode` with a resize): a random crop is no contract, and
@@ -38,6 +39,7 @@ from edgekd.io.regular import not_regular, open_regular
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_FILES = 10**8
 CHUNK = 256  # files per task of the thread pool
+FIRST_NAMED = 5  # skipped files a skip summary names
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +59,9 @@ class FileSplit:
 
 class FileDataset(NamedTuple):
     """What a file format lists: train and test splits, class names, where it came from, and
-    `skipped`: entries already left out (empty class folders with data.skip_bad)."""
+    `skipped`: entries already left out (empty class folders with data.skip_bad). `split`: how
+    the test split was drawn when the format drew it (class folders without train/ and test/),
+    for the data stage's record."""
 
     name: str
     train: FileSplit
@@ -65,6 +69,7 @@ class FileDataset(NamedTuple):
     class_names: tuple
     source: str
     skipped: dict
+    split: dict | None = None
 
 
 class Scan(NamedTuple):
@@ -173,9 +178,6 @@ def probe(path: str, crop: tuple | None) -> tuple:
         if min(width, height) < MIN_IMAGE_SIDE:
             return None, "too_small", (f"{path}: images are {width}x{height} pixels; the minimum size is "
                                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; use larger images")
-        if crop is not None and (height < crop[0] or width < crop[1]):
-            return None, "too_small", (f"{path} is {width}x{height}, smaller than the crop {crop[1]}x{crop[0]} "
-                                       "(data.image_size); use larger images or a smaller data.image_size")
         mode = image.mode
         if image.format == "JPEG":
             image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
@@ -202,7 +204,8 @@ def thread_map(fn, items: list, workers: int) -> list:
 
 
 def scan(files: list, *, crop: tuple | None, workers: int) -> Scan:
-    """Open and decode every file once (see `probe`)."""
+    """Open and decode every file once (see `probe`). `crop` is kept for callers; images
+    smaller than it are resized up, not refused (count_upscaled counts them)."""
     results = thread_map(lambda f: probe(f, crop), list(files), max(1, workers))
     good, modes, sizes, bad = [], set(), [], {}
     for i, (mode, *rest) in enumerate(results):
@@ -213,6 +216,25 @@ def scan(files: list, *, crop: tuple | None, workers: int) -> Scan:
             modes.add(mode)
             sizes.append(rest)
     return Scan(np.array(good, dtype=np.int64), modes, np.array(sizes, dtype=np.int64).reshape(-1, 2), bad)
+
+
+def count_upscaled(sizes: np.ndarray, crop: tuple | None) -> int:
+    """How many images of `sizes` ((width, height) rows) are smaller than `crop` (height,
+    width): they are resized up to the model's input."""
+    if crop is None or not len(sizes):
+        return 0
+    return int(((sizes[:, 0] < crop[1]) | (sizes[:, 1] < crop[0])).sum())
+
+
+def first_bad(bad: dict) -> list:
+    """The first FIRST_NAMED files of a Scan's `bad` ({reason: [(file, message)]}), as str."""
+    return [str(file) for entries in bad.values() for file, _ in entries][:FIRST_NAMED]
+
+
+def named_files(first: list, total: int) -> str:
+    """'a.png, b.png and 3 more': the first files skipped, and how many others."""
+    shown = ", ".join(str(f) for f in first[:FIRST_NAMED])
+    return shown + (f" and {total - len(first[:FIRST_NAMED])} more" if total > len(first[:FIRST_NAMED]) else "")
 
 
 def refuse_or_skip(found: Scan, split: FileSplit, skip_bad: bool, what: str) -> tuple[FileSplit, dict]:

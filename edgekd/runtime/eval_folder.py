@@ -5,7 +5,7 @@ class index is the position of the folder's name in sorted order, as edgekd's tr
 torchvision's ImageFolder number them, and the result notes it.
 
 The folder is listed and every image decoded by training's own lister and decoder
-(edgekd.data.files: list_classes, decode_fitted, decoded whole): brought to the models' colour
+(edgekd.data.image_files: list_classes, decode_fitted, decoded whole): brought to the models' colour
 and resized and center-cropped per their preprocessing (edgekd.runtime.preprocessing.geometry),
 so all models of one bench share one uint8 array, pixel for pixel what training evaluated
 (tests/data/test_decoder_parity.py). numpy and PIL (imported when a folder is read; a one-line
@@ -14,20 +14,22 @@ error says to install it); no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from edgekd.data.files import Remedy, decode_fitted, list_classes, thread_map
+from edgekd.data.image_files import FIRST_NAMED, Remedy, decode_fitted, list_classes, named_files, thread_map
 from edgekd.errors import ConfigError, DataError
 from edgekd.runtime.datamatch import EvalSet, check_models, takes_images
 from edgekd.runtime.inputs import check_feed_size, load_eval_set
 from edgekd.runtime.preprocessing import geometry, require_pillow, resolve
 
 log = logging.getLogger("edgekd")
-FOLDER_REMEDY = Remedy("replace or remove it", "use smaller images, or remove this one from the folder")
+FOLDER_REMEDY = Remedy("replace or remove it (or pass --skip-bad)",
+                       "use smaller images, or remove this one from the folder (or pass --skip-bad)")
 
 
 def list_image_folder(root: Path) -> tuple[list, np.ndarray, tuple]:
@@ -81,28 +83,47 @@ def models_geometry(models: list, stated: dict | None) -> tuple | None:
 
 
 def _decode(file: str, mode: str, resize: int, crop: tuple) -> np.ndarray:
-    """uint8 (C, H, W): training's evaluation decode (edgekd.data.files.decode_fitted), its
+    """uint8 (C, H, W): training's evaluation decode (edgekd.data.image_files.decode_fitted), its
     errors naming what to do with a file of this folder."""
     return decode_fitted(file, mode, resize, crop, FOLDER_REMEDY)
 
 
-def load_image_folder(root, files: list, wanted: tuple) -> np.ndarray:
-    """uint8 N x C x H x W: the folder's images `files` (list_image_folder) at `wanted`
-    (channels, resize, crop). The decoded set must fit the feed limit (with its float32 copy)
-    before any image is decoded."""
+def load_image_folder(root, files: list, wanted: tuple, skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N x C x H x W, positions into `files` decoded): the folder's images `files`
+    (list_image_folder) at `wanted` (channels, resize, crop). The decoded set must fit the feed
+    limit (with its float32 copy) before any image is decoded. A file that cannot be decoded is
+    a DataError naming it, or with `skip_bad` left out, logged with the first files skipped."""
     require_pillow(f"reading the image folder '{root}'")
     channels, resize, crop = wanted
     check_feed_size([len(files), channels, *crop], np.float32, f"the {len(files)} images of '{root}' as float32",
                     "use fewer images (or a smaller --input-size)", error=DataError)
     mode = "L" if channels == 1 else "RGB"
-    return np.stack(thread_map(lambda f: _decode(f, mode, resize, crop), files, os.cpu_count() or 1))
+
+    def one(file: str) -> np.ndarray | None:
+        try:
+            return _decode(file, mode, resize, crop)
+        except DataError:
+            if not skip_bad:
+                raise
+            return None  # unreadable, truncated or too large: counted below
+
+    decoded = thread_map(one, files, os.cpu_count() or 1)
+    kept = np.array([i for i, image in enumerate(decoded) if image is not None], dtype=np.int64)
+    bad = [files[i] for i, image in enumerate(decoded) if image is None]
+    if bad:
+        named = named_files(bad[:FIRST_NAMED], len(bad))
+        if not len(kept):
+            raise DataError(f"every image of the image folder '{root}' is unreadable ({named}); check the folder")
+        log.warning("skipped %d unreadable image(s) of the image folder '%s' (--skip-bad): %s", len(bad), root, named)
+    return np.stack([decoded[i] for i in kept]), kept
 
 
-def load_eval_data(eval_set, paths: list, stated: dict | None, fit: bool = False) -> tuple:
+def load_eval_data(eval_set, paths: list, stated: dict | None, fit: bool = False, skip_bad: bool = False) -> tuple:
     """(x uint8 NCHW or None, EvalSet or None) for bench: an image folder decoded for `paths`
     (x None when no model has preprocessing: only labels), else load_eval_set's .npz or
     dataset. Every model is checked against the data first (datamatch.check_models: classes,
-    size and channels unless `fit`, metadata mean and std), before anything is decoded."""
+    size and channels unless `fit`, metadata mean and std), before anything is decoded.
+    `skip_bad`: a folder's files that cannot be decoded are left out (and logged), not refused."""
     if eval_set is None:
         return None, None
     models = read_models(paths)
@@ -115,4 +136,7 @@ def load_eval_data(eval_set, paths: list, stated: dict | None, fit: bool = False
     data = EvalSet(y, names, f"image folder '{eval_set}'", from_folders=True)
     check_models(data, None, models, stated, fit)
     wanted = models_geometry(models, stated)
-    return (None if wanted is None else load_image_folder(eval_set, files, wanted)), data
+    if wanted is None:
+        return None, data
+    x, kept = load_image_folder(eval_set, files, wanted, skip_bad)
+    return x, dataclasses.replace(data, y=y[kept])

@@ -27,9 +27,9 @@ from torchvision import transforms
 from edgekd.cli import main
 from edgekd.data.splits import load_arrays
 from edgekd.errors import ConfigError, DataError
-from edgekd.runtime import bench, imagefolder
+from edgekd.runtime import bench, eval_folder
+from edgekd.runtime.bench_output import format_table
 from edgekd.runtime.config import BenchConfig
-from edgekd.runtime.fmt import format_table
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FAST = ["--warmup", "0", "--runs", "3", "--min-seconds", "0", "--no-progress"]
@@ -244,8 +244,8 @@ def test_a_truncated_png_names_the_file(scene, tmp_path):
 def test_too_many_images_are_refused_before_decoding(scene, tmp_path, monkeypatch):
     _, _, models, _ = scene
     folder = _folder(tmp_path, {f"a/{i}.png": _png() for i in range(3)})
-    monkeypatch.setattr("edgekd.runtime.inputs.feed_bytes_limit", lambda: 1000)  # < 3 x 3 x 32 x 32 x 4
-    monkeypatch.setattr(imagefolder, "_decode", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr("edgekd.runtime.feedlimit.feed_bytes_limit", lambda: 1000)  # < 3 x 3 x 32 x 32 x 4
+    monkeypatch.setattr(eval_folder, "_decode", lambda *a: pytest.fail("decoded"))
     with pytest.raises(DataError, match="fewer images"):
         bench.bench([models["NCHW", "rgb"]], eval_set=folder, progress=False,
                     cfg=BenchConfig(**CFG, preprocess={"preset": "imagenet"}))

@@ -1,0 +1,120 @@
+"""EdgeNet: a family of int8-friendly students described by a few numbers, registered as
+the architecture `edgenet` (issue 27: students shaped for the device).
+
+    arch: edgenet
+    arch_args: {stem: 16, stem_stride: 1, block: basic, expand: 4,
+                stages: [[1, 16, 1], [1, 32, 2], [1, 64, 2]]}   # [depth, width, stride] each
+
+Every choice is one that ONNX Runtime's int8 CPU kernels run well: channel counts in
+multiples of 16 (the blocks of the int8 GEMM kernels), ReLU only (it fuses into
+QLinearConv; HardSwish and SiLU fall back to float), dense 3x3 convolutions in `basic`
+residual blocks, or `inverted` residual blocks (1x1 expand, depthwise 3x3, 1x1 project)
+for targets that run depthwise convolutions fast; global average pooling and one Linear.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from edgekd.errors import ConfigError
+from edgekd.models.blocks import BasicBlock, init_weights
+from edgekd.models.registry import ARCHITECTURES
+
+CHANNEL_MULTIPLE = 16  # what the int8 kernels like; other counts are padded inside them
+BLOCKS = ("basic", "inverted")
+MAX_WIDTH = 1024
+MAX_DEPTH = 16
+MAX_STAGES = 8
+MAX_EXPAND = 8
+DEFAULT_STAGES = ((1, 16, 1), (1, 32, 2), (1, 64, 2))
+
+
+def _nearest_multiples(width) -> str:
+    low = max(CHANNEL_MULTIPLE, int(width) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE)
+    high = low + CHANNEL_MULTIPLE
+    return f"{low}" if low == width else f"{low} or {high}"
+
+
+def _check_width(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_WIDTH:
+        raise ConfigError(f"edgenet {where} must be a whole number of channels in 16..{MAX_WIDTH}, got {value!r}")
+    if value % CHANNEL_MULTIPLE:
+        raise ConfigError(f"edgenet {where} {value} is not a multiple of {CHANNEL_MULTIPLE} (what the int8 kernels "
+                          f"run without padding); use {_nearest_multiples(value)}")
+    return value
+
+
+def _check_whole(value, where: str, allowed) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        shown = f"{min(allowed)}..{max(allowed)}" if len(allowed) > 2 else " or ".join(map(str, allowed))
+        raise ConfigError(f"edgenet {where} must be {shown}, got {value!r}")
+    return value
+
+
+def check_edgenet_args(stem=16, stem_stride=1, stages=DEFAULT_STAGES, block="basic", expand=4) -> list:
+    """The stages as [(depth, width, stride)], after checking every argument: a ConfigError
+    (one line, naming the fix) for anything the family does not build."""
+    _check_width(stem, "arch_args.stem")
+    _check_whole(stem_stride, "arch_args.stem_stride", (1, 2))
+    if block not in BLOCKS:
+        raise ConfigError(f"edgenet arch_args.block must be one of {', '.join(BLOCKS)}, got {block!r}")
+    _check_whole(expand, "arch_args.expand", range(1, MAX_EXPAND + 1))
+    if not isinstance(stages, (list, tuple)) or not 0 < len(stages) <= MAX_STAGES:
+        raise ConfigError(f"edgenet arch_args.stages must be a list of 1..{MAX_STAGES} [depth, width, stride] "
+                          f"entries, e.g. [[1, 16, 1], [1, 32, 2]]")
+    checked = []
+    for i, stage in enumerate(stages):
+        where = f"arch_args.stages[{i}]"
+        if not isinstance(stage, (list, tuple)) or len(stage) != 3:
+            raise ConfigError(f"edgenet {where} must be [depth, width, stride], got {stage!r}")
+        depth, width, stride = stage
+        checked.append((_check_whole(depth, where + " depth", range(1, MAX_DEPTH + 1)),
+                        _check_width(width, where + " width"), _check_whole(stride, where + " stride", (1, 2))))
+    return checked
+
+
+class InvertedBlock(nn.Module):
+    """1x1 expand, depthwise 3x3, 1x1 project; ReLU (fused by the int8 kernels, unlike ReLU6's
+    clip on some providers); a residual when the shape is kept."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int):
+        super().__init__()
+        hidden = in_ch * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(in_ch, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU(inplace=True), nn.Conv2d(hidden, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch)]
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
+class EdgeNet(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, stem: int = 16, stem_stride: int = 1,
+                 stages=DEFAULT_STAGES, block: str = "basic", expand: int = 4):
+        super().__init__()
+        stages = check_edgenet_args(stem, stem_stride, stages, block, expand)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(stem),
+                                  nn.ReLU(inplace=True))
+        layers, in_ch = [], stem
+        for depth, width, stride in stages:
+            for i in range(depth):
+                step = stride if i == 0 else 1
+                layers.append(BasicBlock(in_ch, width, step) if block == "basic"
+                              else InvertedBlock(in_ch, width, step, expand))
+                in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        init_weights(self)
+
+    def forward(self, x):
+        x = self.pool(self.layers(self.stem(x)))
+        return self.fc(x.flatten(1))
+
+
+ARCHITECTURES.register("edgenet", EdgeNet)

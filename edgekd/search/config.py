@@ -1,0 +1,93 @@
+"""The `distill.search` section of a recipe: SearchConfig, used when `distill.arch: auto`
+(edgekd.search.select). Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from edgekd.configtools import check_flag, check_name, check_number, require, shown
+from edgekd.runtime.config import BenchConfig
+
+MAX_LATENCY_MS = 3_600_000.0
+MAX_SPEEDUP = 1000.0
+MAX_PROXY_EPOCHS = 100
+MAX_PROXY_IMAGES = 10**8
+BLOCKS = ("basic", "inverted")
+AUTO = "auto"  # distill.arch that asks for the search
+FAR_BELOW = 0.5  # every candidate under this share of the budget: the space is widened
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The budget (`latency_ms`: int8 p50 on the target; `speedup`: over the teacher's int8
+    model, timed side by side; both: both hold) on `provider` / `threads` / `batch`
+    (defaults: edgekd bench's); `proxy_epochs` of distillation on `proxy_images` training
+    images rank the candidates that meet it. `latency_table`: a table that `edgekd bench
+    CANDIDATES_DIR --latency-table` wrote on the device, read instead of timing here.
+    `export_only`: write the candidates folder and stop, to time it on the device."""
+
+    latency_ms: Optional[float] = None
+    speedup: Optional[float] = None
+    provider: str = BenchConfig.provider
+    threads: int = BenchConfig.threads
+    batch: int = BenchConfig.batch_size
+    proxy_epochs: int = 1
+    proxy_images: int = 2000
+    blocks: list = field(default_factory=lambda: list(BLOCKS))
+    export_only: bool = False
+    latency_table: Optional[str] = None
+
+    def __post_init__(self):
+        for key in ("latency_ms", "speedup"):
+            value = getattr(self, key)
+            check_number(value, f"distill.search.{key}", optional=True,
+                         high=MAX_LATENCY_MS if key == "latency_ms" else MAX_SPEEDUP)
+            require(value is None or value > 0, f"distill.search.{key} must be > 0, got {shown(value)}")
+        check_name(self.provider, "distill.search.provider")
+        check_number(self.threads, "distill.search.threads", integer=True, high=1024)
+        require(self.threads >= 0, f"distill.search.threads must be >= 0 (0: ONNX Runtime's default), got {self.threads}")
+        check_number(self.batch, "distill.search.batch", integer=True, high=4096)
+        require(self.batch >= 1, f"distill.search.batch must be >= 1, got {self.batch}")
+        check_number(self.proxy_epochs, "distill.search.proxy_epochs", integer=True, high=MAX_PROXY_EPOCHS)
+        require(self.proxy_epochs >= 1, f"distill.search.proxy_epochs must be >= 1, got {self.proxy_epochs}")
+        check_number(self.proxy_images, "distill.search.proxy_images", integer=True, high=MAX_PROXY_IMAGES)
+        require(self.proxy_images >= 1, f"distill.search.proxy_images must be >= 1, got {self.proxy_images}")
+        require(isinstance(self.blocks, list) and self.blocks and all(b in BLOCKS for b in self.blocks),
+                f"distill.search.blocks must be a non-empty list of {', '.join(BLOCKS)}, got {shown(self.blocks)}")
+        check_flag(self.export_only, "distill.search.export_only")
+        check_name(self.latency_table, "distill.search.latency_table", optional=True)
+        require(not (self.export_only and self.latency_table),
+                "distill.search.export_only writes candidates to time on the device, and latency_table reads "
+                "their timings: set one of them")
+
+    def check_for(self, distill) -> None:
+        """What distill.arch: auto needs of the rest of the distill section."""
+        if distill.arch != AUTO:
+            return
+        require(self.has_budget(), "distill.arch: auto chooses the student by its int8 latency: set "
+                                   "distill.search.latency_ms or distill.search.speedup")
+        require(not distill.arch_args, "distill.arch: auto chooses arch_args itself: remove distill.arch_args")
+        require(not distill.terms, "distill.terms name layers of the student, unknown before distill.arch: auto "
+                                   "chooses it: remove distill.terms or name a distill.arch")
+
+    def has_budget(self) -> bool:
+        return self.latency_ms is not None or self.speedup is not None
+
+    def met(self, p50_ms: float, reference_p50_ms: float) -> bool:
+        ok = self.latency_ms is None or p50_ms <= self.latency_ms
+        return ok and (self.speedup is None or reference_p50_ms / p50_ms >= self.speedup)
+
+    def far_below(self, p50_ms: float, reference_p50_ms: float) -> bool:
+        """Met with room to spare: under FAR_BELOW of the budget."""
+        ok = self.latency_ms is None or p50_ms <= FAR_BELOW * self.latency_ms
+        return ok and (self.speedup is None or reference_p50_ms / p50_ms >= self.speedup / FAR_BELOW)
+
+    def describe(self) -> str:
+        parts = []
+        if self.latency_ms is not None:
+            parts.append(f"int8 p50 <= {self.latency_ms:g} ms")
+        if self.speedup is not None:
+            parts.append(f">= {self.speedup:g}x faster than the teacher's int8 model")
+        where = f"{self.provider}, {self.threads or 'default'} threads, batch {self.batch}"
+        return " and ".join(parts) + f" ({where})"

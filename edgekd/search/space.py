@@ -1,0 +1,51 @@
+"""The search space: edgenet candidates (edgekd.models.family) as plain data, and the id
+that ties a candidate's timing to exactly what was timed. Torch-free: the device reads it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+FAMILY = "edgenet"
+BASE_WIDTHS = (16, 32)  # first stage's channels; the later stages have 2x and 4x
+BASE_DEPTHS = (1, 2)  # blocks per stage
+STEM_STRIDES = (1, 2)
+MAX_LEVEL = 2  # widenings of the space when every candidate is far below the budget
+
+
+def candidate_id(arch: str, arch_args: dict, input_shape, opset: int) -> str:
+    """A digest of what decides the model that is timed: a latency measured for one id is
+    never read for another architecture, argument, input shape or opset."""
+    key = {"arch": arch, "arch_args": arch_args, "input_shape": [int(v) for v in input_shape], "opset": int(opset)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def family_space(level: int = 0, blocks=("basic", "inverted")) -> list[dict]:
+    """Candidates {arch, arch_args} of the edgenet family, from small to large. Each level
+    doubles the widths and adds a block per stage (the space widened when every candidate
+    meets the budget by far), without the candidates of the levels below."""
+    below = {json.dumps(c, sort_keys=True) for k in range(level) for c in family_space(k, blocks)}
+    candidates = []
+    for depth in BASE_DEPTHS:
+        for width in BASE_WIDTHS:
+            w, d = width * 2**level, depth + level
+            stages = [[d, w, 1], [d, 2 * w, 2], [d, 4 * w, 2]]
+            for stride in STEM_STRIDES:
+                for block in blocks:
+                    if block == "inverted" and (depth, width) != (BASE_DEPTHS[0], BASE_WIDTHS[0]):
+                        continue  # a few inverted ones: their speed depends most on the target
+                    args = {"stem": w, "stem_stride": stride, "stages": stages, "block": block}
+                    if block == "inverted":
+                        args["expand"] = 4
+                    if json.dumps({"arch": FAMILY, "arch_args": args}, sort_keys=True) not in below:
+                        candidates.append({"arch": FAMILY, "arch_args": args})
+    return candidates
+
+
+def describe(candidate: dict) -> str:
+    """A short name for logs and tables: edgenet basic s1 16x1-32x1-64x1."""
+    args = candidate.get("arch_args", {})
+    if candidate.get("arch") != FAMILY or "stages" not in args:
+        return f"{candidate.get('arch')} {json.dumps(args, sort_keys=True)}"
+    stages = "-".join(f"{w}x{d}" for d, w, _ in args["stages"])
+    return f"{FAMILY} {args.get('block', 'basic')} s{args.get('stem_stride', 1)} {stages}"

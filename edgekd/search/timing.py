@@ -1,0 +1,84 @@
+"""Timing a search's candidates on the target: each candidate's int8 model side by side with
+one fixed reference (the teacher's int8 model) in interleaved rounds, so that the machine's
+load falls on both alike (edgekd.runtime.measure, the project's one timer). Torch-free:
+`edgekd bench CANDIDATES_DIR --latency-table` runs it on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekd.runtime.config import BenchConfig
+from edgekd.search.table import SCHEMA, load_manifest
+
+ROUNDS = 20  # rounds per pair
+ROUND_RUNS = 10  # runs of each model per round (p90 then has 200 runs, above measure.MIN_RUNS_P90)
+WARMUP = 10
+
+
+def time_pairs(reference: Path, candidates: list[Path], *, input_shape, provider: str = BenchConfig.provider,
+               threads: int = BenchConfig.threads, batch: int = BenchConfig.batch_size, rounds: int = ROUNDS,
+               log: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """{p50_ms, p90_ms, reference_p50_ms} of each candidate, timed in a pair with `reference`
+    (WARMUP runs each, then `rounds` rounds of ROUND_RUNS runs of each model)."""
+    # interleaved_medians' protocol (warm-up, then fixed rounds), with the percentiles kept
+    from edgekd.runtime.measure import latency_stats, measure_interleaved, warm_up
+    from edgekd.runtime.session import make_session
+
+    image = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+
+    target = BenchConfig(provider=provider, threads=threads, batch_size=batch)
+
+    def pair(path):
+        session = make_session(path, target)
+        return session, {session.get_inputs()[0].name: image}
+
+    ref = pair(reference)
+    rows = []
+    for i, path in enumerate(candidates):
+        cand = pair(path)
+        for session, feed in (ref, cand):
+            warm_up(session, feed, warmup=WARMUP)
+        ref_ms, cand_ms = measure_interleaved([ref, cand], runs=rounds * ROUND_RUNS, min_seconds=0.0,
+                                              round_runs=ROUND_RUNS, round_seconds=float("inf"))
+        stats = latency_stats(cand_ms)
+        rows.append({"p50_ms": stats["p50"], "p90_ms": stats["p90"], "reference_p50_ms": float(np.median(ref_ms))})
+        log(f"[search] {i + 1}/{len(candidates)} {Path(path).name}: int8 p50 {stats['p50']:.3f} ms "
+            f"(reference {rows[-1]['reference_p50_ms']:.3f} ms)")
+    return rows
+
+
+def latency_table(manifest: dict, folder: Path, *, provider: str = BenchConfig.provider,
+                  threads: int = BenchConfig.threads, batch: int = BenchConfig.batch_size, rounds: int = ROUNDS,
+                  log: Callable[[str], None] = lambda line: None) -> dict:
+    """The latency table (schema edgekd.latency-table/1) of the candidates a manifest lists,
+    timed here."""
+    from edgekd.runtime.machine import machine_info
+
+    entries = manifest["candidates"]
+    timed = time_pairs(folder / manifest["reference"]["int8"], [folder / e["int8"] for e in entries],
+                       input_shape=manifest["input_shape"], provider=provider, threads=threads, batch=batch,
+                       rounds=rounds, log=log)
+    rows = [{"id": e["id"], "arch": e["arch"], "arch_args": e["arch_args"], "int8_p50_ms": t["p50_ms"],
+             "int8_p90_ms": t["p90_ms"], "reference_p50_ms": t["reference_p50_ms"]} for e, t in zip(entries, timed)]
+    shape = [int(v) for v in manifest["input_shape"]]
+    return {"schema": SCHEMA, "opset": manifest["opset"], "input_shape": shape, "in_channels": shape[0],
+            "input_size": shape[1:], "provider": provider, "threads": threads, "batch": batch,
+            "protocol": {"rounds": rounds, "round_runs": ROUND_RUNS, "warmup": WARMUP, "interleaved": "pairs"},
+            "machine": machine_info(), "candidates": rows}
+
+
+def bench_candidates(folder, out, *, provider: str = BenchConfig.provider, threads: int = BenchConfig.threads,
+                     batch: int = BenchConfig.batch_size, log: Callable[[str], None] = print) -> dict:
+    """`edgekd bench CANDIDATES_DIR --latency-table OUT`: time the folder's candidates and
+    write their table to `out` (atomically)."""
+    import json
+
+    from edgekd.io.artifacts import atomic_write_text
+
+    folder = Path(folder)
+    table = latency_table(load_manifest(folder), folder, provider=provider, threads=threads, batch=batch, log=log)
+    atomic_write_text(Path(out), json.dumps(table, indent=2) + "\n")
+    return table

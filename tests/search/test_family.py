@@ -1,0 +1,73 @@
+"""The edgenet family (issue 27): built from a few numbers, registered, refused with the fix
+when its widths are not multiples of 16, exported and quantized to real int8 kernels."""
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekd.errors import ConfigError
+from edgekd.models.zoo import ARCHITECTURES, build_model
+from edgekd.prune.latency import export_deployable
+
+SMALL = {"stem": 16, "stem_stride": 2, "stages": [[1, 16, 1], [2, 32, 2]]}
+
+
+def optimized_ops(path, tmp_path):
+    """Op types of the model as ONNX Runtime runs it (after its graph optimizations)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_registered_and_built_from_a_few_numbers():
+    assert "edgenet" in ARCHITECTURES.names()
+    torch.manual_seed(0)
+    basic = build_model("edgenet", in_channels=1, num_classes=3, **SMALL)
+    inverted = build_model("edgenet", in_channels=1, num_classes=3, block="inverted", expand=2, **SMALL)
+    x = torch.randn(2, 1, 8, 8)
+    assert basic(x).shape == inverted(x).shape == (2, 3)
+    convs = [m for m in basic.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].stride == (2, 2) and all(m.out_channels % 16 == 0 for m in convs)
+    assert any(m.groups > 1 for m in inverted.modules() if isinstance(m, torch.nn.Conv2d))  # depthwise
+    assert not any(isinstance(m, (torch.nn.Hardswish, torch.nn.SiLU, torch.nn.ReLU6)) for m in inverted.modules())
+
+
+@pytest.mark.parametrize("args, fix", [
+    ({"stem": 24}, "arch_args.stem 24 is not a multiple of 16 (what the int8 kernels run without padding); use 16 or 32"),
+    ({"stages": [[1, 40, 1]]}, "arch_args.stages[0] width 40 is not a multiple of 16"),
+    ({"stem_stride": 3}, "arch_args.stem_stride must be 1 or 2, got 3"),
+    ({"block": "mbconv"}, "arch_args.block must be one of basic, inverted"),
+    ({"stages": [[1, 16]]}, "arch_args.stages[0] must be [depth, width, stride]"),
+])
+def test_bad_arguments_are_one_line_errors_naming_the_fix(args, fix):
+    with pytest.raises(ConfigError) as info:
+        build_model("edgenet", in_channels=1, num_classes=3, **args)
+    assert fix in str(info.value) and "\n" not in str(info.value)
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("block", ["basic", "inverted"])
+def test_exports_and_quantizes_to_int8_kernels(tmp_path, calib_images, block):
+    torch.manual_seed(0)
+    model = build_model("edgenet", in_channels=1, num_classes=3, block=block, **SMALL).eval()
+    fp32, int8 = export_deployable(model, tmp_path / "edgenet", input_shape=(1, 8, 8), calib_images=calib_images)
+    float_convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
+    ops = optimized_ops(int8, tmp_path)
+    # every convolution runs as an int8 kernel, none falls back to float
+    assert ops.count("QLinearConv") == float_convs > 0
+    assert not any(op in ("Conv", "FusedConv") for op in ops)
+    x = calib_images[:4]
+    (got,) = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.5
+
+
+def test_recipe_names_it_as_any_architecture():
+    from edgekd.distill.config import DistillConfig
+
+    cfg = DistillConfig(arch="edgenet", arch_args=SMALL)
+    assert build_model(cfg.arch, in_channels=1, num_classes=3, **cfg.arch_args) is not None

@@ -1,0 +1,144 @@
+"""The student search (issue 27) driven by hand-made latency tables: the budget keeps or
+drops candidates, dominated ones go, the survivors get a short distillation proxy; another
+table changes the choice; a budget that none meets is refused before any training."""
+
+import json
+
+import pytest
+import torch
+from search_kit import OPSET, TINY_SPACE, hand_table
+
+from edgekd.distill.config import DistillConfig
+from edgekd.errors import ConfigError
+from edgekd.search.config import SearchConfig
+from edgekd.search.select import CandidateBuild, CandidatesExported, candidates_table, search_student
+from edgekd.search.table import MANIFEST
+from edgekd.train.plumbing import TrainData
+
+
+def _tensors():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(48) % 3
+    x = torch.randn(48, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float()  # learnable: class shifts the mean
+    return TrainData.of(x[:36], y[:36], x[36:], y[36:])
+
+
+def _search(candidates_folder, tmp_path, p50s, **search):
+    _, manifest, teacher, spec, calib = candidates_folder
+    table = tmp_path / "table.json"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    table.write_text(json.dumps(hand_table(manifest, p50s)))
+    cfg = SearchConfig(latency_table=str(table), proxy_epochs=1, proxy_images=24, **search)
+    lines = []
+    result = search_student(teacher=teacher, data=_tensors(), distill_cfg=DistillConfig(batch_size=12), cfg=cfg,
+                            folder=tmp_path / "cands", build=CandidateBuild(spec, calib, OPSET), space=TINY_SPACE,
+                            log=lines.append)
+    return result, lines
+
+
+def test_the_table_decides_the_winner(candidates_folder, tmp_path):
+    # table A: only the smallest candidate is within 1 ms
+    a, _ = _search(candidates_folder, tmp_path / "a", [0.5, 3.0, 4.0], latency_ms=1.0)
+    assert a.winner == TINY_SPACE[0]
+    # table B, a different device: the middle one is within 1 ms and the smallest is not
+    b, lines = _search(candidates_folder, tmp_path / "b", [2.0, 0.6, 4.0], latency_ms=1.0)
+    assert b.winner == TINY_SPACE[1]
+    rows = {r["name"]: r for r in b.rows}
+    assert [r["chosen"] for r in b.rows] == [False, True, False]
+    assert [r["why"] for r in b.rows][0] == "over the budget"
+    assert all(r["proxy_val_top1"] is None for r in b.rows if not r["met"])
+    chosen = next(r for r in rows.values() if r["chosen"])
+    assert 0 <= chosen["proxy_val_top1"] <= 100 and chosen["params"] > 0 and chosen["macs"] > 0
+    assert "latency table" in b.timings and any("proxy" in line for line in lines)
+    assert "| yes |" in candidates_table(b.rows)
+
+
+def test_dominated_candidates_get_no_proxy(candidates_folder, tmp_path):
+    # the largest is also the fastest: it dominates the other two (as fast, more parameters)
+    result, _ = _search(candidates_folder, tmp_path, [0.8, 0.9, 0.7], latency_ms=1.0)
+    assert result.winner == TINY_SPACE[2]
+    assert [r["dominated_by"] is not None for r in result.rows] == [True, True, False]
+    assert [r["proxy_val_top1"] is None for r in result.rows] == [True, True, False]
+
+
+def test_speedup_budget_reads_the_reference(candidates_folder, tmp_path):
+    # reference (teacher) at 1.0 ms: 2x needs p50 <= 0.5 ms
+    result, _ = _search(candidates_folder, tmp_path, [0.9, 0.45, 0.8], speedup=2.0)
+    assert result.winner == TINY_SPACE[1] and result.rows[1]["speedup"] == pytest.approx(1 / 0.45)
+
+
+def test_budget_none_meets_is_refused_before_training(candidates_folder, tmp_path, monkeypatch):
+    import edgekd.distill.offline as offline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the budget was checked")
+
+    monkeypatch.setattr(offline, "distill", no_training)
+    with pytest.raises(ConfigError) as info:
+        _search(candidates_folder, tmp_path, [2.5, 1.5, 3.0], latency_ms=1.0)
+    message = str(info.value)
+    assert info.value.exit_code == 2 and "\n" not in message
+    assert "int8 p50 1.500 ms" in message and "int8 p50 <= 1 ms" in message
+
+
+def test_export_only_writes_the_candidates_folder_and_stops(candidates_folder, tmp_path):
+    _, manifest, teacher, spec, calib = candidates_folder
+    folder = tmp_path / "cands"
+    with pytest.raises(CandidatesExported) as info:
+        search_student(teacher=teacher, data=_tensors(), distill_cfg=DistillConfig(),
+                       cfg=SearchConfig(latency_ms=1.0, export_only=True), folder=folder,
+                       build=CandidateBuild(spec, calib, OPSET), space=TINY_SPACE[:1])
+    assert info.value.exit_code == 0 and f"edgekd bench {folder} --latency-table" in str(info.value)
+    written = json.loads((folder / MANIFEST).read_text())
+    assert [e["id"] for e in written["candidates"]] == [manifest["candidates"][0]["id"]]
+    assert (folder / written["candidates"][0]["int8"]).is_file() and (folder / "reference.int8.onnx").is_file()
+
+
+def test_no_budget_is_refused():
+    with pytest.raises(ConfigError, match="needs a budget"):
+        search_student(teacher=None, data=None, distill_cfg=None, cfg=SearchConfig(), folder=None,
+                       build=CandidateBuild(None, None, OPSET))
+
+
+def test_a_budget_every_candidate_meets_by_far_widens_the_space(candidates_folder, tmp_path, monkeypatch):
+    import edgekd.search.select as select
+    from edgekd.models.cost import count_params
+    from edgekd.models.zoo import build_model
+    from edgekd.search.space import family_space
+
+    _, _, teacher, spec, calib = candidates_folder
+
+    def timed_by_size(manifest, folder, **kwargs):  # a device on which latency follows the parameter count
+        return hand_table(manifest, [e["params"] / 1e6 for e in manifest["candidates"]])
+
+    def params(level):
+        return [count_params(build_model(c["arch"], in_channels=1, num_classes=3, **c["arch_args"]))
+                for c in family_space(level, ["inverted"])]
+
+    monkeypatch.setattr(select, "latency_table", timed_by_size)
+    budget_ms = 2.2 * max(params(0)) / 1e6  # level 0 is far below it (under half), level 1 is not
+    assert budget_ms < 2 * max(params(1)) / 1e6
+    lines = []
+    result = search_student(teacher=teacher, data=_tensors(), distill_cfg=DistillConfig(batch_size=12),
+                            folder=tmp_path / "cands", build=CandidateBuild(spec, calib, OPSET),
+                            cfg=SearchConfig(latency_ms=budget_ms, blocks=["inverted"], proxy_images=24),
+                            log=lines.append)
+    assert any("by far: widening the space (level 1" in line for line in lines)
+    assert not any("level 2" in line for line in lines)
+    # the widened space keeps the first level's candidates: both levels are in the table
+    assert [r["arch_args"] for r in result.rows] == [c["arch_args"] for k in (0, 1) for c in family_space(k, ["inverted"])]
+    # level 1 is over the budget here: the winner is one of level 0's, which still met it
+    assert [r["met"] for r in result.rows] == [True, True, False, False]
+    assert result.winner in family_space(0, ["inverted"])
+
+
+def test_without_a_table_the_candidates_are_timed_here(candidates_folder, tmp_path):
+    _, _, teacher, spec, calib = candidates_folder
+    folder = tmp_path / "cands"
+    result = search_student(teacher=teacher, data=_tensors(), distill_cfg=DistillConfig(batch_size=12), folder=folder,
+                            build=CandidateBuild(spec, calib, OPSET), space=TINY_SPACE[:2],
+                            cfg=SearchConfig(latency_ms=1000.0, threads=1, proxy_images=24))
+    assert result.timings.startswith("measured here (cpu, 1 threads, batch 1")
+    written = json.loads((folder / "latency-table.json").read_text())
+    assert [r["id"] for r in written["candidates"]] == [r["id"] for r in result.rows]
+    assert all(r["int8_p50_ms"] > 0 and r["reference_p50_ms"] > 0 for r in result.rows)
