@@ -15,6 +15,7 @@ Nothing heavy is imported here: `import edgekd` loads neither torch nor onnxrunt
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from edgekd.runtime.ranking import DEFAULT_TOLERANCE  # light: `import edgekd` loads no config module
@@ -47,9 +48,36 @@ def compress(recipe=None, run_dir=None, *, resume: bool = False, force: bool = F
         recipe_file, recipe = recipe, Recipe.from_yaml(recipe)
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
-    if not resume:  # the recipe file too must survive the run that force replaces
-        run_dir = new_run(recipe, run_dir, force, {"recipe": recipe_file})
-    return run_compress(recipe, Path(run_dir), resume=resume, force=force, progress=progress)
+    with visible_log():
+        if not resume:  # the recipe file too must survive the run that force replaces
+            run_dir = new_run(recipe, run_dir, force, {"recipe": recipe_file})
+        return run_compress(recipe, Path(run_dir), resume=resume, force=force, progress=progress)
+
+
+@contextlib.contextmanager
+def visible_log():
+    """The run's messages (one line per training epoch among them) go to the `edgekd` logger.
+    Where nothing is configured (a plain script, a notebook), Python would show only warnings:
+    then, for this call, INFO lines go to stderr through one handler of our own. Where the CLI
+    or the user configured logging (a handler on `edgekd` or on the root), it is left as it is."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("edgekd")
+    if logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)  # the stderr of the moment: a notebook's cell output
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    if level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def new_run(recipe, run_dir, force: bool, files: dict) -> Path:
@@ -91,9 +119,12 @@ def export(run_dir=None, *, stage: str = "student", weights=None, arch: str | No
            arch_args: dict | None = None, data: str | None = None, data_path=None, int8: bool = False,
            output=None, opset: int | None = None, force: bool = False, progress: bool = False, input_size=None,
            dynamic_hw: bool = False, fp16: bool = False, fp32_io: bool = False, name: str | None = None,
-           preprocess: dict | None = None, skip_bad: bool = False) -> dict:
+           preprocess: dict | None = None, skip_bad: bool = False, num_classes: int | None = None,
+           in_channels: int | None = None) -> dict:
     """One model to ONNX, validated against PyTorch: a run's `stage` (student or teacher), or
-    `weights` of `arch` for the dataset `data` (None: the recipe's, DataConfig.name), in
+    `weights` of `arch` for the dataset `data` (None: their own shape decides: the recipe's
+    DataConfig.name when it is that dataset's, else no dataset, num_classes / in_channels
+    / input_size giving the shape where the file does not; parity on random inputs then), in
     ONNX opset `opset` (None: the recipe's, ExportConfig.opset). Returns the path, the parity
     per batch size and, with int8, the argmax agreement with PyTorch. input_size (H, W), dynamic_hw, fp16 (with
     fp32_io), and the labels stage / name: as `edgekd export --help` says. preprocess: with

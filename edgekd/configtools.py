@@ -76,6 +76,20 @@ def clip(message: str, limit: int = MAX_MESSAGE) -> str:
     return line[: limit - tail - 5] + " ... " + line[-tail:]
 
 
+def did_you_mean(name, candidates, prefix: str = "") -> str:
+    """' (did you mean 'x'?)' (or 'x', 'y' or 'z') for the known names closest to a misspelt
+    `name` (difflib), '' when none is close; `prefix` (a section's 'teacher.') is shown before each."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    quoted = [f"'{prefix}{c}'" for c in close]
+    return f" (did you mean {' or '.join([', '.join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)}?)"
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(clip(message))
@@ -215,7 +229,8 @@ def build_config(cls, raw: Any, prefix: str, source: str):
     for key in raw:
         if key not in fields:
             raise ConfigError(clip(
-                f"unknown key '{prefix}{shown(key).strip(chr(39))}' in {source}; known keys here: {', '.join(fields)}"
+                f"unknown key '{prefix}{shown(key).strip(chr(39))}' in {source}"
+                f"{did_you_mean(key, fields, prefix)}; known keys here: {', '.join(fields)}"
             ))
     hints = typing.get_type_hints(cls)
     values = {}

@@ -1,6 +1,6 @@
 """Errors that the CLI turns into one-line messages and distinct exit codes.
 
-Exit codes (documented in README):
+Exit codes (documented in docs/operations.md):
   0 ok, 2 bad input, 3 a validation or accuracy gate failed, 4 training diverged,
   130 / 143 interrupted by SIGINT / SIGTERM.
 """

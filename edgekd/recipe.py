@@ -247,6 +247,10 @@ def load_yaml(text: str, source: str):
         first = lines[0] if lines else type(exc).__name__
         if isinstance(exc, RecursionError):
             first = "nested too deeply"
+        mark = getattr(exc, "problem_mark", None)  # PyYAML's position of the problem, 0-based
+        if mark is not None:
+            problem = getattr(exc, "problem", None) or first
+            first = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
         raise ConfigError(clip(f"{source} is not valid YAML: {first}")) from None
     check_colon_keys(value, source)
     return value
@@ -347,6 +351,15 @@ def check_plugins(modules, source: str) -> None:
     for name in modules:
         require(isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and _MODULE_NAME.match(name) is not None,
                 f"plugins in {source}: {shown(name)} is not a module name (dotted Python identifiers)")
+
+
+def check_override_pairs(overrides, following: str | None) -> None:
+    """`--set teacher.epochs 2` (no '='): click reads 2 as the next argument (the RECIPE);
+    say what was meant before that is read as a file name."""
+    for item in overrides:
+        if isinstance(item, str) and "=" not in item:
+            value = following if following is not None and not Path(following).is_file() else "VALUE"
+            raise ConfigError(clip(f"--set takes KEY=VALUE: did you mean --set {item.strip()}={value}?"))
 
 
 def apply_override(raw: dict, item: str) -> None:

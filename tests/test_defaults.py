@@ -1,4 +1,4 @@
-"""One source of defaults: the recipe's dataclasses. The README's recipe reference, the
+"""One source of defaults: the recipe's dataclasses. The docs' recipe reference, the
 click options of compress / export / bench and the keyword defaults of edgekd.api must say
 what the dataclasses say."""
 
@@ -8,6 +8,7 @@ import ast
 import dataclasses
 import inspect
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,8 @@ from edgekd.recipe import Recipe
 from edgekd.runtime.config import BenchConfig
 from edgekd.runtime.ranking import DEFAULT_TOLERANCE
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-NO_VALUE = ("null", "unset", "none", "auto")  # what the README may say of a None default
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "recipe-reference.md"
+BELOW = "the section below"  # the default cell of a nested section (distill.search, quantize.qat)
 
 
 def _defaults(config) -> dict:
@@ -37,147 +38,88 @@ def _defaults(config) -> dict:
     return out
 
 
-def _recipe_table() -> dict[str, str]:
-    """{section: keys cell} of the README's `| section | keys (defaults) |` table."""
-    lines = README.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| section | keys (defaults) |"))
-    rows = {}
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        section, keys = line.strip("|").split("|", 1)
-        rows[section.strip().strip("`")] = keys.strip().rstrip("|").strip()
-    return rows
-
-
-def _closing(text: str, start: int) -> int:
-    """The index of the parenthesis that closes the one at text[start]."""
-    depth = 0
-    for i in range(start, len(text)):
-        depth += {"(": 1, ")": -1}.get(text[i], 0)
-        if depth == 0:
-            return i
-    raise AssertionError(f"README recipe table: unbalanced parenthesis in {text[start:start + 60]!r}")
-
-
-def _documented(cell: str) -> tuple[list[str], dict[str, str]]:
-    """The keys a row names outside parentheses, and {key: the text of its parenthesis}
-    for those written `key` (default ...)."""
-    keys, notes, i = [], {}, 0
-    while i < len(cell):
-        if cell[i] == "(":  # a note: its backticked words are not keys of this section
-            i = _closing(cell, i) + 1
+def _reference_tables(text: str) -> dict[str, dict[str, str]]:
+    """{section: {key: default cell}} of the recipe reference's tables; the top level is 'top',
+    nested sections are dotted ('distill.search')."""
+    tables, section = {}, None
+    for line in text.splitlines():
+        heading = re.match(r"#{2,} (?:`([a-z_.]+)`|Top level)\s*$", line)
+        if heading:
+            section = heading.group(1) or "top"
+            tables[section] = {}
             continue
-        match = re.match(r"`([a-z_]+)`( \()?", cell[i:])
-        if match is None:
-            i += 1
-            continue
-        key = match.group(1)
-        keys.append(key)
-        i += match.end()
-        if match.group(2):
-            end = _closing(cell, i - 1)
-            notes[key] = cell[i:end]
-            i = end + 1
-    return keys, notes
+        row = re.match(r"\| `([a-z_]+)` \| `[^`]*` \| ([^|]*) \|", line)
+        if row and section is not None:
+            tables[section][row.group(1)] = row.group(2).strip()
+    return tables
 
 
-def _leading_value(note: str):
-    """The value a note starts with: '200', 'false: ...', '[1, 7]', '0 = ...', 'auto: ...'."""
-    note = note.strip()
-    if note[:1] in "[{":
-        closing = note.index("]" if note[0] == "[" else "}")
-        token = note[:closing + 1]
-        import yaml
+def _cell_value(cell: str):
+    import yaml
 
-        return yaml.safe_load(token), token
-    token = re.split(r"[\s;:,]", note, maxsplit=1)[0]
-    scalars = {"true": True, "false": False, "null": None}
-    if token in scalars:
-        return scalars[token], token
-    for kind in (int, float):
-        try:
-            return kind(token), token
-        except ValueError:
-            pass
-    return token, token
+    return yaml.safe_load(cell.strip("`")) if cell.startswith("`") else cell
 
 
-def _mismatch(name: str, default, note: str) -> str | None:
-    """How a README note on `name` disagrees with its dataclass default, or None."""
-    value, token = _leading_value(note)
-    if default is None:
-        # a None default: the README says null / unset / auto or describes it; a value would be wrong
-        if token.lower() not in NO_VALUE and isinstance(value, (bool, int, float, list, dict)):
-            return f"README says {name} defaults to {token}; the dataclass says None"
-        return None
-    if dataclasses.is_dataclass(default):
-        return None  # a nested section (quantize.qat): its keys are checked inside the note
-    if isinstance(value, str) and not isinstance(default, str):
-        return None  # a description ("layer names", "kept in float"), not a value
-    same = value is default if isinstance(default, bool) or isinstance(value, bool) else value == default
-    return None if same else f"README says {name} defaults to {token}; the dataclass says {default!r}"
-
-
-def _mismatches(section: str, defaults: dict, cell: str) -> list[str]:
-    keys, notes = _documented(cell)
-    problems = [f"README recipe table: {section}.{key} is not a field of the {section} section"
-                for key in keys if key not in defaults]
-    for key, note in notes.items():
+def _mismatches(section: str, defaults: dict, rows: dict[str, str]) -> list[str]:
+    """How the reference's rows of one section disagree with its dataclass defaults."""
+    problems = [f"recipe reference: {section}.{key} is not a field of the {section} section"
+                for key in rows if key not in defaults]
+    problems += [f"recipe reference lacks {section}.{key}" for key in defaults if key not in rows]
+    for key, cell in rows.items():
         if key not in defaults:
             continue
-        problems.append(_mismatch(f"{section}.{key}", defaults[key], note))
-        # keys inside the note, written `key` value: of the nested section (`qat` (`epochs` 2, ...))
-        # or of this one (`response` (hinton; dkd, `dkd_beta` 8.0))
-        nested = _defaults(defaults[key]) if dataclasses.is_dataclass(defaults[key]) else None
-        scope, prefix = (nested, f"{section}.{key}.") if nested is not None else (defaults, f"{section}.")
-        for inner in re.finditer(r"`([a-z_]+)` (?=[\w.\[{-])", note):
-            if inner.group(1) in scope and inner.group(1) != key:
-                problems.append(_mismatch(prefix + inner.group(1), scope[inner.group(1)], note[inner.end():]))
-    return [p for p in problems if p]
+        default = defaults[key]
+        if dataclasses.is_dataclass(default):
+            same = cell == BELOW
+        else:
+            value = _cell_value(cell)
+            same = value is default if isinstance(default, bool) or isinstance(value, bool) else value == default
+            same = same and type(value) is type(default) or (isinstance(default, float) and value == default)
+        if not same:
+            problems.append(f"recipe reference says {section}.{key} defaults to {cell}; the dataclass says {default!r}")
+    return problems
 
 
-def _missing(section: str, defaults: dict, cell: str) -> list[str]:
-    """The fields of a section that its row never names (as `key`, anywhere in the cell)."""
-    return [f"{section}.{key}" for key in defaults if f"`{key}`" not in cell]
+def _sections(config, prefix: str = "") -> dict:
+    """{dotted section: its dataclass} for every nested section of config, at any depth."""
+    out = {}
+    for name, hint in typing.get_type_hints(config).items():
+        for candidate in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(candidate):
+                out[prefix + name] = candidate
+                out.update(_sections(candidate, f"{prefix}{name}."))
+    return out
 
 
-def _recipe_sections() -> dict:
-    return {f.name: f.default_factory for f in dataclasses.fields(Recipe)
-            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)}
-
-
-def test_readme_recipe_table_matches_the_dataclasses():
-    rows = _recipe_table()
-    sections = _recipe_sections()
-    assert set(sections) <= set(rows), f"README recipe table lacks the sections {sorted(set(sections) - set(rows))}"
+def _all_mismatches(text: str) -> list[str]:
+    tables = _reference_tables(text)
+    sections = _sections(Recipe)
+    problems = [f"recipe reference lacks the section {name}" for name in sections if name not in tables]
     top = {k: v for k, v in _defaults(Recipe).items() if k not in sections}
-    problems = _mismatches("top", top, rows["top"])
-    for section, config in sections.items():
-        problems += _mismatches(section, _defaults(config), rows[section])
-    assert not problems, "\n".join(problems)
+    problems += _mismatches("top", top, tables.get("top", {}))
+    for name, config in sections.items():
+        if name in tables:
+            problems += _mismatches(name, {k: v for k, v in _defaults(config).items() if not k.startswith("_")},
+                                    tables[name])
+    return problems
 
 
-def test_readme_recipe_table_names_every_field():
-    rows = _recipe_table()
-    sections = _recipe_sections()
-    missing = _missing("top", {k: v for k, v in _defaults(Recipe).items() if k not in sections}, rows["top"])
-    for section, config in sections.items():
-        missing += _missing(section, _defaults(config), rows.get(section, ""))
-    assert not missing, f"README recipe table lacks the fields {', '.join(missing)}"
+def test_recipe_reference_matches_the_dataclasses():
+    """docs/recipe-reference.md is generated (python -m edgekd.docs_gen); this reads it back
+    and holds every default against the dataclasses, whatever wrote the page."""
+    problems = _all_mismatches(REFERENCE.read_text(encoding="utf-8"))
+    assert not problems, "\n".join(problems) + "\n(regenerate: python -m edgekd.docs_gen)"
 
 
-def test_the_table_check_catches_a_missing_field():
-    assert _missing("export", _defaults(ExportConfig), "`opset` (17), `atol` (1e-4)") == [
-        f"export.{name}" for name in _defaults(ExportConfig) if name not in ("opset", "atol")]
-
-
-def test_the_table_check_catches_a_wrong_default():
-    problems = _mismatches("bench", _defaults(BenchConfig),
-                           "`runs` (100), `warmup` (10), `nope` (1), `provider` (cpu; `min_seconds` 2.5)")
-    assert problems == ["README recipe table: bench.nope is not a field of the bench section",
-                        "README says bench.runs defaults to 100; the dataclass says 200",
-                        "README says bench.min_seconds defaults to 2.5; the dataclass says 1.0"]
+def test_the_reference_check_catches_a_wrong_or_missing_default():
+    text = REFERENCE.read_text(encoding="utf-8")
+    wrong = text.replace("| `runs` | `int` | `200` |", "| `runs` | `int` | `100` |", 1)
+    assert wrong != text
+    assert "recipe reference says bench.runs defaults to `100`; the dataclass says 200" in _all_mismatches(wrong)
+    missing = re.sub(r"\| `opset` \|[^\n]*\n", "", text, count=1)
+    assert "recipe reference lacks export.opset" in _all_mismatches(missing)
+    extra = text.replace("| `runs` |", "| `nope` | `int` | `1` | |\n| `runs` |", 1)
+    assert "recipe reference: bench.nope is not a field of the bench section" in _all_mismatches(extra)
 
 
 def _option_defaults(command, args=()) -> dict:
@@ -206,7 +148,8 @@ def test_bench_flags_default_to_the_bench_section():
 
 def test_export_flags_default_to_the_recipe():
     given = _option_defaults(export_command, ["--onnx"])
-    assert given["data_name"] == DataConfig.name
+    # no --data: the weights' own shape decides (DataConfig.name where it fits), so no copy of it here
+    assert given["data_name"] is None
     assert given["opset"] == ExportConfig.opset
 
 

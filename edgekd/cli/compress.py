@@ -56,7 +56,9 @@ def compress(recipe, overrides, data_name, data_path, seed, name, out_dir, resum
 
     require_train("edgekd compress")  # before a recipe is read or a run directory made
     from edgekd.api import new_run, run_compress
-    from edgekd.recipe import Recipe
+    from edgekd.recipe import Recipe, check_override_pairs
+
+    check_override_pairs(overrides, recipe)  # before RECIPE, which may be the value of a --set without '='
 
     if resume_dir is not None:
         if (recipe or data_name or data_path or seed is not None or name or out_dir or force or deterministic

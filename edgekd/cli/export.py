@@ -15,7 +15,7 @@ from edgekd.recipe import parse_yaml_mapping
 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Export to ONNX (the only format so far).")
+@click.option("--onnx", "to_onnx", is_flag=True, help="Export to ONNX: the default, and the only format so far.")
 @click.option("--stage", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
               help="Which model of RUN_DIR to export; with --weights, the label it gets (edgekd.stage).")
 @click.option("--name", help="A name for the model (edgekd.name in its metadata; the default output file's stem).")
@@ -23,10 +23,18 @@ from edgekd.recipe import parse_yaml_mapping
               help="A weights file (.safetensors, or a .pt/.pth state_dict) to export instead of a run's stage.")
 @click.option("--arch", help="Architecture of --weights: a registered name (the zoo's resnet8, resnet20, resnet56, "
                              "mobilenetv2, tinycnn, or a plugin's), torchvision:NAME, or package.module:function.")
-@click.option("--arch-args", default="{}", metavar="YAML", help="Keyword arguments of --arch, e.g. '{width: 24}'.")
-@click.option("--data", "data_name", default=DataConfig.name, show_default=True, metavar="NAME|PATH",
+@click.option("--arch-args", default="{}", metavar="YAML", help="Keyword arguments of --arch, e.g. '{width: 24}'. in_channels / num_classes in it must "
+                   "agree with the shape edgekd builds for (the data's; without --data they give it, as "
+                   "--in-channels / --num-classes do).")
+@click.option("--data", "data_name", metavar="NAME|PATH",
               help=f"Dataset of --weights ({', '.join(FORMATS.names())}, or a path): input shape, classes, "
-                   "normalization and calibration images.")
+                   "normalization, calibration images. Not given: the weights' own shape (first convolution's "
+                   f"channels, classifier's classes) decides: {DataConfig.name} when it is its shape, else no "
+                   "dataset (parity on random inputs, no accuracy check, no --int8).")
+@click.option("--num-classes", type=click.IntRange(1, 1_000_000), metavar="N",
+              help="With --weights and no --data: the model's classes, where the file does not tell them.")
+@click.option("--in-channels", type=click.IntRange(1, 64), metavar="C",
+              help="With --weights and no --data: the model's input channels, where the file does not tell them.")
 @click.option("--data-path", metavar="DIR", help="Where to look for the dataset's files.")
 @click.option("--skip-bad", is_flag=True,
               help="With --weights and a dataset of image files: skip files that cannot be decoded (counted, the "
@@ -37,8 +45,9 @@ from edgekd.recipe import parse_yaml_mapping
 @click.option("--fp16", is_flag=True, help="A float16 model (for GPU providers), checked against PyTorch's fp32 "
                                          "outputs within 1e-2 of their magnitude.")
 @click.option("--fp32-io", is_flag=True, help="With --fp16: keep the input and output float32 (casts inside).")
-@click.option("--input-size", metavar="H,W", callback=lambda ctx, param, value: _size(value),
-              help="Export for this input size instead of the data's (the architecture must take it).")
+@click.option("--input-size", metavar="H[xW]", callback=lambda ctx, param, value: _size(value),
+              help="Export for this input size instead of the data's (the architecture must take it); without a "
+                   "dataset, the model's size (default 224 for torchvision: and timm: models).")
 @click.option("--dynamic-hw", is_flag=True, help="Make height and width dynamic axes, as the batch is.")
 @click.option("--opset", type=int, default=ExportConfig.opset, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True,
@@ -46,14 +55,15 @@ from edgekd.recipe import parse_yaml_mapping
                    "nor a name a run owns such as state/ or recipe.yaml).")
 @verbosity_options
 @preprocess_options(input_size=False)  # with --weights: the preprocessing written into the metadata for bench
-def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, data_path, skip_bad, int8, output, fp16,
-           fp32_io, input_size, dynamic_hw, opset, force, quiet, verbose, preprocess):
+def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, num_classes, in_channels, data_path,
+           skip_bad, int8, output, fp16, fp32_io, input_size, dynamic_hw, opset, force, quiet, verbose, preprocess):
     """Export one model to ONNX, validated against PyTorch at two batch sizes.
 
     \b
-    edgekd export --onnx runs/default                 # the run's student, fp32
-    edgekd export --onnx runs/default --int8          # ... quantized to int8
-    edgekd export --onnx --weights w.safetensors --arch resnet20 -o resnet20.onnx
+    edgekd export runs/default                 # the run's student, fp32 ONNX
+    edgekd export runs/default --int8          # ... quantized to int8
+    edgekd export --weights w.safetensors --arch resnet20 -o resnet20.onnx
+    edgekd export --weights vendor.pt --arch torchvision:resnet18 --name r18   # 3x224x224, 1000 classes
     """
     arguments = dict(locals())  # first: the flags by name (ExportRequest's fields; --data is data_name)
     from edgekd.extras import require_train
@@ -75,6 +85,11 @@ def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, d
         total = sum(sum(v.values()) for v in skipped["counts"].values() if isinstance(v, dict))
         click.echo(f"skipped {total} bad image(s) (--skip-bad): {skipped['counts']}; first: "
                    f"{named_files(skipped['first'], total)}")
+    if "no_dataset" in result:
+        shape = result["no_dataset"]
+        click.echo(f"no dataset: exported for {shape['channels']}x{'x'.join(map(str, shape['input_size']))} inputs "
+                   f"and {shape['num_classes']} classes (the weights' shape); checked for parity with PyTorch on random "
+                   "inputs only, not for accuracy (give --data for that)")
     for batch, diff in result["max_abs_diff"].items():
         click.echo(f"batch {batch}: max |onnx - torch| = {diff:.3e}")
     if "int8_top1_agreement" in result:
@@ -84,15 +99,15 @@ def export(run_dir, to_onnx, stage, name, weights, arch, arch_args, data_name, d
 
 
 def _size(value):
-    """'224,224' or '224' -> (224, 224); None stays None."""
+    """'224', '224x224' or '224,224' -> (224, 224); None stays None."""
     if value is None:
         return None
     try:
         sizes = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected H,W (for example 224,224), got {value!r}") from None
+        raise click.BadParameter(f"expected H or HxW (for example 224 or 224x224), got {value!r}") from None
     if len(sizes) == 1:
         sizes *= 2
     if len(sizes) != 2 or not all(2 <= v <= 8192 for v in sizes):
-        raise click.BadParameter(f"expected H,W with each from 2 to 8192, got {value!r}")
+        raise click.BadParameter(f"expected H or HxW with each from 2 to 8192, got {value!r}")
     return tuple(sizes)

@@ -41,10 +41,18 @@ def _on_sigterm(_signum, _frame):
 class EdgekdGroup(click.Group):
     """Turns every error into one line and an exit code."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # edgekd's own options and the command's name: a bad one is a usage error
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx):
         debug = bool(os.environ.get("EDGEKD_DEBUG"))
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a command's options and arguments (click parses them here)
+            _usage_error(exc)
         except EdgekdError as exc:
             if exc.exit_code == 0:  # a planned stop (distill.search.export_only): what to do next, no error
                 click.echo(f"edgekd: {exc}", err=True)
@@ -62,6 +70,18 @@ class EdgekdGroup(click.Group):
             raise
         except Exception as exc:  # a bug: say so, point at --debug
             _fail(exc, 1, debug or _debug(ctx), prefix="internal error: ", hint=" (run with --debug for the traceback)")
+
+
+def _usage_error(exc: click.UsageError):
+    """click's usage errors (missing or unknown option, bad value, no such command) as every
+    other bad input: one `edgekd: error:` line naming the help to read, exit 2. `edgekd`
+    alone still shows the help."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        raise exc
+    where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    message = " ".join(exc.format_message().split())  # one line
+    click.echo(f"edgekd: error: {clip(message, 1000)}{where}", err=True)
+    sys.exit(exc.exit_code if exc.exit_code else 2)
 
 
 def _debug(ctx) -> bool:

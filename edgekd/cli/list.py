@@ -78,8 +78,13 @@ def section(name: str) -> dict:
     if listed.needs_train and missing(TRAIN_MODULES):
         return {**out, "entries": None, "needs": TRAIN_INSTALL}
     registry = listed.load()
-    return {**out, "kind": registry.kind,
-            "entries": {entry: listed.describe(registry.get(entry)) for entry in registry}}
+    out = {**out, "kind": registry.kind,
+           "entries": {entry: listed.describe(registry.get(entry)) for entry in registry}}
+    if name == "architectures":  # torchvision:NAME takes any of these (the whole list: errors show the closest)
+        from edgekd.models.external import torchvision_names
+
+        out["torchvision"] = torchvision_names()
+    return out
 
 
 def echo_section(name: str, listing: dict) -> None:
@@ -92,6 +97,9 @@ def echo_section(name: str, listing: dict) -> None:
         if len(description) > MAX_DESCRIPTION:
             description = description[: MAX_DESCRIPTION - 3] + "..."
         click.echo(f"  {entry:<{width}}  {description}".rstrip())
+    if listing.get("torchvision"):
+        names = listing["torchvision"]  # one line, whole: grep finds a name in it
+        click.echo(f"  (torchvision:NAME, NAME one of these {len(names)} classifiers: {', '.join(names)})")
     if listing.get("note"):
         click.echo(f"  ({listing['note']})")
 

@@ -121,7 +121,7 @@ def born_again(student: nn.Module, teacher, data: TrainData, cfg, run: RunOption
         source = teacher if k == 1 else models[-1]
         if log is not None:
             log(f"[distill] born-again generation {k} of {cfg.generations}")
-        generation = run.with_(seed=run.seed + k - 1, desc="distill", checkpoint=ckpt)
+        generation = run.with_(seed=run.seed + k - 1, desc="distill", checkpoint=ckpt, name=f"distill.gen{k}")
         if source is None:
             fit_result = fit(current, cross_entropy_step(current), data, cfg, generation)
         else:

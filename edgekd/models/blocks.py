@@ -24,6 +24,32 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+class InvertedResidual(nn.Module):
+    """1x1 expand, depthwise 3x3, 1x1 project; a residual when the shape is kept. `activation`:
+    ReLU6 in MobileNetV2 as published; the edgenet family takes ReLU, which the int8 kernels fuse
+    (ReLU6's clip is not fused on some providers)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int, activation: type[nn.Module] = nn.ReLU6):
+        super().__init__()
+        hidden = in_ch * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(in_ch, hidden, 1, bias=False), nn.BatchNorm2d(hidden), activation(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),  # depthwise
+            nn.BatchNorm2d(hidden),
+            activation(inplace=True),
+            nn.Conv2d(hidden, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
 def init_weights(model: nn.Module) -> None:
     """He-normal convolutions (for ReLU), batch norm as identity: the zoo's initialization."""
     for m in model.modules():
@@ -32,3 +58,17 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def add_classifier(model: nn.Module, in_ch: int, num_classes: int) -> None:
+    """The head of the zoo's residual networks and the edgenet family: global average pooling
+    and one Linear layer (`model.pool`, `model.fc`), then the zoo's initialization of the whole
+    model, in that order (the order draws the initial weights)."""
+    model.pool = nn.AdaptiveAvgPool2d(1)
+    model.fc = nn.Linear(in_ch, num_classes)
+    init_weights(model)
+
+
+def classify(model: nn.Module, features):
+    """Logits from the last feature map, through the head add_classifier made."""
+    return model.fc(model.pool(features).flatten(1))

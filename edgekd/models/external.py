@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgekd.configtools import clip, shown
+from edgekd.configtools import clip, did_you_mean, shown
 from edgekd.errors import ConfigError, first_line
 
 logger = logging.getLogger("edgekd")
@@ -28,12 +28,20 @@ BUILD_ERRORS = (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivision
 TIMM_REFUSED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 
 
+def torchvision_names() -> list[str]:
+    """The torchvision classifiers (torchvision.models, not detection or segmentation), sorted."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
 def torchvision_model(name: str, in_channels: int, num_classes: int, arch_args: dict) -> nn.Module:
     import torchvision
 
-    available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        raise ConfigError(f"unknown torchvision model '{name}'; available: {', '.join(sorted(available))}")
+    available = torchvision_names()
+    if name not in available:  # the list is long: the closest names, and where to read all of them
+        raise ConfigError(f"unknown torchvision model '{name}'{did_you_mean(name, available)} ({len(available)} "
+                          "torchvision classifiers: edgekd list architectures lists them all)")
     try:
         # weights=None: pretrained weights come from a local file (teacher.weights), never a download
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **arch_args)

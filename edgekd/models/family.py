@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekd.errors import ConfigError
-from edgekd.models.blocks import BasicBlock, init_weights
+from edgekd.models.blocks import BasicBlock, InvertedResidual, add_classifier, classify
 from edgekd.models.registry import ARCHITECTURES
 
 CHANNEL_MULTIPLE = 16  # what the int8 kernels like; other counts are padded inside them
@@ -73,26 +73,6 @@ def check_edgenet_args(stem=16, stem_stride=1, stages=DEFAULT_STAGES, block="bas
     return checked
 
 
-class InvertedBlock(nn.Module):
-    """1x1 expand, depthwise 3x3, 1x1 project; ReLU (fused by the int8 kernels, unlike ReLU6's
-    clip on some providers); a residual when the shape is kept."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int):
-        super().__init__()
-        hidden = in_ch * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers += [nn.Conv2d(in_ch, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-                   nn.ReLU(inplace=True), nn.Conv2d(hidden, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch)]
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_ch == out_ch
-
-    def forward(self, x):
-        out = self.block(x)
-        return x + out if self.use_residual else out
-
-
 class EdgeNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, stem: int = 16, stem_stride: int = 1,
                  stages=DEFAULT_STAGES, block: str = "basic", expand: int = 4):
@@ -105,16 +85,13 @@ class EdgeNet(nn.Module):
             for i in range(depth):
                 step = stride if i == 0 else 1
                 layers.append(BasicBlock(in_ch, width, step) if block == "basic"
-                              else InvertedBlock(in_ch, width, step, expand))
+                              else InvertedResidual(in_ch, width, step, expand, activation=nn.ReLU))
                 in_ch = width
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
-        init_weights(self)
+        add_classifier(self, in_ch, num_classes)
 
     def forward(self, x):
-        x = self.pool(self.layers(self.stem(x)))
-        return self.fc(x.flatten(1))
+        return classify(self, self.layers(self.stem(x)))
 
 
 ARCHITECTURES.register("edgenet", EdgeNet)

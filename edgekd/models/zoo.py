@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekd.configtools import check_builtin_arch_args, clip, shown
+from edgekd.configtools import check_builtin_arch_args, clip, did_you_mean, shown
 from edgekd.errors import ConfigError, first_line
 from edgekd.models.adapt import adapt_to_input
-from edgekd.models.blocks import BasicBlock, init_weights
+from edgekd.models.blocks import BasicBlock, InvertedResidual, add_classifier, classify, init_weights
 from edgekd.models.external import import_factory, timm_model, torchvision_model
 from edgekd.models.registry import ARCHITECTURES
 
@@ -60,40 +60,14 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(in_ch, out_ch, stride))
                 in_ch = out_ch
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
-        init_weights(self)
+        add_classifier(self, in_ch, num_classes)
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.pool(self.layers(x))
-        return self.fc(torch.flatten(x, 1))
+        return classify(self, self.layers(self.relu(self.bn1(self.conv1(x)))))
 
 
 def _round8(value: float) -> int:
     return max(8, int(value + 4) // 8 * 8)
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int):
-        super().__init__()
-        hidden = in_ch * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers += [nn.Conv2d(in_ch, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
-        layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),  # depthwise
-            nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, out_ch, 1, bias=False),
-            nn.BatchNorm2d(out_ch),
-        ]
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_ch == out_ch
-
-    def forward(self, x):
-        out = self.block(x)
-        return x + out if self.use_residual else out
 
 
 class MobileNetV2(nn.Module):
@@ -184,7 +158,10 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, input_size: tu
     and at any size batch-norm momentum of at least 0.1; what was changed is
     `adapt.adaptations(model)`. None: built as it comes.
     search_dirs: where 'module:function' looks for module.py when it is not importable
-    (then the current folder), e.g. the recipe's folder."""
+    (then the current folder), e.g. the recipe's folder.
+    arch_args may repeat in_channels or num_classes only with the same value (edgekd passes
+    the data's; `edgekd export --weights` without --data takes them as the model's shape)."""
+    arch_args = agreed_shape_args(arch, arch_args, in_channels=in_channels, num_classes=num_classes)
     if arch.startswith(TORCHVISION_PREFIX):
         model = torchvision_model(arch[len(TORCHVISION_PREFIX):], in_channels, num_classes, arch_args)
         adapt_to_input(model, input_size)
@@ -199,12 +176,34 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, input_size: tu
         if not isinstance(model, nn.Module):
             raise ConfigError(f"factory '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
-    try:
-        factory = ARCHITECTURES.get(arch)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc}; or '{TORCHVISION_PREFIX}NAME' (any torchvision classifier), "
-                          f"'{TIMM_PREFIX}NAME' (with pip install 'edgekd[timm]') or 'package.module:function'") from None
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture '{arch}'{_closest_arch(arch)}; available: "
+                          f"{', '.join(ARCHITECTURES.names())}; or '{TORCHVISION_PREFIX}NAME' (any torchvision "
+                          f"classifier), '{TIMM_PREFIX}NAME' (with pip install 'edgekd[timm]') or "
+                          "'package.module:function' (edgekd list architectures)")
+    factory = ARCHITECTURES.get(arch)
     return _call(factory, arch, in_channels=in_channels, num_classes=num_classes, **arch_args)
+
+
+def _closest_arch(arch: str) -> str:
+    """did-you-mean for an unknown name: a registered one, or the torchvision model it names."""
+    from edgekd.models.external import torchvision_names
+
+    if isinstance(arch, str) and ":" not in arch and arch in torchvision_names():
+        return f" (did you mean '{TORCHVISION_PREFIX}{arch}'?)"
+    return did_you_mean(arch, ARCHITECTURES.names())
+
+
+def agreed_shape_args(arch: str, arch_args: dict, **passed) -> dict:
+    """arch_args without the in_channels / num_classes that edgekd passes itself: a repeat of
+    the same value is dropped; another value is a ConfigError (never a TypeError about a
+    keyword given twice)."""
+    for key, value in passed.items():
+        if key in arch_args and arch_args[key] != value:
+            raise ConfigError(clip(f"arch_args {key}: {shown(arch_args[key])} of '{arch}' disagrees with the {value} "
+                                   f"{'input channels' if key == 'in_channels' else 'classes'} of the data; edgekd "
+                                   f"passes {key} itself: remove it from arch_args"))
+    return {k: v for k, v in arch_args.items() if k not in passed}
 
 
 def _call(factory, arch: str, **kwargs) -> nn.Module:

@@ -26,6 +26,7 @@ from edgekd.errors import ConfigError
 from edgekd.io.artifacts import atomic_write_text, load_checkpoint, remove_temp_files
 from edgekd.pipeline import stage_inputs
 from edgekd.pipeline.context import Context, StageResult, logger
+from edgekd.pipeline.epoch_log import remove_epoch_files
 from edgekd.pipeline.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, STAGES
 from edgekd.pipeline.preflight import preflight
 from edgekd.pipeline.resume import check_changes, check_data, record_changes, stage_notes
@@ -194,6 +195,7 @@ def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool,
             save_progress(ctx.run_dir, {}, recipe_state=state)
             for name in CHECKPOINTS:  # a --force run must not continue an old run's training
                 _remove_checkpoints(ctx, name)
+            remove_epoch_files(real)  # nor show its epochs
         elif changes or "recipe" not in state:
             _apply_changes(ctx, recipe, state, changes)
         log(f"training on {compute.device}, {compute.precision}"

@@ -37,13 +37,16 @@ class Context:
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
-    def run_options(self, desc: str, checkpoint: Path | None = None) -> RunOptions:
+    def run_options(self, desc: str, checkpoint: Path | None = None, name: str = "") -> RunOptions:
         """How a stage's training run goes: seed, progress, resume and log from the run;
-        its name (`desc`) and per-epoch checkpoint file from the stage."""
+        its name (`desc`; `name` in epoch lines and metrics files when several runs share a
+        `desc`) and per-epoch checkpoint file from the stage. Each finished epoch is logged
+        and recorded in the run directory (edgekd.pipeline.epoch_log)."""
+        from edgekd.pipeline.epoch_log import EpochLogs
         from edgekd.train.plumbing import RunOptions  # here: the pipeline's modules load without torch
 
         return RunOptions(seed=self.seed, desc=desc, progress=self.progress, checkpoint=checkpoint,
-                          resume=self.resume, log=self.log)
+                          resume=self.resume, log=self.log, name=name, epoch_log=EpochLogs(self.run_dir, self.log))
 
 
 @dataclass
@@ -64,8 +67,10 @@ def input_shape_of(spec) -> tuple[int, int, int]:
 def build_arch(spec, arch: str, arch_args: dict):
     """A fresh model of `arch` for the data's channels, classes and image size (torchvision
     and timm models are adapted to small images: edgekd.models.adapt)."""
-    from edgekd.models.zoo import build_model
+    from edgekd.models.zoo import agreed_shape_args, build_model
 
+    # arch_args may repeat the data's in_channels / num_classes, never clash with them
+    arch_args = agreed_shape_args(arch, arch_args, in_channels=spec.channels, num_classes=spec.num_classes)
     return build_model(arch, in_channels=spec.channels, num_classes=spec.num_classes,
                        input_size=(spec.height, spec.width), **arch_args)
 

@@ -24,14 +24,16 @@ class ExportRequest:
     A run's `stage` (run_dir), or `weights` of `arch` (arch_args) for the dataset `data`
     (data_path); int8, or fp16 (fp32_io: float32 input and output); input_size (H, W) and
     dynamic_hw; `output` (None: beside the model), replaced only with force; stage / name:
-    labels in the metadata; preprocess: with weights, their stated preprocessing."""
+    labels in the metadata; preprocess: with weights, their stated preprocessing. data None:
+    the weights' own shape decides (pipeline.export_shape), and in_channels / num_classes
+    give it without a dataset."""
 
     run_dir: str | Path | None = None
     stage: str = "student"
     weights: str | Path | None = None
     arch: str | None = None
     arch_args: dict | None = None
-    data: str = DataConfig.name
+    data: str | None = None  # None: DataConfig.name when the weights' shape is its, else no dataset
     data_path: str | Path | None = None
     int8: bool = False
     output: str | Path | None = None
@@ -45,16 +47,18 @@ class ExportRequest:
     name: str | None = None
     preprocess: dict | None = None
     skip_bad: bool = False  # with weights and an image-file dataset: bad files skipped (data.skip_bad)
+    num_classes: int | None = None  # with weights: the model's classes, without a dataset
+    in_channels: int | None = None  # with weights: the model's input channels, without a dataset
 
     @classmethod
     def from_arguments(cls, arguments: dict, **given) -> ExportRequest:
         """The request from a caller's arguments by name (edgekd.export's locals(), click's
         params), `given` over them. Names that are no field (--onnx, --quiet) are left out;
-        None for data or opset means the recipe's default, as edgekd.export documents."""
+        None for opset means the recipe's default, as edgekd.export documents (None for data:
+        the weights' shape decides)."""
         values = {**arguments, **given}
-        for key in ("data", "opset"):
-            if key in values and values[key] is None:
-                del values[key]
+        if "opset" in values and values["opset"] is None:
+            del values["opset"]
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
@@ -81,7 +85,7 @@ def export_one(request: ExportRequest) -> dict:
         raise ConfigError("--int8 and --fp16 are two different models: give one of them")
     if request.fp32_io and not request.fp16:
         raise ConfigError("--fp32-io keeps a float16 model's input and output in float32: it needs --fp16")
-    from edgekd.runtime.metadata import INPUT_SHAPE, NAME, PRECISION, PREPROCESS, STAGE
+    from edgekd.runtime.metadata import CLASS_NAMES, INPUT_SHAPE, MEAN, NAME, PRECISION, PREPROCESS, STAGE, STD
     from edgekd.runtime.preprocessing import check_stated, metadata_entries
 
     preprocess = check_stated(request.preprocess, where="preprocess")
@@ -91,6 +95,9 @@ def export_one(request: ExportRequest) -> dict:
     if request.skip_bad and run_dir is not None:
         raise ConfigError("--skip-bad is for --weights and a dataset; a run reads its data as its recipe says "
                           "(data.skip_bad in its recipe.yaml)")
+    if (request.num_classes or request.in_channels) and run_dir is not None:
+        raise ConfigError("--num-classes and --in-channels give the shape of --weights; a run's model has the shape "
+                          "of its recipe's data")
     precision = "int8" if request.int8 else "fp16" if request.fp16 else "fp32"
     if run_dir is not None:
         from edgekd.pipeline.rundir import EXPORT_FOLDER, check_no_links, real_run_dir
@@ -112,10 +119,11 @@ def export_one(request: ExportRequest) -> dict:
     else:
         from edgekd.quant.config import QuantConfig
 
-        data_cfg = DataConfig(name=request.data, path=request.data_path, skip_bad=request.skip_bad)
+        data_cfg = DataConfig(name=request.data or DataConfig.name, path=request.data_path, skip_bad=request.skip_bad)
         seed, quant_cfg = 0, QuantConfig()
         export_cfg = ExportConfig(opset=request.opset)
-        default_output = Path(request.weights).with_suffix(f".{precision}.onnx")
+        weights_path = Path(request.weights)  # --name names the file, as it does in a run's export/
+        default_output = weights_path.parent / f"{request.name or weights_path.stem}.{precision}.onnx"
     output = Path(output) if output else default_output
     from edgekd.pipeline.rundir import check_export_output
 
@@ -132,22 +140,36 @@ def export_one(request: ExportRequest) -> dict:
         model = store.teacher() if request.stage == "teacher" else store.student()
     else:
         from edgekd.errors import DataError
+        from edgekd.pipeline.export_shape import given_shape, weights_spec
 
+        if request.data is not None and (request.num_classes or request.in_channels):
+            raise ConfigError("--num-classes and --in-channels give the model's shape without a dataset: with --data, "
+                              "the dataset's channels and classes are the model's (leave out one or the other)")
         try:
             splits = load_splits(data_cfg, seed=seed)
         except DataError as exc:  # the data's own advice names the recipe key; export's is its flag
             raise type(exc)(str(exc).replace("set data.skip_bad: true", "pass --skip-bad")) from exc
-        model = build_arch(splits.spec, arch, arch_args or {})
-        weights = Path(request.weights)
+        spec = splits.spec if request.data is not None else weights_spec(request, splits.spec)
+        if spec is not splits.spec:  # the weights' own shape, not the default dataset's: no dataset
+            splits = None
+            if request.int8:
+                raise ConfigError(f"--int8 calibrates on images of the model's shape ({spec.channels} channel(s), "
+                                  f"{spec.num_classes} classes): give --data NAME|PATH with such images")
+            if request.skip_bad:
+                raise ConfigError("--skip-bad is for a dataset of image files (--data); this export has none")
+        else:
+            given_shape(request)  # arch_args' in_channels / num_classes are checked against the flags
+        model = build_arch(spec, arch, arch_args or {})
         try:
             load_weights(model, request.weights)
         except ModelFileError as exc:
-            if (weights.parent / PRUNED_SHAPES).is_file() or weights.name == PRUNED_WEIGHTS:
+            if (weights_path.parent / PRUNED_SHAPES).is_file() or weights_path.name == PRUNED_WEIGHTS:
                 raise ModelFileError(f"'{request.weights}' are a pruned model's weights, whose layers are smaller than "
                                      f"a fresh '{arch}': export the run directory instead (edgekd export RUN_DIR "
                                      f"--onnx), which rebuilds the pruned shapes from {PRUNED_SHAPES}") from exc
-            raise
-    spec = splits.spec
+            raise ModelFileError(export_hint(str(exc), request.data)) from exc
+    if splits is not None:
+        spec = splits.spec
     model.eval()
     from edgekd.pipeline.stages.export import check_finite_weights
 
@@ -166,6 +188,9 @@ def export_one(request: ExportRequest) -> dict:
         metadata.pop(PREPROCESS, None)  # it describes the data's size, not this input
     if request.name:
         metadata[NAME] = request.name
+    if splits is None:  # no dataset: its mean, std, preprocessing and class names are not known
+        for key in (MEAN, STD, PREPROCESS, CLASS_NAMES):
+            metadata.pop(key, None)
     stated = metadata_entries(preprocess, channels=spec.channels, height=input_shape[1], width=input_shape[2])
     for key, value in stated.items():  # the weights' own preprocessing, not the data's
         if value is None:
@@ -175,9 +200,12 @@ def export_one(request: ExportRequest) -> dict:
     if request.fp16:
         metadata[PRECISION] = "fp16" + (" (fp32 input and output)" if request.fp32_io else "")
     # real images check the parity where the model was trained; another input size gets random ones
-    val_x = to_tensor(splits.val_x, spec.mean, spec.std) if request.input_size is None else None
+    val_x = to_tensor(splits.val_x, spec.mean, spec.std) if request.input_size is None and splits is not None else None
     result = {"path": str(output)}
-    if splits.record.get("skipped"):  # --skip-bad: what was left out, the first files named
+    if splits is None:  # what the caller is told: nothing checked the model's accuracy
+        result["no_dataset"] = {"channels": spec.channels, "num_classes": spec.num_classes,
+                                "input_size": [spec.height, spec.width]}
+    elif splits.record.get("skipped"):  # --skip-bad: what was left out, the first files named
         result["data_skipped"] = {"counts": splits.record["skipped"], "first": splits.record.get("skipped_files", [])}
     if not request.int8:
         report = to_onnx(model, output, input_shape=input_shape, metadata=metadata, cfg=export_cfg, check_inputs=val_x,
@@ -209,6 +237,17 @@ def export_one(request: ExportRequest) -> dict:
     result["int8_top1_agreement"] = float((logits.argmax(1) == expected).mean() * 100)
     result["agreement_samples"] = len(expected)
     return result
+
+
+def export_hint(message: str, data: str | None) -> str:
+    """A weights file's misfit, with export's advice instead of the recipe's (teacher.transfer
+    is a recipe key: export's way to another shape is its flags)."""
+    cut = message.find("use teacher.transfer")
+    if cut < 0:
+        return message
+    fix = ("leave out --data to export them for their own shape" if data is not None
+           else "give --num-classes and --in-channels for their shape")
+    return message[:cut] + fix
 
 
 def check_in_pytorch(run_dir: Path, recipe: Recipe, stage: str) -> None:

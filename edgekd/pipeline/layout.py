@@ -24,3 +24,7 @@ RUNS_FOLDER = "runs"  # where runs go without --out: runs/NAME, runs/NAME-2, ...
 # distill.extra_teachers[i - 1] (multi-teacher KD): the name with .format(i)
 EXTRA_TEACHER_WEIGHTS = "teacher.extra{}.safetensors"
 EXTRA_TEACHER_CHECKPOINT = "state/teacher.extra{}.ckpt"
+# per training run (teacher, distill, teacher-head, distill.gen2, ...): one row per epoch, and
+# TensorBoard event files when tensorboard is installed (edgekd.pipeline.epoch_log)
+METRICS_CSV = "metrics/{}.csv"
+TENSORBOARD_DIR = "tb/{}"

@@ -24,41 +24,43 @@ class DataInputs:
 
 
 @dataclass(frozen=True)
-class TeacherInputs:
+class TrainingInputs:
+    """What every stage that trains reads first: the splits and the data it trains on."""
+
+    splits: Splits
+    data: TrainData
+
+
+@dataclass(frozen=True)
+class TeacherInputs(TrainingInputs):
     """`data`: the labeled train images only, repeated in turn to the train split's size when
     labels are scarce (edgekd.data.unlabeled) and a teacher learns from them supervised (only
     its val split is read otherwise); `every`: the whole train split, its unlabeled images too
     (teacher.semi_supervised); `extra_teachers`: the TeacherConfigs of distill.extra_teachers
     when the distillation scheme learns from them, else []."""
 
-    splits: Splits
-    data: TrainData
     every: TrainData
     extra_teachers: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class DistillInputs:
+class DistillInputs(TrainingInputs):
     """`teachers`: the teacher then the extra teachers (offline and born-again; [] for the
     schemes that do not learn from them); `deployed`: with distill.arch auto, how the student
     will be deployed ({quant_cfg, opset}: what edgekd.search exports each candidate with)."""
 
-    splits: Splits
-    data: TrainData
     teachers: list
     deployed: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class PruneInputs:
+class PruneInputs(TrainingInputs):
     """`labeled`: `data` with the labeled train images only (what sparsity training and the
     gradients of 'taylor' read); `kd`: the distill section (fine-tuning distils from the
     teacher with its temperature and alpha); `deployed`: how the model will be deployed
     (edgekd.prune.latency.Deployed: int8 or not, quantize and bench sections), what
     prune.target_latency_ms measures."""
 
-    splits: Splits
-    data: TrainData
     labeled: TrainData
     teacher: Any
     student: Any

@@ -101,12 +101,9 @@ class LatencyTarget:
         return ok
 
     def describe(self) -> str:
-        parts = []
-        if self.latency_ms is not None:
-            parts.append(f"p50 <= {self.latency_ms:g} ms")
-        if self.speedup is not None:
-            parts.append(f">= {self.speedup:g}x faster than the unpruned model")
-        return " and ".join(parts)
+        from edgekd.runtime.measure import budget_text
+
+        return budget_text(self.latency_ms, self.speedup, measured="p50", reference="the unpruned model")
 
 
 @dataclass

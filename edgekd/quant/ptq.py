@@ -169,10 +169,10 @@ def ptq(
     names kept in float on top of the recipe's (the accuracy budget search passes them)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from tqdm.auto import tqdm
 
     from edgekd.io.onnxfile import check_onnx_file
     from edgekd.onnx_export import INPUT_NAME
+    from edgekd.progress import progress_bar
     from edgekd.quant.pad import pad_input_channels
     from edgekd.runtime.metadata import set_metadata
 
@@ -192,7 +192,7 @@ def ptq(
         prepared = Path(work) / "prepared.onnx"
         prepare(fp32_path, prepared)
         excluded = nodes_to_keep_float(onnx.load(str(prepared)), cfg, extra_exclude)
-        with tqdm(total=len(calib_images), desc="calibrate", unit="img", disable=not progress, leave=False) as bar:
+        with progress_bar(total=len(calib_images), enabled=progress, desc="calibrate", unit="img", leave=False) as bar:
             reader = ArrayCalibrationReader(calib_images, INPUT_NAME, batch_size=batch_size, progress=bar)
             with atomic_path(int8_path) as tmp:
                 common = dict(per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],

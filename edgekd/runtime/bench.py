@@ -113,13 +113,9 @@ def interleaves(cfg: BenchConfig, paths: list, providers: list) -> bool:
 
 
 def _progress(items: list, enabled: bool):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional on devices
-        return items
-    return tqdm(items, desc="bench", unit="result")
+    from edgekd.progress import progress_bar
+
+    return progress_bar(items, enabled=enabled, desc="bench", unit="result")
 
 
 @dataclass(frozen=True)

@@ -303,3 +303,14 @@ def provider_node_counts(profile_path) -> dict:
         if provider and name.endswith("_kernel_time"):
             nodes[name[: -len("_kernel_time")]] = provider
     return dict(Counter(nodes.values()))
+
+
+def budget_text(latency_ms: float | None, speedup: float | None, *, measured: str, reference: str) -> str:
+    """A latency budget in words, as the logs and errors of pruning to latency and of the
+    student search state it: "int8 p50 <= 0.05 ms and >= 2x faster than the teacher's int8 model"."""
+    parts = []
+    if latency_ms is not None:
+        parts.append(f"{measured} <= {latency_ms:g} ms")
+    if speedup is not None:
+        parts.append(f">= {speedup:g}x faster than {reference}")
+    return " and ".join(parts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from edgekd.configtools import did_you_mean
 from edgekd.errors import ConfigError
 from edgekd.registry import Registry
 
@@ -84,8 +85,8 @@ def resolve_provider(name: str) -> str:
     plugin_ep = _plugin_ep_for_id(name) if isinstance(name, str) else None
     if plugin_ep is not None:
         return plugin_ep
-    raise ConfigError(f"unknown provider '{name}'; known: {', '.join(PROVIDERS.names())} "
-                      "(or an ONNX Runtime provider name such as CPUExecutionProvider)")
+    raise ConfigError(f"unknown provider '{name}'{did_you_mean(name, PROVIDERS.names())}; known: "
+                      f"{', '.join(PROVIDERS.names())} (or an ONNX Runtime provider name such as CPUExecutionProvider)")
 
 
 def _plugin_ep_for_id(name: str) -> str | None:

@@ -84,10 +84,8 @@ class SearchConfig:
         return ok and (self.speedup is None or reference_p50_ms / p50_ms >= self.speedup / FAR_BELOW)
 
     def describe(self) -> str:
-        parts = []
-        if self.latency_ms is not None:
-            parts.append(f"int8 p50 <= {self.latency_ms:g} ms")
-        if self.speedup is not None:
-            parts.append(f">= {self.speedup:g}x faster than the teacher's int8 model")
+        from edgekd.runtime.measure import budget_text
+
         where = f"{self.provider}, {self.threads or 'default'} threads, batch {self.batch}"
-        return " and ".join(parts) + f" ({where})"
+        budget = budget_text(self.latency_ms, self.speedup, measured="int8 p50", reference="the teacher's int8 model")
+        return f"{budget} ({where})"

@@ -76,7 +76,7 @@ def fit(model: nn.Module, step_fn: StepFn, data: TrainData, cfg: TrainConfig,
     weights as an uninterrupted run (CPU, deterministic algorithms, same thread count).
     No checkpoint is written for an epoch whose loss or weights are not finite.
     """
-    from tqdm.auto import tqdm
+    from edgekd.progress import progress_bar
 
     seed, desc, progress, checkpoint, resume, log = (run.seed, run.desc, run.progress, run.checkpoint, run.resume,
                                                      run.log)
@@ -129,8 +129,12 @@ def fit(model: nn.Module, step_fn: StepFn, data: TrainData, cfg: TrainConfig,
     tuner = ThreadTuner(compute.threads, steps_per_epoch=steps_per_epoch, desc=desc, log=log,
                         device_type=compute.device_type)
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=(first_epoch - 1) * steps_per_epoch, desc=desc, unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
+    # one line and one metrics row per finished epoch; rank 0 alone writes
+    epochs_out = (run.epoch_log(run.label, first_epoch, cfg.epochs)
+                  if run.epoch_log is not None and distributed.is_main() else None)
+    bar = progress_bar(total=total_steps, initial=(first_epoch - 1) * steps_per_epoch, desc=desc, unit="step",
+                       enabled=progress, leave=False, dynamic_ncols=True)
+    epoch_seconds = []  # of the epochs trained by this process: the ETA
     try:
         for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
@@ -187,6 +191,12 @@ def fit(model: nn.Module, step_fn: StepFn, data: TrainData, cfg: TrainConfig,
                 }
             )
             seen += trained * ranks
+            epoch_seconds.append(result.epochs[-1]["seconds"])
+            if epochs_out is not None:  # before the checkpoint: a resumed run drops a row it wrote again
+                bar.clear()
+                epochs_out.epoch({**result.epochs[-1], "epochs": cfg.epochs, "lr": optimizer.param_groups[0]["lr"],
+                                  "images_per_second": trained * ranks / max(epoch_seconds[-1], 1e-9),
+                                  "eta_seconds": (cfg.epochs - epoch) * sum(epoch_seconds) / len(epoch_seconds)})
             if val_top1 > result.best_val_top1:
                 result.best_val_top1, result.best_epoch = val_top1, epoch
                 best_state = copy.deepcopy(model.state_dict())
@@ -197,6 +207,8 @@ def fit(model: nn.Module, step_fn: StepFn, data: TrainData, cfg: TrainConfig,
     finally:
         bar.close()
         tuner.finish()
+        if epochs_out is not None:
+            epochs_out.close()
     if cfg.epochs == 0:
         result.best_val_top1 = accuracy(model, val)
     model.load_state_dict(best_state)

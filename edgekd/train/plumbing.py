@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from edgekd.train.batches import InMemory, as_source
 
@@ -31,21 +31,11 @@ class TrainData:
         """The same val split with another train split (tensors and labels, or a source)."""
         return dataclasses.replace(self, train=as_source(train_x, train_y))
 
-    @property
-    def train_x(self):
-        return _images(self.train)
-
-    @property
-    def train_y(self):
-        return self.train.labels
-
-    @property
-    def val_x(self):
-        return _images(self.val)
-
-    @property
-    def val_y(self):
-        return self.val.labels
+    # the tensors (or sources) and labels the data was made from, as the loop and evaluation read them
+    train_x = property(lambda self: _images(self.train))
+    train_y = property(lambda self: self.train.labels)
+    val_x = property(lambda self: _images(self.val))
+    val_y = property(lambda self: self.val.labels)
 
 
 def _images(source):
@@ -62,6 +52,11 @@ class RunOptions:
     checkpoint  a file written at the end of every epoch (None: none), see edgekd.train.checkpoint
     resume      continue from `checkpoint` when it exists
     log         where notes go (resuming, thread choices); None: nowhere
+    name        the run's name in epoch lines and per-epoch metrics ("": `desc`); runs of one
+                stage that share a `desc` (born-again generations, fine-tuning) differ by it
+    epoch_log   epoch_log(name, first_epoch, epochs) -> an EpochLog: where each finished
+                epoch goes (a log line, metrics files); None: nowhere. The pipeline's Context
+                makes it (edgekd.pipeline.epoch_log), so training knows no run directory
     """
 
     seed: int = 0
@@ -70,9 +65,27 @@ class RunOptions:
     checkpoint: str | Path | None = None
     resume: bool = False
     log: Callable[[str], None] | None = None
+    name: str = ""
+    epoch_log: Callable[[str, int, int], EpochLog] | None = None
 
     def with_(self, **changes) -> RunOptions:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def label(self) -> str:
+        """The name of this run in epoch lines and metrics files."""
+        return self.name or self.desc
+
+
+class EpochLog(Protocol):
+    """Where one training run's finished epochs go (RunOptions.epoch_log makes one per run)."""
+
+    def epoch(self, stats: dict) -> None:
+        """One finished epoch: epoch, epochs, loss, train_top1, val_top1, lr,
+        images_per_second, seconds, eta_seconds."""
+
+    def close(self) -> None:
+        """The run is over (finished, failed or interrupted)."""
 
 
 DEFAULT_RUN = RunOptions()  # the default of every `run` parameter (frozen: safe to share)

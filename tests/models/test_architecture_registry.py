@@ -33,7 +33,7 @@ def test_a_recipe_names_the_toy_and_build_model_builds_it(toy_arch):
 
 
 def test_the_toy_is_listed_and_its_arguments_checked(toy_arch):
-    with pytest.raises(ConfigError, match=r"unknown architecture 'toy'; available: resnet8, resnet20, resnet56, "
+    with pytest.raises(ConfigError, match=r"unknown architecture 'toy' \(did you mean 'toy-mlp'\?\); available: resnet8, resnet20, resnet56, "
                                           r"mobilenetv2, tinycnn, edgenet, toy-mlp; or 'torchvision:NAME'"):
         build_model("toy", in_channels=1, num_classes=3)
     with pytest.raises(ConfigError, match=r"cannot build 'toy-mlp' with arguments .*'hiden'"):

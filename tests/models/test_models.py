@@ -101,7 +101,12 @@ def test_torchvision_resnet18_grey_seven_classes():
 def test_unknown_torchvision_model_lists_available():
     with pytest.raises(ConfigError) as info:
         build_model("torchvision:resnet19", in_channels=3, num_classes=10)
-    assert "resnet19" in str(info.value) and "resnet18" in str(info.value) and "mobilenet_v2" in str(info.value)
+    # the closest names, how many there are and where all of them are listed (the list is never cut mid-way)
+    assert "resnet19" in str(info.value) and "did you mean 'resnet18'" in str(info.value)
+    import torchvision
+
+    count = len(torchvision.models.list_models(module=torchvision.models))
+    assert f"{count} torchvision classifiers: edgekd list architectures lists them all" in str(info.value)
 
 
 # -- names and factories ------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_bench_with_a_registered_provider(tmp_path, model, toy, monkeypatch):
 
 def test_registered_provider_in_a_recipe_and_in_the_provider_list(toy):
     assert Recipe.from_dict({"bench": {"provider": "toy"}}).bench.provider == "toy"
-    with pytest.raises(ConfigError, match=r"unknown provider 'gpu'; known: cpu, cuda, .*\btoy\b"):
+    with pytest.raises(ConfigError, match=r"unknown provider 'gpu' \(did you mean .*'cpu'\?\); known: cpu, cuda, .*\btoy\b"):
         Recipe.from_dict({"bench": {"provider": "gpu"}})
     result = CliRunner().invoke(main, ["bench", "--list-providers"])
     assert result.exit_code == 0, result.output

@@ -11,6 +11,7 @@ import torch
 
 from edgekd.pipeline import stage_inputs
 from edgekd.pipeline.context import Context
+from edgekd.pipeline.epoch_log import EpochLogs
 from edgekd.train.batches import InMemory
 from edgekd.train.plumbing import DEFAULT_RUN, RunOptions, TrainData
 
@@ -45,7 +46,7 @@ def test_the_context_makes_a_stage_s_run_options(tmp_path):
     ctx = Context(run_dir=tmp_path, seed=7, resume=True, progress=False, log=lines.append)
     run = ctx.run_options("teacher", ctx.path("state/teacher.ckpt"))
     assert run == RunOptions(seed=7, desc="teacher", progress=False, checkpoint=tmp_path / "state/teacher.ckpt",
-                             resume=True, log=lines.append)
+                             resume=True, log=lines.append, epoch_log=EpochLogs(tmp_path, lines.append))
     assert ctx.run_options("qat").checkpoint is None
 
 

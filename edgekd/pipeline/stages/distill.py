@@ -99,7 +99,8 @@ def _baseline(ctx: Context, cfg: DistillConfig, inputs: DistillInputs, student, 
         torch.set_rng_state(initial_rng)
         alone = build_arch(spec, cfg.arch, cfg.arch_args)
     ctx.log("[distill] baseline: the same student alone (cross-entropy only, same schedule and steps)")
-    fit_result = train_alone(alone, t, cfg, ctx.run_options("distill", ctx.path(BASELINE_CHECKPOINT)))
+    fit_result = train_alone(alone, t, cfg, ctx.run_options("distill", ctx.path(BASELINE_CHECKPOINT),
+                                                         name="distill.baseline"))
     save_weights(alone, ctx.path(STUDENT_ALONE_WEIGHTS))
     test_x, test_y = to_tensor(splits.test_x, spec.mean, spec.std), torch.from_numpy(splits.test_y.astype(np.int64))
     test_top1, alone_test = accuracy(student, test_x, test_y), accuracy(alone, test_x, test_y)

@@ -34,13 +34,14 @@ def run(ctx: Context, cfg: PruneConfig, inputs: PruneInputs | None) -> StageResu
         return StageResult({"enabled": False})
     t, teacher, student = inputs.data, inputs.teacher, inputs.student
     shape = input_shape_of(inputs.splits.spec)
-    # the sparsity and fine-tuning runs keep no per-epoch checkpoint and write no notes
+    # the sparsity and fine-tuning runs keep no per-epoch checkpoint and write no notes (their
+    # epoch lines and metrics files stay: edgekd.pipeline.epoch_log)
     quiet = ctx.run_options("distill").with_(log=None)
     before = {"params": count_params(student), "macs": count_macs(student, shape), "channels": channel_table(student)}
     extra = {}
     if cfg.sparsity > 0 and cfg.sparsity_epochs > 0:  # network slimming: push unneeded BN scales to zero
-        slim = sparsity_train(student, inputs.labeled, dataclasses.replace(cfg, epochs=cfg.sparsity_epochs), quiet,
-                              penalty=cfg.sparsity)
+        slim = sparsity_train(student, inputs.labeled, dataclasses.replace(cfg, epochs=cfg.sparsity_epochs),
+                              quiet.with_(name="prune.sparsity"), penalty=cfg.sparsity)
         extra["sparsity"] = {"penalty": cfg.sparsity, "epochs": cfg.sparsity_epochs, "val_top1": slim.best_val_top1}
     finetune = dataclasses.replace(inputs.kd, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                    weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, augment=cfg.augment)
@@ -49,7 +50,7 @@ def run(ctx: Context, cfg: PruneConfig, inputs: PruneInputs | None) -> StageResu
     def finetune_step(step: int) -> None:
         if finetune.epochs == 0:
             return
-        result = distill(student, teacher, t, finetune, quiet.with_(seed=ctx.seed + step))
+        result = distill(student, teacher, t, finetune, quiet.with_(seed=ctx.seed + step, name=f"prune.step{step}"))
         history.append({"step": step, "macs": count_macs(student, shape), "val_top1": result.best_val_top1})
 
     each_step = cfg.finetune == "step"
