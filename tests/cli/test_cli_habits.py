@@ -8,12 +8,12 @@ import click
 import pytest
 import torch
 
+from clitools import cli, refused
 from edgekd.cli import main
 from edgekd.errors import ConfigError
 from edgekd.models.zoo import build_model
 from edgekd.recipe import Recipe
 from edgekd.runtime.providers import resolve_provider
-from tests.clitools import cli, refused
 
 
 def test_yaml_errors_give_line_and_column(tmp_path):

@@ -13,8 +13,8 @@ import onnx
 import pytest
 import torch
 
+from clitools import cli, refused
 from edgekd.errors import ConfigError
-from tests.clitools import cli, refused
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MARKER = "<!-- test: vendor-export -->"

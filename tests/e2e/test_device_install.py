@@ -231,3 +231,59 @@ def test_device_bench_foreign_model(device, tmp_path):
         assert row["top1"] is None  # no eval set: latency only, on synthetic input
         assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
         assert row["provider"] in ("cpu", "CPUExecutionProvider")
+
+
+# the student search's device path (issue 27): two candidates far apart in size, so the device's
+# timings order them whatever the load
+SEARCH_SPACE = [
+    {"arch": "edgenet", "arch_args": {"stem": 16, "stem_stride": 2, "stages": [[1, 16, 1]], "block": "basic"}},
+    {"arch": "edgenet", "arch_args": {"stem": 64, "stem_stride": 1, "stages": [[2, 128, 1], [2, 128, 2]],
+                                      "block": "basic"}},
+]
+
+
+def test_device_times_the_candidates_and_its_table_drives_the_search(device, tmp_path):
+    """compress writes the candidates folder (export_candidates: what distill.search.export_only
+    writes), the torch-free install times them into a latency table (`edgekd bench DIR
+    --latency-table`), and the search of the main environment chooses with that table alone:
+    the one candidate within a budget set between the two p50s the device measured."""
+    import numpy as np
+    import torch
+
+    from edgekd.data.splits import DataSpec
+    from edgekd.distill.config import DistillConfig
+    from edgekd.models.zoo import build_model
+    from edgekd.search.config import SearchConfig
+    from edgekd.search.select import CandidateBuild, export_candidates, search_student
+    from edgekd.train.plumbing import TrainData
+
+    bin_dir, _ = device
+    spec = DataSpec(name="tiny", channels=1, height=32, width=32, num_classes=3, class_names=("a", "b", "c"),
+                    mean=(0.5,), std=(0.25,), source="tests")
+    torch.manual_seed(0)
+    teacher = build_model("tinycnn", in_channels=1, num_classes=3, width=4).eval()
+    calib = np.random.default_rng(0).standard_normal((16, 1, 32, 32)).astype(np.float32)
+    build = CandidateBuild(spec, calib, opset=17)
+    folder = tmp_path / "candidates"
+    manifest = export_candidates(SEARCH_SPACE, teacher, folder, build)
+
+    table = tmp_path / "table.json"
+    timed = run(bin_dir, "edgekd", "bench", str(folder), "--latency-table", str(table), "--threads", "1")
+    assert timed.returncode == 0, timed.stdout + timed.stderr
+    written = json.loads(table.read_text())
+    assert written["provider"] == "cpu" and written["threads"] == 1 and written["opset"] == 17
+    p50 = [row["int8_p50_ms"] for row in written["candidates"]]
+    assert [row["id"] for row in written["candidates"]] == [e["id"] for e in manifest["candidates"]]
+    assert p50[0] < p50[1], p50  # about 30x fewer multiply-accumulates
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(48) % 3
+    images = torch.randn(48, 1, 32, 32, generator=g) + labels.view(-1, 1, 1, 1).float()
+    cfg = SearchConfig(latency_ms=float(np.sqrt(p50[0] * p50[1])), latency_table=str(table), threads=1,
+                       proxy_epochs=1, proxy_images=24)
+    result = search_student(teacher=teacher, data=TrainData.of(images[:36], labels[:36], images[36:], labels[36:]),
+                            distill_cfg=DistillConfig(batch_size=12), cfg=cfg, folder=folder, build=build,
+                            space=SEARCH_SPACE)
+    assert result.winner == SEARCH_SPACE[0]
+    assert result.timings.startswith(f"latency table {table}")
+    assert [row["met"] for row in result.rows] == [True, False]

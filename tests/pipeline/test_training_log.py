@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clitools import TINY_RECIPE, cli
+from clitools import TINY_RECIPE, cli
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCH_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(?P<stage>[\w.-]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+)  "
