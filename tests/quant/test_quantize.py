@@ -17,6 +17,7 @@ from edgekd.quant.calibration import ArrayCalibrationReader
 from edgekd.quant.config import QuantConfig
 from edgekd.quant.presets import format_name, resolve_quant_settings
 from edgekd.quant.ptq import QuantReport, ptq
+from onnxops import optimized_ops
 
 # TinyCNN width 4: three convs with 4, 8 and 16 output channels, a Gemm head 16 -> 3
 CONV_OUT_CHANNELS = [4, 8, 16]
@@ -308,15 +309,6 @@ def test_ptq_uses_the_preset_of_the_machine(tmp_path, tiny_onnx, calib_images):
 # -- nodes kept in float ---------------------------------------------------------------------------
 
 CONV2 = "/features/features.2/features.2.0/Conv"
-
-
-def optimized_ops(path, tmp_path):
-    """Op types per node of the model as ONNX Runtime runs it (after its graph optimizations)."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 
 def test_excluded_nodes_stay_float(tmp_path, tiny_onnx, calib_images):

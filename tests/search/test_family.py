@@ -9,17 +9,9 @@ import torch
 from edgekd.errors import ConfigError
 from edgekd.models.zoo import ARCHITECTURES, build_model
 from edgekd.prune.latency import export_deployable
+from onnxops import optimized_ops
 
 SMALL = {"stem": 16, "stem_stride": 2, "stages": [[1, 16, 1], [2, 32, 2]]}
-
-
-def optimized_ops(path, tmp_path):
-    """Op types of the model as ONNX Runtime runs it (after its graph optimizations)."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 
 def test_registered_and_built_from_a_few_numbers():
