@@ -21,7 +21,9 @@ FAR_BELOW = 0.5  # every candidate under this share of the budget: the space is 
 @dataclass(frozen=True)
 class SearchConfig:
     """The budget (`latency_ms`: int8 p50 on the target; `speedup`: over the teacher's int8
-    model, timed side by side; both: both hold) on `provider` / `threads` / `batch`
+    model, timed side by side; `as_fast_as`: an architecture, e.g. resnet8, whose int8 model
+    is exported and timed in the same run and sets the speed-up to reach; any of them given:
+    all hold) on `provider` / `threads` / `batch`
     (defaults: edgekd bench's); `proxy_epochs` of distillation on `proxy_images` training
     images rank the candidates that meet it. `latency_table`: a table that `edgekd bench
     CANDIDATES_DIR --latency-table` wrote on the device, read instead of timing here.
@@ -29,6 +31,7 @@ class SearchConfig:
 
     latency_ms: Optional[float] = None
     speedup: Optional[float] = None
+    as_fast_as: Optional[str] = None  # an architecture (resnet8): a candidate must be as fast as its int8 model
     provider: str = BenchConfig.provider
     threads: int = BenchConfig.threads
     batch: int = BenchConfig.batch_size
@@ -44,6 +47,9 @@ class SearchConfig:
             check_number(value, f"distill.search.{key}", optional=True,
                          high=MAX_LATENCY_MS if key == "latency_ms" else MAX_SPEEDUP)
             require(value is None or value > 0, f"distill.search.{key} must be > 0, got {shown(value)}")
+        check_name(self.as_fast_as, "distill.search.as_fast_as", optional=True)
+        require(self.as_fast_as != AUTO, "distill.search.as_fast_as names the architecture whose int8 latency is "
+                                         "the budget, e.g. resnet8; auto is not one")
         check_name(self.provider, "distill.search.provider")
         check_number(self.threads, "distill.search.threads", integer=True, high=1024)
         require(self.threads >= 0, f"distill.search.threads must be >= 0 (0: ONNX Runtime's default), got {self.threads}")
@@ -66,13 +72,13 @@ class SearchConfig:
         if distill.arch != AUTO:
             return
         require(self.has_budget(), "distill.arch: auto chooses the student by its int8 latency: set "
-                                   "distill.search.latency_ms or distill.search.speedup")
+                                   "distill.search.latency_ms, speedup or as_fast_as")
         require(not distill.arch_args, "distill.arch: auto chooses arch_args itself: remove distill.arch_args")
         require(not distill.terms, "distill.terms name layers of the student, unknown before distill.arch: auto "
                                    "chooses it: remove distill.terms or name a distill.arch")
 
     def has_budget(self) -> bool:
-        return self.latency_ms is not None or self.speedup is not None
+        return self.latency_ms is not None or self.speedup is not None or self.as_fast_as is not None
 
     def met(self, p50_ms: float, reference_p50_ms: float) -> bool:
         ok = self.latency_ms is None or p50_ms <= self.latency_ms
@@ -88,4 +94,6 @@ class SearchConfig:
 
         where = f"{self.provider}, {self.threads or 'default'} threads, batch {self.batch}"
         budget = budget_text(self.latency_ms, self.speedup, measured="int8 p50", reference="the teacher's int8 model")
+        if self.as_fast_as is not None:
+            budget = " and ".join(filter(None, [budget, f"as fast as {self.as_fast_as}'s int8 model"]))
         return f"{budget} ({where})"

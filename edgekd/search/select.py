@@ -136,6 +136,8 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
     level, manifest, table = 0, None, None
     while True:  # the space so far: widening adds candidates, it keeps those that met the budget
         candidates = space if space is not None else [c for k in range(level + 1) for c in family_space(k, cfg.blocks)]
+        if cfg.as_fast_as is not None:  # timed like a candidate, never chosen
+            candidates = [*candidates, {"arch": cfg.as_fast_as, "arch_args": {}, "budget": True}]
         manifest = export_candidates(candidates, teacher, Path(folder), build, done=manifest, log=log)
         if cfg.export_only:
             raise CandidatesExported(
@@ -145,19 +147,21 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
                 "distill.search.latency_table=table.json --set distill.search.export_only=false")
         timings, table = _timings(manifest, Path(folder), cfg, log, table)
         rows = _rows(manifest, table, cfg)
+        budget = _judge(rows, cfg, log)
         met = [r for r in rows if r["met"]]
         if not met:
-            fastest = min(rows, key=lambda r: r["int8_p50_ms"])
-            raise ConfigError(f"no candidate meets the budget {cfg.describe()}: the fastest, {fastest['name']}, runs "
+            fastest = min((r for r in rows if not r["budget_model"]), key=lambda r: r["int8_p50_ms"])
+            raise ConfigError(f"no candidate meets the budget {budget}: the fastest, {fastest['name']}, runs "
                               f"at int8 p50 {fastest['int8_p50_ms']:.3f} ms ({fastest['speedup']:.2f}x the "
-                              "teacher's); loosen distill.search.latency_ms / speedup or name a distill.arch")
-        if all(r["far_below"] for r in rows):
+                              "teacher's); loosen distill.search.latency_ms / speedup / as_fast_as or name a "
+                              "distill.arch")
+        if all(r["far_below"] for r in rows if not r["budget_model"]):
             if space is None and cfg.latency_table is None and level < MAX_LEVEL:
                 level += 1
-                log(f"[search] every candidate meets the budget ({cfg.describe()}) by far: widening the space "
+                log(f"[search] every candidate meets the budget ({budget}) by far: widening the space "
                     f"(level {level}: wider and deeper)")
                 continue
-            log(f"[search] every candidate meets the budget ({cfg.describe()}) by far; a larger student may fit")
+            log(f"[search] every candidate meets the budget ({budget}) by far; a larger student may fit")
         break
     _mark_dominated(met)
     survivors = [r for r in met if not r["dominated_by"]]
@@ -165,10 +169,11 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
     winner = max(survivors, key=lambda r: (r["proxy_val_top1"], -r["int8_p50_ms"]))
     _explain(rows, winner, len(survivors))
     result = SearchResult(winner={"arch": winner["arch"], "arch_args": winner["arch_args"]}, rows=rows,
-                          budget=cfg.describe(), timings=timings, seconds=time.perf_counter() - start)
+                          budget=budget, timings=timings, seconds=time.perf_counter() - start)
+    candidates = sum(not r["budget_model"] for r in rows)
     result.message = (f"chose {winner['name']}: int8 p50 {winner['int8_p50_ms']:.3f} ms, {winner['params']:,} params, "
-                      f"proxy val top-1 {winner['proxy_val_top1']:.2f}% ({len(survivors)} of {len(rows)} candidates "
-                      f"met the budget {cfg.describe()} and were not dominated)")
+                      f"proxy val top-1 {winner['proxy_val_top1']:.2f}% ({len(survivors)} of {candidates} candidates "
+                      f"met the budget {budget} and were not dominated)")
     log(f"[search] {result.message}")
     return result
 
@@ -203,15 +208,38 @@ def _rows(manifest: dict, table: dict, cfg: SearchConfig) -> list[dict]:
     for entry in manifest["candidates"]:
         t = timed[entry["id"]]
         p50, ref = float(t["int8_p50_ms"]), float(t.get("reference_p50_ms") or 0.0)
-        if cfg.speedup is not None and ref <= 0:
+        if cfg.speedup is not None and ref <= 0:  # as_fast_as: checked in _judge
             raise ConfigError(f"latency table {cfg.latency_table} has no reference_p50_ms for candidate "
                               f"{entry['id']}: distill.search.speedup needs the teacher timed beside it; time again")
         rows.append({"id": entry["id"], "name": entry["name"], "arch": entry["arch"], "arch_args": entry["arch_args"],
                      "int8_p50_ms": p50, "int8_p90_ms": t.get("int8_p90_ms"), "reference_p50_ms": ref or None,
                      "speedup": ref / p50 if ref else float("nan"), "params": entry["params"], "macs": entry["macs"],
-                     "met": cfg.met(p50, ref), "far_below": cfg.far_below(p50, ref), "dominated_by": None,
+                     "met": False, "far_below": False, "dominated_by": None, "budget_model": bool(entry.get("budget")),
                      "proxy_val_top1": None, "chosen": False, "why": ""})
     return rows
+
+
+def _judge(rows: list[dict], cfg: SearchConfig, log) -> str:
+    """Marks the rows that meet the budget (and meet it by far); returns the budget in words.
+    With distill.search.as_fast_as, its model's speed-up over the teacher (both timed in the
+    same pairs) is the speed-up a candidate must reach: the teacher's timing in each pair
+    takes the machine's drift out of the comparison."""
+    bound, budget = cfg, cfg.describe()
+    for row in rows:
+        if row["budget_model"]:
+            if not row["speedup"] > 0:
+                raise ConfigError(f"distill.search.as_fast_as needs {row['name']} timed beside the teacher, and the "
+                                  "latency table has no reference_p50_ms for it: time the candidates again")
+            bound = dataclasses.replace(cfg, speedup=max(cfg.speedup or 0.0, row["speedup"]))
+            budget = (f"{cfg.describe()}: {row['name']}'s int8 p50 is {row['int8_p50_ms']:.4f} ms, "
+                      f"{row['speedup']:.2f}x faster than the teacher's")
+            row["why"] = "sets the budget (distill.search.as_fast_as); not a candidate"
+            log(f"[search] budget: {budget}")
+    for row in rows:
+        if not row["budget_model"]:
+            row["met"] = bound.met(row["int8_p50_ms"], row["reference_p50_ms"] or 0.0)
+            row["far_below"] = bound.far_below(row["int8_p50_ms"], row["reference_p50_ms"] or 0.0)
+    return budget
 
 
 def _mark_dominated(rows: list[dict]) -> None:
@@ -263,6 +291,8 @@ def _explain(rows: list[dict], winner: dict, survivors: int) -> None:
         if row is winner:
             row["chosen"] = True
             row["why"] = f"best proxy val top-1 of the {survivors} that meet the budget and are not dominated"
+        elif row["budget_model"]:
+            continue
         elif not row["met"]:
             row["why"] = "over the budget"
         elif row["dominated_by"]:

@@ -10,6 +10,9 @@ FAMILY = "edgenet"
 BASE_WIDTHS = (16, 32)  # first stage's channels; the later stages have 2x and 4x
 BASE_DEPTHS = (1, 2)  # blocks per stage
 STEM_STRIDES = (1, 2)
+# Wide and shallow: two stages after an early downsampling, where the int8 kernels gain most
+# over fp32 (the gain grows with width; benchmarks/results/student-space-int8.md)
+WIDE_WIDTHS = (32, 48, 64)
 MAX_LEVEL = 2  # widenings of the space when every candidate is far below the budget
 
 
@@ -37,15 +40,25 @@ def family_space(level: int = 0, blocks=("basic", "inverted")) -> list[dict]:
                     args = {"stem": w, "stem_stride": stride, "stages": stages, "block": block}
                     if block == "inverted":
                         args["expand"] = 4
-                    if json.dumps({"arch": FAMILY, "arch_args": args}, sort_keys=True) not in below:
-                        candidates.append({"arch": FAMILY, "arch_args": args})
-    return candidates
+                    candidates.append({"arch": FAMILY, "arch_args": args})
+    for width in WIDE_WIDTHS if "basic" in blocks else ():
+        w, d = width * 2**level, 1 + level
+        # downsampled by the stem (of the stage's width), or by the first stage after a narrow full-size stem
+        candidates.append({"arch": FAMILY, "arch_args": {"stem": w, "stem_stride": 2, "stages": [[d, w, 1], [d, 2 * w, 2]],
+                                                         "block": "basic"}})
+        candidates.append({"arch": FAMILY, "arch_args": {"stem": 16, "stem_stride": 1,
+                                                         "stages": [[d, w, 2], [d, 2 * w, 2]], "block": "basic"}})
+    return [c for c in candidates if json.dumps(c, sort_keys=True) not in below]
 
 
 def describe(candidate: dict) -> str:
-    """A short name for logs and tables: edgenet basic s1 16x1-32x1-64x1."""
-    args = candidate.get("arch_args", {})
+    """A short name for logs and tables, every number that tells candidates apart:
+    `edgenet basic stem16 16x1-32x1/2-64x1/2` is a 16-channel stem (`stem48/2`: of stride 2),
+    then stages of width x depth, `/2` where a stage starts with stride 2."""
+    args = candidate.get("arch_args") or {}
     if candidate.get("arch") != FAMILY or "stages" not in args:
-        return f"{candidate.get('arch')} {json.dumps(args, sort_keys=True)}"
-    stages = "-".join(f"{w}x{d}" for d, w, _ in args["stages"])
-    return f"{FAMILY} {args.get('block', 'basic')} s{args.get('stem_stride', 1)} {stages}"
+        return f"{candidate.get('arch')} {json.dumps(args, sort_keys=True)}" if args else str(candidate.get("arch"))
+    stages = "-".join(f"{w}x{d}" + ("/2" if stride == 2 else "") for d, w, stride in args["stages"])
+    stem = f"stem{args.get('stem', 16)}" + ("/2" if args.get("stem_stride", 1) == 2 else "")
+    block = args.get("block", "basic") + (f" e{args['expand']}" if args.get("block") == "inverted" else "")
+    return f"{FAMILY} {block} {stem} {stages}"

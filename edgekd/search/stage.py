@@ -36,7 +36,10 @@ def planned_student(cfg) -> tuple[str, dict]:
         return cfg.arch, cfg.arch_args
     from edgekd.search.space import family_space
 
-    largest = family_space(0, cfg.search.blocks)[-1]
+    def size(candidate):  # weights of the 3x3 convolutions, enough to order the family
+        return sum(depth * width * width for depth, width, _ in candidate["arch_args"]["stages"])
+
+    largest = max(family_space(0, cfg.search.blocks), key=size)
     return largest["arch"], largest["arch_args"]
 
 
@@ -48,15 +51,29 @@ def preflight_student(cfg, done) -> tuple[str, dict]:
 
 
 def check(cfg, *, spec, opset: int) -> None:
-    """preflight: a latency table given is read and checked against this run's first space,
+    """preflight: the architecture of distill.search.as_fast_as builds for this data; a latency
+    table given is read and checked against this run's first space (and that architecture),
     opset and input size (the search reads the same ids), before anything is trained."""
-    if cfg.arch != AUTO or cfg.search.latency_table is None:
+    if cfg.arch != AUTO:
         return
+    from edgekd.errors import ConfigError
     from edgekd.search.space import candidate_id, family_space
+
+    space = family_space(0, cfg.search.blocks)
+    if cfg.search.as_fast_as is not None:
+        from edgekd.pipeline.context import build_arch
+
+        try:
+            build_arch(spec, cfg.search.as_fast_as, {})
+        except ConfigError as exc:
+            raise ConfigError(f"distill.search.as_fast_as: {exc}") from None
+        space.append({"arch": cfg.search.as_fast_as, "arch_args": {}})
+    if cfg.search.latency_table is None:
+        return
     from edgekd.search.table import load_table
 
     shape = (spec.channels, spec.height, spec.width)
-    ids = [candidate_id(c["arch"], c["arch_args"], shape, opset) for c in family_space(0, cfg.search.blocks)]
+    ids = [candidate_id(c["arch"], c["arch_args"], shape, opset) for c in space]
     load_table(cfg.search.latency_table, ids=ids, opset=opset, input_shape=shape)
 
 

@@ -31,7 +31,7 @@ def _recipe(tmp_path, **search):
 
 
 def test_auto_needs_a_budget_and_no_arch_args():
-    with pytest.raises(Exception, match="set distill.search.latency_ms or distill.search.speedup"):
+    with pytest.raises(Exception, match="set distill.search.latency_ms, speedup or as_fast_as"):
         Recipe.from_dict({"distill": {"arch": "auto"}})
     with pytest.raises(Exception, match="remove distill.arch_args"):
         Recipe.from_dict({"distill": {"arch": "auto", "arch_args": {"width": 8}, "search": {"speedup": 2}}})
@@ -82,4 +82,14 @@ def test_a_table_for_other_candidates_is_refused_before_the_run(tmp_path):
     result = CliRunner().invoke(main, ["compress", str(_recipe(tmp_path, latency_table=str(table))), "--out",
                                        str(run_dir)])
     assert result.exit_code == 2 and "was made for other candidates" in result.output
+    assert not run_dir.exists()
+
+
+def test_an_unknown_as_fast_as_architecture_is_refused_before_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, ["compress", str(_recipe(tmp_path, as_fast_as="resnet88")), "--out",
+                                       str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert "distill.search.as_fast_as: unknown architecture 'resnet88'" in result.output
+    assert "did you mean 'resnet8'" in result.output and "Traceback" not in result.output
     assert not run_dir.exists()

@@ -142,3 +142,40 @@ def test_without_a_table_the_candidates_are_timed_here(candidates_folder, tmp_pa
     written = json.loads((folder / "latency-table.json").read_text())
     assert [r["id"] for r in written["candidates"]] == [r["id"] for r in result.rows]
     assert all(r["int8_p50_ms"] > 0 and r["reference_p50_ms"] > 0 for r in result.rows)
+
+
+def _budget_device(budget_ms, p50s):
+    """A device where the as_fast_as model runs at budget_ms and the candidates at p50s (teacher: 1 ms)."""
+    def timed(manifest, folder, **kwargs):
+        return hand_table(manifest, [budget_ms if e.get("budget") else p50s.pop(0) for e in manifest["candidates"]])
+    return timed
+
+
+def test_as_fast_as_times_that_model_beside_the_candidates_and_never_chooses_it(candidates_folder, tmp_path,
+                                                                                 monkeypatch):
+    import edgekd.search.select as select
+
+    _, _, teacher, spec, calib = candidates_folder
+    lines = []
+
+    def search(budget_ms, p50s, folder):
+        monkeypatch.setattr(select, "latency_table", _budget_device(budget_ms, list(p50s)))
+        return search_student(teacher=teacher, data=_tensors(), distill_cfg=DistillConfig(batch_size=12),
+                              folder=tmp_path / folder, build=CandidateBuild(spec, calib, OPSET), space=TINY_SPACE,
+                              cfg=SearchConfig(as_fast_as="resnet8", proxy_images=24), log=lines.append)
+
+    # resnet8 at 0.6 ms: only the middle candidate (0.5 ms) is as fast
+    result = search(0.6, [0.9, 0.5, 0.8], "a")
+    assert result.winner == TINY_SPACE[1]
+    budget_row = result.rows[-1]
+    assert budget_row["budget_model"] and budget_row["name"] == "resnet8" and not budget_row["chosen"]
+    assert not budget_row["met"] and budget_row["proxy_val_top1"] is None
+    assert "sets the budget" in budget_row["why"]
+    assert [r["met"] for r in result.rows[:3]] == [False, True, False]
+    assert "resnet8's int8 p50 is 0.6000 ms" in result.budget and "as fast as resnet8" in result.message
+    # the same candidates on a device where resnet8 is slower: the largest one fits and wins by dominance
+    slower = search(0.85, [0.9, 0.5, 0.8], "b")
+    assert [r["met"] for r in slower.rows[:3]] == [False, True, True]
+    # none as fast: refused before training, naming the fastest candidate (never the budget model)
+    with pytest.raises(ConfigError, match=r"the fastest, edgenet basic stem16/2 16x1, runs at int8 p50 0\.700"):
+        search(0.3, [0.7, 0.9, 0.8], "c")
