@@ -140,8 +140,10 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
             candidates = [*candidates, {"arch": cfg.as_fast_as, "arch_args": {}, "budget": True}]
         manifest = export_candidates(candidates, teacher, Path(folder), build, done=manifest, log=log)
         if cfg.export_only:
+            budget_model = f" and {cfg.as_fast_as}'s model (the budget)" if cfg.as_fast_as else ""
             raise CandidatesExported(
-                f"{len(candidates)} candidates written to '{folder}'; on the device run: edgekd bench {folder} "
+                f"{sum(not c.get('budget') for c in candidates)} candidates{budget_model} written to '{folder}'; "
+                f"on the device run: edgekd bench {folder} "
                 f"--latency-table table.json --provider {cfg.provider} --threads {cfg.threads} --batch-size "
                 f"{cfg.batch}; then bring table.json back and go on with: edgekd compress --resume RUN_DIR --set "
                 "distill.search.latency_table=table.json --set distill.search.export_only=false")
