@@ -32,6 +32,20 @@ def test_id_is_a_digest_of_what_is_timed():
     assert len({json.dumps(x, sort_keys=True) for x in family_space(0) + wider}) == len(family_space(0)) + len(wider)
 
 
+def test_every_candidate_of_the_space_has_its_own_name():
+    # the name is what logs, the report and the plot show: two candidates never read alike
+    from edgekd.search.space import describe
+
+    for level in range(3):
+        space = family_space(level)
+        names = [describe(c) for c in space]
+        assert len(set(names)) == len(names) == len({json.dumps(c, sort_keys=True) for c in space})
+    assert describe({"arch": "edgenet", "arch_args": {"stem": 48, "stem_stride": 2, "block": "basic",
+                                                      "stages": [[1, 48, 1], [1, 96, 2]]}}) == \
+        "edgenet basic stem48/2 48x1-96x1/2"
+    assert describe({"arch": "resnet8", "arch_args": {}}) == "resnet8"
+
+
 def test_bench_writes_a_table_torch_free(candidates_folder, tmp_path):
     folder, manifest, *_ = candidates_folder
     out = tmp_path / "table.json"
