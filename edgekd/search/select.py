@@ -168,7 +168,7 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
     _mark_dominated(met)
     survivors = [r for r in met if not r["dominated_by"]]
     _proxies(survivors, teacher, build.spec, data, distill_cfg, cfg, build.seed, log)
-    winner = max(survivors, key=lambda r: (r["proxy_val_top1"], -r["int8_p50_ms"]))
+    winner = max(survivors, key=lambda r: (r["proxy_val_top1"], -_relative_latency(r)))
     _explain(rows, winner, len(survivors))
     result = SearchResult(winner={"arch": winner["arch"], "arch_args": winner["arch_args"]}, rows=rows,
                           budget=budget, timings=timings, seconds=time.perf_counter() - start)
@@ -244,6 +244,12 @@ def _judge(rows: list[dict], cfg: SearchConfig, log) -> str:
     return budget
 
 
+def _relative_latency(row: dict) -> float:
+    """int8 p50 over the reference's p50 in the same pair: candidates timed in different pairs
+    compare by this, not by their p50s, which the machine's drift between pairs moves."""
+    return row["int8_p50_ms"] / row["reference_p50_ms"] if row["reference_p50_ms"] else row["int8_p50_ms"]
+
+
 def _mark_dominated(rows: list[dict]) -> None:
     """A candidate is dominated when another is at least as fast with at least as many
     parameters (and better in one): it would not be the better student."""
@@ -251,8 +257,9 @@ def _mark_dominated(rows: list[dict]) -> None:
         for other in rows:
             if other is row:
                 continue
-            no_worse = other["int8_p50_ms"] <= row["int8_p50_ms"] and other["params"] >= row["params"]
-            better = other["int8_p50_ms"] < row["int8_p50_ms"] or other["params"] > row["params"]
+            faster, slower = _relative_latency(other), _relative_latency(row)
+            no_worse = faster <= slower and other["params"] >= row["params"]
+            better = faster < slower or other["params"] > row["params"]
             if no_worse and better:
                 row["dominated_by"] = other["name"]
                 break

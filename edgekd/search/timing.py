@@ -13,9 +13,11 @@ import numpy as np
 from edgekd.runtime.config import BenchConfig
 from edgekd.search.table import SCHEMA, load_manifest
 
-ROUNDS = 20  # rounds per pair
-ROUND_RUNS = 10  # runs of each model per round (p90 then has 200 runs, above measure.MIN_RUNS_P90)
+ROUNDS = 100  # rounds per pair: at 20, one pair took 0.1 s and two identical models differed by 11%
+ROUND_RUNS = 10  # runs of each model per round (p90 then has 1,000 runs, above measure.MIN_RUNS_P90)
 WARMUP = 10
+FIRST_WARMUP_SECONDS = 1.0  # the reference runs this long before the first pair: the first pairs ran
+# up to 50% slower (clocks and caches settling) and skewed their ratio to the reference
 
 
 def time_pairs(reference: Path, candidates: list[Path], *, input_shape, provider: str = BenchConfig.provider,
@@ -36,6 +38,7 @@ def time_pairs(reference: Path, candidates: list[Path], *, input_shape, provider
         return session, {session.get_inputs()[0].name: image}
 
     ref = pair(reference)
+    warm_up(*ref, warmup=WARMUP, warmup_seconds=FIRST_WARMUP_SECONDS)
     rows = []
     for i, path in enumerate(candidates):
         cand = pair(path)
