@@ -22,8 +22,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 from edgekd.runtime.machine import machine_info  # noqa: E402  (after the path: the checkout's edgekd)
 
-__all__ = ["REPO", "RESULTS", "Clock", "add_numbers", "argument_parser", "command", "int8_op_counts", "machine_info",
-           "machine_line", "machine_with_torch", "pct", "split_tensors", "table", "write_results"]
+__all__ = ["REPO", "RESULTS", "Clock", "add_numbers", "argument_parser", "command", "int8_op_counts",
+           "interleaved_p50s", "machine_info", "machine_line", "machine_with_torch", "pct", "split_tensors", "table",
+           "write_results"]
 
 
 def argument_parser(doc: str) -> argparse.ArgumentParser:
@@ -120,3 +121,18 @@ def write_results(folder: Path, name: str, result: dict, markdown: str, json_tex
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n" if json_text is None else json_text)
     (folder / f"{name}.md").write_text(markdown)
+
+
+def interleaved_p50s(paths: list[Path], *, runs: int, repetitions: int, warmup: int = 50) -> dict[Path, list[float]]:
+    """{path: [p50 ms per repetition]}: all models in one interleaved `edgekd bench` call per
+    repetition (1 thread, batch 1), the order reversed every other time."""
+    from edgekd.runtime.bench import bench
+    from edgekd.runtime.config import BenchConfig
+
+    cfg = BenchConfig(batch_size=1, threads=1, warmup=warmup, runs=runs, min_seconds=0.0, interleave=True)
+    p50 = {p: [] for p in paths}
+    for r in range(repetitions):
+        order = paths if r % 2 == 0 else paths[::-1]
+        for path, row in zip(order, bench(order, cfg=cfg, progress=False)):
+            p50[path].append(row.latency_ms["p50"])
+    return p50

@@ -30,9 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import common
-from common import RESULTS, Clock, command, machine_info, machine_line, table, write_results
-from edgekd.runtime.bench import bench
-from edgekd.runtime.config import BenchConfig
+from common import RESULTS, Clock, command, interleaved_p50s, machine_info, machine_line, table, write_results
 from edgekd.search.space import describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,17 +103,6 @@ def run_report(run_dir: Path) -> dict:
             "stage_seconds": {k: v.get("seconds") for k, v in report["stages"].items()},
             "search_seconds": search["seconds"] if search else None, "search_message": search["message"] if search
             else None, "fp32": str(run_dir / "model.fp32.onnx"), "int8": str(run_dir / "model.int8.onnx")}
-
-
-def time_models(paths: list[str], runs: int, repetitions: int) -> dict:
-    """{path: [p50 ms per repetition]} from one interleaved bench call per repetition."""
-    cfg = BenchConfig(batch_size=1, threads=1, warmup=50, runs=runs, min_seconds=0.0, interleave=True)
-    p50 = {p: [] for p in paths}
-    for r in range(repetitions):
-        order = paths if r % 2 == 0 else paths[::-1]
-        for path, row in zip(order, bench([Path(p) for p in order], cfg=cfg, progress=False)):
-            p50[path].append(row.latency_ms["p50"])
-    return p50
 
 
 def summarize(out: dict) -> dict:
@@ -207,7 +194,8 @@ def main() -> None:
         return
     runs = {name: {**run_report(args.work / name), "wall_seconds": walls[name]} for name, _, _ in jobs}
     paths = [r["int8"] for r in runs.values()] + [r["fp32"] for n, r in runs.items() if n.startswith("auto")]
-    p50 = time_models(paths, args.runs, args.repetitions)
+    p50 = {str(p): v for p, v in interleaved_p50s([Path(p) for p in paths], runs=args.runs,
+                                                   repetitions=args.repetitions).items()}
     for name, r in runs.items():
         r["int8_p50_ms"] = statistics.median(p50[r["int8"]])
         if name.startswith("auto"):

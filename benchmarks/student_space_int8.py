@@ -22,13 +22,11 @@ import tempfile
 from pathlib import Path
 
 import common
-from common import RESULTS, Clock, command, machine_info, machine_line, table, write_results
+from common import RESULTS, Clock, command, interleaved_p50s, machine_info, machine_line, table, write_results
 from edgekd.data.config import DataConfig
 from edgekd.data.splits import load_splits
 from edgekd.models.zoo import build_model
 from edgekd.quant.config import QuantConfig
-from edgekd.runtime.bench import bench
-from edgekd.runtime.config import BenchConfig
 from edgekd.search.select import CandidateBuild, export_candidates
 from edgekd.search.space import describe, family_space
 from edgekd.train.tensors import to_tensor
@@ -59,13 +57,7 @@ def export_space(folder: Path) -> dict:
 def time_all(folder: Path, manifest: dict, runs: int, repetitions: int) -> dict:
     """{file name: [p50 ms per repetition]}: every fp32 and int8 model in one interleaved bench call."""
     paths = [folder / e[kind] for e in manifest["candidates"] for kind in ("fp32", "int8")]
-    cfg = BenchConfig(batch_size=1, threads=1, warmup=50, runs=runs, min_seconds=0.0, interleave=True)
-    p50 = {p.name: [] for p in paths}
-    for r in range(repetitions):
-        order = paths if r % 2 == 0 else paths[::-1]
-        for path, row in zip(order, bench(order, cfg=cfg, progress=False)):
-            p50[path.name].append(row.latency_ms["p50"])
-    return p50
+    return {p.name: p50 for p, p50 in interleaved_p50s(paths, runs=runs, repetitions=repetitions).items()}
 
 
 def markdown(out: dict) -> str:
