@@ -168,8 +168,8 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
     _mark_dominated(met)
     survivors = [r for r in met if not r["dominated_by"]]
     _proxies(survivors, teacher, build.spec, data, distill_cfg, cfg, build.seed, log)
-    winner = max(survivors, key=lambda r: (r["proxy_val_top1"], -_relative_latency(r)))
-    _explain(rows, winner, len(survivors))
+    winner = _winner(survivors, cfg.proxy_margin)
+    _explain(rows, winner, len(survivors), cfg.proxy_margin)
     result = SearchResult(winner={"arch": winner["arch"], "arch_args": winner["arch_args"]}, rows=rows,
                           budget=budget, timings=timings, seconds=time.perf_counter() - start)
     candidates = sum(not r["budget_model"] for r in rows)
@@ -295,17 +295,32 @@ def _proxies(rows: list[dict], teacher, spec, data, distill_cfg, cfg: SearchConf
             f"epoch(s) on {len(train_y)} images")
 
 
-def _explain(rows: list[dict], winner: dict, survivors: int) -> None:
+def _winner(survivors: list[dict], margin: float) -> dict:
+    """The most parameters among the survivors within `margin` points of the best proxy val top-1
+    (ties: the better proxy, then the faster): a short proxy favours small students that learn
+    fast, and under the same budget the larger one has the capacity the full schedule uses."""
+    best = max(r["proxy_val_top1"] for r in survivors)
+    close = [r for r in survivors if r["proxy_val_top1"] >= best - margin]
+    return max(close, key=lambda r: (r["params"], r["proxy_val_top1"], -_relative_latency(r)))
+
+
+def _explain(rows: list[dict], winner: dict, survivors: int, margin: float) -> None:
+    best = max(r["proxy_val_top1"] for r in rows if r["proxy_val_top1"] is not None)
     for row in rows:
         if row is winner:
             row["chosen"] = True
-            row["why"] = f"best proxy val top-1 of the {survivors} that meet the budget and are not dominated"
+            row["why"] = (f"best proxy val top-1 of the {survivors} that meet the budget and are not dominated"
+                          if row["proxy_val_top1"] == best else
+                          f"most parameters of those within {margin:g} points of the best proxy val top-1 "
+                          f"({best:.2f}%) of the {survivors} that meet the budget and are not dominated")
         elif row["budget_model"]:
             continue
         elif not row["met"]:
             row["why"] = "over the budget"
         elif row["dominated_by"]:
             row["why"] = f"dominated by {row['dominated_by']} (as fast or faster, as many parameters or more)"
+        elif row["proxy_val_top1"] >= best - margin:
+            row["why"] = f"fewer parameters than {winner['name']}, proxy val top-1 within {margin:g} points"
         else:
             row["why"] = f"lower proxy val top-1 than {winner['name']}"
 

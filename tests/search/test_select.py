@@ -179,3 +179,29 @@ def test_as_fast_as_times_that_model_beside_the_candidates_and_never_chooses_it(
     # none as fast: refused before training, naming the fastest candidate (never the budget model)
     with pytest.raises(ConfigError, match=r"the fastest, edgenet basic stem16/2 16x1, runs at int8 p50 0\.700"):
         search(0.3, [0.7, 0.9, 0.8], "c")
+
+
+def test_proxies_within_the_margin_go_to_the_candidate_with_more_parameters(candidates_folder, tmp_path,
+                                                                             monkeypatch):
+    # what a short proxy does on Fashion-MNIST: the smallest student learns fastest and leads by a little
+    import edgekd.train.evaluate as evaluate
+    from edgekd.models.cost import count_params
+
+    from edgekd.models.zoo import build_model
+
+    sizes = sorted(count_params(build_model(c["arch"], in_channels=1, num_classes=3, **c["arch_args"]))
+                   for c in TINY_SPACE)
+    proxies = dict(zip(sizes, (80.4, 79.2, 80.0)))  # small to large
+
+    def search(margin, folder):
+        monkeypatch.setattr(evaluate, "accuracy", lambda model, val: proxies[count_params(model)])
+        return _search(candidates_folder, tmp_path / folder, [0.5, 0.6, 0.7], latency_ms=1.0, proxy_margin=margin)[0]
+
+    kept = search(1.0, "a")
+    assert kept.winner == TINY_SPACE[2]
+    assert "most parameters of those within 1 points of the best proxy val top-1 (80.40%)" in kept.rows[2]["why"]
+    assert "fewer parameters than" in kept.rows[0]["why"] and "lower proxy" in kept.rows[1]["why"]
+    strict = search(0.0, "b")  # margin 0: the best proxy wins
+    assert strict.winner == TINY_SPACE[0] and strict.rows[0]["why"].startswith("best proxy val top-1")
+    with pytest.raises(ConfigError, match="proxy_margin must be >= 0"):
+        SearchConfig(latency_ms=1.0, proxy_margin=-1)
