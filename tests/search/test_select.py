@@ -186,7 +186,6 @@ def test_proxies_within_the_margin_go_to_the_candidate_with_more_parameters(cand
     # what a short proxy does on Fashion-MNIST: the smallest student learns fastest and leads by a little
     import edgekd.train.evaluate as evaluate
     from edgekd.models.cost import count_params
-
     from edgekd.models.zoo import build_model
 
     sizes = sorted(count_params(build_model(c["arch"], in_channels=1, num_classes=3, **c["arch_args"]))
