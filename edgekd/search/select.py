@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekd.errors import ConfigError, EdgekdError
 from edgekd.search.config import SearchConfig
-from edgekd.search.space import MAX_LEVEL, candidate_id, describe, family_space
+from edgekd.search.space import MAX_LEVEL, budget_model, candidate_id, describe, family_space
 from edgekd.search.table import MANIFEST, MANIFEST_SCHEMA, load_table, rows_by_id, shape_text
 from edgekd.search.timing import latency_table
 
@@ -137,12 +137,12 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
     while True:  # the space so far: widening adds candidates, it keeps those that met the budget
         candidates = space if space is not None else [c for k in range(level + 1) for c in family_space(k, cfg.blocks)]
         if cfg.as_fast_as is not None:  # timed like a candidate, never chosen
-            candidates = [*candidates, {"arch": cfg.as_fast_as, "arch_args": {}, "budget": True}]
+            candidates = [*candidates, budget_model(cfg.as_fast_as)]
         manifest = export_candidates(candidates, teacher, Path(folder), build, done=manifest, log=log)
         if cfg.export_only:
-            budget_model = f" and {cfg.as_fast_as}'s model (the budget)" if cfg.as_fast_as else ""
+            budget_note = f" and {cfg.as_fast_as}'s model (the budget)" if cfg.as_fast_as else ""
             raise CandidatesExported(
-                f"{sum(not c.get('budget') for c in candidates)} candidates{budget_model} written to '{folder}'; "
+                f"{sum(not c.get('budget') for c in candidates)} candidates{budget_note} written to '{folder}'; "
                 f"on the device run: edgekd bench {folder} "
                 f"--latency-table table.json --provider {cfg.provider} --threads {cfg.threads} --batch-size "
                 f"{cfg.batch}; then bring table.json back and go on with: edgekd compress --resume RUN_DIR --set "

@@ -51,6 +51,11 @@ def family_space(level: int = 0, blocks=("basic", "inverted")) -> list[dict]:
     return [c for c in candidates if json.dumps(c, sort_keys=True) not in below]
 
 
+def budget_model(arch: str) -> dict:
+    """distill.search.as_fast_as's architecture as a manifest entry: timed like a candidate, never chosen."""
+    return {"arch": arch, "arch_args": {}, "budget": True}
+
+
 def describe(candidate: dict) -> str:
     """A short name for logs and tables, every number that tells candidates apart:
     `edgenet basic stem16 16x1-32x1/2-64x1/2` is a 16-channel stem (`stem48/2`: of stride 2),

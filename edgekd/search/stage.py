@@ -57,7 +57,7 @@ def check(cfg, *, spec, opset: int) -> None:
     if cfg.arch != AUTO:
         return
     from edgekd.errors import ConfigError
-    from edgekd.search.space import candidate_id, family_space
+    from edgekd.search.space import budget_model, candidate_id, family_space
 
     space = family_space(0, cfg.search.blocks)
     if cfg.search.as_fast_as is not None:
@@ -67,7 +67,7 @@ def check(cfg, *, spec, opset: int) -> None:
             build_arch(spec, cfg.search.as_fast_as, {})
         except ConfigError as exc:
             raise ConfigError(f"distill.search.as_fast_as: {exc}") from None
-        space.append({"arch": cfg.search.as_fast_as, "arch_args": {}})
+        space.append(budget_model(cfg.search.as_fast_as))
     if cfg.search.latency_table is None:
         return
     from edgekd.search.table import load_table
