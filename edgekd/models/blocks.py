@@ -6,6 +6,12 @@ from __future__ import annotations
 from torch import nn
 
 
+def conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    """3x3 convolution, batch norm, ReLU: what folds into one int8 convolution on export."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch),
+                         nn.ReLU(inplace=True))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int):
         super().__init__()

@@ -8,8 +8,10 @@ the architecture `edgenet` (issue 27: students shaped for the device).
 Every choice is one that ONNX Runtime's int8 CPU kernels run well: channel counts in
 multiples of 16 (the blocks of the int8 GEMM kernels), ReLU only (it fuses into
 QLinearConv; HardSwish and SiLU fall back to float), dense 3x3 convolutions in `basic`
-residual blocks, or `inverted` residual blocks (1x1 expand, depthwise 3x3, 1x1 project)
-for targets that run depthwise convolutions fast; global average pooling and one Linear.
+residual blocks, `plain` 3x3 convolutions without a shortcut (one convolution per block: no
+int8 Add and no 1x1 shortcut convolution between the int8 convolutions, where int8 gains most
+over fp32 on small inputs), or `inverted` residual blocks (1x1 expand, depthwise 3x3, 1x1
+project) for targets that run depthwise convolutions fast; global average pooling and one Linear.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from __future__ import annotations
 from torch import nn
 
 from edgekd.errors import ConfigError
-from edgekd.models.blocks import BasicBlock, InvertedResidual, add_classifier, classify
+from edgekd.models.blocks import BasicBlock, InvertedResidual, add_classifier, classify, conv_bn_relu
 from edgekd.models.registry import ARCHITECTURES
 
 CHANNEL_MULTIPLE = 16  # what the int8 kernels like; other counts are padded inside them
-BLOCKS = ("basic", "inverted")
+BLOCKS = ("basic", "plain", "inverted")
 MAX_WIDTH = 1024
 MAX_DEPTH = 16
 MAX_STAGES = 8
@@ -78,20 +80,26 @@ class EdgeNet(nn.Module):
                  stages=DEFAULT_STAGES, block: str = "basic", expand: int = 4):
         super().__init__()
         stages = check_edgenet_args(stem, stem_stride, stages, block, expand)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(stem),
-                                  nn.ReLU(inplace=True))
+        self.stem = conv_bn_relu(in_channels, stem, stem_stride)
         layers, in_ch = [], stem
         for depth, width, stride in stages:
             for i in range(depth):
                 step = stride if i == 0 else 1
-                layers.append(BasicBlock(in_ch, width, step) if block == "basic"
-                              else InvertedResidual(in_ch, width, step, expand, activation=nn.ReLU))
+                layers.append(_block(block, in_ch, width, step, expand))
                 in_ch = width
         self.layers = nn.Sequential(*layers)
         add_classifier(self, in_ch, num_classes)
 
     def forward(self, x):
         return classify(self, self.layers(self.stem(x)))
+
+
+def _block(block: str, in_ch: int, width: int, stride: int, expand: int) -> nn.Module:
+    if block == "basic":
+        return BasicBlock(in_ch, width, stride)
+    if block == "plain":
+        return conv_bn_relu(in_ch, width, stride)
+    return InvertedResidual(in_ch, width, stride, expand, activation=nn.ReLU)
 
 
 ARCHITECTURES.register("edgenet", EdgeNet)

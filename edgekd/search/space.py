@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from edgekd.search.config import DEFAULT_BLOCKS
+
 FAMILY = "edgenet"
 BASE_WIDTHS = (16, 32)  # first stage's channels; the later stages have 2x and 4x
 BASE_DEPTHS = (1, 2)  # blocks per stage
@@ -23,7 +25,7 @@ def candidate_id(arch: str, arch_args: dict, input_shape, opset: int) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def family_space(level: int = 0, blocks=("basic", "inverted")) -> list[dict]:
+def family_space(level: int = 0, blocks=DEFAULT_BLOCKS) -> list[dict]:
     """Candidates {arch, arch_args} of the edgenet family, from small to large. Each level
     doubles the widths and adds a block per stage (the space widened when every candidate
     meets the budget by far), without the candidates of the levels below."""
@@ -34,7 +36,7 @@ def family_space(level: int = 0, blocks=("basic", "inverted")) -> list[dict]:
             w, d = width * 2**level, depth + level
             stages = [[d, w, 1], [d, 2 * w, 2], [d, 4 * w, 2]]
             for stride in STEM_STRIDES:
-                for block in blocks:
+                for block in (b for b in blocks if b != "plain"):  # plain ones: the wide, shallow ones below
                     if block == "inverted" and (depth, width) != (BASE_DEPTHS[0], BASE_WIDTHS[0]):
                         continue  # a few inverted ones: their speed depends most on the target
                     args = {"stem": w, "stem_stride": stride, "stages": stages, "block": block}
@@ -48,6 +50,14 @@ def family_space(level: int = 0, blocks=("basic", "inverted")) -> list[dict]:
                                                          "block": "basic"}})
         candidates.append({"arch": FAMILY, "arch_args": {"stem": 16, "stem_stride": 1,
                                                          "stages": [[d, w, 2], [d, 2 * w, 2]], "block": "basic"}})
+    for width in WIDE_WIDTHS if "plain" in blocks else ():
+        w, d = width * 2**level, 1 + level
+        # plain (no shortcut, one convolution per block) after a stride-2 stem: the int8 model has no Add
+        # and no 1x1 shortcut between its convolutions, the most int8 gain over fp32 at a given latency
+        for stages in ([[2 * d, w, 1], [2 * d, 2 * w, 2]], [[d, w, 1], [d, 2 * w, 2], [d, 4 * w, 2]],
+                       [[d, 2 * w, 2], [2 * d, 4 * w, 2]]):
+            candidates.append({"arch": FAMILY, "arch_args": {"stem": w, "stem_stride": 2, "stages": stages,
+                                                             "block": "plain"}})
     return [c for c in candidates if json.dumps(c, sort_keys=True) not in below]
 
 

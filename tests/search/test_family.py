@@ -19,8 +19,11 @@ def test_registered_and_built_from_a_few_numbers():
     torch.manual_seed(0)
     basic = build_model("edgenet", in_channels=1, num_classes=3, **SMALL)
     inverted = build_model("edgenet", in_channels=1, num_classes=3, block="inverted", expand=2, **SMALL)
+    plain = build_model("edgenet", in_channels=1, num_classes=3, block="plain", **SMALL)
     x = torch.randn(2, 1, 8, 8)
-    assert basic(x).shape == inverted(x).shape == (2, 3)
+    assert basic(x).shape == inverted(x).shape == plain(x).shape == (2, 3)
+    # plain: one 3x3 convolution per block, no shortcut (stem + 1 + 2 blocks)
+    assert [m.kernel_size for m in plain.modules() if isinstance(m, torch.nn.Conv2d)] == [(3, 3)] * 4
     convs = [m for m in basic.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].stride == (2, 2) and all(m.out_channels % 16 == 0 for m in convs)
     assert any(m.groups > 1 for m in inverted.modules() if isinstance(m, torch.nn.Conv2d))  # depthwise
@@ -31,7 +34,7 @@ def test_registered_and_built_from_a_few_numbers():
     ({"stem": 24}, "arch_args.stem 24 is not a multiple of 16 (what the int8 kernels run without padding); use 16 or 32"),
     ({"stages": [[1, 40, 1]]}, "arch_args.stages[0] width 40 is not a multiple of 16"),
     ({"stem_stride": 3}, "arch_args.stem_stride must be 1 or 2, got 3"),
-    ({"block": "mbconv"}, "arch_args.block must be one of basic, inverted"),
+    ({"block": "mbconv"}, "arch_args.block must be one of basic, plain, inverted"),
     ({"stages": [[1, 16]]}, "arch_args.stages[0] must be [depth, width, stride]"),
 ])
 def test_bad_arguments_are_one_line_errors_naming_the_fix(args, fix):
@@ -41,7 +44,7 @@ def test_bad_arguments_are_one_line_errors_naming_the_fix(args, fix):
     assert info.value.exit_code == 2
 
 
-@pytest.mark.parametrize("block", ["basic", "inverted"])
+@pytest.mark.parametrize("block", ["basic", "plain", "inverted"])
 def test_exports_and_quantizes_to_int8_kernels(tmp_path, calib_images, block):
     torch.manual_seed(0)
     model = build_model("edgenet", in_channels=1, num_classes=3, block=block, **SMALL).eval()

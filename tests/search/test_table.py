@@ -11,6 +11,7 @@ import pytest
 from search_kit import OPSET, TINY_SPACE, hand_table
 
 from edgekd.errors import ConfigError
+from edgekd.search.config import BLOCKS
 from edgekd.search.space import candidate_id, family_space
 from edgekd.search.table import load_table
 
@@ -37,9 +38,13 @@ def test_every_candidate_of_the_space_has_its_own_name():
     from edgekd.search.space import describe
 
     for level in range(3):
-        space = family_space(level)
+        space = family_space(level, BLOCKS)
         names = [describe(c) for c in space]
         assert len(set(names)) == len(names) == len({json.dumps(c, sort_keys=True) for c in space})
+    # plain students are in the space when named, and only then
+    plain = [c for c in family_space(0, BLOCKS) if c["arch_args"]["block"] == "plain"]
+    assert plain and not any(c["arch_args"]["block"] == "plain" for c in family_space(0))
+    assert all(c in family_space(0, ["plain"]) for c in plain)
     assert describe({"arch": "edgenet", "arch_args": {"stem": 48, "stem_stride": 2, "block": "basic",
                                                       "stages": [[1, 48, 1], [1, 96, 2]]}}) == \
         "edgenet basic stem48/2 48x1-96x1/2"
