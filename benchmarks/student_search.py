@@ -61,10 +61,11 @@ def search_sets(table_path: Path | None, **extra) -> list[str]:
     return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
 
 
-def compress(run_dir: Path, teacher: Path, seed: int, sets: list[str], threads: int) -> float:
-    """A headline run with the trained teacher (no teacher training); resumed when interrupted."""
+def compress(run_dir: Path, teacher: Path, seed: int, sets: list[str], threads: int) -> float | None:
+    """Seconds of a headline run with the trained teacher (no teacher training), resumed when
+    interrupted; None for a run done by an earlier invocation (its stage seconds are in its report)."""
     if (run_dir / "report.json").is_file():
-        return 0.0
+        return None
     log = run_dir.with_suffix(".log")
     if run_dir.exists():
         return edgekd("compress", "--resume", str(run_dir), "--no-progress", log=log)

@@ -21,7 +21,15 @@ import numpy as np
 
 from edgekd.errors import ConfigError, EdgekdError
 from edgekd.search.config import SearchConfig
-from edgekd.search.space import MAX_LEVEL, budget_model, candidate_id, describe, family_space
+from edgekd.search.space import (
+    MAX_LEVEL,
+    budget_model,
+    candidate_id,
+    count_in_words,
+    describe,
+    family_space,
+    is_budget_model,
+)
 from edgekd.search.table import MANIFEST, MANIFEST_SCHEMA, load_table, rows_by_id, shape_text
 from edgekd.search.timing import latency_table
 
@@ -140,9 +148,8 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
             candidates = [*candidates, budget_model(cfg.as_fast_as)]
         manifest = export_candidates(candidates, teacher, Path(folder), build, done=manifest, log=log)
         if cfg.export_only:
-            budget_note = f" and {cfg.as_fast_as}'s model (the budget)" if cfg.as_fast_as else ""
             raise CandidatesExported(
-                f"{sum(not c.get('budget') for c in candidates)} candidates{budget_note} written to '{folder}'; "
+                f"{count_in_words(candidates)} written to '{folder}'; "
                 f"on the device run: edgekd bench {folder} "
                 f"--latency-table table.json --provider {cfg.provider} --threads {cfg.threads} --batch-size "
                 f"{cfg.batch}; then bring table.json back and go on with: edgekd compress --resume RUN_DIR --set "
@@ -216,7 +223,7 @@ def _rows(manifest: dict, table: dict, cfg: SearchConfig) -> list[dict]:
         rows.append({"id": entry["id"], "name": entry["name"], "arch": entry["arch"], "arch_args": entry["arch_args"],
                      "int8_p50_ms": p50, "int8_p90_ms": t.get("int8_p90_ms"), "reference_p50_ms": ref or None,
                      "speedup": ref / p50 if ref else float("nan"), "params": entry["params"], "macs": entry["macs"],
-                     "met": False, "far_below": False, "dominated_by": None, "budget_model": bool(entry.get("budget")),
+                     "met": False, "far_below": False, "dominated_by": None, "budget_model": is_budget_model(entry),
                      "proxy_val_top1": None, "chosen": False, "why": ""})
     return rows
 

@@ -61,9 +61,23 @@ def family_space(level: int = 0, blocks=DEFAULT_BLOCKS) -> list[dict]:
     return [c for c in candidates if json.dumps(c, sort_keys=True) not in below]
 
 
+BUDGET_KEY = "budget"  # marks the manifest entry of distill.search.as_fast_as's model
+
+
 def budget_model(arch: str) -> dict:
     """distill.search.as_fast_as's architecture as a manifest entry: timed like a candidate, never chosen."""
-    return {"arch": arch, "arch_args": {}, "budget": True}
+    return {"arch": arch, "arch_args": {}, BUDGET_KEY: True}
+
+
+def is_budget_model(entry: dict) -> bool:
+    return bool(entry.get(BUDGET_KEY))
+
+
+def count_in_words(entries: list[dict]) -> str:
+    """'16 candidates', or '16 candidates and the budget model (resnet8)' where as_fast_as added one."""
+    budget = [e["arch"] for e in entries if is_budget_model(e)]
+    words = f"{len(entries) - len(budget)} candidates"
+    return words + (f" and the budget model ({', '.join(budget)})" if budget else "")
 
 
 def describe(candidate: dict) -> str:

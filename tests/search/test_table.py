@@ -33,6 +33,14 @@ def test_id_is_a_digest_of_what_is_timed():
     assert len({json.dumps(x, sort_keys=True) for x in family_space(0) + wider}) == len(family_space(0)) + len(wider)
 
 
+def test_counts_name_the_budget_model_apart_from_the_candidates():
+    from edgekd.search.space import budget_model, count_in_words
+
+    assert count_in_words(TINY_SPACE) == f"{len(TINY_SPACE)} candidates"
+    assert count_in_words([*TINY_SPACE, budget_model("resnet8")]) == \
+        f"{len(TINY_SPACE)} candidates and the budget model (resnet8)"
+
+
 def test_every_candidate_of_the_space_has_its_own_name():
     # the name is what logs, the report and the plot show: two candidates never read alike
     from edgekd.search.space import describe
