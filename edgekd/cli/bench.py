@@ -238,13 +238,12 @@ def bench(models, eval_set, fit_data, skip_bad, provider, batch_size, warmup, ru
 def _bench_candidates(models, table, provider, batch_size, threads, force, quiet) -> None:
     """--latency-table: a search's candidates folder timed into a latency table (edgekd.search.timing)."""
     from edgekd.search.space import count_in_words
-    from edgekd.search.table import load_manifest
     from edgekd.search.timing import bench_candidates
 
     if len(models) != 1 or not Path(models[0]).is_dir() or len(batch_size) != 1 or len(threads) != 1:
         raise ConfigError("--latency-table times one candidates folder at one --batch-size and one --threads: give "
                           "the folder that compress wrote with distill.search.export_only: true")
     _check_outputs({"--latency-table": table}, models, None, None, force)
-    bench_candidates(models[0], table, provider=provider, threads=threads[0], batch=batch_size[0],
-                     log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
-    click.echo(f"latency table of {count_in_words(load_manifest(models[0])['candidates'])} written to {table}")
+    timed = bench_candidates(models[0], table, provider=provider, threads=threads[0], batch=batch_size[0],
+                             log=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
+    click.echo(f"latency table of {count_in_words(timed['candidates'])} written to {table}")

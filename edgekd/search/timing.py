@@ -76,12 +76,13 @@ def latency_table(manifest: dict, folder: Path, *, provider: str = BenchConfig.p
 def bench_candidates(folder, out, *, provider: str = BenchConfig.provider, threads: int = BenchConfig.threads,
                      batch: int = BenchConfig.batch_size, log: Callable[[str], None] = print) -> dict:
     """`edgekd bench CANDIDATES_DIR --latency-table OUT`: time the folder's candidates and
-    write their table to `out` (atomically)."""
+    write their table to `out` (atomically). Returns the folder's manifest (what was timed)."""
     import json
 
     from edgekd.io.artifacts import atomic_write_text
 
     folder = Path(folder)
-    table = latency_table(load_manifest(folder), folder, provider=provider, threads=threads, batch=batch, log=log)
+    manifest = load_manifest(folder)
+    table = latency_table(manifest, folder, provider=provider, threads=threads, batch=batch, log=log)
     atomic_write_text(Path(out), json.dumps(table, indent=2) + "\n")
-    return table
+    return manifest
