@@ -107,7 +107,9 @@ def to_onnx(
 
     start = time.perf_counter()
     fp16, fp32_io, dynamic_hw = form.fp16, form.fp32_io, form.dynamic_hw
-    reference = model.eval()
+    from edgekd.models.blocks import deployed
+
+    reference = deployed(model.eval())  # RepConv branches fused: the graph has one convolution each
     model = Float16(copy.deepcopy(reference), fp32_io) if fp16 else reference
     example = torch.zeros(EXAMPLE_BATCH, *input_shape, dtype=torch.float16 if fp16 and not fp32_io else torch.float32)
     if fp16:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 
@@ -28,6 +31,71 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
+
+
+class RepConv(nn.Module):
+    """A 3x3 convolution trained with parallel branches and run as one (RepVGG, Ding et al. 2021):
+    3x3 conv-BN + 1x1 conv-BN (+ BN alone when the shape is kept), summed, then ReLU. The
+    branches give training the shortcuts of a residual network; `fused()` folds them into one
+    3x3 convolution (`plain`'s layers), so the exported graph has no int8 Add and no 1x1 convolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv3 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch))
+        self.conv1 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, 0, bias=False), nn.BatchNorm2d(out_ch))
+        self.identity = nn.BatchNorm2d(in_ch) if in_ch == out_ch and stride == 1 else None
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.conv3(x) + self.conv1(x)
+        if self.identity is not None:
+            out = out + self.identity(x)
+        return self.relu(out)
+
+    @torch.no_grad()
+    def fused(self) -> nn.Sequential:
+        """What the branches compute in eval mode, as `plain`'s conv_bn_relu (3x3 convolution, batch norm,
+        ReLU): the summed kernel in the convolution, the summed bias in a batch norm that adds it."""
+        weight, bias = _fold(self.conv3[0].weight, self.conv3[1])
+        weight1, bias1 = _fold(self.conv1[0].weight, self.conv1[1])
+        weight[:, :, 1, 1] += weight1[:, :, 0, 0]  # a 1x1 kernel is a 3x3 one's centre (same stride, padding 1 vs 0)
+        bias += bias1
+        if self.identity is not None:
+            eye = torch.zeros_like(weight)
+            eye[range(weight.shape[0]), range(weight.shape[0]), 1, 1] = 1.0
+            weight_id, bias_id = _fold(eye, self.identity)
+            weight += weight_id
+            bias += bias_id
+        conv = self.conv3[0]
+        out = conv_bn_relu(conv.in_channels, conv.out_channels, conv.stride[0])
+        out[0].weight.copy_(weight)
+        bn = out[1]
+        bn.weight.fill_(1.0)
+        bn.bias.copy_(bias)
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)  # (x - 0) / sqrt(var + eps) = x
+        return out.train(self.training)
+
+
+def _fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of a bias-free convolution followed by `bn` in eval mode, as one convolution."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """`model` as it is exported: a copy with every RepConv fused into one convolution (an
+    edgenet `rep` student becomes the `plain` one of the same arguments), or `model` itself when
+    it has none. Export, cost counts, QAT and pruning all see this form."""
+    if not any(isinstance(m, RepConv) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):  # the new layers' initial weights are overwritten: leave the RNG as it was
+        for module in list(model.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, RepConv):
+                    setattr(module, name, child.fused())
+    return model
 
 
 class InvertedResidual(nn.Module):

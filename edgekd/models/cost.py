@@ -7,7 +7,10 @@ from torch import nn
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the model as exported (edgekd.models.blocks.deployed: RepConv branches fused)."""
+    from edgekd.models.blocks import deployed
+
+    return sum(p.numel() for p in deployed(model).parameters())
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -18,6 +21,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     tables. For Conv2d/Linear models it gives what per-layer hooks on those two gave."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from edgekd.models.blocks import deployed
+
+    model = deployed(model)  # counted as exported: RepConv branches fused
     was_training = model.training
     model.eval()
     try:

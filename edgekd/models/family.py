@@ -10,8 +10,11 @@ multiples of 16 (the blocks of the int8 GEMM kernels), ReLU only (it fuses into
 QLinearConv; HardSwish and SiLU fall back to float), dense 3x3 convolutions in `basic`
 residual blocks, `plain` 3x3 convolutions without a shortcut (one convolution per block: no
 int8 Add and no 1x1 shortcut convolution between the int8 convolutions, where int8 gains most
-over fp32 on small inputs), or `inverted` residual blocks (1x1 expand, depthwise 3x3, 1x1
-project) for targets that run depthwise convolutions fast; global average pooling and one Linear.
+over fp32 on small inputs), `rep` ones (RepVGG: trained with a 1x1 and an identity branch
+beside each 3x3 convolution, the stem's included, and exported as the `plain` student of the
+same arguments: models.blocks.RepConv), or `inverted` residual blocks (1x1 expand, depthwise
+3x3, 1x1 project) for targets that run depthwise convolutions fast; global average pooling and
+one Linear.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from __future__ import annotations
 from torch import nn
 
 from edgekd.errors import ConfigError
-from edgekd.models.blocks import BasicBlock, InvertedResidual, add_classifier, classify, conv_bn_relu
+from edgekd.models.blocks import BasicBlock, InvertedResidual, RepConv, add_classifier, classify, conv_bn_relu
 from edgekd.models.registry import ARCHITECTURES
 
 CHANNEL_MULTIPLE = 16  # what the int8 kernels like; other counts are padded inside them
-BLOCKS = ("basic", "plain", "inverted")
+BLOCKS = ("basic", "plain", "rep", "inverted")
 MAX_WIDTH = 1024
 MAX_DEPTH = 16
 MAX_STAGES = 8
@@ -80,7 +83,7 @@ class EdgeNet(nn.Module):
                  stages=DEFAULT_STAGES, block: str = "basic", expand: int = 4):
         super().__init__()
         stages = check_edgenet_args(stem, stem_stride, stages, block, expand)
-        self.stem = conv_bn_relu(in_channels, stem, stem_stride)
+        self.stem = (RepConv if block == "rep" else conv_bn_relu)(in_channels, stem, stem_stride)
         layers, in_ch = [], stem
         for depth, width, stride in stages:
             for i in range(depth):
@@ -99,6 +102,8 @@ def _block(block: str, in_ch: int, width: int, stride: int, expand: int) -> nn.M
         return BasicBlock(in_ch, width, stride)
     if block == "plain":
         return conv_bn_relu(in_ch, width, stride)
+    if block == "rep":
+        return RepConv(in_ch, width, stride)
     return InvertedResidual(in_ch, width, stride, expand, activation=nn.ReLU)
 
 

@@ -126,8 +126,10 @@ class RunStore:
         with torch.random.fork_rng(devices=[]):
             model = build_arch(self.splits().spec, arch, arch_args)
         if shapes is not None:
+            from edgekd.models.blocks import deployed
             from edgekd.models.shapes import rebuild
 
+            model = deployed(model)  # pruning saw RepConv branches fused (stages/prune.py)
             try:
                 rebuild(model, json.loads(self.ctx.path(shapes).read_text()))
             except (OSError, ValueError) as exc:

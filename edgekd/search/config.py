@@ -13,9 +13,10 @@ MAX_LATENCY_MS = 3_600_000.0
 MAX_SPEEDUP = 1000.0
 MAX_PROXY_EPOCHS = 100
 MAX_PROXY_IMAGES = 10**8
-BLOCKS = ("basic", "plain", "inverted")
-# plain is asked for by name: after 5 epochs on Fashion-MNIST, plain students were 0.7-1.2 points
-# below a residual one of as many parameters (benchmarks/results/student-search.md)
+BLOCKS = ("basic", "plain", "rep", "inverted")
+# plain and rep are asked for by name: after 5 epochs on Fashion-MNIST, plain students were 0.7-1.2
+# points below a residual one of as many parameters (benchmarks/results/student-search.md); the rep
+# student distilled in full was 0.1 below the basic one the search chose (student-named-rep.md)
 DEFAULT_BLOCKS = ("basic", "inverted")
 AUTO = "auto"  # distill.arch that asks for the search
 FAR_BELOW = 0.5  # every candidate under this share of the budget: the space is widened
@@ -35,7 +36,8 @@ class SearchConfig:
     21,786-parameter one led a 308,074-parameter one by 0.37 points after 2 epochs); among the
     candidates within this many points of the best proxy, the one with most parameters wins.
     `blocks`: the block types of the space (edgekd.models.family): basic and inverted unless
-    named; plain (no shortcuts) runs fastest in int8 for its size but learned less in our runs."""
+    named; plain (no shortcuts) and rep (plain once exported, trained with RepVGG branches) run
+    fastest in int8 for their size but learned less in our runs."""
 
     latency_ms: Optional[float] = None
     speedup: Optional[float] = None

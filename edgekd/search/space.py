@@ -36,7 +36,7 @@ def family_space(level: int = 0, blocks=DEFAULT_BLOCKS) -> list[dict]:
             w, d = width * 2**level, depth + level
             stages = [[d, w, 1], [d, 2 * w, 2], [d, 4 * w, 2]]
             for stride in STEM_STRIDES:
-                for block in (b for b in blocks if b != "plain"):  # plain ones: the wide, shallow ones below
+                for block in (b for b in blocks if b in ("basic", "inverted")):  # plain, rep: wide, shallow ones below
                     if block == "inverted" and (depth, width) != (BASE_DEPTHS[0], BASE_WIDTHS[0]):
                         continue  # a few inverted ones: their speed depends most on the target
                     args = {"stem": w, "stem_stride": stride, "stages": stages, "block": block}
@@ -50,14 +50,16 @@ def family_space(level: int = 0, blocks=DEFAULT_BLOCKS) -> list[dict]:
                                                          "block": "basic"}})
         candidates.append({"arch": FAMILY, "arch_args": {"stem": 16, "stem_stride": 1,
                                                          "stages": [[d, w, 2], [d, 2 * w, 2]], "block": "basic"}})
-    for width in WIDE_WIDTHS if "plain" in blocks else ():
-        w, d = width * 2**level, 1 + level
-        # plain (no shortcut, one convolution per block) after a stride-2 stem: the int8 model has no Add
-        # and no 1x1 shortcut between its convolutions, the most int8 gain over fp32 at a given latency
-        for stages in ([[2 * d, w, 1], [2 * d, 2 * w, 2]], [[d, w, 1], [d, 2 * w, 2], [d, 4 * w, 2]],
-                       [[d, 2 * w, 2], [2 * d, 4 * w, 2]]):
-            candidates.append({"arch": FAMILY, "arch_args": {"stem": w, "stem_stride": 2, "stages": stages,
-                                                             "block": "plain"}})
+    for block in (b for b in ("plain", "rep") if b in blocks):
+        for width in WIDE_WIDTHS:
+            w, d = width * 2**level, 1 + level
+            # one convolution per block after a stride-2 stem (rep: trained with branches, fused on export):
+            # the int8 model has no Add and no 1x1 shortcut between its convolutions, the most int8 gain
+            # over fp32 at a given latency
+            for stages in ([[2 * d, w, 1], [2 * d, 2 * w, 2]], [[d, w, 1], [d, 2 * w, 2], [d, 4 * w, 2]],
+                           [[d, 2 * w, 2], [2 * d, 4 * w, 2]]):
+                candidates.append({"arch": FAMILY, "arch_args": {"stem": w, "stem_stride": 2, "stages": stages,
+                                                                 "block": block}})
     return [c for c in candidates if json.dumps(c, sort_keys=True) not in below]
 
 

@@ -49,10 +49,13 @@ def test_every_candidate_of_the_space_has_its_own_name():
         space = family_space(level, BLOCKS)
         names = [describe(c) for c in space]
         assert len(set(names)) == len(names) == len({json.dumps(c, sort_keys=True) for c in space})
-    # plain students are in the space when named, and only then
-    plain = [c for c in family_space(0, BLOCKS) if c["arch_args"]["block"] == "plain"]
-    assert plain and not any(c["arch_args"]["block"] == "plain" for c in family_space(0))
-    assert all(c in family_space(0, ["plain"]) for c in plain)
+    # plain and rep students are in the space when named, and only then, with the same shapes
+    for block in ("plain", "rep"):
+        named = [c for c in family_space(0, BLOCKS) if c["arch_args"]["block"] == block]
+        assert named and not any(c["arch_args"]["block"] == block for c in family_space(0))
+        assert all(c in family_space(0, [block]) for c in named)
+    shapes = {block: [{**c["arch_args"], "block": None} for c in family_space(0, [block])] for block in ("plain", "rep")}
+    assert shapes["plain"] == shapes["rep"]
     assert describe({"arch": "edgenet", "arch_args": {"stem": 48, "stem_stride": 2, "block": "basic",
                                                       "stages": [[1, 48, 1], [1, 96, 2]]}}) == \
         "edgenet basic stem48/2 48x1-96x1/2"

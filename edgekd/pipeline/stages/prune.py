@@ -23,6 +23,7 @@ def run(ctx: Context, cfg: PruneConfig, inputs: PruneInputs | None) -> StageResu
     from edgekd.data.unlabeled import image_counts
     from edgekd.distill.offline import distill
     from edgekd.io.artifacts import save_weights
+    from edgekd.models.blocks import deployed
     from edgekd.models.cost import count_macs, count_params
     from edgekd.models.shapes import layer_shapes
     from edgekd.prune.channels import PrunePlan, channel_table, prune_channels, sparsity_train
@@ -32,7 +33,8 @@ def run(ctx: Context, cfg: PruneConfig, inputs: PruneInputs | None) -> StageResu
         for name in (PRUNED_WEIGHTS, PRUNED_SHAPES):  # stale files of an earlier --force run
             ctx.path(name).unlink(missing_ok=True)
         return StageResult({"enabled": False})
-    t, teacher, student = inputs.data, inputs.teacher, inputs.student
+    t, teacher = inputs.data, inputs.teacher
+    student = deployed(inputs.student)  # RepConv branches fused: pruned as deployed (store.py reloads it so)
     shape = input_shape_of(inputs.splits.spec)
     # the sparsity and fine-tuning runs keep no per-epoch checkpoint and write no notes (their
     # epoch lines and metrics files stay: edgekd.pipeline.epoch_log)

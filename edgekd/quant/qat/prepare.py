@@ -234,7 +234,9 @@ def prepare_qat(model: nn.Module, *, activation_type: str = "uint8", reduce_rang
     pooling; after the ReLU when one follows). The result is in train mode, not yet calibrated."""
     if activation_type not in ACTIVATION_RANGES:
         raise ConfigError(f"QAT activation type must be uint8 or int8, got '{activation_type}'")
-    source = copy.deepcopy(model).eval()
+    from edgekd.models.blocks import deployed
+
+    source = copy.deepcopy(deployed(model)).eval()  # RepConv branches fused: QAT learns the deployed kernels
     try:
         gm = torch.fx.symbolic_trace(source)
     except Exception as exc:  # fx raises many types for dynamic control flow
