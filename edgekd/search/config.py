@@ -18,6 +18,9 @@ BLOCKS = ("basic", "plain", "rep", "inverted")
 # points below a residual one of as many parameters (benchmarks/results/student-search.md); the rep
 # student distilled in full was 0.1 below the basic one the search chose (student-named-rep.md)
 DEFAULT_BLOCKS = ("basic", "inverted")
+# one convolution per block once exported (rep is fused into plain): the space gives them wide, shallow
+# shapes of their own, where the others get the deeper three-stage ones (search.space.family_space)
+ONE_CONV_BLOCKS = ("plain", "rep")
 AUTO = "auto"  # distill.arch that asks for the search
 FAR_BELOW = 0.5  # every candidate under this share of the budget: the space is widened
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from edgekd.search.config import DEFAULT_BLOCKS
+from edgekd.search.config import DEFAULT_BLOCKS, ONE_CONV_BLOCKS
 
 FAMILY = "edgenet"
 BASE_WIDTHS = (16, 32)  # first stage's channels; the later stages have 2x and 4x
@@ -36,7 +36,7 @@ def family_space(level: int = 0, blocks=DEFAULT_BLOCKS) -> list[dict]:
             w, d = width * 2**level, depth + level
             stages = [[d, w, 1], [d, 2 * w, 2], [d, 4 * w, 2]]
             for stride in STEM_STRIDES:
-                for block in (b for b in blocks if b in ("basic", "inverted")):  # plain, rep: wide, shallow ones below
+                for block in (b for b in blocks if b not in ONE_CONV_BLOCKS):  # those: wide, shallow ones below
                     if block == "inverted" and (depth, width) != (BASE_DEPTHS[0], BASE_WIDTHS[0]):
                         continue  # a few inverted ones: their speed depends most on the target
                     args = {"stem": w, "stem_stride": stride, "stages": stages, "block": block}
@@ -50,7 +50,7 @@ def family_space(level: int = 0, blocks=DEFAULT_BLOCKS) -> list[dict]:
                                                          "block": "basic"}})
         candidates.append({"arch": FAMILY, "arch_args": {"stem": 16, "stem_stride": 1,
                                                          "stages": [[d, w, 2], [d, 2 * w, 2]], "block": "basic"}})
-    for block in (b for b in ("plain", "rep") if b in blocks):
+    for block in (b for b in ONE_CONV_BLOCKS if b in blocks):
         for width in WIDE_WIDTHS:
             w, d = width * 2**level, 1 + level
             # one convolution per block after a stride-2 stem (rep: trained with branches, fused on export):
