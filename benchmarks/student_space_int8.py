@@ -4,8 +4,8 @@
 
 Issue 27 asks for a found student whose int8 model runs at least 2.5x faster than its own fp32
 model (batch 1, one thread, interleaved) and at most the ResNet-8 headline student's int8 p50.
-This script exports the search space with every block type but rep, which is exported as the
-plain student of the same arguments and so times as it (edgekd.search.space.family_space, level 0;
+This script exports the search space with every block type but rep and rep_ac, which are exported as the
+plain student of the same arguments and so time as it (edgekd.search.space.family_space, level 0;
 plain and rep students are in the search only when distill.search.blocks names them) and a
 few wide, shallow probes (PROBES) with ResNet-8 and ResNet-20 beside them, for 1x28x28 inputs, as the search does (export_candidates:
 fp32 ONNX checked against PyTorch, int8 with the default quantize settings and calibration
@@ -27,6 +27,7 @@ import common
 from common import RESULTS, Clock, command, interleaved_p50s, machine_info, machine_line, table, write_results
 from edgekd.data.config import DataConfig
 from edgekd.data.splits import load_splits
+from edgekd.models.family import REP_BLOCKS
 from edgekd.models.zoo import build_model
 from edgekd.quant.config import QuantConfig
 from edgekd.search.config import BLOCKS
@@ -49,7 +50,7 @@ def export_space(folder: Path) -> dict:
     spec = splits.spec
     calib = to_tensor(splits.calib_x[:128], spec.mean, spec.std).numpy()
     teacher = build_model("resnet20", in_channels=spec.channels, num_classes=spec.num_classes).eval()
-    candidates = [*REFERENCES, *family_space(0, [b for b in BLOCKS if b != "rep"]), *PROBES]
+    candidates = [*REFERENCES, *family_space(0, [b for b in BLOCKS if b not in REP_BLOCKS]), *PROBES]
     manifest = export_candidates(candidates, teacher, folder, CandidateBuild(spec, calib, opset=17,
                                                                               quant_cfg=QuantConfig()),
                                  log=print)

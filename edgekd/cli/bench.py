@@ -151,8 +151,8 @@ def _check_outputs(flags: dict, models, eval_set, reference, force: bool) -> Non
                    "outputs, on --data or synthetic input. A run directory compares int8 with fp32 by itself.")
 @click.option("--latency-table", type=click.Path(dir_okay=False), metavar="TABLE.json",
               help="MODELS is one candidates folder that compress wrote (distill.search.export_only): time its "
-                   "int8 candidates side by side with its reference and write their latency table (read by "
-                   "distill.search.latency_table) to this file.")
+                   "int8 candidates side by side with its reference and their own fp32 models, and write "
+                   "their latency table (read by distill.search.latency_table) to this file.")
 @click.option("--interleave/--no-interleave", default=None,
               help="Time all models side by side in short rotating rounds instead of one after another: "
                    "fair ratios on a machine whose speed changes while it runs (a shared VM, a throttling device). "

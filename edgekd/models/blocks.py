@@ -37,19 +37,29 @@ class RepConv(nn.Module):
     """A 3x3 convolution trained with parallel branches and run as one (RepVGG, Ding et al. 2021):
     3x3 conv-BN + 1x1 conv-BN (+ BN alone when the shape is kept), summed, then ReLU. The
     branches give training the shortcuts of a residual network; `fused()` folds them into one
-    3x3 convolution (`plain`'s layers), so the exported graph has no int8 Add and no 1x1 convolution."""
+    3x3 convolution (`plain`'s layers), so the exported graph has no int8 Add and no 1x1 convolution.
+    `asymmetric`: also a 1x3 and a 3x1 conv-BN branch (ACNet, Ding et al. 2019), which strengthen
+    the kernel's centre cross; they fold into the same 3x3 kernel."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, asymmetric: bool = False):
         super().__init__()
         self.conv3 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch))
         self.conv1 = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, 0, bias=False), nn.BatchNorm2d(out_ch))
         self.identity = nn.BatchNorm2d(in_ch) if in_ch == out_ch and stride == 1 else None
+        self.row = self.column = None
+        if asymmetric:  # padding only along the kernel's long side: the windows share the 3x3 one's centre
+            self.row = nn.Sequential(nn.Conv2d(in_ch, out_ch, (1, 3), stride, (0, 1), bias=False),
+                                     nn.BatchNorm2d(out_ch))
+            self.column = nn.Sequential(nn.Conv2d(in_ch, out_ch, (3, 1), stride, (1, 0), bias=False),
+                                        nn.BatchNorm2d(out_ch))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
         out = self.conv3(x) + self.conv1(x)
         if self.identity is not None:
             out = out + self.identity(x)
+        if self.row is not None:
+            out = out + self.row(x) + self.column(x)
         return self.relu(out)
 
     @torch.no_grad()
@@ -60,6 +70,12 @@ class RepConv(nn.Module):
         weight1, bias1 = _fold(self.conv1[0].weight, self.conv1[1])
         weight[:, :, 1, 1] += weight1[:, :, 0, 0]  # a 1x1 kernel is a 3x3 one's centre (same stride, padding 1 vs 0)
         bias += bias1
+        if self.row is not None:  # 1x3 is the 3x3 kernel's middle row, 3x1 its middle column
+            weight_row, bias_row = _fold(self.row[0].weight, self.row[1])
+            weight_column, bias_column = _fold(self.column[0].weight, self.column[1])
+            weight[:, :, 1:2, :] += weight_row
+            weight[:, :, :, 1:2] += weight_column
+            bias += bias_row + bias_column
         if self.identity is not None:
             eye = torch.zeros_like(weight)
             eye[range(weight.shape[0]), range(weight.shape[0]), 1, 1] = 1.0

@@ -12,7 +12,9 @@ residual blocks, `plain` 3x3 convolutions without a shortcut (one convolution pe
 int8 Add and no 1x1 shortcut convolution between the int8 convolutions, where int8 gains most
 over fp32 on small inputs), `rep` ones (RepVGG: trained with a 1x1 and an identity branch
 beside each 3x3 convolution, the stem's included, and exported as the `plain` student of the
-same arguments: models.blocks.RepConv), or `inverted` residual blocks (1x1 expand, depthwise
+same arguments: models.blocks.RepConv), `rep_ac` ones (rep plus ACNet's 1x3 and 3x1 branches,
+fused into the same kernel; quantize them with QAT: post-training int8 lost up to 6 points on
+Fashion-MNIST), or `inverted` residual blocks (1x1 expand, depthwise
 3x3, 1x1 project) for targets that run depthwise convolutions fast; global average pooling and
 one Linear.
 """
@@ -26,11 +28,12 @@ from edgekd.models.blocks import BasicBlock, InvertedResidual, RepConv, add_clas
 from edgekd.models.registry import ARCHITECTURES
 
 CHANNEL_MULTIPLE = 16  # what the int8 kernels like; other counts are padded inside them
-BLOCKS = ("basic", "plain", "rep", "inverted")
+BLOCKS = ("basic", "plain", "rep", "rep_ac", "inverted")
 MAX_WIDTH = 1024
 MAX_DEPTH = 16
 MAX_STAGES = 8
 MAX_EXPAND = 8
+REP_BLOCKS = ("rep", "rep_ac")  # trained with branches, exported as plain
 DEFAULT_STAGES = ((1, 16, 1), (1, 32, 2), (1, 64, 2))
 
 
@@ -83,7 +86,8 @@ class EdgeNet(nn.Module):
                  stages=DEFAULT_STAGES, block: str = "basic", expand: int = 4):
         super().__init__()
         stages = check_edgenet_args(stem, stem_stride, stages, block, expand)
-        self.stem = (RepConv if block == "rep" else conv_bn_relu)(in_channels, stem, stem_stride)
+        self.stem = (RepConv(in_channels, stem, stem_stride, asymmetric=block == "rep_ac") if block in REP_BLOCKS
+                     else conv_bn_relu(in_channels, stem, stem_stride))
         layers, in_ch = [], stem
         for depth, width, stride in stages:
             for i in range(depth):
@@ -102,8 +106,8 @@ def _block(block: str, in_ch: int, width: int, stride: int, expand: int) -> nn.M
         return BasicBlock(in_ch, width, stride)
     if block == "plain":
         return conv_bn_relu(in_ch, width, stride)
-    if block == "rep":
-        return RepConv(in_ch, width, stride)
+    if block in REP_BLOCKS:
+        return RepConv(in_ch, width, stride, asymmetric=block == "rep_ac")
     return InvertedResidual(in_ch, width, stride, expand, activation=nn.ReLU)
 
 

@@ -11,16 +11,17 @@ from edgekd.runtime.config import BenchConfig
 
 MAX_LATENCY_MS = 3_600_000.0
 MAX_SPEEDUP = 1000.0
+MAX_INT8_SPEEDUP = 100.0
 MAX_PROXY_EPOCHS = 100
 MAX_PROXY_IMAGES = 10**8
-BLOCKS = ("basic", "plain", "rep", "inverted")
+BLOCKS = ("basic", "plain", "rep", "rep_ac", "inverted")
 # plain and rep are asked for by name: after 5 epochs on Fashion-MNIST, plain students were 0.7-1.2
 # points below a residual one of as many parameters (benchmarks/results/student-search.md); the rep
 # student distilled in full was 0.1 below the basic one the search chose (student-named-rep.md)
 DEFAULT_BLOCKS = ("basic", "inverted")
 # one convolution per block once exported (rep is fused into plain): the space gives them wide, shallow
 # shapes of their own, where the others get the deeper three-stage ones (search.space.family_space)
-ONE_CONV_BLOCKS = ("plain", "rep")
+ONE_CONV_BLOCKS = ("plain", "rep", "rep_ac")
 AUTO = "auto"  # distill.arch that asks for the search
 FAR_BELOW = 0.5  # every candidate under this share of the budget: the space is widened
 
@@ -38,9 +39,12 @@ class SearchConfig:
     `proxy_margin`: a short proxy favours small students that learn fast (on Fashion-MNIST a
     21,786-parameter one led a 308,074-parameter one by 0.37 points after 2 epochs); among the
     candidates within this many points of the best proxy, the one with most parameters wins.
+    `min_int8_speedup`: a candidate must also run in int8 at least this many times faster than its
+    own fp32 model on the target (both timed in the same rounds): a student that int8 does not
+    speed up is not shaped for the device, however fast it is (None: not asked).
     `blocks`: the block types of the space (edgekd.models.family): basic and inverted unless
-    named; plain (no shortcuts) and rep (plain once exported, trained with RepVGG branches) run
-    fastest in int8 for their size but learned less in our runs."""
+    named; plain (no shortcuts), rep and rep_ac (plain once exported, trained with RepVGG /
+    ACNet branches) run fastest in int8 for their size but learned less in our runs."""
 
     latency_ms: Optional[float] = None
     speedup: Optional[float] = None
@@ -51,6 +55,7 @@ class SearchConfig:
     proxy_epochs: int = 2  # distillation epochs of each candidate's proxy (as measured: student-search.md)
     proxy_images: int = 10000  # training images of the proxies (a seeded shuffle's first)
     proxy_margin: float = 1.0  # proxy val top-1 points within which the candidate with more parameters wins
+    min_int8_speedup: Optional[float] = None  # int8 over the candidate's own fp32, e.g. 2.5
     blocks: list = field(default_factory=lambda: list(DEFAULT_BLOCKS))
     export_only: bool = False
     latency_table: Optional[str] = None
@@ -69,6 +74,10 @@ class SearchConfig:
         require(self.threads >= 0, f"distill.search.threads must be >= 0 (0: ONNX Runtime's default), got {self.threads}")
         check_number(self.batch, "distill.search.batch", integer=True, high=4096)
         require(self.batch >= 1, f"distill.search.batch must be >= 1, got {self.batch}")
+        check_number(self.min_int8_speedup, "distill.search.min_int8_speedup", optional=True, high=MAX_INT8_SPEEDUP)
+        require(self.min_int8_speedup is None or self.min_int8_speedup > 0,
+                f"distill.search.min_int8_speedup must be > 0 (times faster than fp32), got "
+                f"{shown(self.min_int8_speedup)}")
         check_number(self.proxy_epochs, "distill.search.proxy_epochs", integer=True, high=MAX_PROXY_EPOCHS)
         require(self.proxy_epochs >= 1, f"distill.search.proxy_epochs must be >= 1, got {self.proxy_epochs}")
         check_number(self.proxy_margin, "distill.search.proxy_margin", high=100.0)
@@ -113,4 +122,10 @@ class SearchConfig:
         budget = budget_text(self.latency_ms, self.speedup, measured="int8 p50", reference="the teacher's int8 model")
         if self.as_fast_as is not None:
             budget = " and ".join(filter(None, [budget, f"as fast as {self.as_fast_as}'s int8 model"]))
+        if self.min_int8_speedup is not None:
+            budget += f", int8 at least {self.min_int8_speedup:g}x faster than the candidate's fp32"
         return f"{budget} ({where})"
+
+    def gains_enough(self, int8_over_fp32) -> bool:
+        """Whether a candidate's int8 speed-up over its own fp32 meets min_int8_speedup (always, when not asked)."""
+        return self.min_int8_speedup is None or (int8_over_fp32 is not None and int8_over_fp32 >= self.min_int8_speedup)

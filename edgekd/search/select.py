@@ -1,8 +1,9 @@
 """The student search of `distill.arch: auto` (issue 27): candidates of the edgenet family
 (edgekd.search.space) are built, exported and quantized with the real calibration images as
 the deployed model will be (prune.latency.export_deployable), timed on the target side by
-side with the teacher's int8 model (edgekd.search.timing) or read from a latency table that
-the device wrote; those that meet the budget and are not dominated (slower with no more
+side with the teacher's int8 model and their own fp32 model (edgekd.search.timing) or read
+from a latency table that the device wrote; those that meet the budget (and gain
+min_int8_speedup from int8, where asked) and are not dominated (slower with no more
 parameters) get a short distillation proxy and are ranked by val top-1.
 
 A budget that no candidate meets is refused before any training; one that every candidate
@@ -159,11 +160,7 @@ def search_student(*, teacher, data, distill_cfg, cfg: SearchConfig, folder: Pat
         budget = _judge(rows, cfg, log)
         met = [r for r in rows if r["met"]]
         if not met:
-            fastest = min((r for r in rows if not r["budget_model"]), key=lambda r: r["int8_p50_ms"])
-            raise ConfigError(f"no candidate meets the budget {budget}: the fastest, {fastest['name']}, runs "
-                              f"at int8 p50 {fastest['int8_p50_ms']:.3f} ms ({fastest['speedup']:.2f}x the "
-                              "teacher's); loosen distill.search.latency_ms / speedup / as_fast_as or name a "
-                              "distill.arch")
+            raise ConfigError(_none_meets(rows, budget, cfg))
         if all(r["far_below"] for r in rows if not r["budget_model"]):
             if space is None and cfg.latency_table is None and level < MAX_LEVEL:
                 level += 1
@@ -220,9 +217,12 @@ def _rows(manifest: dict, table: dict, cfg: SearchConfig) -> list[dict]:
         if cfg.speedup is not None and ref <= 0:  # as_fast_as: checked in _judge
             raise ConfigError(f"latency table {cfg.latency_table} has no reference_p50_ms for candidate "
                               f"{entry['id']}: distill.search.speedup needs the teacher timed beside it; time again")
+        fp32 = t.get("fp32_p50_ms")
+        fp32 = float(fp32) if isinstance(fp32, (int, float)) and not isinstance(fp32, bool) and fp32 > 0 else None
         rows.append({"id": entry["id"], "name": entry["name"], "arch": entry["arch"], "arch_args": entry["arch_args"],
                      "int8_p50_ms": p50, "int8_p90_ms": t.get("int8_p90_ms"), "reference_p50_ms": ref or None,
                      "speedup": ref / p50 if ref else float("nan"), "params": entry["params"], "macs": entry["macs"],
+                     "fp32_p50_ms": fp32, "int8_over_fp32": fp32 / p50 if fp32 else None, "fast_enough": False,
                      "met": False, "far_below": False, "dominated_by": None, "budget_model": is_budget_model(entry),
                      "proxy_val_top1": None, "chosen": False, "why": ""})
     return rows
@@ -244,11 +244,33 @@ def _judge(rows: list[dict], cfg: SearchConfig, log) -> str:
                       f"{row['speedup']:.2f}x faster than the teacher's")
             row["why"] = "sets the budget (distill.search.as_fast_as); not a candidate"
             log(f"[search] budget: {budget}")
+    untimed = [r for r in rows if not r["budget_model"] and r["int8_over_fp32"] is None]
+    if cfg.min_int8_speedup is not None and untimed:
+        raise ConfigError(f"distill.search.min_int8_speedup needs each candidate's fp32 model timed beside its int8 "
+                          f"one, and {untimed[0]['name']} has no fp32_p50_ms (a table of an older edgekd?): time the "
+                          "candidates folder again with edgekd bench CANDIDATES_DIR --latency-table")
     for row in rows:
         if not row["budget_model"]:
-            row["met"] = bound.met(row["int8_p50_ms"], row["reference_p50_ms"] or 0.0)
+            row["fast_enough"] = bound.met(row["int8_p50_ms"], row["reference_p50_ms"] or 0.0)
+            row["met"] = row["fast_enough"] and cfg.gains_enough(row["int8_over_fp32"])
             row["far_below"] = bound.far_below(row["int8_p50_ms"], row["reference_p50_ms"] or 0.0)
     return budget
+
+
+def _none_meets(rows: list[dict], budget: str, cfg: SearchConfig) -> str:
+    """Why no candidate meets the budget, naming the nearest one and the setting to loosen."""
+    candidates = [r for r in rows if not r["budget_model"]]
+    fast = [r for r in candidates if r["fast_enough"]]
+    if not fast:
+        fastest = min(candidates, key=lambda r: r["int8_p50_ms"])
+        return (f"no candidate meets the budget {budget}: the fastest, {fastest['name']}, runs at int8 p50 "
+                f"{fastest['int8_p50_ms']:.3f} ms ({fastest['speedup']:.2f}x the teacher's); loosen "
+                "distill.search.latency_ms / speedup / as_fast_as or name a distill.arch")
+    best = max(fast, key=lambda r: r["int8_over_fp32"])
+    return (f"no candidate meets the budget {budget}: of the {len(fast)} fast enough, {best['name']} gains most "
+            f"from int8, {best['int8_over_fp32']:.2f}x over its fp32 (distill.search.min_int8_speedup "
+            f"{cfg.min_int8_speedup:g}); lower min_int8_speedup, widen distill.search.blocks (plain, rep, rep_ac) or "
+            "name a distill.arch")
 
 
 def _relative_latency(row: dict) -> float:
@@ -322,8 +344,10 @@ def _explain(rows: list[dict], winner: dict, survivors: int, margin: float) -> N
                           f"({best:.2f}%) of the {survivors} that meet the budget and are not dominated")
         elif row["budget_model"]:
             continue
-        elif not row["met"]:
+        elif not row["fast_enough"]:
             row["why"] = "over the budget"
+        elif not row["met"]:
+            row["why"] = f"int8 only {row['int8_over_fp32']:.2f}x faster than its fp32 (min_int8_speedup)"
         elif row["dominated_by"]:
             row["why"] = f"dominated by {row['dominated_by']} (as fast or faster, as many parameters or more)"
         elif row["proxy_val_top1"] >= best - margin:
@@ -334,11 +358,12 @@ def _explain(rows: list[dict], winner: dict, survivors: int, margin: float) -> N
 
 def candidates_table(rows: list[dict]) -> str:
     """The candidates table as Markdown, for the report."""
-    lines = ["| candidate | int8 p50 ms | speed-up | params | MACs | proxy val top-1 | chosen | why |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| candidate | int8 p50 ms | speed-up | int8 over fp32 | params | MACs | proxy val top-1 | chosen | why |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         top1 = "" if r["proxy_val_top1"] is None else f"{r['proxy_val_top1']:.2f}%"
-        lines.append(f"| {r['name']} | {r['int8_p50_ms']:.3f} | {r['speedup']:.2f}x | {r['params']:,} | "
+        gain = "" if r.get("int8_over_fp32") is None else f"{r['int8_over_fp32']:.2f}x"
+        lines.append(f"| {r['name']} | {r['int8_p50_ms']:.3f} | {r['speedup']:.2f}x | {gain} | {r['params']:,} | "
                      f"{r['macs']:,} | {top1} | {'yes' if r['chosen'] else ''} | {r['why']} |")
     return "\n".join(lines)
 

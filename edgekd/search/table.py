@@ -1,4 +1,4 @@
-"""Latency tables: the int8 timings of a search's candidates, written by `edgekd bench
+"""Latency tables: the int8 timings of a search's candidates (and of their fp32 models), written by `edgekd bench
 CANDIDATES_DIR --latency-table` on the device and read by `distill.search.latency_table`;
 and the candidates folder's manifest that `compress` writes. Torch-free.
 
@@ -86,4 +86,8 @@ def load_manifest(folder) -> dict:
         if not isinstance(name, str) or Path(name).name != name or not (folder / name).is_file():
             raise ConfigError(f"candidates manifest '{folder / MANIFEST}' names a model file {name!r} that is not "
                               f"in the folder; {hint}")
+        fp32 = entry.get("fp32")  # optional: timed beside the int8 model where the folder has it
+        if fp32 is not None and (not isinstance(fp32, str) or Path(fp32).name != fp32):
+            raise ConfigError(f"candidates manifest '{folder / MANIFEST}' names an fp32 model {fp32!r} outside the "
+                              f"folder; {hint}")
     return manifest

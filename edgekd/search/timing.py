@@ -1,7 +1,8 @@
 """Timing a search's candidates on the target: each candidate's int8 model side by side with
-one fixed reference (the teacher's int8 model) in interleaved rounds, so that the machine's
-load falls on both alike (edgekd.runtime.measure, the project's one timer). Torch-free:
-`edgekd bench CANDIDATES_DIR --latency-table` runs it on the device."""
+one fixed reference (the teacher's int8 model) and with its own fp32 model in interleaved
+rounds, so that the machine's load falls on all of them alike (edgekd.runtime.measure, the
+project's one timer). Torch-free: `edgekd bench CANDIDATES_DIR --latency-table` runs it on the
+device."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ FIRST_WARMUP_SECONDS = 1.0  # the reference runs this long before the first pair
 
 def time_pairs(reference: Path, candidates: list[Path], *, input_shape, provider: str = BenchConfig.provider,
                threads: int = BenchConfig.threads, batch: int = BenchConfig.batch_size, rounds: int = ROUNDS,
-               log: Callable[[str], None] = lambda line: None) -> list[dict]:
-    """{p50_ms, p90_ms, reference_p50_ms} of each candidate, timed in a pair with `reference`
-    (WARMUP runs each, then `rounds` rounds of ROUND_RUNS runs of each model)."""
+               fp32: list | None = None, log: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """{p50_ms, p90_ms, reference_p50_ms, fp32_p50_ms} of each candidate, timed in a pair with
+    `reference` (WARMUP runs each, then `rounds` rounds of ROUND_RUNS runs of each model).
+    `fp32`: each candidate's fp32 model (or None), timed in the same rounds: the int8 speed-up
+    over it is a ratio of timings side by side; fp32_p50_ms is None without one."""
     # interleaved_medians' protocol (warm-up, then fixed rounds), with the percentiles kept
     from edgekd.runtime.measure import latency_stats, measure_interleaved, warm_up
     from edgekd.runtime.session import make_session
@@ -41,15 +44,18 @@ def time_pairs(reference: Path, candidates: list[Path], *, input_shape, provider
     warm_up(*ref, warmup=WARMUP, warmup_seconds=FIRST_WARMUP_SECONDS)
     rows = []
     for i, path in enumerate(candidates):
-        cand = pair(path)
-        for session, feed in (ref, cand):
+        float_path = (fp32 or [None] * len(candidates))[i]
+        timed = [ref, pair(path), *([pair(float_path)] if float_path is not None else [])]
+        for session, feed in timed:
             warm_up(session, feed, warmup=WARMUP)
-        ref_ms, cand_ms = measure_interleaved([ref, cand], runs=rounds * ROUND_RUNS, min_seconds=0.0,
-                                              round_runs=ROUND_RUNS, round_seconds=float("inf"))
+        ref_ms, cand_ms, *fp32_ms = measure_interleaved(timed, runs=rounds * ROUND_RUNS, min_seconds=0.0,
+                                                        round_runs=ROUND_RUNS, round_seconds=float("inf"))
         stats = latency_stats(cand_ms)
-        rows.append({"p50_ms": stats["p50"], "p90_ms": stats["p90"], "reference_p50_ms": float(np.median(ref_ms))})
+        rows.append({"p50_ms": stats["p50"], "p90_ms": stats["p90"], "reference_p50_ms": float(np.median(ref_ms)),
+                     "fp32_p50_ms": float(np.median(fp32_ms[0])) if fp32_ms else None})
+        over_fp32 = f", {rows[-1]['fp32_p50_ms'] / stats['p50']:.2f}x over its fp32" if fp32_ms else ""
         log(f"[search] {i + 1}/{len(candidates)} {Path(path).name}: int8 p50 {stats['p50']:.3f} ms "
-            f"(reference {rows[-1]['reference_p50_ms']:.3f} ms)")
+            f"(reference {rows[-1]['reference_p50_ms']:.3f} ms{over_fp32})")
     return rows
 
 
@@ -61,11 +67,15 @@ def latency_table(manifest: dict, folder: Path, *, provider: str = BenchConfig.p
     from edgekd.runtime.machine import machine_info
 
     entries = manifest["candidates"]
+    # a folder written before fp32 models were listed (or without them) is timed in int8 alone
+    fp32 = [folder / e["fp32"] if isinstance(e.get("fp32"), str) and (folder / e["fp32"]).is_file() else None
+            for e in entries]
     timed = time_pairs(folder / manifest["reference"]["int8"], [folder / e["int8"] for e in entries],
                        input_shape=manifest["input_shape"], provider=provider, threads=threads, batch=batch,
-                       rounds=rounds, log=log)
+                       rounds=rounds, fp32=fp32, log=log)
     rows = [{"id": e["id"], "arch": e["arch"], "arch_args": e["arch_args"], "int8_p50_ms": t["p50_ms"],
-             "int8_p90_ms": t["p90_ms"], "reference_p50_ms": t["reference_p50_ms"]} for e, t in zip(entries, timed)]
+             "int8_p90_ms": t["p90_ms"], "reference_p50_ms": t["reference_p50_ms"], "fp32_p50_ms": t["fp32_p50_ms"]}
+            for e, t in zip(entries, timed)]
     shape = [int(v) for v in manifest["input_shape"]]
     return {"schema": SCHEMA, "opset": manifest["opset"], "input_shape": shape, "in_channels": shape[0],
             "input_size": shape[1:], "provider": provider, "threads": threads, "batch": batch,

@@ -275,6 +275,8 @@ def test_device_times_the_candidates_and_its_table_drives_the_search(device, tmp
     p50 = [row["int8_p50_ms"] for row in written["candidates"]]
     assert [row["id"] for row in written["candidates"]] == [e["id"] for e in manifest["candidates"]]
     assert p50[0] < p50[1], p50  # about 30x fewer multiply-accumulates
+    # each candidate's fp32 model timed in the same rounds, for distill.search.min_int8_speedup
+    assert all(row["fp32_p50_ms"] > 0 for row in written["candidates"])
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(48) % 3

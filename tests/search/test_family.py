@@ -36,7 +36,7 @@ def test_registered_and_built_from_a_few_numbers():
     ({"stem": 24}, "arch_args.stem 24 is not a multiple of 16 (what the int8 kernels run without padding); use 16 or 32"),
     ({"stages": [[1, 40, 1]]}, "arch_args.stages[0] width 40 is not a multiple of 16"),
     ({"stem_stride": 3}, "arch_args.stem_stride must be 1 or 2, got 3"),
-    ({"block": "mbconv"}, "arch_args.block must be one of basic, plain, rep, inverted"),
+    ({"block": "mbconv"}, "arch_args.block must be one of basic, plain, rep, rep_ac, inverted"),
     ({"stages": [[1, 16]]}, "arch_args.stages[0] must be [depth, width, stride]"),
 ])
 def test_bad_arguments_are_one_line_errors_naming_the_fix(args, fix):
@@ -58,13 +58,16 @@ def _trained_like(model):
     return model.eval()
 
 
-def test_rep_trains_with_branches_and_deploys_as_the_plain_student():
+@pytest.mark.parametrize("block", ["rep", "rep_ac"])
+def test_rep_trains_with_branches_and_deploys_as_the_plain_student(block):
     torch.manual_seed(0)
-    rep = _trained_like(build_model("edgenet", in_channels=1, num_classes=3, block="rep", **SMALL))
+    rep = _trained_like(build_model("edgenet", in_channels=1, num_classes=3, block=block, **SMALL))
     plain = build_model("edgenet", in_channels=1, num_classes=3, block="plain", **SMALL).eval()
-    # trained with a 1x1 branch beside each 3x3 convolution (and batch norm alone where the shape is kept)
+    # trained with a 1x1 branch beside each 3x3 convolution (and batch norm alone where the shape is kept);
+    # rep_ac also with a 1x3 and a 3x1 one (ACNet)
     kernels = [m.kernel_size for m in rep.modules() if isinstance(m, torch.nn.Conv2d)]
     assert kernels.count((3, 3)) == kernels.count((1, 1)) == 4
+    assert kernels.count((1, 3)) == kernels.count((3, 1)) == (4 if block == "rep_ac" else 0)
     fused = deployed(rep)
     assert fused is not rep and any(isinstance(m, RepConv) for m in rep.modules())  # the model is left as it was
     plain.load_state_dict(fused.state_dict())  # strict: the same layers as plain's

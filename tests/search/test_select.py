@@ -23,11 +23,11 @@ def _tensors():
     return TrainData.of(x[:36], y[:36], x[36:], y[36:])
 
 
-def _search(candidates_folder, tmp_path, p50s, **search):
+def _search(candidates_folder, tmp_path, p50s, fp32s=None, **search):
     _, manifest, teacher, spec, calib = candidates_folder
     table = tmp_path / "table.json"
     tmp_path.mkdir(parents=True, exist_ok=True)
-    table.write_text(json.dumps(hand_table(manifest, p50s)))
+    table.write_text(json.dumps(hand_table(manifest, p50s, fp32s=fp32s)))
     cfg = SearchConfig(latency_table=str(table), proxy_epochs=1, proxy_images=24, **search)
     lines = []
     result = search_student(teacher=teacher, data=_tensors(), distill_cfg=DistillConfig(batch_size=12), cfg=cfg,
@@ -79,6 +79,29 @@ def test_budget_none_meets_is_refused_before_training(candidates_folder, tmp_pat
     message = str(info.value)
     assert info.value.exit_code == 2 and "\n" not in message
     assert "int8 p50 1.500 ms" in message and "int8 p50 <= 1 ms" in message
+
+
+def test_min_int8_speedup_keeps_the_students_that_int8_speeds_up(candidates_folder, tmp_path):
+    # all three within 1 ms; the largest, which would dominate, gains only 1.5x from int8
+    p50s, fp32s = [0.6, 0.5, 0.4], [1.8, 1.5, 0.6]
+    plain = _search(candidates_folder, tmp_path / "a", p50s, fp32s, latency_ms=1.0)[0]
+    assert plain.winner == TINY_SPACE[2]
+    asked, _ = _search(candidates_folder, tmp_path / "b", p50s, fp32s, latency_ms=1.0, min_int8_speedup=2.5)
+    assert asked.winner == TINY_SPACE[1]  # 3.0x, faster than the first, no longer dominated by the 1.5x one
+    assert [r["met"] for r in asked.rows] == [True, True, False]
+    assert asked.rows[2]["why"] == "int8 only 1.50x faster than its fp32 (min_int8_speedup)"
+    assert [r["int8_over_fp32"] for r in asked.rows] == pytest.approx([3.0, 3.0, 1.5])
+    assert "int8 at least 2.5x faster than the candidate's fp32" in asked.budget
+    assert "| 1.50x |" in candidates_table(asked.rows)
+    # none gains enough: refused before training, naming the one that gains most and the setting
+    with pytest.raises(ConfigError, match=r"of the 3 fast enough, edgenet basic stem16/2 16x1 gains most from "
+                                          r"int8, 3\.00x over its fp32 \(distill.search.min_int8_speedup 4\)"):
+        _search(candidates_folder, tmp_path / "c", p50s, fp32s, latency_ms=1.0, min_int8_speedup=4.0)
+    # a table without fp32 timings cannot answer it: refused with what to do
+    with pytest.raises(ConfigError, match="has no fp32_p50_ms .* time the candidates folder again"):
+        _search(candidates_folder, tmp_path / "d", p50s, latency_ms=1.0, min_int8_speedup=2.5)
+    with pytest.raises(ConfigError, match="min_int8_speedup must be > 0"):
+        SearchConfig(latency_ms=1.0, min_int8_speedup=0)
 
 
 def test_export_only_writes_the_candidates_folder_and_stops(candidates_folder, tmp_path):
@@ -142,6 +165,9 @@ def test_without_a_table_the_candidates_are_timed_here(candidates_folder, tmp_pa
     written = json.loads((folder / "latency-table.json").read_text())
     assert [r["id"] for r in written["candidates"]] == [r["id"] for r in result.rows]
     assert all(r["int8_p50_ms"] > 0 and r["reference_p50_ms"] > 0 for r in result.rows)
+    # each candidate's fp32 model timed in the same rounds: the int8 speed-up over it is in the table
+    assert all(r["fp32_p50_ms"] > 0 for r in written["candidates"])
+    assert all(r["int8_over_fp32"] == pytest.approx(r["fp32_p50_ms"] / r["int8_p50_ms"]) for r in result.rows)
 
 
 def _budget_device(budget_ms, p50s):
