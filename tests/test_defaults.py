@@ -48,7 +48,7 @@ def _reference_tables(text: str) -> dict[str, dict[str, str]]:
             section = heading.group(1) or "top"
             tables[section] = {}
             continue
-        row = re.match(r"\| `([a-z_]+)` \| `[^`]*` \| ([^|]*) \|", line)
+        row = re.match(r"\| `([a-z0-9_]+)` \| `[^`]*` \| ([^|]*) \|", line)
         if row and section is not None:
             tables[section][row.group(1)] = row.group(2).strip()
     return tables
