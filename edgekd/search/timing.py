@@ -43,8 +43,7 @@ def time_pairs(reference: Path, candidates: list[Path], *, input_shape, provider
     ref = pair(reference)
     warm_up(*ref, warmup=WARMUP, warmup_seconds=FIRST_WARMUP_SECONDS)
     rows = []
-    for i, path in enumerate(candidates):
-        float_path = (fp32 or [None] * len(candidates))[i]
+    for i, (path, float_path) in enumerate(zip(candidates, fp32 or [None] * len(candidates))):
         timed = [ref, pair(path), *([pair(float_path)] if float_path is not None else [])]
         for session, feed in timed:
             warm_up(session, feed, warmup=WARMUP)
