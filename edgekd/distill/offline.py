@@ -44,6 +44,7 @@ from edgekd.distill.responses import RESPONSES
 from edgekd.distill.terms import Capture, Term
 from edgekd.errors import ConfigError
 from edgekd.io.membudget import check_memory, memory_budget, over_budget
+from edgekd.models.inference import inference_copy
 from edgekd.train.compute import current
 from edgekd.train.evaluate import predict
 from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit
@@ -66,6 +67,8 @@ def kd_step(student: nn.Module, teacher: nn.Module, cfg, cached_logits: torch.Te
     or the teacher run on the very batch the student sees (mixed first with distill.mixup)."""
     response = RESPONSES.get(cfg.response)
     from_logits = getattr(response, "from_logits", None)
+    if cached_logits is None:  # frozen and run at every step: its inference copy, the same function faster
+        teacher = current().model(inference_copy(teacher))
 
     def step(images, labels, index):
         images, mix = mixed_batch(images, labels, cfg.mixup)

@@ -19,15 +19,22 @@ from edgekd.train.plumbing import RunOptions, TrainData
 
 class Recorder(nn.Module):
     """A model that keeps what each training-time forward saw: the input, whether gradients
-    were on and whether CPU autocast was."""
+    were on and whether CPU autocast was. It records from a forward pre-hook: a model with hooks
+    runs as itself, not as an inference copy with batch norms folded (edgekd.models.inference),
+    so the record is this object's."""
 
     def __init__(self, model: nn.Module, always: bool = False):
         super().__init__()
         self.model, self.always, self.seen = model, always, []
+        self.register_forward_pre_hook(self._record)
+
+    @staticmethod
+    def _record(self, args):
+        if self.training or self.always:
+            x = args[0]
+            self.seen.append((x.detach().clone(), torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
 
     def forward(self, x):
-        if self.training or self.always:
-            self.seen.append((x.detach().clone(), torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
         return self.model(x)
 
 

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from edgekd.errors import ConfigError
+from edgekd.models.inference import fold_batchnorm
 from edgekd.models.zoo import build_model
 from edgekd.quant.qat.export import export_qdq
 from edgekd.quant.qat.prepare import (
@@ -24,7 +25,6 @@ from edgekd.quant.qat.prepare import (
     SharedQuant,
     activation_quantizers,
     fake_quant_weight,
-    fold_batchnorm,
     prepare_qat,
     weight_scale,
 )

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekd.errors import ConfigError
+from edgekd.models.inference import fold_batchnorms
 
 ACTIVATION_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -70,19 +71,6 @@ _PASS_THROUGH_FUNCTIONS = (torch.flatten, F.max_pool2d, torch.reshape)
 
 
 _PASS_THROUGH_METHODS = ("view", "reshape", "flatten")
-
-
-@torch.no_grad()
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A Conv2d equal to bn(conv(x)) with bn in eval mode (running statistics):
-    w' = w * g / sqrt(var + eps) per output channel, b' = beta + (b - mean) * g / sqrt(var + eps)."""
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    folded.weight.copy_(conv.weight * factor.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    folded.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
-    return folded
 
 
 def weight_scale(weight: torch.Tensor, qmax: int = WEIGHT_QMAX) -> torch.Tensor:
@@ -242,14 +230,14 @@ def prepare_qat(model: nn.Module, *, activation_type: str = "uint8", reduce_rang
     except Exception as exc:  # fx raises many types for dynamic control flow
         raise ConfigError(f"QAT needs a model torch.fx can trace ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); use quantize.method: ptq") from exc
-    _fold_all_batchnorms(gm)
+    fold_batchnorms(gm)
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         if node.op == "call_module" and type(modules[node.target]) in (nn.Conv2d, nn.Linear):
             float_module = modules[node.target]
             quant = (QuantConv2d if isinstance(float_module, nn.Conv2d) else QuantLinear).from_float(float_module)
             quant.weight_qmax = 63 if reduce_range else WEIGHT_QMAX
-            _set_submodule(gm, node.target, quant)
+            gm.set_submodule(node.target, quant)
     modules = dict(gm.named_modules())
     leftover = [name for name, m in modules.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
@@ -285,28 +273,6 @@ def prepare_qat(model: nn.Module, *, activation_type: str = "uint8", reduce_rang
     gm.graph.lint()
     gm.recompile()
     return gm.train()
-
-
-def _fold_all_batchnorms(gm: torch.fx.GraphModule) -> None:
-    modules = dict(gm.named_modules())
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
-            continue
-        conv_node = node.args[0]
-        if not (isinstance(conv_node, torch.fx.Node) and conv_node.op == "call_module"
-                and type(modules[conv_node.target]) is nn.Conv2d and len(conv_node.users) == 1):
-            continue
-        _set_submodule(gm, conv_node.target, fold_batchnorm(modules[conv_node.target], modules[node.target]))
-        node.replace_all_uses_with(conv_node)
-        gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
-    gm.delete_all_unused_submodules()
-
-
-def _set_submodule(gm: nn.Module, target: str, module: nn.Module) -> None:
-    parent_name, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(parent_name) if parent_name else gm, name, module)
 
 
 def _is_relu(node, modules) -> bool:
