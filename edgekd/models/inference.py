@@ -14,6 +14,7 @@ The copy does not follow later changes to the model's weights: make a new one af
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import torch
@@ -28,38 +29,40 @@ __all__ = ["inference_copy", "fold_batchnorm", "fold_batchnorms"]
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A Conv2d equal to bn(conv(x)) with bn in eval mode (running statistics), on conv's device:
     w' = w * g / sqrt(var + eps) per output channel, b' = beta + (b - mean) * g / sqrt(var + eps)."""
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)  # affine=False: 1 and 0
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    factor = gamma / torch.sqrt(bn.running_var + bn.eps)
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
                        device=conv.weight.device, dtype=conv.weight.dtype)
     folded.weight.copy_(conv.weight * factor.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    folded.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
+    folded.bias.copy_(beta + (bias - bn.running_mean) * factor)
     return folded
 
 
 def fold_batchnorms(gm: torch.fx.GraphModule) -> None:
-    """Every BatchNorm2d whose input is a plain Conv2d's output (used by nothing else) folded
-    into that convolution, in place; the graph is recompiled and the unused modules dropped."""
+    """Every BatchNorm2d with running statistics whose input is a plain Conv2d's output (used by
+    nothing else) folded into that convolution, in place; the graph is recompiled and the unused
+    modules dropped. Exact types only: a subclass may compute more than it (timm's BatchNormAct2d)."""
     modules = dict(gm.named_modules())
+    calls = collections.Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+        if node.op != "call_module" or type(modules[node.target]) is not nn.BatchNorm2d or calls[node.target] > 1:
+            continue
+        if modules[node.target].running_var is None:  # normalizes with the batch's statistics even in eval mode
             continue
         conv_node = node.args[0]
         if not (isinstance(conv_node, torch.fx.Node) and conv_node.op == "call_module"
-                and type(modules[conv_node.target]) is nn.Conv2d and len(conv_node.users) == 1):
+                and type(modules[conv_node.target]) is nn.Conv2d and len(conv_node.users) == 1
+                and calls[conv_node.target] == 1):  # a layer run twice would get the fold at both places
             continue
-        _set_submodule(gm, conv_node.target, fold_batchnorm(modules[conv_node.target], modules[node.target]))
+        gm.set_submodule(conv_node.target, fold_batchnorm(modules[conv_node.target], modules[node.target]))
         node.replace_all_uses_with(conv_node)
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
-
-
-def _set_submodule(gm: nn.Module, target: str, module: nn.Module) -> None:
-    parent_name, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(parent_name) if parent_name else gm, name, module)
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
@@ -81,6 +84,8 @@ def inference_copy(model: nn.Module) -> nn.Module:
         except Exception:  # fx raises many types for dynamic control flow: run it unfolded
             return form
         fold_batchnorms(traced)
+        for parameter in traced.parameters():  # frozen, as the model it copies is at inference
+            parameter.requires_grad_(False)
         return traced.eval()
     finally:
         model.train(was_training)

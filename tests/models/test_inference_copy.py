@@ -18,9 +18,10 @@ def _with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     """Batch norms with non-trivial running statistics and affine parameters (as after training)."""
     generator = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
             m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.3)
             m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+        if isinstance(m, nn.BatchNorm2d) and m.affine:
             with torch.no_grad():
                 m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
@@ -98,3 +99,33 @@ def test_predict_gives_the_eval_mode_logits():
     assert model.training
     with torch.no_grad():
         torch.testing.assert_close(logits, model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+class _Odd(nn.Module):
+    """Batch norms folding must leave or handle: without affine parameters (folds as scale 1,
+    shift 0), without running statistics (eval mode uses the batch's: left), and a convolution
+    run twice (folding the norm after one call would change the other: left)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.bn_a = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False)
+        self.conv_b, self.bn_b = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False)
+        self.conv_c, self.bn_c = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.bn_a(self.conv_a(x))
+        x = self.bn_b(self.conv_b(x))
+        x = self.bn_c(self.conv_c(x)) + self.conv_c(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_folds_only_what_keeps_the_function():
+    model = _with_statistics(_Odd())
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    copy = inference_copy(model)
+    left = {type(m).__name__ + str(m.track_running_stats) for m in copy.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert left == {"BatchNorm2dFalse", "BatchNorm2dTrue"}  # bn_b and bn_c stay; bn_a is folded
+    assert not any(p.requires_grad for p in copy.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), model.eval()(x), atol=1e-5, rtol=1e-5)
