@@ -205,6 +205,8 @@ def _distill(student, teachers, data: TrainData, cfg, run: RunOptions, teacher_c
     teacher_capture = Capture(teachers[0], [n for term in terms for n in term.teacher])
     try:
         model = _attach_term_modules(student, teachers[0], terms, train_x[:2], student_capture, teacher_capture, seed)
+        if not terms:  # several frozen teachers, no hooks reading their layers: their inference copies
+            teachers = [current().model(inference_copy(t)) for t in teachers]
         targets = TeacherTargets(teachers, terms, teacher_capture, cfg.temperature)
         if cfg.caches_teacher():
             limit = min(TEACHER_CACHE_BYTES, memory_budget())

@@ -86,8 +86,8 @@ class EdgeNet(nn.Module):
                  stages=DEFAULT_STAGES, block: str = "basic", expand: int = 4):
         super().__init__()
         stages = check_edgenet_args(stem, stem_stride, stages, block, expand)
-        self.stem = (RepConv(in_channels, stem, stem_stride, asymmetric=block == "rep_ac") if block in REP_BLOCKS
-                     else conv_bn_relu(in_channels, stem, stem_stride))
+        self.stem = (_block(block, in_channels, stem, stem_stride, expand) if block in REP_BLOCKS
+                     else conv_bn_relu(in_channels, stem, stem_stride))  # a rep student's stem has branches too
         layers, in_ch = [], stem
         for depth, width, stride in stages:
             for i in range(depth):

@@ -224,7 +224,8 @@ def prepare_qat(model: nn.Module, *, activation_type: str = "uint8", reduce_rang
         raise ConfigError(f"QAT activation type must be uint8 or int8, got '{activation_type}'")
     from edgekd.models.blocks import deployed
 
-    source = copy.deepcopy(deployed(model)).eval()  # RepConv branches fused: QAT learns the deployed kernels
+    source = deployed(model)  # RepConv branches fused: QAT learns the deployed kernels
+    source = (copy.deepcopy(model) if source is model else source).eval()  # a copy either way: model stays
     try:
         gm = torch.fx.symbolic_trace(source)
     except Exception as exc:  # fx raises many types for dynamic control flow
