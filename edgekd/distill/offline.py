@@ -62,13 +62,20 @@ def logits_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+def _frozen_runner(teacher: nn.Module) -> nn.Module:
+    """What runs a frozen teacher at every step: its inference copy (the same function, faster),
+    where the run computes; the teacher itself, not moved, where there is no copy to make."""
+    runner = inference_copy(teacher)
+    return teacher if runner is teacher else current().model(runner)
+
+
 def kd_step(student: nn.Module, teacher: nn.Module, cfg, cached_logits: torch.Tensor | None) -> StepFn:
     """The response loss from one teacher (the default recipe's path: Hinton KD): cached logits,
     or the teacher run on the very batch the student sees (mixed first with distill.mixup)."""
     response = RESPONSES.get(cfg.response)
     from_logits = getattr(response, "from_logits", None)
-    if cached_logits is None:  # frozen and run at every step: its inference copy, the same function faster
-        teacher = current().model(inference_copy(teacher))
+    if cached_logits is None:  # run at every step
+        teacher = _frozen_runner(teacher)
 
     def step(images, labels, index):
         images, mix = mixed_batch(images, labels, cfg.mixup)
@@ -206,7 +213,7 @@ def _distill(student, teachers, data: TrainData, cfg, run: RunOptions, teacher_c
     try:
         model = _attach_term_modules(student, teachers[0], terms, train_x[:2], student_capture, teacher_capture, seed)
         if not terms:  # several frozen teachers, no hooks reading their layers: their inference copies
-            teachers = [current().model(inference_copy(t)) for t in teachers]
+            teachers = [_frozen_runner(t) for t in teachers]
         targets = TeacherTargets(teachers, terms, teacher_capture, cfg.temperature)
         if cfg.caches_teacher():
             limit = min(TEACHER_CACHE_BYTES, memory_budget())

@@ -9,7 +9,7 @@ on 2 cores (benchmarks/results/training-overheads.md): the headline ResNet-20 te
 1.2x faster, val accuracy of the edgenet rep_ac student 4.6x.
 
 The copy does not follow later changes to the model's weights: make a new one after training.
-`fold_batchnorm` and `fold_batchnorms` are also QAT's first step (edgekd.quant.qat.prepare).
+`deployed_graph` and `fold_batchnorms` are also QAT's first step (edgekd.quant.qat.prepare).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from edgekd.models.blocks import deployed
 
-__all__ = ["inference_copy", "fold_batchnorm", "fold_batchnorms"]
+__all__ = ["deployed_graph", "inference_copy", "fold_batchnorm", "fold_batchnorms"]
 
 
 @torch.no_grad()
@@ -65,6 +65,15 @@ def fold_batchnorms(gm: torch.fx.GraphModule) -> None:
     gm.delete_all_unused_submodules()
 
 
+def deployed_graph(model: nn.Module) -> torch.fx.GraphModule:
+    """A torch.fx trace of a copy of `model` as it is deployed (RepConv branches fused), in eval
+    mode; `model` itself is left as it is. Raises what fx raises for a model it cannot trace
+    (many types, for dynamic control flow). QAT rewrites this graph; inference_copy folds it."""
+    form = deployed(model)  # a copy when there are branches to fuse
+    own = copy.deepcopy(model) if form is model else form  # the trace holds its layers: they must be a copy's
+    return torch.fx.symbolic_trace(own.eval())
+
+
 def inference_copy(model: nn.Module) -> nn.Module:
     """`model` in eval mode, RepConv branches fused and batch norms folded into their
     convolutions, as a copy; `model` itself is left as it was (mode included). The folding needs
@@ -75,14 +84,12 @@ def inference_copy(model: nn.Module) -> nn.Module:
     was_training = model.training
     model.eval()
     try:
-        form = deployed(model)  # a copy when there are branches to fuse
-        if not _foldable(form):
-            return form
-        own = copy.deepcopy(form) if form is model else form  # the trace holds its layers: fold a copy
+        if not _foldable(model):
+            return deployed(model)
         try:
-            traced = torch.fx.symbolic_trace(own)
+            traced = deployed_graph(model)
         except Exception:  # fx raises many types for dynamic control flow: run it unfolded
-            return form
+            return deployed(model)
         fold_batchnorms(traced)
         for parameter in traced.parameters():  # frozen, as the model it copies is at inference
             parameter.requires_grad_(False)

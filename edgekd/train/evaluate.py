@@ -29,7 +29,6 @@ def predict(model: nn.Module, x, batch_size: int = 1024, *, full_precision: bool
     parts = []
     with compute.borrowed(model):
         runner = compute.model(inference_copy(model))  # the same function, batch norms folded: faster
-        runner.eval()
         for images in as_source(x).images(batch_size):
             with compute.autocast():
                 parts.append(runner(compute.batch(images)).float().cpu())

@@ -24,7 +24,6 @@ ONNX exporter translates one to one.
 
 from __future__ import annotations
 
-import copy
 import operator
 
 import numpy as np
@@ -33,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekd.errors import ConfigError
-from edgekd.models.inference import fold_batchnorms
+from edgekd.models.inference import deployed_graph, fold_batchnorms
 
 ACTIVATION_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -222,12 +221,8 @@ def prepare_qat(model: nn.Module, *, activation_type: str = "uint8", reduce_rang
     pooling; after the ReLU when one follows). The result is in train mode, not yet calibrated."""
     if activation_type not in ACTIVATION_RANGES:
         raise ConfigError(f"QAT activation type must be uint8 or int8, got '{activation_type}'")
-    from edgekd.models.blocks import deployed
-
-    source = deployed(model)  # RepConv branches fused: QAT learns the deployed kernels
-    source = (copy.deepcopy(model) if source is model else source).eval()  # a copy either way: model stays
     try:
-        gm = torch.fx.symbolic_trace(source)
+        gm = deployed_graph(model)  # RepConv branches fused: QAT learns the deployed kernels
     except Exception as exc:  # fx raises many types for dynamic control flow
         raise ConfigError(f"QAT needs a model torch.fx can trace ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); use quantize.method: ptq") from exc
