@@ -1,13 +1,15 @@
 """What the training loop spends besides the student's own step, before and after it was cut, side by side.
 
-Three pairs, each timed interleaved in one process (one of a pair, then the other, --rounds
+Four pairs, each timed interleaved in one process (one of a pair, then the other, --rounds
 times; the median), on the CPU with the run's threads (--threads):
 - the headline ResNet-20 teacher's forward on a batch of 128 (bf16 autocast, channels_last, as a
   distillation teacher runs at every step): the model as trained vs its inference copy
   (edgekd.models.inference: batch norms folded into the convolutions);
 - val accuracy of the edgenet rep_ac student found by the search (`stem48/2 48x2-96x2/2`) on 6,000
   images in fp32 (what the loop does after every epoch): its training form (four branches per
-  layer) vs its inference copy (one convolution per layer);
+  layer, 1,024 images per pass) vs its inference copy (one convolution per layer) as predict() runs it;
+- the teacher's val accuracy the same way (its inference copy in fp32): 1,024 images per forward
+  pass vs predict()'s EVAL_BATCH (256);
 - one AdamW step over that student's parameters: torch's per-tensor loop vs its fused kernel.
 Weights are random (the cost does not depend on them). Writes
 benchmarks/results/training-overheads.{json,md}.
@@ -47,7 +49,7 @@ def main() -> None:
     from edgekd.models.inference import inference_copy
     from edgekd.models.zoo import build_model
     from edgekd.train.compute import Compute, use
-    from edgekd.train.evaluate import accuracy
+    from edgekd.train.evaluate import EVAL_BATCH, accuracy, predict
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -78,6 +80,11 @@ def main() -> None:
                 student.train()
         return run
 
+    def teacher_val(batch_size: int):
+        def run():
+            (predict(teacher, images, batch_size, full_precision=True).argmax(1) == labels).float().mean()
+        return run
+
     def adamw(**options):
         params = [p.detach().clone().requires_grad_() for p in student.parameters()]
         for p in params:
@@ -92,6 +99,8 @@ def main() -> None:
                 {"before": forward(teacher), "after": forward(teacher_copy)}, args.rounds),
             f"rep_ac student val accuracy ({args.val_images:,} images, fp32)": interleaved(
                 {"before": val(copy=False), "after": val(copy=True)}, max(5, args.rounds // 5)),
+            f"teacher val accuracy ({args.val_images:,} images, fp32; 1,024 vs {EVAL_BATCH} per pass)": interleaved(
+                {"before": teacher_val(1024), "after": teacher_val(EVAL_BATCH)}, max(5, args.rounds // 5)),
             f"AdamW step ({sum(1 for _ in student.parameters())} tensors)": interleaved(
                 {"before": adamw(), "after": adamw(fused=True)}, args.rounds),
         }
@@ -102,9 +111,10 @@ def main() -> None:
     md = "\n".join([
         "# What the training loop spends besides the student's step", "",
         f"Command: `{out['command']}`. " + machine_line(out["machine"], "torch") + f"; {args.threads} threads.", "",
-        "Before: the teacher and the val model run as trained (batch norms, RepConv branches), AdamW's per-tensor "
-        "loop. After: their inference copies (edgekd.models.inference) and the fused AdamW. Each pair timed "
-        "interleaved in one process; medians.", "",
+        "Before: the teacher and the val model run as trained (batch norms, RepConv branches), val in passes of "
+        f"1,024 images, AdamW's per-tensor loop. After: their inference copies (edgekd.models.inference), val in "
+        f"passes of {EVAL_BATCH} (the same logits, bit for bit), the fused AdamW. Each pair timed interleaved in one "
+        "process; medians.", "",
         *table(["what", "before ms", "after ms", "speed-up"], "lrrr", rows), "",
     ])
     write_results(RESULTS, "training-overheads", out, md)
