@@ -9,7 +9,9 @@ several teachers' (multi-teacher), and the terms are feature- and relation-based
 (FitNets, attention transfer, RKD, similarity-preserving, or a kind registered in TERMS)
 read from named layers with forward hooks; feature terms always use the first teacher.
 
-The teachers are frozen and in eval mode, run under torch.no_grad, in the training
+The teachers are frozen and in eval mode while they teach (`frozen`: then given back as they
+were, for a teacher may train later: born-again's generation k teaches k + 1 and can be the
+student that pruning or QAT fine-tunes), run under torch.no_grad, in the training
 precision (the step runs inside the training loop's autocast; edgekd.train.compute).
 distill.teacher_outputs says what they see. By default (auto), when the inputs are neither
 augmented nor mixed, what the loss needs from them (soft targets, and the per-sample targets
@@ -60,6 +62,23 @@ def logits_device(model: nn.Module) -> torch.device:
     """Where a model computes (its first parameter's device; the CPU for a parameterless one)."""
     first = next(iter(model.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def frozen(models: Sequence[nn.Module]):
+    """The models in eval mode and without gradients for the block, then back in the mode and with
+    the requires_grad flags they had."""
+    saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in models]
+    for m in models:
+        m.eval()
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, training, flags in saved:
+            m.train(training)
+            for p, flag in zip(m.parameters(), flags):
+                p.requires_grad_(flag)
 
 
 def _frozen_runner(teacher: nn.Module) -> nn.Module:
@@ -183,12 +202,9 @@ def distill(student: nn.Module, teacher: nn.Module | Sequence[nn.Module], data: 
     images (None: a fresh one).
     """
     teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-    for t in teachers:
-        t.eval()
-        for p in t.parameters():
-            p.requires_grad_(False)
     compute = current()
     with contextlib.ExitStack() as on_device:  # the teachers run where the student trains, then come back
+        on_device.enter_context(frozen(teachers))
         for t in teachers:
             on_device.enter_context(compute.borrowed(t))
         return _distill(student, teachers, data, cfg, run.with_(desc="distill"), teacher_cache)

@@ -136,9 +136,9 @@ def test_distill_leaves_the_teacher_untouched(make_tiny_cnn, kd_data, augment):
     assert len(result.epochs) == 2
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
-    for p in teacher.parameters():
-        assert p.requires_grad is False and p.grad is None
-    assert teacher.training is False
+    for p in teacher.parameters():  # frozen while it taught, given back as it came (train mode, trainable)
+        assert p.requires_grad is True and p.grad is None
+    assert teacher.training is True
     # while the student was trained: every one of its parameters received a gradient
     assert all(p.grad is not None for p in student.parameters())
 
@@ -215,8 +215,8 @@ def test_feature_terms_and_two_teachers_leave_the_teachers_untouched(make_tiny_c
     for teacher, saved in zip(teachers, before):
         for key, value in teacher.state_dict().items():
             assert torch.equal(value, saved[key]), key
-        assert teacher.training is False
-        assert all(p.requires_grad is False and p.grad is None for p in teacher.parameters())
+        assert teacher.training is True  # given back as they came: train mode, trainable, never given a gradient
+        assert all(p.requires_grad is True and p.grad is None for p in teacher.parameters())
         assert no_hooks_left(teacher)
     assert all(p.grad is not None for p in student.parameters())
     # the regressor trained alongside, but the student is only the student, without hooks

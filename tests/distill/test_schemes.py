@@ -169,6 +169,25 @@ def test_born_again_generations_start_fresh_and_learn_from_the_previous(separabl
     assert len(tops) == 3 and min(tops) >= 90.0  # each learned from its teacher
     best = tops.index(max(tops))
     assert result.details["best_generation"] == best + 1 and result.student is (gen1, gen2, gen3)[best]
+    # a generation that taught the next is given back trainable: the best one is fine-tuned later
+    # (pruning, QAT), and its frozen parameters made that fail ("does not require grad")
+    for model in (gen1, gen2, gen3):
+        assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_distill_gives_the_teacher_back_as_it_was(separable):
+    """The teacher is frozen and in eval mode while it teaches, then has its own mode and
+    requires_grad flags again (mixed ones included)."""
+    from edgekd.distill.offline import distill
+
+    teacher = _fixed_linear(+1.0).train()
+    teacher.bias.requires_grad_(False)
+    seen = []
+    teacher.register_forward_pre_hook(lambda m, _: seen.append((m.training, m.weight.requires_grad)))
+    torch.manual_seed(0)
+    distill(nn.Linear(2, 2), teacher, TrainData.of(**separable), cfg(epochs=1), RunOptions(progress=False))
+    assert seen and set(seen) == {(False, False)}  # while teaching
+    assert teacher.training and teacher.weight.requires_grad and not teacher.bias.requires_grad
 
 
 def test_born_again_without_teacher_trains_generation_one_on_labels(separable):

@@ -46,15 +46,12 @@ def qat(qmodel: nn.Module, teacher: nn.Module, data: TrainData, cfg, run: RunOpt
     import math
 
     from edgekd.distill.config import DistillConfig
-    from edgekd.distill.offline import kd_step
+    from edgekd.distill.offline import frozen, kd_step
     from edgekd.train.evaluate import accuracy, predict
     from edgekd.train.loop import fit
 
     start = time.perf_counter()
     calibrate(qmodel, calib_images)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     cached = None if cfg.augment else predict(teacher, data.train_x)
     total_steps = cfg.epochs * max(1, math.ceil(len(data.train) / cfg.batch_size))
     observe_steps = int(round(cfg.observe_fraction * total_steps))
@@ -70,7 +67,8 @@ def qat(qmodel: nn.Module, teacher: nn.Module, data: TrainData, cfg, run: RunOpt
 
     if observe_steps == 0:
         set_observing(qmodel, False)
-    result = fit(qmodel, step, data, cfg, run.with_(desc="qat"))
+    with frozen([teacher]):  # given back as it was: the teacher may be a model that trains later
+        result = fit(qmodel, step, data, cfg, run.with_(desc="qat"))
     set_observing(qmodel, False)  # fit restored the best epoch's buffers; never observe again
     qmodel.eval()
     quantizers = activation_quantizers(qmodel)
