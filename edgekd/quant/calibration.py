@@ -62,8 +62,13 @@ class Calibrator:
 CALIBRATORS: Registry[Union[Calibrator, Callable]] = Registry("calibration method")
 
 CALIBRATORS.register("minmax", Calibrator(ort_method="MinMax", description="each tensor's min and max"))
+# quantize_static builds ONNX Runtime's Entropy calibrator with 128 histogram bins for 128 quantized
+# ones: its KL search has a single candidate, the whole range, so the ranges are min-max. A real KL
+# search (2,048 bins, TensorRT's method) was tried and not kept: it clipped the default run's first
+# ReLU at 0.6-2.5 of its 5.9 (with 128 or 255 levels), and int8 lost 4.5-16 val points.
 CALIBRATORS.register("entropy", Calibrator(ort_method="Entropy",
-                                           description="the range that minimizes the KL divergence of the histogram"))
+                                           description="ONNX Runtime's KL calibrator as quantize_static builds "
+                                                       "it (128 bins: in effect each tensor's min and max)"))
 CALIBRATORS.register("percentile", Calibrator(ort_method="Percentile",
                                               description="the 99.999th percentile of each tensor's absolute values"))
 
