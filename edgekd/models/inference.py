@@ -6,7 +6,7 @@ that convolution's weights and bias (traced with torch.fx), as ONNX Runtime does
 exported graph. The training loop's per-epoch val accuracy and a distillation teacher that
 runs at every step use it: they run a model many times between weight changes. Side by side
 on 2 cores (benchmarks/results/training-overheads.md): the headline ResNet-20 teacher's forward
-1.2x faster, val accuracy of the edgenet rep_ac student 4.6x.
+1.2x faster, val accuracy of the edgenet rep_ac student 4.2x.
 
 The copy does not follow later changes to the model's weights: make a new one after training.
 `deployed_graph` and `fold_batchnorms` are also QAT's first step (edgekd.quant.qat.prepare).
