@@ -15,6 +15,7 @@ The copy does not follow later changes to the model's weights: make a new one af
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 
 import torch
@@ -22,7 +23,20 @@ from torch import nn
 
 from edgekd.models.blocks import deployed
 
-__all__ = ["deployed_graph", "inference_copy", "fold_batchnorm", "fold_batchnorms"]
+__all__ = ["deployed_graph", "evaluating", "inference_copy", "fold_batchnorm", "fold_batchnorms"]
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """`model` in eval mode for the block, then each of its modules back in the mode it had (a
+    model may hold some layers in eval mode while the rest trains)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @torch.no_grad()
@@ -69,7 +83,11 @@ def deployed_graph(model: nn.Module) -> torch.fx.GraphModule:
     """A torch.fx trace of a copy of `model` as it is deployed (RepConv branches fused), in eval
     mode; `model` itself is left as it is. Raises what fx raises for a model it cannot trace
     (many types, for dynamic control flow). QAT rewrites this graph; inference_copy folds it."""
-    form = deployed(model)  # a copy when there are branches to fuse
+    return _traced(deployed(model), model)
+
+
+def _traced(form: nn.Module, model: nn.Module) -> torch.fx.GraphModule:
+    """The trace of `form`, model's deployed form (model itself when it has no branches to fuse)."""
     own = copy.deepcopy(model) if form is model else form  # the trace holds its layers: they must be a copy's
     return torch.fx.symbolic_trace(own.eval())
 
@@ -81,21 +99,18 @@ def inference_copy(model: nn.Module) -> nn.Module:
     layers): otherwise only the branches are fused, or, with none, `model` itself is returned,
     which the caller runs in eval mode. The copy's layers may be on the CPU in the standard
     layout: the caller moves it where it computes (edgekd.train.compute.Compute.model)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
+        form = deployed(model)  # a copy when there are branches to fuse
         if not _foldable(model):
-            return deployed(model)
+            return form
         try:
-            traced = deployed_graph(model)
+            traced = _traced(form, model)
         except Exception:  # fx raises many types for dynamic control flow: run it unfolded
-            return deployed(model)
+            return form
         fold_batchnorms(traced)
         for parameter in traced.parameters():  # frozen, as the model it copies is at inference
             parameter.requires_grad_(False)
         return traced.eval()
-    finally:
-        model.train(was_training)
 
 
 def _foldable(model: nn.Module) -> bool:
