@@ -50,13 +50,10 @@ class _PeakBytes(TorchDispatchMode):
 def forward_peak(model: torch.nn.Module, input_shape) -> tuple[int, int]:
     """(spatial, other) peak bytes of one eval-mode forward of `model` on one zero sample of
     `input_shape` (C, H, W)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _PeakBytes() as seen:
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
+    from edgekd.models.inference import evaluating
+
+    with evaluating(model), torch.no_grad(), _PeakBytes() as seen:
+        model(torch.zeros(1, *input_shape))
     return seen.peak[0], seen.peak[1]
 
 

@@ -45,35 +45,35 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor], *,
     # Not torch.optim.swa_utils.update_bn: it resets every batch-norm layer, frozen ones too
     # (a wrapper that keeps them in eval mode loses their pretrained statistics), runs with
     # dropout on, takes no image cap or autocast, and an empty loader leaves the statistics reset.
-    was_training = model.training
-    model.train()
-    layers = [m for m in batch_norm_layers(model) if m.training]
-    if not layers:
-        model.train(was_training)
-        return 0
-    saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in layers]
-    model.eval()
-    for m in layers:
-        m.train()
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: every batch counts the same
-    seen = 0
-    try:
-        for images in batches:
-            if len(images) < 2:
-                continue
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                model(images)
-            seen += len(images)
-            if seen >= max_images:
-                break
-    finally:
-        for m, momentum, mean, var, count in saved:
-            m.momentum = momentum
-            if seen == 0:
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
-        model.train(was_training)
+    from edgekd.models.inference import modes_kept
+
+    with modes_kept(model):  # each layer back in its own mode afterwards
+        model.train()
+        layers = [m for m in batch_norm_layers(model) if m.training]
+        if not layers:
+            return 0
+        saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                 for m in layers]
+        model.eval()
+        for m in layers:
+            m.train()
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: every batch counts the same
+        seen = 0
+        try:
+            for images in batches:
+                if len(images) < 2:
+                    continue
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    model(images)
+                seen += len(images)
+                if seen >= max_images:
+                    break
+        finally:
+            for m, momentum, mean, var, count in saved:
+                m.momentum = momentum
+                if seen == 0:
+                    m.running_mean.copy_(mean)
+                    m.running_var.copy_(var)
+                    m.num_batches_tracked.copy_(count)
     return seen

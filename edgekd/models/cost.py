@@ -22,13 +22,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from edgekd.models.blocks import deployed
+    from edgekd.models.inference import evaluating
 
     model = deployed(model)  # counted as exported: RepConv branches fused
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape))
     return int(counter.get_total_flops()) // 2

@@ -23,20 +23,27 @@ from torch import nn
 
 from edgekd.models.blocks import deployed
 
-__all__ = ["deployed_graph", "evaluating", "inference_copy", "fold_batchnorm", "fold_batchnorms"]
+__all__ = ["deployed_graph", "evaluating", "inference_copy", "fold_batchnorm", "fold_batchnorms", "modes_kept"]
 
 
 @contextlib.contextmanager
-def evaluating(model: nn.Module):
-    """`model` in eval mode for the block, then each of its modules back in the mode it had (a
-    model may hold some layers in eval mode while the rest trains)."""
+def modes_kept(model: nn.Module):
+    """After the block, each of `model`'s modules back in the mode it had (a model may hold some
+    layers in eval mode while the rest trains: `model.train(flag)` would set them all alike)."""
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     try:
         yield model
     finally:
         for module, training in modes:
             module.training = training
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """`model` in eval mode for the block, then each of its modules back in the mode it had."""
+    with modes_kept(model):
+        model.eval()
+        yield model
 
 
 @torch.no_grad()

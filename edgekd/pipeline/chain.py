@@ -28,7 +28,7 @@ from edgekd.pipeline import stage_inputs
 from edgekd.pipeline.context import Context, StageResult, logger
 from edgekd.pipeline.epoch_log import remove_epoch_files
 from edgekd.pipeline.layout import CHECKPOINTS, LOCK_FILE, RECIPE_FILE, STAGES
-from edgekd.pipeline.preflight import preflight
+from edgekd.pipeline.preflight import advice, preflight
 from edgekd.pipeline.resume import check_changes, check_data, record_changes, stage_notes
 from edgekd.pipeline.rundir import check_inputs_outside, check_new_run_dir, check_resume_dir, run_folders, run_lock
 from edgekd.pipeline.runstate import (
@@ -187,6 +187,8 @@ def _compress(recipe: Recipe, run_dir: str | Path, *, resume: bool, force: bool,
             raise ConfigError(f"run directory '{run_dir}' was filled by another run while this one started; "
                               "give another --out")
         log(f"run directory: {real}")
+        for note in advice(recipe):
+            log(f"warning: {note}")
         for folder in run_folders(real):  # temp files of a process killed mid-write (SIGKILL)
             remove_temp_files(folder)
         if not resume:

@@ -76,6 +76,25 @@ def preflight(recipe: Recipe, store, done=()) -> None:
         check_values(recipe, store, student, done)
 
 
+def advice(recipe: Recipe) -> list[str]:
+    """Settings that run but that measurements advise against: warnings logged when the run
+    starts, before any training (not errors: the run goes on)."""
+    from edgekd.models.family import PTQ_SENSITIVE_BLOCKS
+    from edgekd.search.config import AUTO
+
+    notes = []
+    d, q = recipe.distill, recipe.quantize
+    if q.enabled and q.method == "ptq":
+        named = d.arch == "edgenet" and (d.arch_args or {}).get("block") in PTQ_SENSITIVE_BLOCKS
+        searched = [b for b in d.search.blocks if b in PTQ_SENSITIVE_BLOCKS] if d.arch == AUTO else []
+        if named or searched:
+            which = (f"the student's block {d.arch_args['block']}" if named else
+                     f"distill.search.blocks names {', '.join(searched)}, and a student the search chooses from them")
+            notes.append(f"{which} fuses its branches into kernels that post-training int8 quantizes badly (a "
+                         "rep_ac student lost up to 6 val points on Fashion-MNIST); set quantize.method: qat")
+    return notes
+
+
 def check_batch_sizes(recipe: Recipe, images: int, image_shape) -> None:
     """Every batch a stage will hold fits in memory (edgekd.data.base.check_batch_memory)."""
     from edgekd.data.base import check_batch_memory
