@@ -51,8 +51,7 @@ def run(out: Path, seed: int, threads: int) -> float | None:
 def markdown(out: dict) -> str:
     r = out["report"]
     rows = [[name, f"{seconds:.0f}", f"{seconds / 60:.1f}"] for name, seconds in out["stage_seconds"].items()]
-    wall = out["wall_seconds"]
-    total = wall if wall is not None else sum(out["stage_seconds"].values())
+    wall, total = out["wall_seconds"], minutes_counted(out) * 60
     return "\n".join([
         "# The whole headline recipe with `distill.arch: auto` (issue 27's time item)", "",
         f"Command: `{out['command']}`. " + machine_line(out["machine"], "torch") + ".", "",
@@ -67,6 +66,12 @@ def markdown(out: dict) -> str:
         f"Found: {r['student']} ({r['params']:,} params); test top-1 teacher {r['teacher_top1']:.2f}%, student "
         f"fp32 {r['fp32_top1']:.2f}%, int8 (QAT) {r['int8_top1']:.2f}%. Search: {r['search_message']}.",
     ]) + "\n"
+
+
+def minutes_counted(out: dict) -> float:
+    """The command's wall time, or the sum of its stages where an earlier invocation ran it."""
+    wall = out["wall_seconds"]
+    return (wall if wall is not None else sum(out["stage_seconds"].values())) / 60
 
 
 def read_report(run_dir: Path) -> dict:
@@ -95,7 +100,7 @@ def main() -> None:
     out = {"command": command(), "machine": machine_with_torch(), "seed": args.seed, "threads": args.threads,
            "settings": AUTO_SETTINGS, "wall_seconds": wall, "load_average": clock.load_average(),
            "stage_seconds": report.pop("stage_seconds"), "report": report}
-    out["met"] = (wall if wall is not None else sum(out["stage_seconds"].values())) <= MINUTES * 60
+    out["met"] = minutes_counted(out) <= MINUTES
     write_results(RESULTS, "auto-recipe-time", out, markdown(out))
     print(markdown(out))
 

@@ -25,10 +25,10 @@ from torch import nn
 
 from edgekd.errors import ConfigError
 from edgekd.models.blocks import BasicBlock, InvertedResidual, RepConv, add_classifier, classify, conv_bn_relu
+from edgekd.models.family_blocks import BLOCKS
 from edgekd.models.registry import ARCHITECTURES
 
 CHANNEL_MULTIPLE = 16  # what the int8 kernels like; other counts are padded inside them
-BLOCKS = ("basic", "plain", "rep", "rep_ac", "inverted")
 MAX_WIDTH = 1024
 MAX_DEPTH = 16
 MAX_STAGES = 8

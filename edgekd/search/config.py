@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from edgekd.configtools import check_flag, check_name, check_number, require, shown
+from edgekd.models.family_blocks import BLOCKS
 from edgekd.runtime.config import BenchConfig
 
 MAX_LATENCY_MS = 3_600_000.0
@@ -14,7 +15,6 @@ MAX_SPEEDUP = 1000.0
 MAX_INT8_SPEEDUP = 100.0
 MAX_PROXY_EPOCHS = 100
 MAX_PROXY_IMAGES = 10**8
-BLOCKS = ("basic", "plain", "rep", "rep_ac", "inverted")
 # plain and rep are asked for by name: after 5 epochs on Fashion-MNIST, plain students were 0.7-1.2
 # points below a residual one of as many parameters (benchmarks/results/student-search.md); the rep
 # student distilled in full was 0.1 below the basic one the search chose (student-named-rep.md)
