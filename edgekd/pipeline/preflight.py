@@ -17,6 +17,9 @@ expensive stages.
 
 Stages already completed (`done`, on --resume) are not checked again: their inputs were
 checked when they ran, and may be gone since.
+
+`advice(recipe)`: settings that run but that measurements advise against (a rep_ac student
+quantized after training), logged as warnings when the run starts; not errors.
 """
 
 from __future__ import annotations
