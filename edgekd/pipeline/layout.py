@@ -20,6 +20,11 @@ DATA_FINGERPRINT = "state/data-fingerprint.json.gz"  # the data stage's file lis
 CHECKPOINTS = {"teacher": "state/teacher.ckpt", "distill": "state/distill.ckpt"}  # per-epoch training state
 BASELINE_CHECKPOINT = "state/distill.baseline.ckpt"  # removed with the distill stage's (chain._checkpoint_files)
 LOCK_FILE = "state/run.lock"  # held (flock) while a run uses the directory; names the holder
+# distill.arch auto (edgekd.search): the candidates as exported (a device times them from here), the
+# search's record there (an interrupted distill stage resumes with the same student), its plot
+SEARCH_CANDIDATES = "search-candidates"
+SEARCH_RECORD = "search-candidates/search.json"
+SEARCH_PLOT = "search.png"
 RUNS_FOLDER = "runs"  # where runs go without --out: runs/NAME, runs/NAME-2, ...
 # distill.extra_teachers[i - 1] (multi-teacher KD): the name with .format(i)
 EXTRA_TEACHER_WEIGHTS = "teacher.extra{}.safetensors"

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from edgekd.io.artifacts import atomic_write_text
+from edgekd.pipeline.layout import SEARCH_PLOT
 from edgekd.pipeline.plots import curves_plot, pareto_plot_models
 from edgekd.pipeline.report_checks import (
     low_confidence_legend,
@@ -29,7 +30,7 @@ from edgekd.pipeline.report_distill import (
 )
 from edgekd.pipeline.report_stages import stages_section
 from edgekd.runtime.bench_output import format_count, format_size
-from edgekd.search.report import SEARCH_PLOT, search_plot, search_section
+from edgekd.search.report import search_plot, search_section
 
 SCHEMA = "edgekd.report/1"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SEARCH_PLOT = "search.png"
+from edgekd.pipeline.layout import SEARCH_PLOT
 
 
 def search_section(stages: dict) -> list[str]:

@@ -8,10 +8,9 @@ import dataclasses
 import json
 
 from edgekd.io.artifacts import atomic_write_text
+from edgekd.pipeline.layout import SEARCH_CANDIDATES, SEARCH_RECORD
 from edgekd.search.config import AUTO
 
-CANDIDATES_FOLDER = "search-candidates"  # inside the run directory: the candidates as exported
-SEARCH_FILE = "search.json"  # the search's record, reused when --resume continues an interrupted distill stage
 CALIB_IMAGES = 128  # a candidate is only timed: quantizing it must stay cheap (as prune.latency's)
 
 
@@ -90,7 +89,7 @@ def choose_student(ctx, cfg, inputs) -> tuple:
 
         raise ConfigError(f"distill.arch: auto ranks candidates by distillation from the teacher, and distill.scheme "
                           f"'{cfg.scheme}' trains without one: name a distill.arch")
-    saved = ctx.path(CANDIDATES_FOLDER) / SEARCH_FILE
+    saved = ctx.path(SEARCH_RECORD)
     if ctx.resume and saved.is_file():  # the distill stage was interrupted: its checkpoint is of this student
         record = json.loads(saved.read_text(encoding="utf-8"))
         ctx.log(f"[search] resumed: {record['message']}")
@@ -99,6 +98,6 @@ def choose_student(ctx, cfg, inputs) -> tuple:
     build = CandidateBuild(spec, calib, opset=inputs.deployed["opset"], quant_cfg=inputs.deployed["quant_cfg"],
                            seed=ctx.seed)
     result = search_student(teacher=inputs.teachers[0], data=inputs.data, distill_cfg=cfg, cfg=cfg.search,
-                            folder=ctx.path(CANDIDATES_FOLDER), build=build, log=ctx.log)
+                            folder=ctx.path(SEARCH_CANDIDATES), build=build, log=ctx.log)
     atomic_write_text(saved, json.dumps(result.to_dict(), indent=2) + "\n")
     return dataclasses.replace(cfg, **result.winner), result.to_dict()
