@@ -123,6 +123,23 @@ def write_results(folder: Path, name: str, result: dict, markdown: str, json_tex
     (folder / f"{name}.md").write_text(markdown)
 
 
+def interleaved_calls(calls: dict, rounds: int, warmups: int = 1) -> dict:
+    """{name: median seconds} of the callables, run in turn (one call of each, `rounds` times)
+    after `warmups` calls of each: side by side, so that the machine's drift moves them alike."""
+    import statistics
+
+    for fn in calls.values():
+        for _ in range(warmups):
+            fn()
+    seconds = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def interleaved_p50s(paths: list[Path], *, runs: int, repetitions: int, warmup: int = 50) -> dict[Path, list[float]]:
     """{path: [p50 ms per repetition]}: all models in one interleaved `edgekd bench` call per
     repetition (1 thread, batch 1), the order reversed every other time."""

@@ -12,11 +12,8 @@ on them). Writes benchmarks/results/student-train-step.{json,md}.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import common
-from common import RESULTS, command, machine_line, machine_with_torch, table, write_results
+from common import RESULTS, command, interleaved_calls, machine_line, machine_with_torch, table, write_results
 
 SHAPE = {"stem": 48, "stem_stride": 2, "stages": [[2, 48, 1], [2, 96, 2]]}
 STUDENTS = {  # name: (arch, arch_args)
@@ -60,16 +57,7 @@ def main() -> None:
     models = {name: build_model(arch, in_channels=1, num_classes=10, **arch_args)
               for name, (arch, arch_args) in STUDENTS.items()}
     steps = {name: step_of(model) for name, model in models.items()}
-    for step in steps.values():  # warm-up: oneDNN's kernels for each shape
-        for _ in range(3):
-            step()
-    seconds = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            seconds[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    medians = interleaved_calls(steps, args.rounds, warmups=3)  # warm-up: oneDNN's kernels for each shape
     params = {name: count_params(model) for name, model in models.items()}
     rows = [[name, f"{params[name]:,}", f"{medians[name] * 1000:.1f}", f"{medians[name] / medians[REFERENCE]:.2f}x"]
             for name in steps]

@@ -17,26 +17,10 @@ benchmarks/results/training-overheads.{json,md}.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import common
-from common import RESULTS, command, machine_line, machine_with_torch, table, write_results
+from common import RESULTS, command, interleaved_calls, machine_line, machine_with_torch, table, write_results
 
 STUDENT = {"stem": 48, "stem_stride": 2, "stages": [[2, 48, 1], [2, 96, 2]], "block": "rep_ac"}
-
-
-def interleaved(pair: dict, rounds: int) -> dict:
-    """{name: median seconds} of the two callables, run alternately after one warm-up call each."""
-    for fn in pair.values():
-        fn()
-    seconds = {name: [] for name in pair}
-    for _ in range(rounds):
-        for name, fn in pair.items():
-            start = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def main() -> None:
@@ -95,13 +79,13 @@ def main() -> None:
     with use(compute):
         compute.model(student)
         results = {
-            "teacher forward (batch 128, bf16)": interleaved(
+            "teacher forward (batch 128, bf16)": interleaved_calls(
                 {"before": forward(teacher), "after": forward(teacher_copy)}, args.rounds),
-            f"rep_ac student val accuracy ({args.val_images:,} images, fp32)": interleaved(
+            f"rep_ac student val accuracy ({args.val_images:,} images, fp32)": interleaved_calls(
                 {"before": val(copy=False), "after": val(copy=True)}, max(5, args.rounds // 5)),
-            f"teacher val accuracy ({args.val_images:,} images, fp32; 1,024 vs {EVAL_BATCH} per pass)": interleaved(
+            f"teacher val accuracy ({args.val_images:,} images, fp32; 1,024 vs {EVAL_BATCH} per pass)": interleaved_calls(
                 {"before": teacher_val(1024), "after": teacher_val(EVAL_BATCH)}, max(5, args.rounds // 5)),
-            f"AdamW step ({sum(1 for _ in student.parameters())} tensors)": interleaved(
+            f"AdamW step ({sum(1 for _ in student.parameters())} tensors)": interleaved_calls(
                 {"before": adamw(), "after": adamw(fused=True)}, args.rounds),
         }
     rows = [[what, f"{r['before'] * 1000:.2f}", f"{r['after'] * 1000:.2f}", f"{r['before'] / r['after']:.2f}x"]
