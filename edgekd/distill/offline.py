@@ -46,7 +46,7 @@ from edgekd.distill.responses import RESPONSES
 from edgekd.distill.terms import Capture, Term
 from edgekd.errors import ConfigError
 from edgekd.io.membudget import check_memory, memory_budget, over_budget
-from edgekd.models.inference import evaluating, inference_copy
+from edgekd.models.inference import frozen, inference_copy
 from edgekd.train.compute import current
 from edgekd.train.evaluate import predict
 from edgekd.train.loop import FitResult, StepFn, cross_entropy_step, fit
@@ -62,23 +62,6 @@ def logits_device(model: nn.Module) -> torch.device:
     """Where a model computes (its first parameter's device; the CPU for a parameterless one)."""
     first = next(iter(model.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def frozen(models: Sequence[nn.Module]):
-    """The models in eval mode and without gradients for the block, then back in the mode and with
-    the requires_grad flags they had."""
-    saved = [(m, [p.requires_grad for p in m.parameters()]) for m in models]
-    with contextlib.ExitStack() as modes:
-        for m in models:
-            modes.enter_context(evaluating(m))
-            m.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for m, flags in saved:
-                for p, flag in zip(m.parameters(), flags):
-                    p.requires_grad_(flag)
 
 
 def _frozen_runner(teacher: nn.Module) -> nn.Module:

@@ -25,7 +25,7 @@ from torch import nn
 
 from edgekd.errors import ConfigError
 from edgekd.models.blocks import BasicBlock, InvertedResidual, RepConv, add_classifier, classify, conv_bn_relu
-from edgekd.models.family_blocks import BLOCKS
+from edgekd.models.family_blocks import BLOCKS, FAMILY
 from edgekd.models.registry import ARCHITECTURES
 
 CHANNEL_MULTIPLE = 16  # what the int8 kernels like; other counts are padded inside them
@@ -34,9 +34,6 @@ MAX_DEPTH = 16
 MAX_STAGES = 8
 MAX_EXPAND = 8
 REP_BLOCKS = ("rep", "rep_ac")  # trained with branches, exported as plain
-# their fused kernels lose accuracy in post-training int8: on Fashion-MNIST a rep_ac student lost up to
-# 6 val points (the accuracy budget kept a convolution in float) where QAT kept it (student-named-rep_ac.md)
-PTQ_SENSITIVE_BLOCKS = ("rep_ac",)
 DEFAULT_STAGES = ((1, 16, 1), (1, 32, 2), (1, 64, 2))
 
 
@@ -114,4 +111,4 @@ def _block(block: str, in_ch: int, width: int, stride: int, expand: int) -> nn.M
     return InvertedResidual(in_ch, width, stride, expand, activation=nn.ReLU)
 
 
-ARCHITECTURES.register("edgenet", EdgeNet)
+ARCHITECTURES.register(FAMILY, EdgeNet)

@@ -10,6 +10,8 @@ on 2 cores (benchmarks/results/training-overheads.md): the headline ResNet-20 te
 
 The copy does not follow later changes to the model's weights: make a new one after training.
 `deployed_graph` and `fold_batchnorms` are also QAT's first step (edgekd.quant.qat.prepare).
+`evaluating` and `frozen` (eval mode, and no gradients: a teacher while it teaches) give each
+layer back the mode and flags it had.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from edgekd.models.blocks import deployed
 
-__all__ = ["deployed_graph", "evaluating", "inference_copy", "fold_batchnorm", "fold_batchnorms", "modes_kept"]
+__all__ = ["deployed_graph", "evaluating", "frozen", "inference_copy", "fold_batchnorm", "fold_batchnorms", "modes_kept"]
 
 
 @contextlib.contextmanager
@@ -44,6 +47,23 @@ def evaluating(model: nn.Module):
     with modes_kept(model):
         model.eval()
         yield model
+
+
+@contextlib.contextmanager
+def frozen(models: Sequence[nn.Module]):
+    """The models in eval mode and without gradients for the block, then back in the mode and with
+    the requires_grad flags they had."""
+    saved = [(m, [p.requires_grad for p in m.parameters()]) for m in models]
+    with contextlib.ExitStack() as modes:
+        for m in models:
+            modes.enter_context(evaluating(m))
+            m.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for m, flags in saved:
+                for p, flag in zip(m.parameters(), flags):
+                    p.requires_grad_(flag)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import numpy as np
 
 from edgekd.configtools import check_float32
 from edgekd.errors import ConfigError, DataError, EdgekdError, ModelFileError, first_line
+from edgekd.models.family_blocks import FAMILY, PTQ_SENSITIVE_BLOCKS
 from edgekd.pipeline.context import build_arch, input_shape_of
 from edgekd.pipeline.preflight_values import check_values
 from edgekd.recipe import Recipe
@@ -82,13 +83,12 @@ def preflight(recipe: Recipe, store, done=()) -> None:
 def advice(recipe: Recipe) -> list[str]:
     """Settings that run but that measurements advise against: warnings logged when the run
     starts, before any training (not errors: the run goes on)."""
-    from edgekd.models.family import PTQ_SENSITIVE_BLOCKS
     from edgekd.search.config import AUTO
 
     notes = []
     d, q = recipe.distill, recipe.quantize
     if q.enabled and q.method == "ptq":
-        named = d.arch == "edgenet" and (d.arch_args or {}).get("block") in PTQ_SENSITIVE_BLOCKS
+        named = d.arch == FAMILY and (d.arch_args or {}).get("block") in PTQ_SENSITIVE_BLOCKS
         searched = [b for b in d.search.blocks if b in PTQ_SENSITIVE_BLOCKS] if d.arch == AUTO else []
         if named or searched:
             which = (f"the student's block {d.arch_args['block']}" if named else

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+from edgekd.models.family_blocks import FAMILY
 from edgekd.search.config import DEFAULT_BLOCKS, ONE_CONV_BLOCKS
 
-FAMILY = "edgenet"
 BASE_WIDTHS = (16, 32)  # first stage's channels; the later stages have 2x and 4x
 BASE_DEPTHS = (1, 2)  # blocks per stage
 STEM_STRIDES = (1, 2)

@@ -31,3 +31,18 @@ def test_each_layer_comes_back_in_its_own_mode(run):
     run(model)
     assert [m.training for m in model.modules()] == before
     assert model.training and not model[3].training
+
+
+def test_frozen_gives_back_modes_and_gradient_flags_even_when_the_block_fails():
+    from edgekd.models.inference import frozen
+
+    model = mixed()
+    model[0].bias.requires_grad_(False)  # one flag off before: it stays off after
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="inside"), frozen([model]):
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+        raise RuntimeError("inside")
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags

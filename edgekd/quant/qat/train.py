@@ -46,7 +46,8 @@ def qat(qmodel: nn.Module, teacher: nn.Module, data: TrainData, cfg, run: RunOpt
     import math
 
     from edgekd.distill.config import DistillConfig
-    from edgekd.distill.offline import frozen, kd_step
+    from edgekd.distill.offline import kd_step
+    from edgekd.models.inference import frozen
     from edgekd.train.evaluate import accuracy, predict
     from edgekd.train.loop import fit
 
