@@ -18,6 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from edgekd.models.inference import evaluating
+
 
 class _PeakBytes(TorchDispatchMode):
     """Live and peak bytes of the tensors made under it: [spatial, other]."""
@@ -50,8 +52,6 @@ class _PeakBytes(TorchDispatchMode):
 def forward_peak(model: torch.nn.Module, input_shape) -> tuple[int, int]:
     """(spatial, other) peak bytes of one eval-mode forward of `model` on one zero sample of
     `input_shape` (C, H, W)."""
-    from edgekd.models.inference import evaluating
-
     with evaluating(model), torch.no_grad(), _PeakBytes() as seen:
         model(torch.zeros(1, *input_shape))
     return seen.peak[0], seen.peak[1]

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from edgekd.models.inference import modes_kept
+
 MAX_IMAGES = 2048  # enough for stable statistics; a small share of an epoch on real datasets
 
 
@@ -45,8 +47,6 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor], *,
     # Not torch.optim.swa_utils.update_bn: it resets every batch-norm layer, frozen ones too
     # (a wrapper that keeps them in eval mode loses their pretrained statistics), runs with
     # dropout on, takes no image cap or autocast, and an empty loader leaves the statistics reset.
-    from edgekd.models.inference import modes_kept
-
     with modes_kept(model):  # each layer back in its own mode afterwards
         model.train()
         layers = [m for m in batch_norm_layers(model) if m.training]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgekd.models.inference import evaluating
+
 
 def count_params(model: nn.Module) -> int:
     """Parameters of the model as exported (edgekd.models.blocks.deployed: RepConv branches fused)."""
@@ -22,7 +24,6 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from edgekd.models.blocks import deployed
-    from edgekd.models.inference import evaluating
 
     model = deployed(model)  # counted as exported: RepConv branches fused
     with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
